@@ -1,0 +1,39 @@
+# face2scene developer and user targets. Every target uses a local virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first so pip keeps this CPU wheel instead of resolving a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.f2s-installed
+PYTEST_FLAGS ?= -m "not slow and not gpu"
+
+.PHONY: install testdata test demo bench lint wheel clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install f2s with its test tools
+
+testdata: install  ## fetch the pinned real photos into $$F2S_DATA_DIR (default ~/.cache/face2scene/data)
+	$(BIN)/python -m face2scene_cli.sample_data fetch
+
+test: install testdata  ## run the test suite (slow and gpu tests skipped)
+	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+demo: install testdata  ## degrade sample photos and show what f2s reports
+	$(BIN)/python -m face2scene_cli.demo
+
+bench: install testdata  ## throughput benchmarks (not tests)
+	$(BIN)/python benchmarks/bench.py
+
+lint: install
+	$(BIN)/ruff check face2scene_cli tests benchmarks
+
+wheel: install
+	$(BIN)/python -m build --wheel --no-isolation --outdir dist
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .ruff_cache

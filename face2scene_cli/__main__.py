@@ -1,0 +1,3 @@
+from face2scene_cli.cli import main
+
+main()

@@ -1,0 +1,188 @@
+"""Options shared by the commands that walk files (Typer ``Annotated`` aliases).
+
+Every option defaults to None and reads ``F2S_<NAME>`` from the environment, so the config
+layer can tell "not given" from a value: defaults < ``--config`` file < environment < flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from face2scene_cli.config import OUTPUT_FORMATS
+
+IO = "Input / output"
+RUN = "Run"
+LOG = "Logging"
+
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="Image files, folders (walked recursively) or glob patterns.", show_default=False
+    ),
+]
+Out = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        envvar="F2S_OUT",
+        rich_help_panel=IO,
+        help="Output folder; mirrors the input tree. [default: <input>_f2s beside the input]",
+    ),
+]
+Recursive = Annotated[
+    bool | None,
+    typer.Option(
+        "--recursive/--no-recursive",
+        envvar="F2S_RECURSIVE",
+        rich_help_panel=IO,
+        help="Walk sub-folders of input folders. [default: recursive]",
+        show_default=False,
+    ),
+]
+Overwrite = Annotated[
+    bool | None,
+    typer.Option(
+        "--overwrite/--resume",
+        envvar="F2S_OVERWRITE",
+        rich_help_panel=IO,
+        help="Redo images that already have a valid output and report. [default: resume]",
+        show_default=False,
+    ),
+]
+Format = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        envvar="F2S_FORMAT",
+        rich_help_panel=IO,
+        help=f"Output format: {'|'.join(OUTPUT_FORMATS)}.",
+        show_default=False,
+    ),
+]
+Quality = Annotated[
+    int | None,
+    typer.Option(
+        "--quality",
+        envvar="F2S_QUALITY",
+        rich_help_panel=IO,
+        min=1,
+        max=100,
+        help="JPEG/WebP quality. [default: 95]",
+        show_default=False,
+    ),
+]
+MaxPixels = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels",
+        envvar="F2S_MAX_PIXELS",
+        rich_help_panel=IO,
+        min=1,
+        help="Refuse larger images (decompression-bomb guard). [default: 200000000]",
+        show_default=False,
+    ),
+]
+Seed = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        envvar="F2S_SEED",
+        rich_help_panel=RUN,
+        help="Base seed; each image's randomness comes from hash(seed, relative path). "
+        "[default: 0]",
+        show_default=False,
+    ),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        envvar="F2S_THREADS",
+        rich_help_panel=RUN,
+        min=0,
+        help="torch CPU threads (0 = all cores). [default: 0]",
+        show_default=False,
+    ),
+]
+IOWorkers = Annotated[
+    int | None,
+    typer.Option(
+        "--io-workers",
+        envvar="F2S_IO_WORKERS",
+        rich_help_panel=RUN,
+        min=1,
+        help="Threads that decode and encode beside the compute stage. [default: 2]",
+        show_default=False,
+    ),
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        envvar="F2S_BATCH_SIZE",
+        rich_help_panel=RUN,
+        min=1,
+        help="Images per compute batch. [default: 4]",
+        show_default=False,
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="F2S_CONFIG",
+        rich_help_panel=RUN,
+        exists=True,
+        dir_okay=False,
+        help="YAML file of settings (top-level keys and per-command "
+        "sections); environment and flags override it.",
+    ),
+]
+PrintConfig = Annotated[
+    bool,
+    typer.Option(
+        "--print-config", rich_help_panel=RUN, help="Print the effective settings as YAML and exit."
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        envvar="F2S_QUIET",
+        rich_help_panel=LOG,
+        help="No progress output; per-file errors are still printed.",
+    ),
+]
+LogJson = Annotated[
+    bool,
+    typer.Option(
+        "--log-json",
+        envvar="F2S_LOG_JSON",
+        rich_help_panel=LOG,
+        help="Progress and errors as JSON lines on stderr.",
+    ),
+]
+ReportJsonl = Annotated[
+    str | None,
+    typer.Option(
+        "--report-jsonl",
+        envvar="F2S_REPORT_JSONL",
+        rich_help_panel=LOG,
+        help="Also stream each image's report as one JSON line to this file ('-' = stdout).",
+    ),
+]
+Debug = Annotated[
+    bool,
+    typer.Option(
+        "--debug", envvar="F2S_DEBUG", rich_help_panel=LOG, help="Show tracebacks and debug logs."
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

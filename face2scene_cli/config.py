@@ -1,0 +1,181 @@
+"""Run settings: frozen dataclasses built from defaults < YAML file < F2S_* environment < flags.
+
+The CLI declares each option with ``envvar="F2S_<NAME>"`` and a default of ``None``, so a value
+that reaches :func:`build_config` as not-None came from the environment or a flag and wins over
+the file; the file wins over the dataclass defaults. A YAML file has top-level keys shared by all
+commands and one optional section per command (``degrade:``, ``restore:`` ...) that wins over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from face2scene_cli.errors import ConfigError
+from face2scene_cli.imageio import DEFAULT_MAX_PIXELS
+
+T = TypeVar("T")
+
+OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+    """Settings of the batch engine shared by every command that walks files.
+
+    Attributes:
+        out: output folder; None = a sibling of the input folder named ``<input>_f2s``.
+        recursive: walk sub-folders of input folders.
+        overwrite: redo images whose output and report are already valid.
+        format: output format, ``same`` keeps the input's (png for formats we do not write).
+        quality: JPEG/WebP quality 1-100.
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+        seed: base seed; each image's generator is seeded by hash(seed, relative path).
+        threads: torch CPU threads; 0 = all cores.
+        io_workers: threads that decode and encode images beside the compute thread.
+        batch_size: images handed to the compute stage at once.
+    """
+
+    out: Path | None = None
+    recursive: bool = True
+    overwrite: bool = False
+    format: str = "same"
+    quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    seed: int = 0
+    threads: int = 0
+    io_workers: int = 2
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.format not in OUTPUT_FORMATS:
+            raise ConfigError(
+                f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}"
+            )
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"quality must be in 1..100, got {self.quality}")
+        for name in ("max_pixels", "io_workers", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+
+    @property
+    def torch_threads(self) -> int:
+        """The explicit torch thread count this run uses."""
+        return self.threads or (os.cpu_count() or 1)
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """The YAML config file as a dict (``{}`` without a file); safe_load only."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def file_section(data: dict[str, Any], command: str, cls: type[Any]) -> dict[str, Any]:
+    """The keys of ``cls`` set by the file: top-level keys, overridden by the command's section."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged = {_key(k): v for k, v in data.items() if not isinstance(v, dict) and _key(k) in names}
+    section = data.get(command) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config section {command!r} must be a mapping")
+    merged.update({_key(k): v for k, v in section.items() if _key(k) in names})
+    return merged
+
+
+def check_file_keys(data: dict[str, Any], command: str, classes: list[type[Any]]) -> None:
+    """Refuse keys that no settings class of the command knows (typos must not pass silently)."""
+    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    top = {_key(k) for k, v in data.items() if not isinstance(v, dict)}
+    section = {_key(k) for k in (data.get(command) or {})}
+    unknown = sorted((top | section) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) for {command}: {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
+def build_config(
+    cls: type[T],
+    from_file: dict[str, Any],
+    overrides: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+) -> T:
+    """Instantiate ``cls`` from its defaults (a command may replace some with ``defaults``),
+    then file values, then not-None overrides (flags and F2S_* variables)."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = dict(defaults or {})
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if overrides.get(f.name) is not None:
+            values[f.name] = _coerce(f.name, overrides[f.name], hints[f.name])
+        elif f.name in from_file:
+            values[f.name] = _coerce(f.name, from_file[f.name], hints[f.name])
+    return cls(**values)
+
+
+def config_as_dict(*configs: Any) -> dict[str, Any]:
+    """The effective settings of one or more config dataclasses as plain YAML/JSON types."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _key(name: str) -> str:
+    return str(name).replace("-", "_")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert a YAML/env value to the field's type, with an error naming the key."""
+    args = typing.get_args(hint)
+    optional = type(None) in args and (
+        typing.get_origin(hint) is typing.Union or isinstance(hint, types.UnionType)
+    )
+    if optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is Path:
+            return Path(os.path.expanduser(str(value)))
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}") from err
+    return value

@@ -1,0 +1,58 @@
+"""Small helpers shared by the CLI and batch tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from face2scene_cli.report import REPORT_SUFFIX, SUMMARY_NAME, load_schema
+
+REPORT_VALIDATOR = jsonschema.Draft202012Validator(load_schema("report"))
+SUMMARY_VALIDATOR = jsonschema.Draft202012Validator(load_schema("summary"))
+
+
+def run_f2s(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 120, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run ``f2s`` in a fresh process, as a user or a cron job would (stdout not a TTY)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("F2S_")}
+    full_env["F2S_DATA_DIR"] = os.environ.get("F2S_DATA_DIR", "")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "face2scene_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def reports_in(out: Path) -> dict[Path, dict[str, Any]]:
+    """Every per-image report under ``out`` (validated against the shipped schema)."""
+    found = {}
+    for path in sorted(out.rglob("*" + REPORT_SUFFIX)):
+        if path.name == SUMMARY_NAME:
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        REPORT_VALIDATOR.validate(data)
+        found[path] = data
+    return found
+
+
+def summary_of(out: Path) -> dict[str, Any]:
+    """The run summary in ``out`` (validated against the shipped schema)."""
+    data = json.loads((out / SUMMARY_NAME).read_text(encoding="utf-8"))
+    SUMMARY_VALIDATOR.validate(data)
+    return data
+
+
+def temp_files(root: Path) -> list[Path]:
+    """Leftover temp files of atomic writes."""
+    return [p for p in root.rglob("*") if ".f2s-tmp" in p.name]

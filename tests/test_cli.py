@@ -1,0 +1,233 @@
+"""The f2s command line: commands, config precedence, logging modes, model zoo, packaging."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import REPORT_VALIDATOR, reports_in, run_f2s, summary_of
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from face2scene_cli import __version__
+from face2scene_cli.cli import app
+from face2scene_cli.errors import ModelIntegrityError, NotAvailableError
+from face2scene_cli.zoo import require_model, write_metadata
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version_and_help() -> None:
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"f2s {__version__}"
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for command in (
+        "restore",
+        "degrade-code",
+        "degrade",
+        "faces",
+        "models",
+        "doctor",
+        "train",
+        "eval",
+    ):
+        assert command in res.output
+    assert "Examples" in res.output
+
+
+@pytest.mark.parametrize("command", ["restore", "degrade-code", "faces", "train", "eval"])
+def test_commands_not_landed_say_so(command: str, tmp_path: Path) -> None:
+    res = runner.invoke(app, [command, str(tmp_path), "--refs", str(tmp_path)])
+    assert res.exit_code == NotAvailableError.exit_code == 4
+    assert "not available yet" in res.output
+    assert not list(tmp_path.iterdir())  # no fake output
+
+
+def test_config_precedence_defaults_file_env_flags(tmp_path: Path, small_photo_dir: Path) -> None:
+    cfg = tmp_path / "f2s.yaml"
+    cfg.write_text(yaml.safe_dump({"seed": 3, "quality": 50, "degrade": {"noise_sigma": 7}}))
+
+    def effective(*args: str, env: dict[str, str] | None = None) -> dict:
+        res = runner.invoke(
+            app, ["degrade", str(small_photo_dir), "--print-config", *args], env=env or {}
+        )
+        assert res.exit_code == 0, res.output
+        return yaml.safe_load(res.output)
+
+    base = effective()
+    assert (base["seed"], base["quality"], base["format"], base["noise_sigma"]) == (
+        0,
+        95,
+        "png",
+        None,
+    )
+    from_file = effective("--config", str(cfg))
+    assert (from_file["seed"], from_file["quality"], from_file["noise_sigma"]) == (3, 50, 7.0)
+    from_env = effective("--config", str(cfg), env={"F2S_SEED": "5", "F2S_NOISE_SIGMA": "9"})
+    assert (from_env["seed"], from_env["quality"], from_env["noise_sigma"]) == (5, 50, 9.0)
+    from_flag = effective("--config", str(cfg), "--seed", "7", env={"F2S_SEED": "5"})
+    assert from_flag["seed"] == 7
+
+
+def test_config_errors_are_usage_errors(tmp_path: Path, small_photo_dir: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sede: 3\n")
+    res = runner.invoke(app, ["degrade", str(small_photo_dir), "--config", str(cfg)])
+    assert res.exit_code == 2 and "sede" in res.output
+    res = runner.invoke(
+        app, ["degrade", str(small_photo_dir), "--preset", "mixed", "--noise-sigma", "3"]
+    )
+    assert res.exit_code == 2 and "cannot be combined" in res.output
+    res = runner.invoke(app, ["degrade", str(small_photo_dir), "--preset", "nope"])
+    assert res.exit_code == 2 and "unknown preset" in res.output
+
+
+def test_jsonl_stream_and_plain_progress(small_photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_f2s(
+        "degrade", small_photo_dir, "--out", out, "--preset", "noise15", "--report-jsonl", "-"
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(lines) == 6
+    for line in lines:
+        REPORT_VALIDATOR.validate(line)
+        assert line["applied_degradation"]["preset"] == "noise15"
+    # Not a TTY: one plain progress line per image, then the summary line.
+    assert sum(line.startswith("f2s: [") for line in res.stderr.splitlines()) == 6
+    assert "6 done, 0 skipped, 0 failed" in res.stderr
+    on_disk = {r["input"]["relative_path"]: r for r in reports_in(out).values()}
+    assert {line["input"]["relative_path"] for line in lines} == set(on_disk)
+    summary = summary_of(out)
+    assert summary["counts"] == {"total": 6, "done": 6, "skipped": 0, "failed": 0, "pending": 0}
+
+
+def test_log_json_and_quiet(small_photo_dir: Path, tmp_path: Path) -> None:
+    res = run_f2s(
+        "degrade", small_photo_dir, "--out", tmp_path / "a", "--preset", "noise15", "--log-json"
+    )
+    events = [json.loads(line) for line in res.stderr.splitlines()]
+    assert [e["event"] for e in events].count("item") == 6 and events[-1]["event"] == "summary"
+    res = run_f2s(
+        "degrade", small_photo_dir, "--out", tmp_path / "b", "--preset", "noise15", "--quiet"
+    )
+    assert res.returncode == 0 and res.stderr == "" and res.stdout == ""
+
+
+def test_reports_do_not_vary_outside_run(small_photo_dir: Path, tmp_path: Path) -> None:
+    """Two runs on the same input give reports that differ only under ``run``."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert run_f2s("degrade", small_photo_dir, "--out", out, "--seed", "4").returncode == 0
+    for path, rep in reports_in(a).items():
+        other = json.loads((b / path.relative_to(a)).read_text())
+        for r in (rep, other):
+            r.pop("run")
+            r["output"].pop("path")
+            r["input"].pop("path")
+        assert rep == other
+        assert rep["applied_degradation"]["mode"] == "second-order"
+
+
+def _tiny_model(root: Path) -> Path:
+    folder = root / "tiny-net"
+    folder.mkdir(parents=True)
+    save_file({"w": torch.arange(6, dtype=torch.float32)}, folder / "model.safetensors")
+    (folder / "README.md").write_text("# tiny-net\nTest model.\n")
+    write_metadata(
+        folder,
+        {
+            "name": "tiny-net",
+            "version": "1",
+            "task": "test",
+            "licence": "Apache-2.0",
+            "source": "made by the test",
+            "input": {"size": 8},
+            "trained_with": {},
+        },
+        ["model.safetensors"],
+    )
+    return folder
+
+
+def test_models_list_verify_and_refuse_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _tiny_model(tmp_path / "zoo")
+    monkeypatch.setenv("F2S_MODELS_DIR", str(tmp_path / "zoo"))
+    res = runner.invoke(app, ["models", "list", "--json"])
+    assert res.exit_code == 0
+    listed = json.loads(res.output)["models"]
+    assert [m["name"] for m in listed] == ["tiny-net"]
+    res = runner.invoke(app, ["models", "verify", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["models"][0]["verified"] is True
+    assert require_model("tiny-net").name == "tiny-net"
+
+    save_file({"w": torch.zeros(6)}, folder / "model.safetensors")  # same size, other bytes
+    res = runner.invoke(app, ["models", "verify", "--json"])
+    assert res.exit_code == ModelIntegrityError.exit_code
+    assert "sha256" in json.loads(res.output)["models"][0]["problems"][0]
+    with pytest.raises(ModelIntegrityError):
+        require_model("tiny-net")
+    with pytest.raises(NotAvailableError, match="tiny-net"):
+        require_model("missing-net")
+
+
+def test_doctor_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tiny_model(tmp_path / "zoo")
+    monkeypatch.setenv("F2S_MODELS_DIR", str(tmp_path / "zoo"))
+    res = runner.invoke(app, ["doctor", "--json"])
+    assert res.exit_code == 0
+    facts = json.loads(res.output)
+    assert facts["torch"]["version"] == torch.__version__
+    assert facts["torch"]["default_device"] in ("cpu", "cuda", "mps")
+    assert {b["name"] for b in facts["backends"]} >= {"insightface", "dlib-bin", "peft"}
+    assert facts["models"] == [
+        {"name": "tiny-net", "version": "1", "task": "test", "verified": True, "problems": []}
+    ]
+    res = runner.invoke(app, ["doctor"])
+    assert res.exit_code == 0 and "tiny-net" in res.output
+
+
+def test_wheel_contains_models_and_schemas(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "dist", "build", "__pycache__", "*.egg-info"
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    wheel = next((tmp_path / "dist").glob("face2scene-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tracked = [p.relative_to(ROOT).as_posix() for p in (ROOT / "models").rglob("*") if p.is_file()]
+    assert tracked, "models/ must not be empty"
+    for rel in tracked:
+        assert f"face2scene_cli/{rel}" in names
+    assert "face2scene_cli/schemas/report.schema.json" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "f2s = face2scene_cli.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

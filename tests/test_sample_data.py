@@ -1,0 +1,345 @@
+"""Tests of face2scene_cli.sample_data: manifests, package photos, cache verification, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+from PIL import Image
+
+from face2scene_cli import sample_data as sd
+from face2scene_cli.errors import ExitCode, F2SError
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _fake_entries(count: int = 3) -> tuple[sd.DebianPhoto, ...]:
+    """Synthetic manifest entries for package ``f2s-fake`` whose hashes match known bytes."""
+    return tuple(
+        sd.DebianPhoto(
+            name=f"fake/p{i}",
+            package="f2s-fake",
+            path=f"usr/share/f2s-fake/p{i}.jpg",
+            sha256=hashlib.sha256(f"photo {i}".encode()).hexdigest(),
+            people=i == 0,
+        )
+        for i in range(count)
+    )
+
+
+@pytest.fixture
+def fake_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[sd.DebianPhoto, ...]:
+    entries = _fake_entries()
+    monkeypatch.setattr(sd, "DEBIAN_PHOTOS", entries)
+    monkeypatch.setattr(sd, "DEBIAN_PACKAGES", {"f2s-fake": sd.DebianPackage("f2s-fake", "1.0-1")})
+    return entries
+
+
+def _write_cache(dest: Path, entries: tuple[sd.DebianPhoto, ...]) -> None:
+    for i, entry in enumerate(entries):
+        path = dest / "debian" / entry.package / PurePosixPath(entry.path).name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"photo {i}".encode())
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def test_manifest_names_unique_and_well_formed() -> None:
+    names = [p.name for p in sd.PACKAGE_PHOTOS] + [p.name for p in sd.DEBIAN_PHOTOS]
+    assert len(names) == len(set(names))
+    for name in names:
+        assert re.fullmatch(r"[a-z0-9_]+/[a-z0-9_]+", name), name
+
+
+@pytest.mark.parametrize("entry", sd.DEBIAN_PHOTOS, ids=lambda e: e.name)
+def test_debian_manifest_entry(entry: sd.DebianPhoto) -> None:
+    assert SHA256.match(entry.sha256)
+    path = PurePosixPath(entry.path)
+    assert not path.is_absolute() and not entry.path.startswith("./")
+    assert ".." not in path.parts
+    assert path.suffix.lower() in {".jpg", ".png"}
+    assert entry.package in sd.DEBIAN_PACKAGES
+
+
+def test_debian_manifest_cache_names_unique() -> None:
+    cache_names = [(e.package, e.basename) for e in sd.DEBIAN_PHOTOS]
+    assert len(cache_names) == len(set(cache_names))
+    hashes = [e.sha256 for e in sd.DEBIAN_PHOTOS]
+    assert len(hashes) == len(set(hashes))
+    assert {e.name for e in sd.DEBIAN_PHOTOS if e.people} >= {"opencv/messi5"}
+
+
+def test_package_manifest_paths_relative() -> None:
+    for entry in sd.PACKAGE_PHOTOS:
+        path = PurePosixPath(entry.relpath)
+        assert not path.is_absolute() and ".." not in path.parts, entry
+        assert "." not in entry.module and "/" not in entry.module
+
+
+# --------------------------------------------------------------------------- package photos
+
+
+def test_package_photos_exist_and_decode() -> None:
+    photos = sd.package_photos()
+    names = {p.name for p in photos}
+    assert {"insightface/t1", "insightface/tom_hanks"} <= names
+    for photo in photos:
+        assert photo.path.is_file(), photo
+        assert photo.source.startswith("pypi:")
+        assert photo.sha256 is None
+        with Image.open(photo.path) as im:
+            im.load()
+            assert min(im.size) >= 100, (photo.name, im.size)
+    people = {p.name for p in photos if p.people}
+    assert "insightface/t1" in people
+
+
+def test_package_photos_do_not_import_their_packages() -> None:
+    code = (
+        "import sys; import face2scene_cli.sample_data as s; assert s.package_photos(); "
+        "s.lfw_subset_path(); "
+        "heavy = {'skimage', 'insightface', 'sklearn', 'torch', 'cv2', 'numpy'} & set(sys.modules)"
+        "; assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="needs scikit-image")
+def test_skimage_photos_and_lfw_subset() -> None:
+    names = {p.name for p in sd.package_photos()}
+    assert {"skimage/astronaut", "skimage/camera", "skimage/coffee"} <= names
+    path = sd.lfw_subset_path()
+    assert path is not None
+    import numpy as np
+
+    faces = np.load(path)
+    assert faces.shape == (200, 25, 25)
+
+
+def test_data_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("F2S_DATA_DIR", str(tmp_path))
+    assert sd.data_dir() == tmp_path
+    monkeypatch.setenv("F2S_DATA_DIR", "")
+    assert sd.data_dir() == Path.home() / ".cache" / "face2scene" / "data"
+    monkeypatch.delenv("F2S_DATA_DIR")
+    assert sd.data_dir() == Path.home() / ".cache" / "face2scene" / "data"
+
+
+# --------------------------------------------------------------------------- Debian cache
+
+
+def test_cache_verification_synthetic(
+    fake_manifest: tuple[sd.DebianPhoto, ...], tmp_path: Path
+) -> None:
+    _write_cache(tmp_path, fake_manifest)
+    (tmp_path / "debian" / "f2s-fake" / "p1.jpg").write_bytes(b"photo X")  # corrupt
+    (tmp_path / "debian" / "f2s-fake" / "p2.jpg").unlink()  # missing
+    report = sd.check_debian_photos(tmp_path)
+    assert [p.name for p in report.ok] == ["fake/p0"]
+    assert report.corrupt == ["fake/p1"]
+    assert report.missing == ["fake/p2"]
+    assert not report.complete
+    (ok,) = sd.debian_photos(tmp_path)
+    assert ok == sd.Photo(
+        "fake/p0",
+        tmp_path / "debian" / "f2s-fake" / "p0.jpg",
+        "debian:f2s-fake",
+        True,
+        fake_manifest[0].sha256,
+    )
+
+
+def test_cache_verification_real_files(photos: list[sd.Photo], tmp_path: Path) -> None:
+    cached = [p for p in photos if p.source.startswith("debian:")]
+    intact, broken = cached[0], cached[-1]
+    for photo in (intact, broken):
+        package = photo.source.removeprefix("debian:")
+        dst = tmp_path / "debian" / package / photo.path.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(photo.path, dst)
+        if photo is broken:
+            data = bytearray(dst.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            dst.write_bytes(bytes(data))
+    report = sd.check_debian_photos(tmp_path)
+    assert [p.name for p in report.ok] == [intact.name]
+    assert report.corrupt == [broken.name]
+    assert len(report.missing) == len(sd.DEBIAN_PHOTOS) - 2
+    assert [p.name for p in sd.debian_photos(tmp_path)] == [intact.name]
+
+
+def test_fetch_is_a_noop_when_cache_complete(
+    fake_manifest: tuple[sd.DebianPhoto, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_cache(tmp_path, fake_manifest)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("no download expected")
+
+    monkeypatch.setattr(sd, "_apt_download", boom)
+    monkeypatch.setattr(sd.shutil, "which", boom)
+    photos = sd.fetch_debian_photos(tmp_path)
+    assert [p.name for p in photos] == [e.name for e in fake_manifest]
+
+
+def test_fetch_without_apt_is_a_clear_error(
+    fake_manifest: tuple[sd.DebianPhoto, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sd.shutil, "which", lambda _name: None)
+    with pytest.raises(sd.SampleDataUnavailableError, match="apt-get") as info:
+        sd.fetch_debian_photos(tmp_path)
+    assert isinstance(info.value, sd.SampleDataError)
+    assert isinstance(info.value, F2SError)
+    assert info.value.exit_code == ExitCode.NOT_AVAILABLE
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian/Ubuntu)")
+def test_fetch_extracts_and_verifies_from_a_deb(
+    fake_manifest: tuple[sd.DebianPhoto, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline: build a tiny .deb, let 'apt-get download' return it, check extraction."""
+    tree = tmp_path / "tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: f2s-fake\nVersion: 2.0-1\nArchitecture: all\n"
+        "Maintainer: f2s <f2s@example.invalid>\nDescription: test\n"
+    )
+    photo_dir = tree / "usr" / "share" / "f2s-fake"
+    photo_dir.mkdir(parents=True)
+    (photo_dir / "p0.jpg").write_bytes(b"photo 0")
+    (photo_dir / "p1.jpg").write_bytes(b"photo 1, but another version")
+    (photo_dir / "p2.jpg").write_bytes(b"photo 2")
+    (photo_dir / "unlisted.jpg").write_bytes(b"not in the manifest")
+    deb = tmp_path / "f2s-fake_2.0-1_all.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+
+    def fake_download(pkg: sd.DebianPackage, workdir: Path) -> Path:
+        return Path(shutil.copy(deb, workdir))
+
+    monkeypatch.setattr(sd, "_apt_download", fake_download)
+    monkeypatch.setattr(sd, "_require_tools", lambda: None)
+    dest = tmp_path / "data"
+    with pytest.raises(sd.SampleDataError) as info:
+        sd.fetch_debian_photos(dest)
+    msg = str(info.value)
+    assert "fake/p1" in msg and "f2s-fake 2.0-1 gave" in msg and "pinned from f2s-fake 1.0-1" in msg
+    cached = sorted(p.name for p in (dest / "debian" / "f2s-fake").iterdir())
+    assert cached == ["p0.jpg", "p2.jpg"]  # only listed files that verified
+    report = sd.check_debian_photos(dest)
+    assert report.missing == ["fake/p1"] and not report.corrupt
+
+    # The next version fixes p1: only the missing photo is fetched, the rest is kept.
+    (photo_dir / "p1.jpg").write_bytes(b"photo 1")
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+    photos = sd.fetch_debian_photos(dest)
+    assert [p.name for p in photos] == ["fake/p0", "fake/p1", "fake/p2"]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_list_and_dir(
+    fake_manifest: tuple[sd.DebianPhoto, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _write_cache(tmp_path, fake_manifest[:1])
+    assert sd.main(["list", "--dest", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "insightface/t1" in out and "1280x886" in out
+    assert "fake/p0" in out and "debian:f2s-fake" in out
+    assert "2 Debian photos missing" in err
+    assert sd.main(["dir", "--dest", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path)
+
+
+def test_cli_fetch_failure_exits_nonzero(
+    fake_manifest: tuple[sd.DebianPhoto, ...],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sd.shutil, "which", lambda _name: None)
+    for ci in ("true", ""):
+        monkeypatch.setenv("CI", ci)
+        assert sd.main(["fetch", "--dest", str(tmp_path)]) == ExitCode.NOT_AVAILABLE
+        assert "error: Debian photos need apt-get" in capsys.readouterr().err
+
+
+def test_module_entry_point(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "face2scene_cli.sample_data", "list", "--dest", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "insightface/t1" in proc.stdout
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def test_small_photo_dir(small_photo_dir: Path) -> None:
+    files = sorted(p for p in small_photo_dir.rglob("*") if p.is_file())
+    assert 3 <= len(files) <= 6
+    assert any(p.parent != small_photo_dir for p in files)
+    formats = set()
+    for path in files:
+        with Image.open(path) as im:
+            im.load()
+            formats.add(im.format)
+            assert max(im.size) <= 256
+            assert {".jpg": "JPEG", ".png": "PNG"}[path.suffix.lower()] == im.format
+    assert formats == {"JPEG", "PNG"}
+
+
+def test_people_photo(people_photo: Path, package_photo_paths: list[Path]) -> None:
+    assert people_photo in package_photo_paths
+    with Image.open(people_photo) as im:
+        assert im.size == (1280, 886)
+
+
+def test_photos_fixture(photos: list[sd.Photo]) -> None:
+    assert len({p.name for p in photos}) == len(photos)
+    debian = [p for p in photos if p.source.startswith("debian:")]
+    assert len(debian) == len(sd.DEBIAN_PHOTOS)
+    assert all(p.sha256 and p.path.is_file() for p in debian)
+
+
+# --------------------------------------------------------------------------- network
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get (Debian/Ubuntu)")
+def test_real_fetch(tmp_path: Path) -> None:
+    photos = sd.fetch_debian_photos(tmp_path)
+    assert [p.name for p in photos] == [e.name for e in sd.DEBIAN_PHOTOS]
+    assert sd.check_debian_photos(tmp_path).complete
+    for photo in photos:
+        with Image.open(photo.path) as im:
+            assert min(im.size) >= 100
+    again = sd.fetch_debian_photos(tmp_path)  # idempotent, no download
+    assert again == photos
+
+
+def test_dataclasses_frozen() -> None:
+    photo = sd.package_photos()[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        photo.name = "x"  # type: ignore[misc]
