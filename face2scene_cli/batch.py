@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from collections import deque
@@ -235,12 +236,15 @@ def _candidate(path: Path, explicit: bool) -> _Candidate | None:
     """Sniff a file by content; None for a non-image found by walking (ignored, not an error)."""
     looks_like_image = path.suffix.lower() in IMAGE_SUFFIXES
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block reads
+            raise InputError("not a regular file")
         with open(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
-    except OSError as err:
-        if explicit or looks_like_image:
-            return _Candidate(path, None, InputError(f"cannot read: {_reason(err)}"))
-        return None
+    except (OSError, InputError) as err:
+        if not (explicit or looks_like_image):
+            return None
+        reason = _reason(err) if isinstance(err, OSError) else str(err)
+        return _Candidate(path, None, InputError(f"cannot read: {reason}"))
     fmt = sniff_format(head)
     if fmt is None and not (explicit or looks_like_image):
         return None

@@ -37,7 +37,9 @@ class BatchConfig:
         quality: JPEG/WebP quality 1-100.
         max_pixels: refuse images with more pixels than this (decompression-bomb guard).
         seed: base seed; each image's generator is seeded by hash(seed, relative path).
-        threads: torch CPU threads; 0 = all cores.
+        threads: torch CPU threads; 0 = the cores left after the I/O workers (at least 1),
+            because torch's spinning worker threads slow down sharply when they compete with
+            the decode/encode threads for cores.
         io_workers: threads that decode and encode images beside the compute thread.
         batch_size: images handed to the compute stage at once.
     """
@@ -69,7 +71,7 @@ class BatchConfig:
     @property
     def torch_threads(self) -> int:
         """The explicit torch thread count this run uses."""
-        return self.threads or (os.cpu_count() or 1)
+        return self.threads or max(1, (os.cpu_count() or 1) - self.io_workers)
 
 
 def read_config_file(path: Path | None) -> dict[str, Any]:

@@ -689,12 +689,14 @@ class DegradationParams:
 
     def __post_init__(self) -> None:
         if self.blur_sigma is not None:
-            _real("blur_sigma", self.blur_sigma, 0.0, _MAX_BLUR_SIGMA)
-        _real("noise_sigma", self.noise_sigma, 0.0, _MAX_NOISE_SIGMA)
+            blur = _real("blur_sigma", self.blur_sigma, 0.0, _MAX_BLUR_SIGMA)
+            object.__setattr__(self, "blur_sigma", blur)
+        noise = _real("noise_sigma", self.noise_sigma, 0.0, _MAX_NOISE_SIGMA)
+        object.__setattr__(self, "noise_sigma", noise)
         if self.jpeg_quality is not None:
             q = _integer("jpeg_quality", self.jpeg_quality, 1, 100)
             object.__setattr__(self, "jpeg_quality", q)
-        _real("scale", self.scale, 1.0, _MAX_SCALE)
+        object.__setattr__(self, "scale", _real("scale", self.scale, 1.0, _MAX_SCALE))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: ``{"blur_sigma", "noise_sigma", "jpeg_quality", "scale"}``."""

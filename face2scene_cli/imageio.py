@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
 import re
 import secrets
@@ -35,6 +36,8 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile, UnidentifiedImageError
 
 from face2scene_cli.errors import F2SError, ImageDecodeError, ImageTooLargeError, InputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -378,6 +381,8 @@ def _decode(im: PILImage.Image, data: bytes, fmt: str) -> Image:
         if source_format == "TIFF" and orientation != 1:
             # hand OpenCV a copy with Orientation=1 so it leaves the pixels as stored
             cv_data = _patch_orientation(data) or data
+        if source_format == "PNG":
+            _check_png_chunks(data)  # libpng would print its complaints to stderr
         pixels = _decode_cv2(cv_data, warns)
         stored_w, stored_h = _stored_size(im, data, source_format)
         if pixels.shape[:2] == (stored_h, stored_w):
@@ -436,11 +441,14 @@ def _xmp_of(im: PILImage.Image) -> bytes | None:
         xmp = im.info.get("XML:com.adobe.xmp")
     if not xmp:
         return None
+    if isinstance(xmp, tuple) and len(xmp) == 1:  # some TIFF writers wrap it in a 1-tuple
+        xmp = xmp[0]
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
-    if isinstance(xmp, tuple):  # some TIFF writers store it as a 1-tuple or as ints
-        xmp = bytes(xmp)
-    return bytes(xmp)
+    try:
+        return bytes(xmp) or None
+    except (TypeError, ValueError):  # not byte-like: ignore rather than fail the image
+        return None
 
 
 def _exif_of(im: PILImage.Image, fmt: str, warns: list[str]) -> tuple[bytes | None, int]:
@@ -459,7 +467,7 @@ def _exif_of(im: PILImage.Image, fmt: str, warns: list[str]) -> tuple[bytes | No
             exif = _exif_normalize(raw)
         elif fmt == "TIFF":
             exif = _exif_allowlisted(parsed)
-        elif len(parsed):
+        elif "Raw profile type exif" in im.info and len(parsed):  # ImageMagick PNG text chunk
             exif = _exif_normalize(parsed.tobytes())
         else:
             exif = None
@@ -480,7 +488,7 @@ def _exif_allowlisted(src: PILImage.Exif) -> bytes | None:
             sub = src.get_ifd(tag)
             if sub:
                 out.get_ifd(tag).update(sub)
-    if not len(out):
+    if not (set(out) - {_ORIENTATION}):  # nothing worth carrying
         return None
     if _ORIENTATION in out:
         out[_ORIENTATION] = 1
@@ -549,6 +557,26 @@ def _needs_cv2(im: PILImage.Image, data: bytes, fmt: str) -> bool:
             bits = (bits,)
         return bool(bits) and any(b == 16 for b in bits)
     return False
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Walk the PNG chunks up to IEND checking lengths and CRCs (cheap: no decompression)."""
+    view = memoryview(data)
+    pos = 8
+    while True:
+        if pos + 12 > len(data):
+            raise ImageDecodeError("truncated image data (the file is incomplete)")
+        length, kind = struct.unpack(">I4s", view[pos : pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            raise ImageDecodeError("truncated image data (the file is incomplete)")
+        (crc,) = struct.unpack(">I", view[end - 4 : end])
+        if zlib.crc32(view[pos + 4 : end - 4]) & 0xFFFFFFFF != crc:
+            name = kind.decode("latin-1") if kind.isalpha() else "a"
+            raise ImageDecodeError(f"corrupt PNG data (checksum error in {name} chunk)")
+        if kind == b"IEND":
+            return
+        pos = end
 
 
 def _decode_cv2(data: bytes, warns: list[str]) -> np.ndarray:
@@ -759,7 +787,7 @@ def encode_image(image: Image, fmt: str, quality: int = 95) -> bytes:
             f"{name.upper()} cannot store images over {limit} px a side (image is {w}x{h}); "
             "choose png or tiff"
         )
-    exif = _exif_normalize(image.exif) if image.exif else None
+    exif = _safe_exif(image.exif)
     xmp = _xmp_reset_orientation(image.xmp) if image.xmp else None
     try:
         if name == "png":
@@ -772,6 +800,18 @@ def encode_image(image: Image, fmt: str, quality: int = 95) -> bytes:
     except (OSError, ValueError, TypeError, RuntimeError, struct.error, cv2.error) as e:
         reason = " ".join(str(e).split())
         raise F2SError(f"cannot encode {name.upper()}: {reason}") from e
+
+
+def _safe_exif(exif: bytes | None) -> bytes | None:
+    """EXIF with Orientation=1, or None when it is missing or too broken to rewrite (a bad
+    EXIF blob must not cost the user the output image)."""
+    if not exif:
+        return None
+    try:
+        return _exif_normalize(exif)
+    except _DECODE_ERRORS:
+        logger.debug("dropping EXIF that cannot be parsed (%d bytes)", len(exif))
+        return None
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -885,11 +925,15 @@ def _encode_tiff(px: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: byt
     pil = PILImage.fromarray(px[:, :, 0] if channels == 1 else px)
     tags = PILImage.Exif()
     if exif:
-        src = PILImage.Exif()
-        src.load(exif)
-        allowed = _exif_allowlisted(src)
-        if allowed:
-            tags.load(allowed)
+        try:
+            src = PILImage.Exif()
+            src.load(exif)
+            allowed = _exif_allowlisted(src)
+            if allowed:
+                tags.load(allowed)
+        except _DECODE_ERRORS:
+            logger.debug("dropping EXIF that cannot be rewritten as TIFF tags")
+            tags = PILImage.Exif()
     if xmp:
         tags[700] = xmp
     # Uncompressed: Pillow only writes the Exif/GPS sub-IFDs (DateTimeOriginal, GPS) with its

@@ -222,7 +222,7 @@ def ssim_torch(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
         :math:`(B,)` float32.
     """
     _check_pair(x, y)
-    b, c, h, w = x.shape
+    _, c, h, w = x.shape
     if h < _WIN or w < _WIN:
         raise ValueError(f"SSIM needs images of at least {_WIN}x{_WIN} pixels, got {(h, w)}")
     g = torch.from_numpy(_gaussian_window()).to(x.device)

@@ -129,6 +129,43 @@ def test_truncated_16bit_png_is_an_error(tmp_path: Path) -> None:
         read_image(tmp_path / "x.png", data=data[: len(data) // 2])
 
 
+def test_corrupt_16bit_png_is_an_error(tmp_path: Path) -> None:
+    a16 = _rng().integers(0, 65536, (20, 20, 3), dtype=np.uint16)
+    data = bytearray(cv2.imencode(".png", a16)[1].tobytes())
+    data[len(data) // 2] ^= 0xFF  # inside IDAT
+    with pytest.raises(ImageDecodeError, match="checksum error in IDAT"):
+        read_image(tmp_path / "x.png", data=bytes(data))
+
+
+def test_mutated_files_never_raise_anything_but_f2s_errors(tmp_path: Path) -> None:
+    """Bit flips and truncations anywhere: an Image or an InputError subclass, nothing else."""
+    px = _photo(24, 32)
+    seeds = [
+        _encoded(PILImage.fromarray(px), "JPEG"),
+        _encoded(PILImage.fromarray(px), "PNG"),
+        _encoded(PILImage.fromarray(px), "TIFF"),
+        _encoded(PILImage.fromarray(px), "WEBP"),
+        _encoded(PILImage.fromarray(px).convert("P"), "GIF"),
+        _encoded(PILImage.fromarray(px), "BMP"),
+        cv2.imencode(".png", px.astype(np.uint16) * 257)[1].tobytes(),
+    ]
+    rng = _rng(7)
+    for seed in seeds:
+        for _ in range(40):
+            data = bytearray(seed)
+            if rng.random() < 0.3:
+                data = data[: int(rng.integers(1, len(data)))]
+            else:
+                for _ in range(int(rng.integers(1, 5))):
+                    data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+            try:
+                image = read_image(tmp_path / "m", data=bytes(data))
+            except InputError as err:
+                assert str(err) and "\n" not in str(err)
+            else:
+                assert image.pixels.ndim == 3
+
+
 def test_text_file_named_jpg(tmp_path: Path) -> None:
     p = tmp_path / "notes.jpg"
     p.write_text("these are my holiday notes, not a photo\n" * 5)
@@ -308,6 +345,24 @@ def test_16bit_color_png_and_tiff_roundtrip_exact(tmp_path: Path, channels: int)
         assert np.array_equal(back.pixels, rgb16), fmt
 
 
+def test_16bit_gray_alpha_png_becomes_rgba16(tmp_path: Path) -> None:
+    ga = _rng(3).integers(0, 65536, (10, 12, 2), dtype=np.uint16)
+    raw = b"".join(b"\x00" + ga[i].astype(">u2").tobytes() for i in range(10))
+    ihdr = struct.pack(">IIBBBBB", 12, 10, 16, 4, 0, 0, 0)  # 16-bit gray+alpha
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
+    image = read_image(tmp_path / "la16.png", data=png)
+    assert image.pixels.dtype == np.uint16 and image.channels == 4
+    for c in range(3):
+        assert np.array_equal(image.pixels[..., c], ga[..., 0])
+    assert np.array_equal(image.pixels[..., 3], ga[..., 1])
+    assert "gray+alpha stored as RGBA" in image.warnings
+
+
 def test_16bit_png_exif_orientation_applied_once(tmp_path: Path) -> None:
     rgb16 = np.zeros((20, 30, 3), np.uint16)
     rgb16[0, 0] = (65535, 0, 0)  # marker at top-left of the stored image
@@ -339,6 +394,8 @@ def test_rgba_png_keeps_alpha_exactly(tmp_path: Path) -> None:
     p = _save(PILImage.fromarray(rgba), tmp_path / "a.png", "PNG")
     image = read_image(p)
     assert image.has_alpha and np.array_equal(image.pixels, rgba)
+    assert image.exif is None and image.xmp is None and image.icc_profile is None
+    assert image.warnings == []
     assert np.array_equal(_roundtrip(image, "png", tmp_path).pixels, rgba)
     assert np.array_equal(_roundtrip(image, "tiff", tmp_path).pixels, rgba)
     webp = _roundtrip(image, "webp", tmp_path)
@@ -558,6 +615,18 @@ def test_multi_frame_gif_uses_first_frame(tmp_path: Path) -> None:
     assert image.pixels.shape == (16, 24, 3)
     assert tuple(image.pixels[5, 5]) == (255, 0, 0)
     assert format_for("same", image.source_format) == "png"
+
+
+def test_mpo_camera_file_reads_first_image_as_jpeg_family(tmp_path: Path) -> None:
+    left = PILImage.new("RGB", (32, 24), (200, 30, 30))
+    right = PILImage.new("RGB", (32, 24), (30, 30, 200))
+    p = tmp_path / "stereo.jpg"
+    left.save(p, "MPO", save_all=True, append_images=[right])
+    image = read_image(p)
+    assert image.source_format == "MPO"
+    assert "multi-frame file: used frame 1 of 2" in image.warnings
+    assert tuple(int(v) for v in image.pixels[5, 5]) == pytest.approx((200, 30, 30), abs=6)
+    assert format_for("same", image.source_format) == "jpg"
 
 
 # ---------------------------------------------------------------------------- encoding

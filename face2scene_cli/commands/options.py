@@ -105,7 +105,7 @@ Threads = Annotated[
         envvar="F2S_THREADS",
         rich_help_panel=RUN,
         min=0,
-        help="torch CPU threads (0 = all cores). [default: 0]",
+        help="torch CPU threads (0 = cores minus --io-workers, at least 1). [default: 0]",
         show_default=False,
     ),
 ]

@@ -1,0 +1,120 @@
+"""``make bench``: throughput of f2s commands on real photos (a script, not a test).
+
+Builds a set of ~1 MP photos from the pinned Debian photos (crops and resizes, cached under
+``$F2S_DATA_DIR/bench``), runs ``f2s degrade`` in parametric mode as a user would (a fresh
+process), and prints images/s with the per-stage times from the reports. Results are also
+written to ``benchmarks/results/degrade.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from face2scene_cli import sample_data
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_photos(count: int, megapixels: float, dest: Path) -> list[Path]:
+    """``count`` JPEG photos of about ``megapixels`` MP cut from the pinned real photos."""
+    dest.mkdir(parents=True, exist_ok=True)
+    existing = sorted(dest.glob("*.jpg"))
+    if len(existing) >= count:
+        return existing[:count]
+    sources = [p for p in sample_data.all_photos() if p.path.suffix.lower() in (".jpg", ".png")]
+    big = [p for p in sources if _pixels(p.path) >= megapixels * 1e6 * 0.8] or sources
+    side_w = int((megapixels * 1e6 * 4 / 3) ** 0.5)
+    side_h = int(side_w * 3 / 4)
+    paths = []
+    for i in range(count):
+        with Image.open(big[i % len(big)].path) as im:
+            im = im.convert("RGB")
+            scale = max(side_w / im.width, side_h / im.height) * (1 + 0.15 * (i // len(big) % 3))
+            im = im.resize((max(side_w, round(im.width * scale)), max(side_h, round(im.height * scale))),
+                           Image.Resampling.BICUBIC)
+            x = (i * 37) % (im.width - side_w + 1)
+            y = (i * 23) % (im.height - side_h + 1)
+            path = dest / f"photo{i:03d}.jpg"
+            im.crop((x, y, x + side_w, y + side_h)).save(path, quality=92)
+            paths.append(path)
+    return paths
+
+
+def _pixels(path: Path) -> int:
+    with Image.open(path) as im:
+        return im.width * im.height
+
+
+def bench_degrade(photos: Path, args: list[str], label: str) -> dict:
+    """Run ``f2s degrade`` once over ``photos``; wall time and per-stage means from reports."""
+    with tempfile.TemporaryDirectory(prefix="f2s-bench-") as tmp:
+        out = Path(tmp) / "out"
+        cmd = [sys.executable, "-m", "face2scene_cli", "degrade", str(photos), "--out", str(out),
+               "--quiet", *args]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"f2s degrade failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        summary = json.loads((out / "f2s-summary.json").read_text())
+        reports = [json.loads(p.read_text()) for p in out.glob("*.png.json")]
+    n = summary["counts"]["done"]
+    engine = summary["run"]["timings"]["total"]
+    stages: dict[str, list[float]] = {}
+    for rep in reports:
+        for stage, seconds in rep["run"]["timings"].items():
+            stages.setdefault(stage, []).append(seconds)
+    mp = statistics.mean(r["input"]["width"] * r["input"]["height"] / 1e6 for r in reports)
+    return {
+        "label": label, "args": args, "images": n, "megapixels_mean": round(mp, 3),
+        "wall_s": round(wall, 2), "engine_s": round(engine, 2),
+        "images_per_s_engine": round(n / engine, 2), "images_per_s_wall": round(n / wall, 2),
+        "stage_mean_ms": {k: round(1000 * statistics.mean(v), 1) for k, v in sorted(stages.items())},
+        "peak_rss_mib_children": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--megapixels", type=float, default=1.0)
+    args = parser.parse_args()
+    photos_dir = sample_data.data_dir() / "bench" / f"{args.count}x{args.megapixels}mp"
+    make_photos(args.count, args.megapixels, photos_dir)
+    runs = [
+        bench_degrade(photos_dir, ["--blur-sigma", "1.0", "--noise-sigma", "5",
+                                   "--jpeg-quality", "50"], "degrade parametric (blur+noise+jpeg)"),
+        bench_degrade(photos_dir, ["--preset", "noise15"], "degrade preset noise15"),
+        bench_degrade(photos_dir, ["--seed", "0"], "degrade second-order"),
+    ]
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": runs,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "degrade.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("| run | images | MP | images/s (engine) | images/s (incl. start-up) | per-stage ms |")
+    print("|---|---|---|---|---|---|")
+    for r in runs:
+        stages = ", ".join(f"{k} {v}" for k, v in r["stage_mean_ms"].items())
+        print(f"| {r['label']} | {r['images']} | {r['megapixels_mean']} | "
+              f"{r['images_per_s_engine']} | {r['images_per_s_wall']} | {stages} |")
+
+
+if __name__ == "__main__":
+    main()
