@@ -42,8 +42,10 @@ def make_photos(count: int, megapixels: float, dest: Path) -> list[Path]:
         with Image.open(big[i % len(big)].path) as im:
             im = im.convert("RGB")
             scale = max(side_w / im.width, side_h / im.height) * (1 + 0.15 * (i // len(big) % 3))
-            im = im.resize((max(side_w, round(im.width * scale)), max(side_h, round(im.height * scale))),
-                           Image.Resampling.BICUBIC)
+            im = im.resize(
+                (max(side_w, round(im.width * scale)), max(side_h, round(im.height * scale))),
+                Image.Resampling.BICUBIC,
+            )
             x = (i * 37) % (im.width - side_w + 1)
             y = (i * 23) % (im.height - side_h + 1)
             path = dest / f"photo{i:03d}.jpg"
@@ -61,8 +63,17 @@ def bench_degrade(photos: Path, args: list[str], label: str) -> dict:
     """Run ``f2s degrade`` once over ``photos``; wall time and per-stage means from reports."""
     with tempfile.TemporaryDirectory(prefix="f2s-bench-") as tmp:
         out = Path(tmp) / "out"
-        cmd = [sys.executable, "-m", "face2scene_cli", "degrade", str(photos), "--out", str(out),
-               "--quiet", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "face2scene_cli",
+            "degrade",
+            str(photos),
+            "--out",
+            str(out),
+            "--quiet",
+            *args,
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -78,12 +89,20 @@ def bench_degrade(photos: Path, args: list[str], label: str) -> dict:
             stages.setdefault(stage, []).append(seconds)
     mp = statistics.mean(r["input"]["width"] * r["input"]["height"] / 1e6 for r in reports)
     return {
-        "label": label, "args": args, "images": n, "megapixels_mean": round(mp, 3),
-        "wall_s": round(wall, 2), "engine_s": round(engine, 2),
-        "images_per_s_engine": round(n / engine, 2), "images_per_s_wall": round(n / wall, 2),
-        "stage_mean_ms": {k: round(1000 * statistics.mean(v), 1) for k, v in sorted(stages.items())},
+        "label": label,
+        "args": args,
+        "images": n,
+        "megapixels_mean": round(mp, 3),
+        "wall_s": round(wall, 2),
+        "engine_s": round(engine, 2),
+        "images_per_s_engine": round(n / engine, 2),
+        "images_per_s_wall": round(n / wall, 2),
+        "stage_mean_ms": {
+            k: round(1000 * statistics.mean(v), 1) for k, v in sorted(stages.items())
+        },
         "peak_rss_mib_children": round(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+        ),
     }
 
 
@@ -95,14 +114,20 @@ def main() -> None:
     photos_dir = sample_data.data_dir() / "bench" / f"{args.count}x{args.megapixels}mp"
     make_photos(args.count, args.megapixels, photos_dir)
     runs = [
-        bench_degrade(photos_dir, ["--blur-sigma", "1.0", "--noise-sigma", "5",
-                                   "--jpeg-quality", "50"], "degrade parametric (blur+noise+jpeg)"),
+        bench_degrade(
+            photos_dir,
+            ["--blur-sigma", "1.0", "--noise-sigma", "5", "--jpeg-quality", "50"],
+            "degrade parametric (blur+noise+jpeg)",
+        ),
         bench_degrade(photos_dir, ["--preset", "noise15"], "degrade preset noise15"),
         bench_degrade(photos_dir, ["--seed", "0"], "degrade second-order"),
     ]
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "date": time.strftime("%Y-%m-%d"),
         "runs": runs,
     }
@@ -112,8 +137,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in runs:
         stages = ", ".join(f"{k} {v}" for k, v in r["stage_mean_ms"].items())
-        print(f"| {r['label']} | {r['images']} | {r['megapixels_mean']} | "
-              f"{r['images_per_s_engine']} | {r['images_per_s_wall']} | {stages} |")
+        print(
+            f"| {r['label']} | {r['images']} | {r['megapixels_mean']} | "
+            f"{r['images_per_s_engine']} | {r['images_per_s_wall']} | {stages} |"
+        )
 
 
 if __name__ == "__main__":

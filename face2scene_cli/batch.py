@@ -132,6 +132,9 @@ def plan_inputs(inputs: Sequence[str | Path], cfg: BatchConfig) -> Plan:
     candidates: list[_Candidate] = []
     seen_files: set[str] = set()
     for path, _, explicit in sources:
+        if explicit and os.path.realpath(path).startswith(out_real + os.sep):
+            warnings.append(f"skipped {display_path(path)}: it is inside the output folder")
+            continue
         if explicit:
             found = [_candidate(path, explicit=True)]
         else:
@@ -153,15 +156,15 @@ def plan_inputs(inputs: Sequence[str | Path], cfg: BatchConfig) -> Plan:
 
 def _expand(raw: str) -> list[tuple[Path, Path, bool]]:
     """(path, root, is-explicit-file) for one command-line input."""
-    path = Path(raw).expanduser()
+    path = Path(os.path.abspath(Path(raw).expanduser()))  # absolute, symlinks kept
     if os.path.lexists(path):
         if path.is_dir():
             return [(path, path, False)]
         return [(path, path.parent, True)]
     if glob.has_magic(raw):
         matches = sorted(glob.glob(os.path.expanduser(raw), recursive=True))
-        prefix = _glob_prefix(raw)
-        found = [(Path(m), prefix, True) for m in matches if not Path(m).is_dir()]
+        prefix = Path(os.path.abspath(_glob_prefix(raw)))
+        found = [(Path(os.path.abspath(m)), prefix, True) for m in matches if not Path(m).is_dir()]
         if not found:
             raise ConfigError(f"no file matches the pattern {raw!r}")
         return found

@@ -1,0 +1,1 @@
+"""Faces: detection, alignment, identity embeddings, reference galleries and paste-back."""
