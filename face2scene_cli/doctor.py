@@ -7,10 +7,10 @@ import importlib.util
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
 from face2scene_cli import __version__
+from face2scene_cli.external import insightface_pack
 from face2scene_cli.zoo import ModelInfo, list_models, models_dir, verify_model
 
 # (distribution, import name, what f2s uses it for)
@@ -23,12 +23,6 @@ OPTIONAL_BACKENDS: tuple[tuple[str, str, str], ...] = (
     ("peft", "peft", "LoRA for the sd-turbo scene restorer"),
     ("ray", "ray", "--engine ray"),
 )
-
-
-def insightface_pack(name: str = "buffalo_l") -> Path | None:
-    """The insightface model pack folder when it is already on disk (never downloads)."""
-    root = Path(os.environ.get("INSIGHTFACE_HOME", Path.home() / ".insightface")) / "models" / name
-    return root if root.is_dir() and any(root.glob("*.onnx")) else None
 
 
 def _version(dist: str) -> str | None:

@@ -231,3 +231,31 @@ def test_wheel_contains_models_and_schemas(tmp_path: Path) -> None:
     assert "face2scene_cli/schemas/report.schema.json" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "f2s = face2scene_cli.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_models_fetch_insightface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The explicit fetch reports a failed download clearly and finds a good pack."""
+    from insightface.utils import storage
+
+    monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "if"))
+
+    def offline(url: str, path: str, overwrite: bool = False) -> None:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(storage, "download_file", offline)
+    res = runner.invoke(app, ["models", "fetch", "insightface"])
+    assert res.exit_code == 1
+    assert "could not download insightface pack 'buffalo_l'" in res.output
+    assert "Network is unreachable" in res.output
+
+    def fake_release(url: str, path: str, overwrite: bool = False) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("det_10g.onnx", b"not a real model")
+
+    monkeypatch.setattr(storage, "download_file", fake_release)
+    res = runner.invoke(app, ["models", "fetch", "insightface"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "if" / "models" / "buffalo_l" / "det_10g.onnx").is_file()
+    res = runner.invoke(app, ["models", "fetch", "nope"])
+    assert res.exit_code == 2

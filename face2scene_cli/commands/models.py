@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -10,7 +11,8 @@ from rich.table import Table
 
 from face2scene_cli.commands.options import Json
 from face2scene_cli.commands.runner import cli_errors
-from face2scene_cli.errors import ExitCode
+from face2scene_cli.errors import ConfigError, ExitCode
+from face2scene_cli.external import fetch_insightface_pack
 from face2scene_cli.zoo import ModelInfo, list_models, models_dir, verify_model
 
 app = typer.Typer(
@@ -89,3 +91,15 @@ def _show(verify: bool, json_output: bool) -> None:
         stdout.print(table)
     if verify and broken:
         raise typer.Exit(ExitCode.MODEL_INTEGRITY)
+
+
+@app.command("fetch")
+@cli_errors
+def fetch(
+    pack: Annotated[str, typer.Argument(help="Pack to download: insightface (buffalo_l).")],
+) -> None:
+    """Download a third-party model pack (needs internet; f2s never downloads implicitly)."""
+    if pack != "insightface":
+        raise ConfigError(f"unknown pack {pack!r}; available: insightface")
+    folder = fetch_insightface_pack()
+    typer.echo(f"insightface pack ready in {folder}")
