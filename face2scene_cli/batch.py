@@ -94,11 +94,31 @@ class Plan:
 
 
 @dataclass
-class _Candidate:
+class InputImage:
+    """An input file found by :func:`find_images`: an image by content or by extension."""
+
     path: Path
-    source_format: str | None
-    error: F2SError | None
-    relative: Path = Path()
+    source_format: str | None  # sniffed from the content; None when not an image
+    error: F2SError | None  # a problem found while walking (unreadable, symlink loop)
+    relative: Path = Path()  # relative to the inputs' common root
+
+
+def find_images(
+    inputs: Sequence[str | Path], recursive: bool = True, exclude: Path | None = None
+) -> tuple[list[InputImage], Path, list[str]]:
+    """Expand files, folders and glob patterns into images sorted by relative path.
+
+    Returns:
+        The images, the root they are relative to, and warnings (skipped folders, ...).
+
+    Raises:
+        ConfigError: no input, or an input that does not exist.
+    """
+    sources = _expand_all(inputs)
+    root = _common_root({r for _, r, _ in sources})
+    warnings: list[str] = []
+    exclude_real = os.path.realpath(exclude) if exclude is not None else None
+    return _collect(sources, root, exclude_real, recursive, warnings), root, warnings
 
 
 def plan_inputs(inputs: Sequence[str | Path], cfg: BatchConfig) -> Plan:
@@ -108,14 +128,8 @@ def plan_inputs(inputs: Sequence[str | Path], cfg: BatchConfig) -> Plan:
         ConfigError: an input does not exist, the output folder is an input folder, or no
             default output folder can be derived.
     """
-    if not inputs:
-        raise ConfigError("no input given")
-    warnings: list[str] = []
-    sources: list[tuple[Path, Path, bool]] = []  # (path, root, explicit file?)
-    for raw in inputs:
-        sources.extend(_expand(str(raw)))
-    roots = {root for _, root, _ in sources}
-    rel_root = _common_root(roots)
+    sources = _expand_all(inputs)
+    rel_root = _common_root({root for _, root, _ in sources})
     out = (cfg.out if cfg.out is not None else _default_out(rel_root)).expanduser().absolute()
     out_real = os.path.realpath(out)
     for path, _, explicit in sources:
@@ -128,30 +142,51 @@ def plan_inputs(inputs: Sequence[str | Path], cfg: BatchConfig) -> Plan:
         )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {display_path(out)} exists and is not a folder")
+    warnings: list[str] = []
+    images = _collect(sources, rel_root, out_real, cfg.recursive, warnings)
+    input_reals = {os.path.realpath(img.path) for img in images}
+    items = _assign_outputs(images, out, cfg.format, input_reals)
+    return Plan(items=items, out=out, warnings=warnings)
 
-    candidates: list[_Candidate] = []
-    seen_files: set[str] = set()
+
+def _expand_all(inputs: Sequence[str | Path]) -> list[tuple[Path, Path, bool]]:
+    if not inputs:
+        raise ConfigError("no input given")
+    sources: list[tuple[Path, Path, bool]] = []  # (path, root, explicit file?)
+    for raw in inputs:
+        sources.extend(_expand(str(raw)))
+    return sources
+
+
+def _collect(
+    sources: list[tuple[Path, Path, bool]],
+    rel_root: Path,
+    out_real: str | None,
+    recursive: bool,
+    warnings: list[str],
+) -> list[InputImage]:
+    """Walk the sources; dedupe by real path; relative paths against ``rel_root``."""
+    images: list[InputImage] = []
+    seen: set[str] = set()
     for path, _, explicit in sources:
-        if explicit and os.path.realpath(path).startswith(out_real + os.sep):
+        if explicit and out_real and os.path.realpath(path).startswith(out_real + os.sep):
             warnings.append(f"skipped {display_path(path)}: it is inside the output folder")
             continue
         if explicit:
             found = [_candidate(path, explicit=True)]
         else:
-            found = list(_walk(path, out_real, cfg.recursive, warnings))
-        for cand in found:
-            if cand is None:
+            found = list(_walk(path, out_real, recursive, warnings))
+        for image in found:
+            if image is None:
                 continue
-            real = os.path.realpath(cand.path)
-            if real in seen_files:
+            real = os.path.realpath(image.path)
+            if real in seen:
                 continue
-            seen_files.add(real)
-            rel = Path(os.path.relpath(os.path.abspath(cand.path), os.path.abspath(rel_root)))
-            cand.relative = rel
-            candidates.append(cand)
-    candidates.sort(key=lambda c: c.relative.as_posix())
-    items = _assign_outputs(candidates, out, cfg.format, seen_files)
-    return Plan(items=items, out=out, warnings=warnings)
+            seen.add(real)
+            image.relative = Path(os.path.relpath(image.path, rel_root))
+            images.append(image)
+    images.sort(key=lambda c: c.relative.as_posix())
+    return images
 
 
 def _expand(raw: str) -> list[tuple[Path, Path, bool]]:
@@ -196,8 +231,8 @@ def _default_out(rel_root: Path) -> Path:
 
 
 def _walk(
-    folder: Path, out_real: str, recursive: bool, warnings: list[str]
-) -> Iterator[_Candidate | None]:
+    folder: Path, out_real: str | None, recursive: bool, warnings: list[str]
+) -> Iterator[InputImage | None]:
     """Image files under ``folder``: hidden entries, the output folder and symlink loops skipped."""
     visited: set[tuple[int, int]] = set()
     try:
@@ -235,7 +270,7 @@ def _walk(
                 yield _candidate(Path(dirpath, name), explicit=False)
 
 
-def _candidate(path: Path, explicit: bool) -> _Candidate | None:
+def _candidate(path: Path, explicit: bool) -> InputImage | None:
     """Sniff a file by content; None for a non-image found by walking (ignored, not an error)."""
     looks_like_image = path.suffix.lower() in IMAGE_SUFFIXES
     try:
@@ -247,11 +282,11 @@ def _candidate(path: Path, explicit: bool) -> _Candidate | None:
         if not (explicit or looks_like_image):
             return None
         reason = _reason(err) if isinstance(err, OSError) else str(err)
-        return _Candidate(path, None, InputError(f"cannot read: {reason}"))
+        return InputImage(path, None, InputError(f"cannot read: {reason}"))
     fmt = sniff_format(head)
     if fmt is None and not (explicit or looks_like_image):
         return None
-    return _Candidate(path, fmt, None)
+    return InputImage(path, fmt, None)
 
 
 def _reason(err: OSError) -> str:
@@ -263,11 +298,11 @@ def _reason(err: OSError) -> str:
 
 
 def _assign_outputs(
-    candidates: list[_Candidate], out: Path, fmt_option: str, input_reals: set[str]
+    candidates: list[InputImage], out: Path, fmt_option: str, input_reals: set[str]
 ) -> list[WorkItem]:
     """Output paths: ``<out>/<relative dir>/<stem><ext>``; same-stem siblings get the source
     extension in the name (``a_jpg.png``, ``a_png.png``) so they cannot collide."""
-    planned: list[tuple[_Candidate, str, Path]] = []
+    planned: list[tuple[InputImage, str, Path]] = []
     for cand in candidates:
         fmt = format_for(fmt_option, cand.source_format or "PNG")
         planned.append(
