@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from face2scene_cli import __version__
-from face2scene_cli.commands import degrade, doctor, models, pending
+from face2scene_cli.commands import degrade, doctor, faces, models, pending
 from face2scene_cli.commands.runner import cli_errors
 
 EPILOG = """[bold]Examples[/bold]
@@ -56,7 +56,7 @@ def _main(
 app.command("restore", **pending.SETTINGS)(cli_errors(pending.restore))
 app.command("degrade-code", **pending.SETTINGS)(cli_errors(pending.degrade_code))
 app.command("degrade")(cli_errors(degrade.degrade))
-app.command("faces", **pending.SETTINGS)(cli_errors(pending.faces))
+app.command("faces")(cli_errors(faces.faces))
 app.add_typer(models.app, name="models")
 app.command("doctor")(cli_errors(doctor.doctor))
 app.command("train", **pending.SETTINGS)(cli_errors(pending.train))

@@ -15,7 +15,7 @@ SETTINGS = {
 def _not_yet(command: str, what: str) -> None:
     raise NotAvailableError(
         f"'f2s {command}' is not available yet in this version: {what}. "
-        "Available now: f2s degrade, f2s models, f2s doctor."
+        "Available now: f2s degrade, f2s faces, f2s models, f2s doctor."
     )
 
 
@@ -27,11 +27,6 @@ def restore(ctx: typer.Context) -> None:
 def degrade_code(ctx: typer.Context) -> None:
     """Estimate a photo's degradation from its faces. [dim](not available yet)[/dim]"""
     _not_yet("degrade-code", "the degradation estimator (FaDeX) is still being trained")
-
-
-def faces(ctx: typer.Context) -> None:
-    """Detect, align and identify faces. [dim](not available yet)[/dim]"""
-    _not_yet("faces", "face detection and reference galleries are still being built")
 
 
 def train(ctx: typer.Context) -> None:

@@ -203,9 +203,9 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     started = time.perf_counter()
     plan = plan_inputs(inputs, batch_cfg)
     for warning in plan.warnings:
-        _diag(log, "warning", warning)
+        diag("warning", warning, log)
     if not plan.items:
-        _diag(log, "error", "no images found in the inputs")
+        diag("error", "no images found in the inputs", log)
         raise typer.Exit(ExitCode.USAGE)
     job: ImageJob = job_factory()
     jsonl = _open_jsonl(log.report_jsonl)
@@ -227,7 +227,9 @@ def _open_jsonl(target: str | None) -> IO[str] | None:
     return open(target, "a", encoding="utf-8")
 
 
-def _diag(log: LogOptions, level: str, message: str) -> None:
+def diag(level: str, message: str, log: LogOptions | None = None) -> None:
+    """One diagnostic line on stderr (``f2s: <level>: <message>``, or JSON with --log-json)."""
+    log = log or LogOptions()
     if log.log_json:
         print(json.dumps({"event": level, "message": message}), file=sys.stderr, flush=True)
     elif level != "warning" or not log.quiet:
@@ -252,11 +254,11 @@ def _print_summary(summary: RunSummary, plan: Plan, log: LogOptions, seconds: fl
         )
         return
     if summary.interrupted:
-        _diag(
-            log,
+        diag(
             "warning",
             f"stopped by {summary.interrupted}; {c['pending']} image(s) left "
             "for the next run (it resumes where this one stopped)",
+            log,
         )
     if not log.quiet:
         print(

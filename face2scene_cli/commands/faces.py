@@ -1,0 +1,224 @@
+"""``f2s faces``: list the faces f2s finds and whose they are (check a gallery before a run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from face2scene_cli.batch import find_images
+from face2scene_cli.commands import options as o
+from face2scene_cli.commands.runner import configure_logging, diag
+from face2scene_cli.errors import ExitCode, F2SError
+from face2scene_cli.faces.align import FaceAligner
+from face2scene_cli.faces.detect import DETECTOR_CHOICES, create_detector
+from face2scene_cli.faces.gallery import Gallery
+from face2scene_cli.faces.identity import create_identity_encoder
+from face2scene_cli.imageio import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, encode_image
+from face2scene_cli.imageio import read_image as read
+from face2scene_cli.pipeline import FaceFinder
+from face2scene_cli.report import display_path
+
+FACES = "Faces"
+stdout = Console(highlight=False)
+
+Detector = Annotated[
+    str,
+    typer.Option(
+        "--detector",
+        envvar="F2S_DETECTOR",
+        rich_help_panel=FACES,
+        help=f"Face detector: {'|'.join(DETECTOR_CHOICES)} (auto = insightface when "
+        "its pack is on disk, else mtcnn).",
+    ),
+]
+MinFace = Annotated[
+    int,
+    typer.Option(
+        "--min-face",
+        envvar="F2S_MIN_FACE",
+        rich_help_panel=FACES,
+        min=1,
+        help="Ignore faces smaller than this (pixels, shorter box side).",
+    ),
+]
+MaxFaces = Annotated[
+    int | None,
+    typer.Option(
+        "--max-faces",
+        envvar="F2S_MAX_FACES",
+        rich_help_panel=FACES,
+        min=1,
+        help="Keep at most this many faces per image (most confident first).",
+        show_default=False,
+    ),
+]
+Refs = Annotated[
+    Path | None,
+    typer.Option(
+        "--refs",
+        "-r",
+        envvar="F2S_REFS",
+        rich_help_panel=FACES,
+        exists=True,
+        file_okay=False,
+        help="Reference photos: refs/<person>/*.jpg or refs/*.jpg.",
+    ),
+]
+Identity = Annotated[
+    str,
+    typer.Option(
+        "--identity",
+        envvar="F2S_IDENTITY",
+        rich_help_panel=FACES,
+        help="Identity encoder: auto|dlib|arcface (auto = arcface when its pack is on "
+        "disk, else dlib).",
+    ),
+]
+RefsK = Annotated[
+    int,
+    typer.Option(
+        "--refs-k",
+        envvar="F2S_REFS_K",
+        rich_help_panel=FACES,
+        min=1,
+        help="References chosen per matched face.",
+    ),
+]
+
+
+def build_finder(
+    detector: str,
+    min_face: int,
+    max_faces: int | None,
+    refs: Path | None,
+    identity: str,
+    refs_k: int,
+    face_size: int = 512,
+) -> tuple[FaceFinder, Gallery | None]:
+    """The FaceFinder (and gallery) the face commands share."""
+    det = create_detector(detector, min_face=min_face, max_faces=max_faces)
+    aligner = FaceAligner(size=face_size)
+    gallery = None
+    if refs is not None:
+        gallery = Gallery.build(refs, det, aligner, create_identity_encoder(identity))
+    return FaceFinder(det, aligner, gallery, refs_k=refs_k), gallery
+
+
+def faces(
+    inputs: o.Inputs,
+    refs: Refs = None,
+    detector: Detector = "auto",
+    min_face: MinFace = 20,
+    max_faces: MaxFaces = None,
+    identity: Identity = "auto",
+    refs_k: RefsK = 3,
+    save_crops: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-crops",
+            rich_help_panel=FACES,
+            file_okay=False,
+            help="Write each aligned face crop here (PNG, mirrors the input tree).",
+        ),
+    ] = None,
+    face_size: Annotated[
+        int,
+        typer.Option(
+            "--face-size",
+            rich_help_panel=FACES,
+            min=64,
+            help="Aligned crop size (FFHQ 5-point template).",
+        ),
+    ] = 512,
+    recursive: o.Recursive = None,
+    max_pixels: o.MaxPixels = None,
+    json_output: o.Json = False,
+    debug: o.Debug = False,
+) -> None:
+    """List the faces in photos: box, score, matched person, similarity, chosen references.
+
+    With --refs each face is matched to the best person of the gallery above the identity
+    model's published threshold, else "unknown". Use it to check a gallery before a long run.
+
+    [bold]Examples[/bold]: f2s faces group.jpg · f2s faces ./photos --refs ./refs --json ·
+    f2s faces img.jpg --save-crops ./crops
+    """
+    configure_logging(debug)
+    finder, gallery = build_finder(detector, min_face, max_faces, refs, identity, refs_k, face_size)
+    images, _, warnings = find_images(inputs, recursive=recursive is not False)
+    for warning in warnings + [str(w) for w in (gallery.warnings if gallery else [])]:
+        diag("warning", warning)
+    results: list[dict[str, Any]] = []
+    failed = found_any = False
+    for image in images:
+        entry: dict[str, Any] = {
+            "input": display_path(image.path),
+            "relative_path": display_path(image.relative),
+            "faces": [],
+            "error": None,
+        }
+        try:
+            if image.error is not None:
+                raise image.error
+            pixels = read(image.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS).pixels
+            found = finder.find(pixels)
+            entry["faces"] = [f.to_report() for f in found]
+            found_any |= bool(found)
+            if save_crops is not None:
+                _save_crops(save_crops, image.relative, found)
+        except F2SError as err:
+            failed = True
+            entry["error"] = {"type": type(err).__name__, "message": str(err)}
+            diag("error", f"{display_path(image.path)}: {err}")
+        results.append(entry)
+    if json_output:
+        payload: dict[str, Any] = {"images": results}
+        if gallery is not None:
+            payload["gallery"] = gallery.summary()
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        _print_table(results)
+    if failed:
+        raise typer.Exit(ExitCode.FAILED_FILES)
+    if not found_any:
+        diag("error", "no face found in the inputs")
+        raise typer.Exit(ExitCode.NO_FACE)
+
+
+def _save_crops(root: Path, relative: Path, found: list) -> None:
+    for i, item in enumerate(found):
+        if item.aligned is None:
+            continue
+        target = root / relative.parent / f"{relative.stem}_face{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        crop = Image(pixels=item.aligned.crop, source_format="PNG")
+        atomic_write_bytes(target, encode_image(crop, "png"))
+
+
+def _print_table(results: list[dict[str, Any]]) -> None:
+    table = Table("image", "#", "box (x0,y0,x1,y1)", "score", "person", "similarity", "references")
+    for entry in results:
+        if entry["error"]:
+            table.add_row(
+                entry["input"], "-", f"[red]{entry['error']['message']}[/red]", "", "", "", ""
+            )
+            continue
+        if not entry["faces"]:
+            table.add_row(entry["relative_path"], "-", "no face", "", "", "", "")
+        for i, face in enumerate(entry["faces"]):
+            sim = face["similarity"]
+            table.add_row(
+                entry["relative_path"] if i == 0 else "",
+                str(i),
+                ", ".join(f"{v:.0f}" for v in face["box"]),
+                f"{face['score']:.2f}",
+                face["person"] or "unknown",
+                "-" if sim is None else f"{sim:.3f}",
+                ", ".join(face["references"]) or "-",
+            )
+    stdout.print(table)
