@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from face2scene_cli import __version__
-from face2scene_cli.commands import degrade, doctor, faces, models, pending
+from face2scene_cli.commands import degrade, degrade_code, doctor, faces, models, pending
 from face2scene_cli.commands.runner import cli_errors
 
 EPILOG = """[bold]Examples[/bold]
@@ -54,7 +54,7 @@ def _main(
 
 
 app.command("restore", **pending.SETTINGS)(cli_errors(pending.restore))
-app.command("degrade-code", **pending.SETTINGS)(cli_errors(pending.degrade_code))
+app.command("degrade-code")(cli_errors(degrade_code.degrade_code))
 app.command("degrade")(cli_errors(degrade.degrade))
 app.command("faces")(cli_errors(faces.faces))
 app.add_typer(models.app, name="models")

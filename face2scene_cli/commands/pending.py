@@ -15,18 +15,13 @@ SETTINGS = {
 def _not_yet(command: str, what: str) -> None:
     raise NotAvailableError(
         f"'f2s {command}' is not available yet in this version: {what}. "
-        "Available now: f2s degrade, f2s faces, f2s models, f2s doctor."
+        "Available now: f2s degrade, f2s degrade-code, f2s faces, f2s models, f2s doctor."
     )
 
 
 def restore(ctx: typer.Context) -> None:
     """Restore photos: faces with references, then the scene. [dim](not available yet)[/dim]"""
     _not_yet("restore", "the face and scene restoration stages are still being built")
-
-
-def degrade_code(ctx: typer.Context) -> None:
-    """Estimate a photo's degradation from its faces. [dim](not available yet)[/dim]"""
-    _not_yet("degrade-code", "the degradation estimator (FaDeX) is still being trained")
 
 
 def train(ctx: typer.Context) -> None:
