@@ -30,7 +30,7 @@ bench: install testdata  ## throughput benchmarks (not tests)
 	$(BIN)/python benchmarks/bench.py
 
 lint: install
-	$(BIN)/ruff check face2scene_cli tests benchmarks
+	$(BIN)/ruff check face2scene_cli tests benchmarks scripts
 
 wheel: install
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist
