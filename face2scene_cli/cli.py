@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 
 from face2scene_cli import __version__
-from face2scene_cli.commands import degrade, degrade_code, doctor, faces, models, pending
+from face2scene_cli.commands import (
+    degrade,
+    degrade_code,
+    doctor,
+    faces,
+    models,
+    pending,
+    restore,
+    train,
+    train_scene,
+)
 from face2scene_cli.commands.runner import cli_errors
 
 EPILOG = """[bold]Examples[/bold]
@@ -53,13 +63,14 @@ def _main(
     """face2scene: batch restoration of photos of people."""
 
 
-app.command("restore", **pending.SETTINGS)(cli_errors(pending.restore))
+app.command("restore")(cli_errors(restore.restore))
 app.command("degrade-code")(cli_errors(degrade_code.degrade_code))
 app.command("degrade")(cli_errors(degrade.degrade))
 app.command("faces")(cli_errors(faces.faces))
 app.add_typer(models.app, name="models")
 app.command("doctor")(cli_errors(doctor.doctor))
-app.command("train", **pending.SETTINGS)(cli_errors(pending.train))
+train.app.command("scene")(train_scene.train_scene)
+app.add_typer(train.app, name="train")
 app.command("eval", **pending.SETTINGS)(cli_errors(pending.evaluate))
 
 

@@ -8,19 +8,24 @@ into one degradation estimate. Commands call these; nothing here prints.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from face2scene_cli.batch import LoadedImage, Processed
+from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.faces.align import AlignedFace, FaceAligner, native_crop
 from face2scene_cli.faces.base import DetectedFace, FaceDetector
 from face2scene_cli.faces.detect import as_rgb_uint8
 from face2scene_cli.faces.gallery import Gallery, Match, Reference
-from face2scene_cli.imageio import to_tensor
+from face2scene_cli.imageio import from_tensor, to_tensor
 from face2scene_cli.stages.face_restore import FaceRestorer
 from face2scene_cli.stages.fadex import FaDeX
+from face2scene_cli.stages.scene import SceneRestorer
+from face2scene_cli.zoo import ModelInfo
 
 # FaDeX reads native crops of at least this side; smaller faces take more context around them.
 MIN_CROP_SIDE = 64
@@ -101,6 +106,7 @@ class FaceDegradation:
     estimates: dict[str, float]  # noise_sigma, blur_sigma_px, downscale, jpeg_quality, jpeg_prob
     weight: float  # restorer confidence x detection score x size factor, in [0, 1]
     crop_box: tuple[int, int, int, int]
+    z: torch.Tensor | None = field(default=None, repr=False)  # FaDeX's map (1, C, h, w)
 
 
 @dataclass
@@ -186,6 +192,7 @@ class DegradationReader:
                     estimates=out.estimates()[0],
                     weight=max(weight, 1e-6),
                     crop_box=crop.box,
+                    z=out.z.cpu(),
                 )
             )
         result = ImageDegradation(faces=readings, restorer=self.restorer.method)
@@ -226,3 +233,122 @@ def describe_degradation(e: dict[str, float]) -> str:
     if e["downscale"] >= 1.5:
         parts.append(f"low resolution (~x{e['downscale']:.1f} lost)")
     return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    """Settings of ``f2s restore`` that change the output pixels.
+
+    Attributes:
+        blind: ignore faces; restore with MapNet's null tokens.
+        tile: tile side in px (None = automatic from free memory).
+        precision: fp32 | fp16 | bf16 (None = fp32 on CPU, fp16 on CUDA).
+        scale: 1, 2 or 4 (bicubic upscaling before restoring).
+        detector, min_face, max_faces: face detection.
+        device: cpu | cuda | cuda:N | mps.
+        scene_model: zoo name of the scene restorer.
+    """
+
+    blind: bool = False
+    tile: int | None = None
+    precision: str | None = None
+    scale: int = 1
+    detector: str = "auto"
+    min_face: int = 20
+    max_faces: int | None = None
+    device: str = "cpu"
+    scene_model: str = "scene-embedded"
+
+    def __post_init__(self) -> None:
+        if self.scale not in (1, 2, 4):
+            raise ConfigError(f"scale must be 1, 2 or 4, got {self.scale}")
+        if self.precision not in (None, "fp32", "fp16", "bf16"):
+            raise ConfigError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.tile is not None and self.tile < 32:
+            raise ConfigError(f"tile must be >= 32 px, got {self.tile}")
+
+
+class Face2ScenePipeline:
+    """``f2s restore`` as a batch job: faces -> degradation code -> scene restorer.
+
+    Per image: detect faces, read the degradation off them (Stage I restorer + FaDeX), turn
+    the faces' FaDeX maps into MapNet tokens (weighted by each face's confidence) and restore
+    the whole image with them; without a usable face, or with ``blind``, the scene restorer
+    runs on its null tokens and the report says ``source: blind``. Alpha is carried through.
+    """
+
+    command = "restore"
+
+    def __init__(
+        self,
+        config: RestoreConfig,
+        finder: FaceFinder,
+        reader: DegradationReader,
+        scene: SceneRestorer,
+        models: list[ModelInfo],
+    ) -> None:
+        self.config = config
+        self.finder = finder
+        self.reader = reader
+        self.scene = scene
+        self.device = config.device
+        self._models = [m.ref() for m in models]
+
+    def settings(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "blind": c.blind,
+            "tile": c.tile,
+            "precision": c.precision,
+            "scale": c.scale,
+            "detector": c.detector,
+            "min_face": c.min_face,
+            "max_faces": c.max_faces,
+            "device": c.device,
+            "face_restorer": self.reader.restorer.method,
+        }
+
+    def models(self) -> list[dict[str, str]]:
+        return self._models
+
+    def process(self, batch: list[LoadedImage], seed: int) -> list[Processed | F2SError]:
+        return [self._one(loaded) for loaded in batch]
+
+    def _one(self, loaded: LoadedImage) -> Processed:
+        image = loaded.image
+        pixels = image.pixels
+        colour, alpha = (pixels[..., :-1], pixels[..., -1:]) if image.has_alpha else (pixels, None)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        found = self.finder.find(colour)
+        t1 = time.perf_counter()
+        reading = self.reader.read(colour, [f.face for f in found])
+        t2 = time.perf_counter()
+        tokens = None
+        if reading.faces and not self.config.blind:
+            tokens = self.scene.tokens_for_faces(
+                [r.z for r in reading.faces], [r.weight for r in reading.faces]
+            )
+        restored = self.scene.restore(
+            to_tensor(colour),
+            tokens,
+            tile=self.config.tile,
+            precision=self.config.precision,
+            scale=self.config.scale,
+        )
+        out = from_tensor(restored, pixels.dtype)
+        if alpha is not None:
+            a = to_tensor(alpha)
+            if a.shape[-2:] != restored.shape[-2:]:
+                a = torch.nn.functional.interpolate(a, size=restored.shape[-2:], mode="bilinear")
+            out = np.concatenate([out, from_tensor(a, pixels.dtype)], axis=-1)
+        t3 = time.perf_counter()
+        timings.update({"faces": t1 - t0, "degradation": t2 - t1, "scene": t3 - t2})
+        degradation = reading.to_report() or dict.fromkeys(
+            ("noise_sigma", "blur_sigma_px", "jpeg_quality", "downscale"), None
+        ) | {"code": []}
+        if self.config.blind or not reading.faces:
+            degradation["source"] = "blind"  # the scene restorer ran on its null tokens
+        warnings = [] if reading.faces else ["no usable face: restored in blind mode"]
+        fields = {"faces": [f.to_report() for f in found], "degradation": degradation}
+        return Processed(image.with_pixels(out), fields, timings, warnings)

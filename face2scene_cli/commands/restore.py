@@ -1,0 +1,183 @@
+"""``f2s restore``: restore whole photos, guided by the degradation their faces reveal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+import typer
+
+from face2scene_cli.commands import options as o
+from face2scene_cli.commands.faces import Detector, Identity, MaxFaces, MinFace, Refs, RefsK
+from face2scene_cli.commands.runner import (
+    LogOptions,
+    configure_logging,
+    load_settings,
+    print_config,
+    run_files,
+)
+from face2scene_cli.config import BatchConfig
+from face2scene_cli.errors import ConfigError
+from face2scene_cli.faces.align import FaceAligner
+from face2scene_cli.faces.detect import create_detector, resolve_detector_name
+from face2scene_cli.faces.gallery import Gallery
+from face2scene_cli.faces.identity import create_identity_encoder
+from face2scene_cli.pipeline import (
+    DegradationReader,
+    Face2ScenePipeline,
+    FaceFinder,
+    RestoreConfig,
+)
+from face2scene_cli.stages.face_restore import BlindFaceRestorer
+from face2scene_cli.stages.fadex import load_fadex
+from face2scene_cli.stages.scene import load_scene_restorer
+from face2scene_cli.zoo import require_model
+
+RES = "Restoration"
+
+
+def check_device(device: str) -> str:
+    """The device as given, or a ConfigError when it is not there (never a silent fallback)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here (f2s doctor)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: MPS is not available here (f2s doctor)")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    return device
+
+
+def restore(
+    inputs: o.Inputs,
+    refs: Refs = None,
+    blind: Annotated[
+        bool | None,
+        typer.Option(
+            "--blind/--face-code",
+            envvar="F2S_BLIND",
+            rich_help_panel=RES,
+            help="Ignore faces: restore with the null degradation code. [default: face-code]",
+            show_default=False,
+        ),
+    ] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            "--tile",
+            envvar="F2S_TILE",
+            rich_help_panel=RES,
+            min=32,
+            help="Tile side in px. [default: automatic from free memory]",
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            envvar="F2S_PRECISION",
+            rich_help_panel=RES,
+            help="fp32|fp16|bf16 (fp16/bf16 tiles with NaN/Inf are re-run in fp32). "
+            "[default: fp32 on CPU, fp16 on CUDA]",
+            show_default=False,
+        ),
+    ] = None,
+    scale: Annotated[
+        int | None,
+        typer.Option(
+            "--scale",
+            envvar="F2S_SCALE",
+            rich_help_panel=RES,
+            help="1, 2 or 4: upscale (bicubic) before restoring. [default: 1]",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            envvar="F2S_DEVICE",
+            rich_help_panel=RES,
+            help="cpu|cuda|cuda:N|mps; a missing device is an error, never a silent "
+            "fallback. [default: cpu]",
+            show_default=False,
+        ),
+    ] = None,
+    detector: Detector = "auto",
+    min_face: MinFace = 20,
+    max_faces: MaxFaces = None,
+    identity: Identity = "auto",
+    refs_k: RefsK = 3,
+    out: o.Out = None,
+    recursive: o.Recursive = None,
+    overwrite: o.Overwrite = None,
+    fmt: o.Format = None,
+    quality: o.Quality = None,
+    max_pixels: o.MaxPixels = None,
+    seed: o.Seed = None,
+    threads: o.Threads = None,
+    io_workers: o.IOWorkers = None,
+    batch_size: o.BatchSize = None,
+    config: o.ConfigFile = None,
+    show_config: o.PrintConfig = False,
+    quiet: o.Quiet = False,
+    log_json: o.LogJson = False,
+    report_jsonl: o.ReportJsonl = None,
+    debug: o.Debug = False,
+) -> None:
+    """Restore photos: read the degradation off each photo's faces, restore the whole scene.
+
+    Faces are detected and (with --refs) matched to their person; each face crop is restored
+    by the Stage I restorer (the blind baseline in this version) and FaDeX reads the
+    degradation from the (degraded, restored) pair; the code, through MapNet, conditions the
+    scene restorer on the whole photo. Photos without a usable face are restored blind and
+    their report says so.
+
+    [bold]Examples[/bold]: f2s restore ./photos --refs ./refs · f2s restore img.jpg --out ./out
+    --format jpg --quality 92 · f2s restore ./scans --blind --tile 256
+    """
+    configure_logging(debug)
+    flags = {
+        "blind": blind,
+        "tile": tile,
+        "precision": precision,
+        "scale": scale,
+        "device": device,
+        "detector": detector,
+        "min_face": min_face,
+        "max_faces": max_faces,
+        "out": out,
+        "recursive": recursive,
+        "overwrite": overwrite,
+        "format": fmt,
+        "quality": quality,
+        "max_pixels": max_pixels,
+        "seed": seed,
+        "threads": threads,
+        "io_workers": io_workers,
+        "batch_size": batch_size,
+    }
+    batch_cfg, restore_cfg = load_settings("restore", config, [BatchConfig, RestoreConfig], flags)
+    if show_config:
+        print_config(batch_cfg, restore_cfg)
+        return
+    check_device(restore_cfg.device)
+    log = LogOptions(quiet=quiet, log_json=log_json, report_jsonl=report_jsonl, debug=debug)
+
+    def build() -> Face2ScenePipeline:
+        cfg = restore_cfg
+        det = create_detector(cfg.detector, cfg.min_face, cfg.max_faces, cfg.device)
+        aligner = FaceAligner()
+        gallery = None
+        if refs is not None:
+            gallery = Gallery.build(refs, det, aligner, create_identity_encoder(identity))
+        finder = FaceFinder(det, None, gallery, refs_k=refs_k)
+        scene = load_scene_restorer(cfg.scene_model, device=cfg.device)
+        fadex = load_fadex(scene.settings.fadex)  # the FaDeX the scene model was trained with
+        reader = DegradationReader(fadex, BlindFaceRestorer(), device=cfg.device)
+        names = [scene.settings.fadex, cfg.scene_model]
+        if resolve_detector_name(cfg.detector) == "mtcnn":
+            names.insert(0, "mtcnn")
+        return Face2ScenePipeline(cfg, finder, reader, scene, [require_model(n) for n in names])
+
+    run_files(inputs, build, batch_cfg, log)
