@@ -1,0 +1,83 @@
+"""``f2s restore`` end to end on real photos with the shipped models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from face2scene_cli.cli import app
+from face2scene_cli.degrade import PRESETS, degrade_parametric, image_generator
+from face2scene_cli.imageio import from_tensor, to_tensor
+from face2scene_cli.metrics import psnr
+from face2scene_cli.sample_data import package_photos
+
+runner = CliRunner()
+
+
+def _photo(name: str) -> np.ndarray:
+    path = next(p.path for p in package_photos() if p.name == name)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def noisy_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """The astronaut at 256 px (one face) with noise15, and a face-less photo (coffee)."""
+    root = tmp_path_factory.mktemp("restore")
+    clean = np.asarray(Image.fromarray(_photo("skimage/astronaut")).resize((256, 256)))
+    noisy = degrade_parametric(to_tensor(clean), PRESETS["noise15"], image_generator(0, "a"))
+    photos = root / "photos"
+    photos.mkdir()
+    Image.fromarray(from_tensor(noisy, np.uint8)).save(photos / "astronaut.png")
+    coffee = Image.fromarray(_photo("skimage/coffee")).resize((200, 134))
+    coffee.save(photos / "coffee.png")
+    return photos, clean
+
+
+def test_restore_reads_faces_and_improves_the_photo(noisy_case, tmp_path: Path) -> None:
+    photos, clean = noisy_case
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["restore", str(photos), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "astronaut.png.json").read_text())
+    assert report["status"] == "done"
+    assert len(report["faces"]) == 1
+    deg = report["degradation"]
+    assert deg["source"] == "face"
+    assert 8 <= deg["noise_sigma"] <= 25  # the truth is 15/255
+    assert {m["name"] for m in report["models"]} >= {"fadex-s", "scene-embedded"}
+    restored = np.asarray(Image.open(out / "astronaut.png"))
+    noisy = np.asarray(Image.open(photos / "astronaut.png"))
+    assert restored.shape == noisy.shape
+    assert psnr(clean, restored) > psnr(clean, noisy) + 1.0
+    blind = json.loads((out / "coffee.png.json").read_text())
+    assert blind["faces"] == [] and blind["degradation"]["source"] == "blind"
+    assert "blind mode" in blind["warnings"][0]
+
+
+def test_restore_blind_flag_and_determinism(noisy_case, tmp_path: Path) -> None:
+    photos, _ = noisy_case
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        res = runner.invoke(
+            app, ["restore", str(photos / "astronaut.png"), "--out", str(out), "--blind", "-q"]
+        )
+        assert res.exit_code == 0, res.output
+    assert (a / "astronaut.png").read_bytes() == (b / "astronaut.png").read_bytes()
+    assert json.loads((a / "astronaut.png.json").read_text())["degradation"]["source"] == "blind"
+
+
+def test_restore_refuses_a_missing_device(noisy_case, tmp_path: Path) -> None:
+    photos, _ = noisy_case
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: the missing-device error cannot be shown")
+    res = runner.invoke(
+        app, ["restore", str(photos), "--out", str(tmp_path / "o"), "--device", "cuda"]
+    )
+    assert res.exit_code == 2
+    assert "CUDA is not available" in res.output
