@@ -108,28 +108,11 @@ def degrade(
     f2s degrade img.png --noise-sigma 15 --jpeg-quality 40 · f2s degrade ./clean --seed 7
     """
     configure_logging(debug)
-    flags = {
-        "preset": preset,
-        "blur_sigma": blur_sigma,
-        "noise_sigma": noise_sigma,
-        "jpeg_quality": jpeg_quality,
-        "scale": scale,
-        "out": out,
-        "recursive": recursive,
-        "overwrite": overwrite,
-        "format": fmt,
-        "quality": quality,
-        "max_pixels": max_pixels,
-        "seed": seed,
-        "threads": threads,
-        "io_workers": io_workers,
-        "batch_size": batch_size,
-    }
     batch_cfg, degrade_cfg = load_settings(
-        "degrade", config, [BatchConfig, DegradeConfig], flags, defaults={"format": "png"}
+        "degrade", config, [BatchConfig, DegradeConfig], locals(), defaults={"format": "png"}
     )
     if show_config:
         print_config(batch_cfg, degrade_cfg)
         return
-    log = LogOptions(quiet=quiet, log_json=log_json, report_jsonl=report_jsonl, debug=debug)
+    log = LogOptions.from_values(locals())
     run_files(inputs, lambda: DegradePipeline(degrade_cfg), batch_cfg, log)

@@ -103,8 +103,8 @@ def restore(
             show_default=False,
         ),
     ] = None,
-    detector: Detector = "auto",
-    min_face: MinFace = 20,
+    detector: Detector = None,  # type: ignore[assignment]  # None: config file or default
+    min_face: MinFace = None,  # type: ignore[assignment]
     max_faces: MaxFaces = None,
     identity: Identity = "auto",
     refs_k: RefsK = 3,
@@ -137,32 +137,14 @@ def restore(
     --format jpg --quality 92 · f2s restore ./scans --blind --tile 256
     """
     configure_logging(debug)
-    flags = {
-        "blind": blind,
-        "tile": tile,
-        "precision": precision,
-        "scale": scale,
-        "device": device,
-        "detector": detector,
-        "min_face": min_face,
-        "max_faces": max_faces,
-        "out": out,
-        "recursive": recursive,
-        "overwrite": overwrite,
-        "format": fmt,
-        "quality": quality,
-        "max_pixels": max_pixels,
-        "seed": seed,
-        "threads": threads,
-        "io_workers": io_workers,
-        "batch_size": batch_size,
-    }
-    batch_cfg, restore_cfg = load_settings("restore", config, [BatchConfig, RestoreConfig], flags)
+    batch_cfg, restore_cfg = load_settings(
+        "restore", config, [BatchConfig, RestoreConfig], locals()
+    )
     if show_config:
         print_config(batch_cfg, restore_cfg)
         return
     check_device(restore_cfg.device)
-    log = LogOptions(quiet=quiet, log_json=log_json, report_jsonl=report_jsonl, debug=debug)
+    log = LogOptions.from_values(locals())
 
     def build() -> Face2ScenePipeline:
         cfg = restore_cfg

@@ -73,6 +73,11 @@ class LogOptions:
     report_jsonl: str | None = None
     debug: bool = False
 
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> LogOptions:
+        """From a command's parameters (its ``locals()``)."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
 
 def configure_logging(debug: bool) -> None:
     """Library logs go to stderr; debug level only with --debug."""
@@ -83,17 +88,25 @@ def configure_logging(debug: bool) -> None:
     )
 
 
+# Command parameters named differently from the settings field they set.
+_PARAM_ALIASES = {"fmt": "format"}
+
+
 def load_settings(
     command: str,
     config_file: Path | None,
     classes: list[type[Any]],
-    flags: dict[str, Any],
+    values: dict[str, Any],
     defaults: dict[str, Any] | None = None,
 ) -> list[Any]:
     """Build each settings dataclass from defaults < file < env/flags (env arrives as flags).
 
-    ``defaults`` replaces class defaults for this command (e.g. ``format: png`` for degrade).
+    Args:
+        values: the command's parameters (its ``locals()``); those named like a settings
+            field (``fmt`` sets ``format``) and not None are the flags.
+        defaults: replaces class defaults for this command (e.g. ``format: png`` for degrade).
     """
+    flags = {_PARAM_ALIASES.get(k, k): v for k, v in values.items()}
     data = read_config_file(config_file)
     check_file_keys(data, command, classes)
     out = []
