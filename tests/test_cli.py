@@ -44,7 +44,7 @@ def test_version_and_help() -> None:
     assert "Examples" in res.output
 
 
-@pytest.mark.parametrize("command", ["restore", "eval"])
+@pytest.mark.parametrize("command", ["eval"])
 def test_commands_not_landed_say_so(command: str, tmp_path: Path) -> None:
     res = runner.invoke(app, [command, str(tmp_path), "--refs", str(tmp_path)])
     assert res.exit_code == NotAvailableError.exit_code == 4
