@@ -106,6 +106,35 @@ def bench_degrade(photos: Path, args: list[str], label: str) -> dict:
     }
 
 
+def bench_faces(repeats: int = 5) -> dict:
+    """Detection + landmarks + identity embedding on a 1 MP photo with one face (in-process,
+    torch threads as f2s sets them: cores minus I/O workers)."""
+    import numpy as np
+    import torch
+
+    from face2scene_cli.config import BatchConfig
+    from face2scene_cli.faces.detect import create_detector
+    from face2scene_cli.faces.identity import create_identity_encoder
+
+    torch.set_num_threads(BatchConfig().torch_threads)
+    path = next(p.path for p in sample_data.package_photos() if p.name == "skimage/astronaut")
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB").resize((1024, 1024), Image.Resampling.BICUBIC))
+    detector, encoder = create_detector("auto"), create_identity_encoder("auto")
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        faces = detector.detect([rgb])[0]
+        encoder.embed(rgb, faces)
+        times.append(time.perf_counter() - t0)
+    return {
+        "label": f"faces: {detector.name} + {encoder.name} on 1.05 MP, 1 face",
+        "faces": len(faces),
+        "median_s": round(statistics.median(times[1:]), 3),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=100)
@@ -122,6 +151,7 @@ def main() -> None:
         bench_degrade(photos_dir, ["--preset", "noise15"], "degrade preset noise15"),
         bench_degrade(photos_dir, ["--seed", "0"], "degrade second-order"),
     ]
+    faces = bench_faces()
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -130,6 +160,7 @@ def main() -> None:
         },
         "date": time.strftime("%Y-%m-%d"),
         "runs": runs,
+        "faces": faces,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "degrade.json").write_text(json.dumps(result, indent=2) + "\n")
