@@ -61,6 +61,17 @@ def train_fadex(
             "--run-dir", rich_help_panel=RUN, help="Override logging.run_dir.", show_default=False
         ),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            exists=True,
+            dir_okay=False,
+            rich_help_panel=RUN,
+            help="Warm-start weights (a checkpoint's model.safetensors).",
+            show_default=False,
+        ),
+    ] = None,
     wall_limit: Annotated[
         float | None,
         typer.Option(
@@ -84,6 +95,8 @@ def train_fadex(
         cfg = cfg.replace("train", device=device.value)
     if run_dir is not None:
         cfg = cfg.replace("logging", run_dir=str(run_dir))
+    if init_from is not None:
+        cfg = cfg.replace("network", init_from=str(init_from))
     result = run(cfg, resume=resume, wall_limit_s=None if wall_limit is None else wall_limit * 60)
     summary = (result.best_table or {}).get("summary", {})
     typer.echo(

@@ -1,0 +1,1 @@
+"""The restoration stages: face restorers (Stage I), FaDeX and MapNet (degradation oracle)."""

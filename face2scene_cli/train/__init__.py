@@ -1,0 +1,1 @@
+"""Training of f2s networks (FaDeX now; the scene restorer later)."""

@@ -1,0 +1,329 @@
+"""FaDeX: shapes, save/load, determinism, losses, training state, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from face2scene_cli.degrade import gaussian_blur, jpeg_compress
+from face2scene_cli.errors import ConfigError
+from face2scene_cli.stages.face_restore import BlindFaceRestorer
+from face2scene_cli.stages.fadex import (
+    NUM_STATS,
+    FaDeX,
+    aggregate,
+    create_fadex,
+    degradation_stats,
+    describe_estimates,
+    fadex_s,
+    fadex_tiny,
+    prepare_pair,
+)
+from face2scene_cli.train.data import Operator, apply_operator, downscale_upscale, load_splits
+from face2scene_cli.train.fadex import (
+    FIG3_OPERATORS,
+    _load_checkpoint,
+    _save_checkpoint,
+    build_val_set,
+    evaluate_fadex,
+    load_train_config,
+    plot_fig3,
+    supcon_loss,
+    warm_start,
+)
+from face2scene_cli.zoo import require_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tiny(seed: int = 0) -> FaDeX:
+    torch.manual_seed(seed)
+    return fadex_tiny().eval()
+
+
+def _pair(b: int = 2, c: int = 3, h: int = 64, w: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(b, c, h, w, generator=g), torch.rand(b, c, h, w, generator=g)
+
+
+def test_output_shapes_and_ranges() -> None:
+    out = _tiny()(*_pair(3, 3, 64, 80))
+    assert out.code.shape == (3, 16)
+    assert torch.allclose(out.code.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert out.z.shape == (3, 16, 8, 10)
+    for name in ("noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_prob"):
+        assert getattr(out, name).shape == (3,)
+    assert bool((out.noise_sigma >= 0).all() and (out.downscale >= 1).all())
+    assert bool(((out.jpeg_quality >= 1) & (out.jpeg_quality <= 100)).all())
+    assert bool(((out.jpeg_prob >= 0) & (out.jpeg_prob <= 1)).all())
+    assert set(out.estimates()[0]) == {
+        "noise_sigma",
+        "blur_sigma_px",
+        "downscale",
+        "jpeg_quality",
+        "jpeg_prob",
+    }
+
+
+def test_stat_features_track_jpeg_and_blur() -> None:
+    face = torch.from_numpy(np.ascontiguousarray(skdata.astronaut()[41:201, 140:300]))
+    face = face.permute(2, 0, 1)[None].float() / 255
+    crop = lambda t: t[..., 11:139, 13:141]  # noqa: E731 - off the 8x8 grid
+    stats = {
+        name: degradation_stats(crop(x), crop(x))[0]
+        for name, x in {
+            "clean": face,
+            "jpeg20": jpeg_compress(face, 20),
+            "jpeg60": jpeg_compress(face, 60),
+            "blur1": gaussian_blur(face, 1.0),
+            "blur2.5": gaussian_blur(face, 2.5),
+        }.items()
+    }
+    assert stats["clean"].shape == (NUM_STATS,)
+    grid = {k: float(v[0] + v[2]) for k, v in stats.items()}  # x and y grid strength
+    assert grid["jpeg20"] > grid["jpeg60"] > grid["clean"], grid
+    sharp = {k: float(v[4]) for k, v in stats.items()}
+    assert sharp["clean"] > sharp["blur1"] > sharp["blur2.5"], sharp
+    m = fadex_tiny(stat_features=True).eval()
+    assert m(crop(face), crop(face)).code.shape == (1, 16)
+
+
+def test_warm_start_adds_stat_inputs_without_changing_outputs(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    old = _tiny(4)
+    save_file(
+        {k: v for k, v in old.state_dict().items() if k != "code_center"},
+        str(tmp_path / "m.safetensors"),
+    )
+    new = fadex_tiny(stat_features=True).eval()
+    warm_start(new, tmp_path / "m.safetensors")
+    lq, hq = _pair()
+    with torch.inference_mode():
+        a, b = old(lq, hq), new(lq, hq)
+    assert torch.allclose(a.code, b.code, atol=1e-6)
+    assert torch.allclose(a.noise_sigma, b.noise_sigma, atol=1e-5)
+    with pytest.raises(ConfigError):
+        warm_start(fadex_tiny(code_dim=8), tmp_path / "m.safetensors")
+
+
+def test_gray_and_odd_sizes() -> None:
+    lq, hq = _pair(2, 1, 70, 75)
+    x = prepare_pair(lq, hq)
+    assert x.shape == (2, 6, 64, 72)
+    assert torch.equal(x[:, 0], x[:, 2]) and torch.equal(x[:, 3], x[:, 5])
+    assert _tiny()(lq, hq).z.shape == (2, 16, 8, 9)
+
+
+def test_bad_inputs() -> None:
+    lq, hq = _pair()
+    with pytest.raises(ValueError, match="match"):
+        prepare_pair(lq, hq[..., :32])
+    with pytest.raises(ValueError, match="at least 16"):
+        prepare_pair(lq[..., :8, :8], hq[..., :8, :8])
+    with pytest.raises(ConfigError, match="unknown FaDeX variant"):
+        create_fadex("fadex-xxl")
+    assert create_fadex("fadex-tiny.some-weights").config.code_dim == 16
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    m = _tiny(1)
+    m.save_pretrained(str(tmp_path / "f"), safe_serialization=True)
+    m2 = FaDeX.from_pretrained(str(tmp_path / "f"), use_safetensors=True).eval()
+    lq, hq = _pair()
+    with torch.inference_mode():
+        a, b = m(lq, hq), m2(lq, hq)
+    assert torch.equal(a.code, b.code) and torch.equal(a.z, b.z)
+    assert torch.equal(a.noise_sigma, b.noise_sigma)
+
+
+def test_deterministic() -> None:
+    lq, hq = _pair()
+    with torch.inference_mode():
+        assert torch.equal(_tiny(7)(lq, hq).code, _tiny(7)(lq, hq).code)
+
+
+def test_supcon_prefers_correct_grouping() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1)
+    labels = torch.arange(4).repeat_interleave(6)
+    codes = torch.nn.functional.normalize(
+        centres[labels] + 0.2 * torch.randn(24, 16, generator=g), dim=1
+    )
+    right = supcon_loss(codes, labels, 0.1)
+    wrong = supcon_loss(codes, labels[torch.randperm(24, generator=g)], 0.1)
+    assert float(right) < float(wrong) - 1.0
+    with pytest.raises(ValueError):
+        supcon_loss(codes, labels[:3])
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    """Training state (weights, AdamW moments, step, torch RNG) survives without pickle."""
+    m = _tiny(2).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    lq, hq = _pair()
+    for _ in range(2):
+        opt.zero_grad()
+        m(lq, hq).noise_sigma.sum().backward()
+        opt.step()
+    _save_checkpoint(tmp_path / "ck", m, opt, {"step": 2, "wall_s": 1.0})
+    assert not list(tmp_path.glob("ck/*.pt")) and not list(tmp_path.glob("ck/*.pkl"))
+    expected_rand = torch.rand(3)
+    m2 = _tiny(9).train()
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
+    torch.manual_seed(123)
+    meta = _load_checkpoint(tmp_path / "ck", m2, opt2)
+    assert meta["step"] == 2
+    assert torch.equal(torch.rand(3), expected_rand)
+    for p, q in zip(m.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for step in range(2):  # the same next update from both
+        for model, o in ((m, opt), (m2, opt2)):
+            o.zero_grad()
+            model(lq, hq).noise_sigma.sum().backward()
+            o.step()
+        del step
+    for p, q in zip(m.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_train_config(tmp_path: Path) -> None:
+    cfg = load_train_config(REPO / "configs" / "fadex.yaml")
+    assert cfg.network.variant == "fadex-s"
+    assert cfg.train.ops_per_batch * cfg.train.crops_per_op >= 16
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="stepz"):
+        load_train_config(bad)
+    bad.write_text("train:\n  sizes: [64, 200]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="sizes"):
+        load_train_config(bad)
+
+
+def test_split_manifest_holds_out_whole_people_photo(photos: list) -> None:
+    splits = load_splits(REPO / "data" / "splits.yaml")
+    val = {p.name for p in splits["val"]}
+    train = {p.name for p in splits["train"]}
+    assert not val & train
+    assert "skimage/astronaut" in val
+    assert any(p.people for p in splits["val"]) and any(p.people for p in splits["train"])
+
+
+def test_operators_keep_size_and_downscale_loses_detail() -> None:
+    x = torch.from_numpy(np.ascontiguousarray(skdata.astronaut()[57:153, 156:252])).permute(2, 0, 1)
+    x = x[None].float() / 255
+    g = torch.Generator().manual_seed(0)
+    op = Operator(noise_sigma=10.0, blur_sigma=1.0, downscale=2.0, jpeg_quality=50)
+    assert apply_operator(x, op, g).shape == x.shape
+    y = downscale_upscale(x, 3.0)
+    assert y.shape == x.shape
+    hf = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
+    assert float(hf(y)) < 0.7 * float(hf(x))
+    assert op.labels().tolist() == [10.0, 1.0, 2.0, 50.0, 1.0, 1.0]
+    assert Operator(kind="second_order").labels()[5] == 0
+
+
+def test_aggregate_and_summary() -> None:
+    out = _tiny()(*_pair(3))
+    agg = aggregate(out, torch.tensor([1.0, 0.0, 0.0]))
+    assert agg["faces"] == 3
+    assert agg["noise_sigma"] == pytest.approx(float(out.noise_sigma[0]), rel=1e-5)
+    assert np.allclose(agg["code"], out.code[0].detach().numpy(), atol=1e-4)
+    assert aggregate(out, torch.zeros(3))["noise_sigma"] == pytest.approx(
+        float(out.noise_sigma.mean()), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="confidence"):
+        aggregate(out, torch.ones(2))
+    est = {"noise_sigma": 12.0, "blur_sigma_px": 0.8, "downscale": 1.0,
+           "jpeg_quality": 40.0, "jpeg_prob": 0.9}  # fmt: skip
+    assert (
+        describe_estimates(est)
+        == "moderate noise (sigma~12/255), mild blur (sigma~0.8 px), JPEG q~40"
+    )
+    clean = {"noise_sigma": 0.5, "blur_sigma_px": 0.1, "downscale": 1.0,
+             "jpeg_quality": 90.0, "jpeg_prob": 0.1}  # fmt: skip
+    assert describe_estimates(clean) == "no visible degradation"
+
+
+def test_validation_table(photos: list, tmp_path: Path) -> None:
+    """The Fig. 3 / regression table on a tiny held-out set (2 crops per operator)."""
+    cfg = load_train_config(REPO / "configs" / "fadex.yaml").replace("val", crops=2, crop=64)
+    splits = load_splits(REPO / "data" / "splits.yaml", verify=False)
+    val = build_val_set(cfg, splits["val"])
+    assert set(val.fig3) == set(FIG3_OPERATORS) and len(FIG3_OPERATORS) >= 8
+    assert val.fig3["noise5"][0].shape == (2, 3, 64, 64)
+    assert any(s.endswith("#face") for s in val.sources)
+    table = evaluate_fadex(_tiny(), val)
+    s = table["summary"]
+    assert -1 <= s["same_degradation_cos"] <= 1 and 0 <= s["same_content_abs_cos"] <= 1
+    assert set(table["noise"]["levels"]) >= {"0", "15", "30"}
+    assert "none" in table["jpeg"]["levels"]
+    json.dumps(table)
+    png = plot_fig3(table, tmp_path / "fig3.png")
+    assert png.stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------
+# the shipped weights, on a held-out real crop (the astronaut is a validation photo)
+
+FACE = (slice(57, 185), slice(156, 284))
+
+
+@pytest.fixture(scope="module")
+def shipped() -> FaDeX:
+    info = require_model("fadex-s")
+    return FaDeX.from_pretrained(str(info.folder), use_safetensors=True).eval()
+
+
+@pytest.fixture(scope="module")
+def astro_region() -> torch.Tensor:
+    """The astronaut's face with a 16 px margin (degraded as a whole, then cropped)."""
+    img = skdata.astronaut()[41:201, 140:300]
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+
+
+def _estimate(model: FaDeX, region: torch.Tensor, op: Operator, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    y = apply_operator(region, op, g)
+    lq = (y[..., 11:139, 13:141] * 255).round() / 255  # 128 px, off the 8x8 grid
+    hq = BlindFaceRestorer().restore(lq).hq
+    with torch.inference_mode():
+        return model(lq, hq).estimates()[0]
+
+
+def test_shipped_noise_estimate_is_monotonic(shipped: FaDeX, astro_region: torch.Tensor) -> None:
+    est = [
+        _estimate(shipped, astro_region, Operator(noise_sigma=s))["noise_sigma"]
+        for s in (2.0, 10.0, 25.0)
+    ]
+    assert est[0] < est[1] < est[2], est
+
+
+def test_shipped_jpeg_probability(shipped: FaDeX, astro_region: torch.Tensor) -> None:
+    clean = _estimate(shipped, astro_region, Operator())["jpeg_prob"]
+    jpeg = _estimate(shipped, astro_region, Operator(jpeg_quality=30))["jpeg_prob"]
+    assert jpeg > clean + 0.1, (clean, jpeg)
+
+
+def test_shipped_metadata_matches_variant() -> None:
+    info = require_model("fadex-s")
+    cfg = json.loads((info.folder / "config.json").read_text(encoding="utf-8"))
+    assert cfg["channels"] == list(fadex_s().config.channels)
+    assert info.licence == "Apache-2.0" and info.source == "trained here"
+
+
+def test_train_command_rejects_bad_config(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from face2scene_cli.commands import train as train_cmd
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("network:\n  variant: fadex-s\nbogus: 1\n", encoding="utf-8")
+    result = CliRunner().invoke(train_cmd.app, ["fadex", "--config", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert "bogus" in result.output
