@@ -424,7 +424,9 @@ def load_fadex(name: str = "fadex-s", root: Path | None = None) -> FaDeX:
     from face2scene_cli.zoo import require_model
 
     info = require_model(name, root)
-    return FaDeX.from_pretrained(str(info.folder), use_safetensors=True).eval()
+    return FaDeX.from_pretrained(
+        str(info.folder), use_safetensors=True, low_cpu_mem_usage=False
+    ).eval()
 
 
 _ESTIMATE_KEYS = ("noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_prob")
