@@ -172,6 +172,10 @@ def main() -> None:
             f"| {r['label']} | {r['images']} | {r['megapixels_mean']} | "
             f"{r['images_per_s_engine']} | {r['images_per_s_wall']} | {stages} |"
         )
+    print(
+        f"\n{faces['label']}: {faces['median_s']} s per photo "
+        f"(median, {faces['torch_threads']} torch thread(s))"
+    )
 
 
 if __name__ == "__main__":
