@@ -1,14 +1,14 @@
 """``make demo``: run f2s on sample photos that ship inside packages, as a user would.
 
-Until the restoration stages land this demonstrates ``f2s doctor`` and ``f2s degrade``: it
-makes degraded copies of real photos, shows the per-image reports and measures PSNR/SSIM of
-the degraded copies against the clean originals, then reruns to show that finished images are
-skipped. Results go to ``demo_out/`` in the current folder.
+Makes degraded copies of real photos (``f2s degrade``), reads their degradation off the faces
+(``f2s degrade-code``), restores them (``f2s restore``) and prints PSNR/SSIM before and after
+against the clean originals; a rerun shows that finished images are skipped. There are no
+second photos of the same people offline, so the demo runs without references. Results go to
+``demo_out/`` in the current folder.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -43,27 +43,24 @@ def main() -> int:
     res = _f2s("degrade", str(clean), "--out", str(degraded), "--preset", "mixed", "--seed", "0")
     if res.returncode != 0:
         return res.returncode
-    print("\nDegraded copies (preset 'mixed': blur 1.0 px, noise 10/255, JPEG q45) vs clean:")
-    print(f"{'image':<32} {'PSNR dB':>8} {'SSIM':>6}")
+    _f2s("degrade-code", str(degraded))
+    restored = out / "restored"
+    res = _f2s("restore", str(degraded), "--out", str(restored))
+    if res.returncode != 0:
+        return res.returncode
+    print("\nPreset 'mixed' (blur 1.0 px, noise 10/255, JPEG q45); against the clean photo:")
+    print(f"{'image':<28} {'degraded PSNR/SSIM':>20} {'restored PSNR/SSIM':>20}")
     for path in sorted(clean.iterdir()):
-        out_img = degraded / (path.stem + ".png")
         a = read_image(path).pixels
-        b = read_image(out_img).pixels
-        print(f"{path.name:<32} {psnr(a, b):8.2f} {ssim(a, b):6.3f}")
-    report = json.loads((degraded / "insightface_t1.png.json").read_text())
-    print("\nOne report (insightface_t1.png.json), abridged:")
-    print(
-        json.dumps(
-            {k: report[k] for k in ("status", "input", "output", "applied_degradation")}, indent=2
+        b = read_image(degraded / (path.stem + ".png")).pixels
+        c = read_image(restored / (path.stem + ".png")).pixels
+        print(
+            f"{path.name:<28} {psnr(a, b):12.2f} / {ssim(a, b):.3f} "
+            f"{psnr(a, c):12.2f} / {ssim(a, c):.3f}"
         )
-    )
     print("\nA rerun skips every finished image (resume):")
-    _f2s("degrade", str(clean), "--out", str(degraded), "--preset", "mixed", "--seed", "0")
-    print(f"\nResults: {degraded.resolve()} (images, one JSON report each, f2s-summary.json)")
-    print(
-        "Not in this version yet: 'f2s restore' (face and scene restoration) — the demo will "
-        "restore these degraded photos once those stages land."
-    )
+    _f2s("restore", str(degraded), "--out", str(restored))
+    print(f"\nResults: {restored.resolve()} (images, one JSON report each, f2s-summary.json)")
     return 0
 
 
