@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from face2scene_cli.errors import ExitCode, F2SError
+from face2scene_cli.hashing import file_sha256
 
 __all__ = [
     "DEBIAN_PACKAGES",
@@ -278,14 +279,6 @@ def lfw_subset_path() -> Path | None:
 # --------------------------------------------------------------------------- Debian cache
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cache_path(dest: Path, entry: DebianPhoto) -> Path:
     return dest / "debian" / entry.package / entry.basename
 
@@ -309,7 +302,7 @@ def check_debian_photos(dest: Path | None = None) -> CacheReport:
             report.missing.append(entry.name)
             continue
         try:
-            digest = _sha256_file(path)
+            digest = file_sha256(path)
         except OSError:
             report.corrupt.append(entry.name)
             continue

@@ -186,3 +186,18 @@ Debug = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+TrainingConfig = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="Training YAML (sections data/network/train/val/logging).",
+    ),
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")
+]

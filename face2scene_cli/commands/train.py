@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from face2scene_cli.commands.options import Resume, TrainingConfig
 from face2scene_cli.commands.runner import cli_errors
 
 app = typer.Typer(help="Train f2s networks from YAML configs.", no_args_is_help=True)
@@ -29,20 +30,8 @@ class Device(str, Enum):
 @app.command("fadex")
 @cli_errors
 def train_fadex(
-    config: Annotated[
-        Path,
-        typer.Option(
-            "--config",
-            "-c",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            help="Training YAML (sections data/network/train/val/logging).",
-        ),
-    ] = Path("configs/fadex.yaml"),
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")
-    ] = False,
+    config: TrainingConfig = Path("configs/fadex.yaml"),
+    resume: Resume = False,
     steps: Annotated[
         int | None,
         typer.Option(

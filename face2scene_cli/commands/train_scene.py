@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from face2scene_cli.commands.options import Resume, TrainingConfig
 from face2scene_cli.commands.runner import cli_errors
 
 RUN = "Run"
@@ -26,20 +27,8 @@ class Device(str, Enum):
 
 @cli_errors
 def train_scene(
-    config: Annotated[
-        Path,
-        typer.Option(
-            "--config",
-            "-c",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            help="Training YAML (sections data/network/train/val/logging).",
-        ),
-    ] = Path("configs/scene.yaml"),
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")
-    ] = False,
+    config: TrainingConfig = Path("configs/scene.yaml"),
+    resume: Resume = False,
     condition: Annotated[
         Condition | None,
         typer.Option(
