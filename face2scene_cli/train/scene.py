@@ -119,6 +119,8 @@ class TrainSection:
     batch: int = 16
     crop: int = 96
     lr: float = 3e-4
+    lr_schedule: str = "constant"  # constant | cosine (to lr_min over steps or wall time)
+    lr_min: float = 1e-5
     warmup_steps: int = 100
     ema: float = 0.995
     steps: int = 100000
@@ -500,8 +502,15 @@ def _deadline(tc: TrainSection, start: float) -> float:
     return end
 
 
-def _lr(tc: TrainSection, step: int) -> float:
-    return tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+def _lr(tc: TrainSection, step: int, progress: float) -> float:
+    """Learning rate after linear warm-up; ``progress`` in [0, 1] drives the cosine decay."""
+    warm = min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    if tc.lr_schedule == "constant":
+        return tc.lr * warm
+    if tc.lr_schedule != "cosine":
+        raise ValueError(f"train.lr_schedule must be constant or cosine, not {tc.lr_schedule!r}")
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warm * (tc.lr_min + (tc.lr - tc.lr_min) * cos)
 
 
 def _augment(x: Tensor, k: int, flip: bool) -> Tensor:
@@ -749,13 +758,18 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     (run / "val_input.json").write_text(json.dumps(input_table["means"], indent=1))
     log = (run / "log.jsonl").open("a", encoding="utf-8")
     last_ckpt = last_val = time.monotonic()
-    t_loop, steps_here = time.monotonic(), 0
+    t_loop, steps_here, start_step = time.monotonic(), 0, step
     export_info: dict[str, Any] | None = None
     stop_file = run / "STOP"  # touch it to end the run cleanly (checkpoint, val, export)
     stop_file.unlink(missing_ok=True)
     while step < tc.steps and time.monotonic() < stop_at and not stop_file.exists():
         # 3. one step
-        lr = _lr(tc, step)
+        # the run is bounded by steps and by wall time: decay along whichever ends first
+        progress = max(
+            steps_here / max(1, tc.steps - start_step),
+            (time.monotonic() - t0) / max(1e-6, stop_at - t0),
+        )
+        lr = _lr(tc, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
         lq, clean, z = (None if t is None else t.to(device) for t in _batch(cache, codes, tc, rng))
