@@ -25,10 +25,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "FACE_RESTORERS",
     "BlindFaceRestorer",
     "FaceRestorer",
     "RestoredFaces",
     "blockiness",
+    "create_face_restorer",
     "estimate_noise_sigma",
 ]
 
@@ -46,11 +48,15 @@ class RestoredFaces:
             values in [0, 1].
         confidence: :math:`(B,)` float32 in [0, 1]: how much the restorer trusts each output.
         method: the restorer's name and version, e.g. ``"blind-nlm/1"``; reports record it.
+        references_used: per crop, how many references shaped the output (0: restored blind,
+            e.g. no references or none that agreed with the face); None = the restorer does
+            not use references.
     """
 
     hq: Tensor
     confidence: Tensor
     method: str
+    references_used: tuple[int, ...] | None = None
 
 
 def _check_crops(lq: Tensor) -> None:
@@ -298,3 +304,18 @@ class BlindFaceRestorer(FaceRestorer):
             confidence=torch.tensor(confs, dtype=torch.float32),
             method=self.method,
         )
+
+
+# Built-in restorers by the name users give (``--face-restorer``).
+FACE_RESTORERS: dict[str, type[FaceRestorer]] = {"blind": BlindFaceRestorer}
+
+
+def create_face_restorer(name: str, **kwargs: object) -> FaceRestorer:
+    """The face restorer called ``name`` (see :data:`FACE_RESTORERS`), built with ``kwargs``."""
+    try:
+        cls = FACE_RESTORERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown face restorer {name!r}; available: {', '.join(sorted(FACE_RESTORERS))}"
+        ) from None
+    return cls(**kwargs)  # type: ignore[arg-type]
