@@ -20,7 +20,9 @@ Units of the estimates (all in SOURCE-image pixels of that native crop):
   1 = full resolution.
 * ``jpeg_quality``: IJG/libjpeg quality 1-100 of the last JPEG compression;
   ``jpeg_prob``: the probability that the crop was JPEG-compressed at all (quality is only
-  meaningful when it is high).
+  meaningful when it is high). Where the crop still carries the JPEG quantisation grid, both
+  come from measuring it (:mod:`face2scene_cli.stages.jpeg_trace`, exact for libjpeg tables),
+  otherwise from the regression head.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.stages.jpeg_trace import trace_jpeg
 
 __all__ = [
     "FADEX_VARIANTS",
@@ -338,12 +341,16 @@ class FaDeX(ModelMixin, ConfigMixin):
             h = stage(h)
         return h
 
-    def forward(self, lq: Tensor, hq: Tensor) -> FaDeXOutput:
+    def forward(self, lq: Tensor, hq: Tensor, read_jpeg_trace: bool = True) -> FaDeXOutput:
         r"""Code, Z and estimates for a batch of (LQ, HQ) native crops.
 
         Args:
             lq: :math:`(B, C, H, W)` float in [0, 1], C in {1, 3}, H, W >= 16.
             hq: the restored crops, same shape.
+            read_jpeg_trace: where the LQ crop still carries a JPEG quantisation grid
+                (:func:`~face2scene_cli.stages.jpeg_trace.trace_jpeg`), report the quality
+                measured from it (and ``jpeg_prob`` 1) instead of the regression head's;
+                training turns it off so the heads get their gradients.
 
         Returns:
             :class:`FaDeXOutput`.
@@ -361,14 +368,21 @@ class FaDeX(ModelMixin, ConfigMixin):
         q = F.normalize(self.proj(pooled), dim=1)
         code = F.normalize(q - self.code_center, dim=1)
         r = self.reg(pooled)
+        jpeg_quality = (r[:, 3] * JPEG_SCALE + 60.0).clamp(1.0, 100.0)
+        jpeg_prob = torch.sigmoid(r[:, 4])
+        if read_jpeg_trace:
+            trace = trace_jpeg(lq)
+            found = trace.found.to(r.device)
+            jpeg_quality = torch.where(found, trace.quality.to(r), jpeg_quality)
+            jpeg_prob = torch.where(found, torch.ones_like(jpeg_prob), jpeg_prob)
         return FaDeXOutput(
             code=code,
             z=z,
             noise_sigma=F.softplus(r[:, 0]) * NOISE_SCALE,
             blur_sigma_px=F.softplus(r[:, 1]) * BLUR_SCALE,
             downscale=1.0 + F.softplus(r[:, 2]),
-            jpeg_quality=(r[:, 3] * JPEG_SCALE + 60.0).clamp(1.0, 100.0),
-            jpeg_prob=torch.sigmoid(r[:, 4]),
+            jpeg_quality=jpeg_quality,
+            jpeg_prob=jpeg_prob,
             jpeg_logit=r[:, 4],
             q=q,
         )

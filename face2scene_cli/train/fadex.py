@@ -764,7 +764,7 @@ def train_fadex(
                 g["lr"] = lr
             lq, hq, labels, ids = _batch(pool, config, rng)
             lq, hq, labels, ids = (t.to(device) for t in (lq, hq, labels, ids))
-            out = model(lq, hq)
+            out = model(lq, hq, read_jpeg_trace=False)
             l_con = supcon_loss(out.q, ids, tc.temperature)
             l_reg, parts = regression_loss(out, labels)
             loss = l_con + tc.reg_weight * l_reg
