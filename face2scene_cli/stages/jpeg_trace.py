@@ -26,6 +26,7 @@ __all__ = ["JpegTrace", "trace_jpeg"]
 # zig-zag positions (row-major index in the 8x8 block) whose steps are measured: DC and the
 # first 14 AC coefficients, the ones real content drives away from zero
 _ZIGZAG = (0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4)
+_HIGH = [8 * r + c for r in range(4, 8) for c in range(4, 8)]  # the 16 highest frequencies
 _MAX_STEP = 128  # the largest quantisation step tried (DC at quality ~6)
 _MIN_VALUES = 16  # coefficients needed off zero to measure a step
 # q divides the values when their mean cos(2 pi c / q) exceeds max(_PEAK, _SIGNIFICANT /
@@ -72,19 +73,22 @@ def _ijg_luma_steps() -> Tensor:
     return tables[:, list(_ZIGZAG)].double()
 
 
-def _block_coefficients(y: Tensor, dy: int, dx: int) -> Tensor:
-    """(N, 64) DCT coefficients of the 8x8 blocks of ``y`` (H, W) starting at (dy, dx)."""
+def _block_coefficients(y: Tensor, dy: int, dx: int, basis: Tensor | None = None) -> Tensor:
+    """(N, K) DCT coefficients of the 8x8 blocks of ``y`` (H, W) starting at (dy, dx):
+    all 64 (row-major) or the rows of ``basis`` (K, 64) only."""
     h, w = (y.shape[0] - dy) // 8 * 8, (y.shape[1] - dx) // 8 * 8
     blocks = y[dy : dy + h, dx : dx + w].reshape(h // 8, 8, w // 8, 8).permute(0, 2, 1, 3)
-    return blocks.reshape(-1, 64) @ _dct_basis().T
+    return blocks.reshape(-1, 64) @ (_dct_basis() if basis is None else basis).T
 
 
 def _grid_phase(y: Tensor) -> tuple[int, int]:
-    """The phase whose blocks have the most high-frequency coefficients at exactly zero."""
+    """The phase whose blocks have the most high-frequency coefficients at exactly zero (the
+    16 highest frequencies decide: they carry the largest steps)."""
+    high = _dct_basis()[_HIGH]
     best, phase = -1.0, (0, 0)
     for dy in range(8):
         for dx in range(8):
-            c = _block_coefficients(y, dy, dx)[:, 1:]
+            c = _block_coefficients(y, dy, dx, high)
             zero = float((c.abs() < 0.35).double().mean())
             if zero > best:
                 best, phase = zero, (dy, dx)
