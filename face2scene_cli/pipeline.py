@@ -33,6 +33,7 @@ from face2scene_cli.faces.base import DetectedFace, FaceDetector
 from face2scene_cli.faces.detect import as_rgb_uint8
 from face2scene_cli.faces.gallery import Gallery, Match, Reference
 from face2scene_cli.faces.paste import paste_faces
+from face2scene_cli.hashing import json_sha256
 from face2scene_cli.imageio import Image, from_tensor, to_tensor
 from face2scene_cli.stages.face_restore import FACE_RESTORERS, FaceRestorer
 from face2scene_cli.stages.fadex import FaDeX
@@ -486,6 +487,7 @@ class Face2ScenePipeline:
             "max_faces": c.max_faces,
             "device": c.device,
             "face_restorer": self.reader.restorer.method,
+            "references": self._gallery_key(),
             "paste_faces": c.paste_faces,
             "save_faces": c.save_faces,
             "save_compare": c.save_compare,
@@ -493,6 +495,15 @@ class Face2ScenePipeline:
 
     def models(self) -> list[dict[str, str]]:
         return self._models
+
+    def _gallery_key(self) -> str | None:
+        """sha256 of the reference photos (path + content), the encoder and ``refs_k``: the
+        references a face gets, and so its Stage I output, depend on them."""
+        gallery = self.finder.gallery
+        if gallery is None:
+            return None
+        refs = [(r.person, r.path, r.sha256) for r in gallery.references]
+        return json_sha256({"refs": refs, "encoder": gallery.encoder.name, "k": self.finder.refs_k})
 
     def process(self, batch: list[LoadedImage], seed: int) -> list[Processed | F2SError]:
         timings: list[dict[str, float]] = [{} for _ in batch]

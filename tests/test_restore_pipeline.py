@@ -104,6 +104,7 @@ def test_each_face_gets_its_own_persons_references(
     method = "recording/1" if restorer == "recording" else BlindFaceRestorer().method
     assert {f["restorer"] for f in faces} == {method}
     assert report["settings"]["face_restorer"] == method
+    assert len(report["settings"]["references"]) == 64  # the gallery is part of the resume key
     if restorer == "blind":
         assert eileen["references_used"] is None and man["references_used"] is None
         return
