@@ -619,9 +619,11 @@ class Face2ScenePipeline:
         extras = []
         if self.config.save_faces and reading.faces:
             folder = output.with_name(output.stem + ".faces")
-            for k, (lq, hq) in enumerate(aligned_face_pairs(colour, reading.faces)):
-                extras.append(ExtraOutput(folder / f"face{k}_lq.png", Image(lq, "PNG"), "png"))
-                extras.append(ExtraOutput(folder / f"face{k}_hq.png", Image(hq, "PNG"), "png"))
+            pairs = aligned_face_pairs(colour, reading.faces)
+            for f, (lq, hq) in zip(reading.faces, pairs, strict=True):
+                name = f"face{f.index}"  # its index in the report's faces[]
+                extras.append(ExtraOutput(folder / f"{name}_lq.png", Image(lq, "PNG"), "png"))
+                extras.append(ExtraOutput(folder / f"{name}_hq.png", Image(hq, "PNG"), "png"))
         if self.config.save_compare:
             before = _resize_to(loaded.image.pixels, out.shape[:2], cv2.INTER_NEAREST)
             side = loaded.image.with_pixels(np.concatenate([before, out], axis=1))

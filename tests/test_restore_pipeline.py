@@ -125,6 +125,15 @@ def test_auto_face_restorer_follows_the_registry(monkeypatch: pytest.MonkeyPatch
     assert resolve_face_restorer("blind", with_references=True) == "blind"
 
 
+def test_unknown_face_restorer_is_a_config_error(tmp_path: Path) -> None:
+    photo = tmp_path / "a.png"
+    Image.fromarray(_photo("skimage/coffee")[:64, :64]).save(photo)
+    args = ["restore", str(photo), "--out", str(tmp_path / "o"), "--face-restorer", "nope"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert "unknown face restorer 'nope'" in res.output
+
+
 def test_batch_reading_equals_one_image_at_a_time() -> None:
     """Stage I and FaDeX over the faces of several images at once give each image the same
     reading as reading it alone (crops of one size share a call)."""

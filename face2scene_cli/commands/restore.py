@@ -193,6 +193,10 @@ def restore(
 
     def build() -> Face2ScenePipeline:
         cfg = restore_cfg
+        try:
+            restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, bool(refs)))
+        except ValueError as err:
+            raise ConfigError(f"--face-restorer: {err}") from None
         det = create_detector(cfg.detector, cfg.min_face, cfg.max_faces, cfg.device)
         aligner = FaceAligner()
         gallery = None
@@ -201,11 +205,6 @@ def restore(
         finder = FaceFinder(det, None, gallery, refs_k=refs_k)
         scene = load_scene_restorer(cfg.scene_model, device=cfg.device)
         fadex = load_fadex(scene.settings.fadex)  # the FaDeX the scene model was trained with
-        name = resolve_face_restorer(cfg.face_restorer, refs is not None)
-        try:
-            restorer = create_face_restorer(name)
-        except ValueError as err:
-            raise ConfigError(f"--face-restorer: {err}") from None
         reader = DegradationReader(
             fadex, restorer, device=cfg.device, batch_size=batch_cfg.batch_size
         )
