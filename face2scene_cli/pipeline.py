@@ -427,9 +427,14 @@ def resolve_face_restorer(name: str, with_references: bool) -> str:
     return "ref-guided" if with_references and "ref-guided" in FACE_RESTORERS else "blind"
 
 
-def blind_reason(found: FoundFace, reading: FaceDegradation | None, refs_given: bool) -> str | None:
-    """Why a face was restored without references (None when references shaped it)."""
-    used = reading.references_used if reading is not None else None
+def blind_reason(found: FoundFace, used: int | None, refs_given: bool) -> str | None:
+    """Why a face was restored without references (None when references shaped it).
+
+    Args:
+        found: the face, its match and its chosen references.
+        used: the restorer's ``references_used`` for it (None: it reads no references).
+        refs_given: a reference gallery was given.
+    """
     if used:
         return None
     if not refs_given:
@@ -594,7 +599,7 @@ class Face2ScenePipeline:
             entry = item.to_report()
             entry["restorer"] = r.restorer if r else None
             entry["references_used"] = r.references_used if r else None
-            entry["blind_reason"] = blind_reason(item, r, refs_given) if r else None
+            entry["blind_reason"] = blind_reason(item, r.references_used, refs_given) if r else None
             entry["weight"] = round(r.weight, 4) if r else None
             faces.append(entry)
         degradation = reading.to_report() or dict.fromkeys(

@@ -180,6 +180,8 @@ def test_paste_faces_and_extra_outputs(tmp_path: Path) -> None:
     for kind in ("lq", "hq"):
         with Image.open(pasted / "astro.faces" / f"face0_{kind}.png") as im:
             assert im.size == (512, 512) and im.mode == "RGB"
+    assert report["settings"]["references"] is None
+    assert report["faces"][0]["blind_reason"] == "no references"
     assert (
         report["settings"]["paste_faces"]
         and report["settings_hash"]
