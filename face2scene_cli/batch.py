@@ -431,6 +431,15 @@ class LoadedImage:
 
 
 @dataclass
+class ExtraOutput:
+    """A file a job writes beside an image's output (face crops, a comparison image)."""
+
+    path: Path
+    image: Image
+    format: str  # png | jpg | webp | tiff
+
+
+@dataclass
 class Processed:
     """What a job returns for one image: the output image and the report fields it fills."""
 
@@ -440,6 +449,7 @@ class Processed:
     )  # faces / degradation / applied_degradation
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    extras: list[ExtraOutput] = field(default_factory=list)  # encoded and written atomically
 
 
 class ImageJob(Protocol):
@@ -588,6 +598,11 @@ class _Run:
                 raise InputError("refusing to overwrite the input file")
             item.output.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(item.output, data)
+            for extra in result.extras:
+                extra.path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(
+                    extra.path, encode_image(extra.image, extra.format, self.cfg.quality)
+                )
         except (OSError, F2SError) as err:
             error = (
                 err

@@ -27,8 +27,9 @@ from face2scene_cli.pipeline import (
     Face2ScenePipeline,
     FaceFinder,
     RestoreConfig,
+    resolve_face_restorer,
 )
-from face2scene_cli.stages.face_restore import BlindFaceRestorer
+from face2scene_cli.stages.face_restore import FACE_RESTORERS, create_face_restorer
 from face2scene_cli.stages.fadex import load_fadex
 from face2scene_cli.stages.scene import load_scene_restorer
 from face2scene_cli.zoo import require_model
@@ -103,6 +104,49 @@ def restore(
             show_default=False,
         ),
     ] = None,
+    face_restorer: Annotated[
+        str | None,
+        typer.Option(
+            "--face-restorer",
+            envvar="F2S_FACE_RESTORER",
+            rich_help_panel=RES,
+            help="Stage I face restorer: auto (ref-guided with --refs when available, else "
+            "blind) or a name: " + ", ".join(sorted(FACE_RESTORERS)) + ". [default: auto]",
+            show_default=False,
+        ),
+    ] = None,
+    paste_faces: Annotated[
+        bool | None,
+        typer.Option(
+            "--paste-faces/--no-paste-faces",
+            envvar="F2S_PASTE_FACES",
+            rich_help_panel=RES,
+            help="Blend the Stage I faces into the restored photo (soft mask, colour "
+            "matched). [default: no-paste-faces]",
+            show_default=False,
+        ),
+    ] = None,
+    save_faces: Annotated[
+        bool | None,
+        typer.Option(
+            "--save-faces",
+            envvar="F2S_SAVE_FACES",
+            rich_help_panel=RES,
+            help="Also write each face's aligned LQ and Stage I crops to "
+            "<output stem>.faces/face<i>_lq.png, _hq.png.",
+            show_default=False,
+        ),
+    ] = None,
+    save_compare: Annotated[
+        bool | None,
+        typer.Option(
+            "--save-compare",
+            envvar="F2S_SAVE_COMPARE",
+            rich_help_panel=RES,
+            help="Also write input | output side by side to <output stem>.compare.<ext>.",
+            show_default=False,
+        ),
+    ] = None,
     detector: Detector = None,  # type: ignore[assignment]  # None: config file or default
     min_face: MinFace = None,  # type: ignore[assignment]
     max_faces: MaxFaces = None,
@@ -128,13 +172,14 @@ def restore(
     """Restore photos: read the degradation off each photo's faces, restore the whole scene.
 
     Faces are detected and (with --refs) matched to their person; each face crop is restored
-    by the Stage I restorer (the blind baseline in this version) and FaDeX reads the
-    degradation from the (degraded, restored) pair; the code, through MapNet, conditions the
-    scene restorer on the whole photo. Photos without a usable face are restored blind and
-    their report says so.
+    by the Stage I restorer with that person's references (unknown people: blind) and FaDeX
+    reads the degradation from the (degraded, restored) pair; the code, through MapNet,
+    conditions the scene restorer on the whole photo. Photos without a usable face are
+    restored blind and their report says so.
 
     [bold]Examples[/bold]: f2s restore ./photos --refs ./refs · f2s restore img.jpg --out ./out
-    --format jpg --quality 92 · f2s restore ./scans --blind --tile 256
+    --format jpg --quality 92 · f2s restore ./scans --blind --tile 256 · f2s restore ./photos
+    --paste-faces --save-compare
     """
     configure_logging(debug)
     batch_cfg, restore_cfg = load_settings(
@@ -148,6 +193,10 @@ def restore(
 
     def build() -> Face2ScenePipeline:
         cfg = restore_cfg
+        try:
+            restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, bool(refs)))
+        except ValueError as err:
+            raise ConfigError(f"--face-restorer: {err}") from None
         det = create_detector(cfg.detector, cfg.min_face, cfg.max_faces, cfg.device)
         aligner = FaceAligner()
         gallery = None
@@ -156,7 +205,9 @@ def restore(
         finder = FaceFinder(det, None, gallery, refs_k=refs_k)
         scene = load_scene_restorer(cfg.scene_model, device=cfg.device)
         fadex = load_fadex(scene.settings.fadex)  # the FaDeX the scene model was trained with
-        reader = DegradationReader(fadex, BlindFaceRestorer(), device=cfg.device)
+        reader = DegradationReader(
+            fadex, restorer, device=cfg.device, batch_size=batch_cfg.batch_size
+        )
         names = [scene.settings.fadex, cfg.scene_model]
         if resolve_detector_name(cfg.detector) == "mtcnn":
             names.insert(0, "mtcnn")

@@ -1,0 +1,263 @@
+"""The ``f2s restore`` pipeline on real photos: references per face, batching, paste-back,
+extra outputs and one batch of awkward inputs (gray, RGBA, 16-bit, border face, no face,
+corrupt file)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from helpers import reports_in, run_f2s, summary_of
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from face2scene_cli.cli import app
+from face2scene_cli.degrade import PRESETS, degrade_parametric, image_generator
+from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
+from face2scene_cli.imageio import Image as F2SImage
+from face2scene_cli.imageio import from_tensor, read_image, to_tensor, write_image
+from face2scene_cli.pipeline import DegradationReader, resolve_face_restorer
+from face2scene_cli.sample_data import package_photos
+from face2scene_cli.stages import face_restore
+from face2scene_cli.stages.face_restore import BlindFaceRestorer, FaceRestorer, RestoredFaces
+from face2scene_cli.stages.fadex import load_fadex
+
+runner = CliRunner()
+
+
+def _photo(name: str) -> np.ndarray:
+    path = next(p.path for p in package_photos() if p.name == name)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _noisy(rgb: np.ndarray, key: str) -> np.ndarray:
+    noisy = degrade_parametric(to_tensor(rgb), PRESETS["noise15"], image_generator(0, key))
+    return from_tensor(noisy, np.uint8)
+
+
+class RecordingRestorer(FaceRestorer):
+    """Records what Stage I is given; returns the crops unchanged (tests plumbing only)."""
+
+    name = "recording"
+    version = "1"
+    uses_references = True
+    agree = True
+    calls: ClassVar[list[tuple[tuple[int, ...], list[list[torch.Tensor]] | None]]] = []
+
+    def restore(self, lq: torch.Tensor, references: list[list[torch.Tensor]] | None = None):
+        type(self).calls.append((tuple(lq.shape), references))
+        n = lq.shape[0]
+        used = tuple(len(r) if self.agree else 0 for r in references or [[]] * n)
+        return RestoredFaces(lq.clone(), torch.ones(n), self.method, used)
+
+
+@pytest.fixture
+def two_people(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """One photo: the astronaut (noisy) beside a man from the t1 group; refs: the astronaut
+    only (a mirrored copy of the clean photo: self-derived, an optimistic setting)."""
+    monkeypatch.setenv("F2S_CACHE_DIR", str(tmp_path / "cache"))
+    astro = _photo("skimage/astronaut")
+    man = np.asarray(Image.fromarray(_photo("insightface/t1")[80:340, 200:450]).resize((256, 266)))
+    left = _noisy(np.asarray(Image.fromarray(astro).resize((256, 256))), "astro")
+    photo = np.zeros((266, 512, 3), np.uint8)
+    photo[:256, :256], photo[:, 256:] = left, man
+    photos, refs = tmp_path / "photos", tmp_path / "refs" / "eileen"
+    photos.mkdir()
+    refs.mkdir(parents=True)
+    Image.fromarray(photo).save(photos / "pair.png")
+    ImageOps.mirror(Image.fromarray(astro)).resize((400, 400)).save(refs / "flip.png")
+    return photos / "pair.png", refs.parent
+
+
+@pytest.mark.parametrize(
+    ("restorer", "agree", "reason"),
+    [
+        ("recording", True, None),
+        ("recording", False, "references disagreed"),
+        ("blind", True, "restorer ignores references"),
+    ],
+)
+def test_each_face_gets_its_own_persons_references(
+    two_people, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restorer, agree, reason
+) -> None:
+    photo, refs = two_people
+    monkeypatch.setitem(face_restore.FACE_RESTORERS, "recording", RecordingRestorer)
+    monkeypatch.setattr(RecordingRestorer, "agree", agree)
+    monkeypatch.setattr(RecordingRestorer, "calls", [])
+    out = tmp_path / "out"
+    args = ["restore", str(photo), "--refs", str(refs), "--out", str(out), "-q"]
+    res = runner.invoke(app, [*args, "--face-restorer", restorer])
+    assert res.exit_code == 0, res.output
+    report = next(iter(reports_in(out).values()))
+    faces = sorted(report["faces"], key=lambda f: f["box"][0])
+    assert [f["person"] for f in faces] == ["eileen", None]  # the man is not given her refs
+    eileen, man = faces
+    assert eileen["references"] == ["eileen/flip.png"] and man["references"] == []
+    assert man["blind_reason"] == "unknown person"
+    assert eileen["blind_reason"] == reason
+    method = "recording/1" if restorer == "recording" else BlindFaceRestorer().method
+    assert {f["restorer"] for f in faces} == {method}
+    assert report["settings"]["face_restorer"] == method
+    assert len(report["settings"]["references"]) == 64  # the gallery is part of the resume key
+    if restorer == "blind":
+        assert eileen["references_used"] is None and man["references_used"] is None
+        return
+    assert eileen["references_used"] == (1 if agree else 0) and man["references_used"] == 0
+    given = [refs for _, batch in RecordingRestorer.calls for refs in batch or []]
+    assert sorted(len(r) for r in given) == [0, 1]  # per crop: hers, and none for him
+    ref = next(r for r in given if r)[0]
+    assert ref.shape[0] == 3 and ref.shape[1] == ref.shape[2] >= 128
+    assert float(ref.min()) >= 0.0 and float(ref.max()) <= 1.0 and float(ref.std()) > 0.05
+
+
+def test_auto_face_restorer_follows_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(face_restore.FACE_RESTORERS, "ref-guided", raising=False)
+    assert resolve_face_restorer("auto", with_references=True) == "blind"
+    monkeypatch.setitem(face_restore.FACE_RESTORERS, "ref-guided", RecordingRestorer)
+    assert resolve_face_restorer("auto", with_references=True) == "ref-guided"
+    assert resolve_face_restorer("auto", with_references=False) == "blind"
+    assert resolve_face_restorer("blind", with_references=True) == "blind"
+
+
+def test_unknown_face_restorer_is_a_config_error(tmp_path: Path) -> None:
+    photo = tmp_path / "a.png"
+    Image.fromarray(_photo("skimage/coffee")[:64, :64]).save(photo)
+    args = ["restore", str(photo), "--out", str(tmp_path / "o"), "--face-restorer", "nope"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert "unknown face restorer 'nope'" in res.output
+
+
+def test_batch_reading_equals_one_image_at_a_time() -> None:
+    """Stage I and FaDeX over the faces of several images at once give each image the same
+    reading as reading it alone (crops of one size share a call)."""
+    images = [_noisy(_photo("skimage/astronaut"), "a"), _photo("insightface/t1")[:, :700]]
+    det = create_detector("auto")
+    faces = [det.detect([as_rgb_uint8(im)])[0] for im in images]
+    assert len(faces[0]) == 1 and len(faces[1]) >= 3
+    reader = DegradationReader(load_fadex("fadex-s"), BlindFaceRestorer(), batch_size=2)
+    batched, times = reader.read_batch([(im, f, None) for im, f in zip(images, faces, strict=True)])
+    assert set(times) == {"stage1", "fadex"}
+    for im, f, together in zip(images, faces, batched, strict=True):
+        alone = reader.read(im, f)
+        assert [r.index for r in together.faces] == [r.index for r in alone.faces]
+        np.testing.assert_allclose(together.code, alone.code, atol=1e-5)
+        assert together.estimates == pytest.approx(alone.estimates, rel=1e-4, abs=1e-4)
+    assert 8 <= batched[0].estimates["noise_sigma"] <= 25  # the truth is 15/255
+
+
+def test_paste_faces_and_extra_outputs(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    small = np.asarray(Image.fromarray(_photo("skimage/astronaut")).resize((256, 256)))
+    Image.fromarray(_noisy(small, "p")).save(photos / "astro.png")
+    plain, pasted = tmp_path / "plain", tmp_path / "pasted"
+    res = runner.invoke(app, ["restore", str(photos), "--out", str(plain), "-q"])
+    assert res.exit_code == 0, res.output
+    extra = ["--paste-faces", "--save-faces", "--save-compare"]
+    res = runner.invoke(app, ["restore", str(photos), "--out", str(pasted), "-q", *extra])
+    assert res.exit_code == 0, res.output
+    a = np.asarray(Image.open(plain / "astro.png")).astype(int)
+    b = np.asarray(Image.open(pasted / "astro.png")).astype(int)
+    report = json.loads((pasted / "astro.png.json").read_text())
+    assert {"faces", "stage1", "fadex", "scene", "paste", "extras"} <= set(report["run"]["timings"])
+    x0, y0, x1, y1 = (int(v) for v in report["faces"][0]["box"])
+    w, h = x1 - x0, y1 - y0
+    inner = (slice(y0 + h // 4, y1 - h // 4), slice(x0 + w // 4, x1 - w // 4))
+    assert np.abs(a[inner] - b[inner]).mean() > 0.5  # the Stage I face replaced the scene's
+    far = np.ones(a.shape[:2], bool)
+    far[max(0, y0 - h) : y1 + h, max(0, x0 - w) : x1 + w] = False
+    assert np.array_equal(a[far], b[far])  # nothing changes away from the face
+    compare = np.asarray(Image.open(pasted / "astro.compare.png"))
+    noisy = np.asarray(Image.open(photos / "astro.png"))
+    assert np.array_equal(compare[:, :256], noisy) and np.array_equal(compare[:, 256:], b)
+    for kind in ("lq", "hq"):
+        with Image.open(pasted / "astro.faces" / f"face0_{kind}.png") as im:
+            assert im.size == (512, 512) and im.mode == "RGB"
+    assert report["settings"]["references"] is None
+    assert report["faces"][0]["blind_reason"] == "no references"
+    assert (
+        report["settings"]["paste_faces"]
+        and report["settings_hash"]
+        != json.loads((plain / "astro.png.json").read_text())["settings_hash"]
+    )
+
+
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gray, RGBA, 16-bit, a face cut by the photo's edge and a photo without a face."""
+    root = tmp_path_factory.mktemp("awkward") / "photos"
+    root.mkdir()
+    astro = _photo("skimage/astronaut")
+    small = np.asarray(Image.fromarray(astro).resize((256, 256)))
+    Image.fromarray(small).convert("L").save(root / "gray.png")
+    alpha = np.tile(np.linspace(40, 255, 256, dtype=np.uint8)[None, :, None], (256, 1, 1))
+    Image.fromarray(np.concatenate([small, alpha], axis=2), "RGBA").save(root / "rgba.png")
+    ramp = np.arange(256)[None, :, None] % 199
+    deep = np.clip(small.astype(np.int64) * 257 + ramp, 0, 65535).astype(np.uint16)
+    write_image(root / "deep.png", F2SImage(deep, "PNG"), "png")
+    Image.fromarray(np.ascontiguousarray(astro[20:276, 200:456])).save(root / "border.png")
+    Image.fromarray(_photo("skimage/coffee")).resize((200, 134)).save(root / "noface.png")
+    return root
+
+
+def test_awkward_inputs_in_one_batch(awkward: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    extra = ["--paste-faces", "--save-faces", "--save-compare", "-q"]
+    res = run_f2s("restore", awkward, "--out", out, *extra)
+    assert res.returncode == 0, res.stderr
+    reports = {p.name: r for p, r in reports_in(out).items()}
+    assert {r["status"] for r in reports.values()} == {"done"}
+    gray = read_image(out / "gray.png").pixels
+    assert gray.shape == (256, 256, 1) and reports["gray.png.json"]["output"]["channels"] == 1
+    assert read_image(out / "gray.compare.png").pixels.shape == (256, 512, 1)
+    assert read_image(out / "gray.faces" / "face0_hq.png").pixels.shape == (512, 512, 1)
+    rgba_in, rgba_out = read_image(awkward / "rgba.png").pixels, read_image(out / "rgba.png").pixels
+    assert rgba_out.shape == (256, 256, 4)
+    assert np.array_equal(rgba_out[..., 3], rgba_in[..., 3])
+    deep = read_image(out / "deep.png").pixels
+    assert deep.dtype == np.uint16 and reports["deep.png.json"]["output"]["bit_depth"] == 16
+    assert len(np.unique(deep[..., 0] % 257)) > 1  # real 16-bit values, not 8-bit ones x 257
+    border = reports["border.png.json"]
+    assert len(border["faces"]) == 1 and border["faces"][0]["box"][0] < 0
+    assert border["faces"][0]["restorer"] is not None
+    assert border["degradation"]["source"] == "face"
+    for name in ("gray", "rgba", "deep"):
+        assert reports[f"{name}.png.json"]["degradation"]["source"] == "face", name
+    noface = reports["noface.png.json"]
+    assert noface["faces"] == [] and noface["degradation"]["source"] == "blind"
+    assert "no usable face" in noface["warnings"][0]
+    # a corrupt file fails alone: exit 1, the others are kept (resumed)
+    (awkward / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
+    try:
+        res = run_f2s("restore", awkward, "--out", out, *extra)
+    finally:
+        (awkward / "broken.jpg").unlink()
+    assert res.returncode == 1
+    summary = summary_of(out)
+    assert summary["counts"] == {"total": 6, "done": 0, "skipped": 5, "failed": 1, "pending": 0}
+    assert "broken.jpg" in summary["failures"][0]["path"]
+    failed = [p.name for p, r in reports_in(out).items() if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0].startswith("broken.")
+
+
+@pytest.mark.slow
+def test_twelve_megapixel_photo_is_tiled_in_bounded_memory(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    big = Image.fromarray(_photo("skimage/astronaut")).resize((4000, 3000), Image.BICUBIC)
+    big.save(photos / "big.jpg", quality=90)
+    res = run_f2s("restore", photos, "--out", tmp_path / "out", "--tile", "512", timeout=1800)
+    assert res.returncode == 0, res.stderr
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit
+    report = json.loads((tmp_path / "out" / "big.jpg.json").read_text())
+    assert (report["output"]["width"], report["output"]["height"]) == (4000, 3000)
+    assert report["degradation"]["source"] == "face"
+    assert peak < 3 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
