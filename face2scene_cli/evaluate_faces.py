@@ -60,7 +60,7 @@ from face2scene_cli.stages.face_restore import (
     RestoredFaces,
     create_face_restorer,
 )
-from face2scene_cli.stages.ref_restore import aligned_face_box
+from face2scene_cli.stages.ref_restore import aligned_face_box, to_rgb8
 
 __all__ = [
     "DEGRADATIONS",
@@ -190,14 +190,15 @@ def build_cases(
     for photo in photos:
         pixels = read_image(photo.path).pixels
         clean_faces = detector.detect([as_rgb_uint8(pixels)])[0]
+        degraded = {d: degrade_photo(pixels, d, seed, photo.name) for d in degradations}
+        lq_faces = {d: detector.detect([as_rgb_uint8(x)])[0] for d, x in degraded.items()}
         for i, face in enumerate(clean_faces):
             person = f"{photo.name}#{i}"
             refs[person] = self_references(pixels, face, detector, aligner)
             centre = face.landmarks.mean(0)
-            for deg in degradations:
-                lq_img = degrade_photo(pixels, deg, seed, photo.name)
+            for deg, lq_img in degraded.items():
                 k = lq_img.shape[0] / pixels.shape[0]
-                found = _nearest(detector.detect([as_rgb_uint8(lq_img)])[0], centre * k)
+                found = _nearest(lq_faces[deg], centre * k)
                 if found is None or _dist(found.landmarks.mean(0) / k, centre) > face.size / 2:
                     continue  # the degraded face was not found
                 lq = aligner.align(lq_img, found)
@@ -211,11 +212,6 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
 
 
-def _restore(restorer: FaceRestorer, lq: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
-    out = restorer.restore(_tensor(lq)[None], [[_tensor(r) for r in refs]])
-    return out.hq[0].permute(1, 2, 0).numpy()
-
-
 class _Scorer:
     """Face PSNR (face mask > 0.5) and dlib identity distance against one ground truth."""
 
@@ -225,8 +221,7 @@ class _Scorer:
         self.box = [aligned_face_box(size)]
 
     def embed(self, x: np.ndarray) -> np.ndarray:
-        u8 = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-        return self.encoder.embed(np.repeat(u8, 3, 2) if u8.shape[2] == 1 else u8, self.box)[0]
+        return self.encoder.embed(to_rgb8(x), self.box)[0]
 
     def __call__(self, out: np.ndarray, gt: np.ndarray, gt_emb: np.ndarray) -> tuple[float, float]:
         ident = float(np.linalg.norm(self.embed(out) - gt_emb))
