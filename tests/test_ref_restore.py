@@ -130,3 +130,5 @@ def test_registry_and_bad_input(case: dict) -> None:
         r.restore(case["lq"], [[], []])
     with pytest.raises(ValueError, match="square"):
         r.restore(case["lq"][..., :200], [case["refs"]])
+    with pytest.raises(TypeError, match="float"):
+        r.restore(case["lq"], [[(case["refs"][0] * 255).to(torch.uint8)]])
