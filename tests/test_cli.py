@@ -194,8 +194,9 @@ def test_doctor_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert facts["models"] == [
         {"name": "tiny-net", "version": "1", "task": "test", "verified": True, "problems": []}
     ]
+    assert facts["face_restorers"]["ref-guided"] == facts["face_restorers"]["blind"] == "built-in"
     res = runner.invoke(app, ["doctor"])
-    assert res.exit_code == 0 and "tiny-net" in res.output
+    assert res.exit_code == 0 and "tiny-net" in res.output and "ref-guided (built-in)" in res.output
 
 
 def test_wheel_contains_models_and_schemas(tmp_path: Path) -> None:

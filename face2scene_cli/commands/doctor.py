@@ -36,6 +36,8 @@ def doctor(json_output: Json = False) -> None:
             )
         table.add_row(b["name"], "yes" if b["available"] else "no", b["version"] or "-", note)
     stdout.print(table)
+    restorers = ", ".join(f"{k} ({v})" for k, v in facts["face_restorers"].items())
+    stdout.print(f"Face restorers (plugins: entry points face2scene.face_restorers): {restorers}")
     table = Table("model", "version", "task", "verified", title=f"Models in {facts['models_dir']}")
     for m in facts["models"]:
         status = "yes" if m["verified"] else "NO: " + "; ".join(m["problems"])

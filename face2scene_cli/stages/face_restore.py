@@ -9,27 +9,40 @@ is a confidence-weighted mean over faces).
 :class:`BlindFaceRestorer` is the non-learned baseline used when no reference-based
 restorer is available (and to make FaDeX's training pairs): a per-crop noise estimate, then
 OpenCV non-local means with a strength tied to that estimate, mild JPEG deblocking along the
-8x8 grid, and a mild unsharp mask.
+8x8 grid, and a mild unsharp mask. The reference-guided restorer (``"ref-guided"``) lives in
+:mod:`face2scene_cli.stages.ref_restore`.
+
+:func:`create_face_restorer` builds a restorer by name: the built-ins of
+:data:`FACE_RESTORERS`, then plugins, i.e. entry points of the ``face2scene.face_restorers``
+group in installed distributions (:func:`available_face_restorers` lists both).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
+from face2scene_cli.errors import ConfigError
+
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "FACE_RESTORERS",
     "BlindFaceRestorer",
     "FaceRestorer",
     "RestoredFaces",
+    "available_face_restorers",
     "blockiness",
+    "check_crops",
     "create_face_restorer",
     "estimate_noise_sigma",
 ]
@@ -59,7 +72,9 @@ class RestoredFaces:
     references_used: tuple[int, ...] | None = None
 
 
-def _check_crops(lq: Tensor) -> None:
+def check_crops(lq: Tensor, references: list[list[Tensor]] | None = None) -> None:
+    """Raise TypeError / ValueError unless ``lq`` is a float (B, C, H, W) batch, C in {1, 3},
+    and ``references`` (if given) has one list per crop."""
     if not isinstance(lq, Tensor):
         raise TypeError(f"lq must be a torch.Tensor, got {type(lq).__name__}")
     if lq.ndim != 4 or lq.shape[1] not in (1, 3):
@@ -70,6 +85,10 @@ def _check_crops(lq: Tensor) -> None:
         raise TypeError(f"lq must be a floating point tensor in [0, 1], got {lq.dtype}")
     if lq.shape[0] < 1 or min(lq.shape[2:]) < 8:
         raise ValueError(f"lq must hold at least one crop of at least 8x8, got {tuple(lq.shape)}")
+    if references is not None and len(references) != lq.shape[0]:
+        raise ValueError(
+            f"references must have one list per crop: {lq.shape[0]} crops, {len(references)} lists"
+        )
 
 
 class FaceRestorer(ABC):
@@ -286,12 +305,7 @@ class BlindFaceRestorer(FaceRestorer):
         Returns:
             :class:`RestoredFaces`; ``hq`` has ``lq``'s shape, dtype and device.
         """
-        _check_crops(lq)
-        if references is not None and len(references) != lq.shape[0]:
-            raise ValueError(
-                f"references must have one list per crop: {lq.shape[0]} crops, "
-                f"{len(references)} lists"
-            )
+        check_crops(lq, references)
         arr = lq.detach().float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
         outs, confs = [], []
         for img in arr:
@@ -306,16 +320,76 @@ class BlindFaceRestorer(FaceRestorer):
         )
 
 
-# Built-in restorers by the name users give (``--face-restorer``).
-FACE_RESTORERS: dict[str, type[FaceRestorer]] = {"blind": BlindFaceRestorer}
+def _ref_guided(**kwargs: Any) -> FaceRestorer:
+    from face2scene_cli.stages.ref_restore import RefGuidedFaceRestorer
+
+    return RefGuidedFaceRestorer(**kwargs)
 
 
-def create_face_restorer(name: str, **kwargs: object) -> FaceRestorer:
-    """The face restorer called ``name`` (see :data:`FACE_RESTORERS`), built with ``kwargs``."""
+# Built-in restorers by the name users give (``--face-restorer``): a class or a factory.
+FACE_RESTORERS: dict[str, Callable[..., FaceRestorer]] = {
+    "blind": BlindFaceRestorer,
+    "ref-guided": _ref_guided,
+}
+
+ENTRY_POINT_GROUP = "face2scene.face_restorers"
+"""Entry-point group of face restorer plugins: each entry point names a :class:`FaceRestorer`
+subclass or a factory returning a :class:`FaceRestorer` instance."""
+
+
+def _plugins() -> dict[str, importlib.metadata.EntryPoint]:
+    found: dict[str, importlib.metadata.EntryPoint] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)  # the first on sys.path wins, as for imports
+    return found
+
+
+def available_face_restorers() -> dict[str, str]:
+    """Every restorer ``create_face_restorer`` accepts: name -> where it comes from
+    (``"built-in"``, or ``"plugin <module:attr> (<distribution>)"``). Built-ins shadow plugins
+    of the same name. Nothing is imported."""
+    out = {name: "built-in" for name in FACE_RESTORERS}
+    for name, ep in sorted(_plugins().items()):
+        if name not in out:
+            dist = f" ({ep.dist.name} {ep.dist.version})" if ep.dist is not None else ""
+            out[name] = f"plugin {ep.value}{dist}"
+    return out
+
+
+def create_face_restorer(name: str, **kwargs: Any) -> FaceRestorer:
+    """The face restorer called ``name``, built with ``kwargs``.
+
+    Built-ins (:data:`FACE_RESTORERS`) first, then plugins: entry points of the
+    ``face2scene.face_restorers`` group (:data:`ENTRY_POINT_GROUP`) of installed
+    distributions, whose object must be a :class:`FaceRestorer` subclass or a factory that
+    returns a :class:`FaceRestorer`.
+
+    Raises:
+        ConfigError: unknown name (the message lists the available ones), or a plugin that
+            fails to load or does not give a :class:`FaceRestorer` (the message names it).
+    """
+    if name in FACE_RESTORERS:
+        return FACE_RESTORERS[name](**kwargs)
+    ep = _plugins().get(name)
+    if ep is None:
+        raise ConfigError(
+            f"unknown face restorer {name!r}; available: "
+            f"{', '.join(sorted(available_face_restorers()))}"
+        )
+    what = f"face restorer plugin {name!r} ({ep.value})"
     try:
-        cls = FACE_RESTORERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown face restorer {name!r}; available: {', '.join(sorted(FACE_RESTORERS))}"
-        ) from None
-    return cls(**kwargs)  # type: ignore[arg-type]
+        obj = ep.load()
+    except Exception as exc:  # a plugin's import can fail in any way
+        raise ConfigError(f"{what} failed to load: {type(exc).__name__}: {exc}") from exc
+    if not callable(obj):
+        raise ConfigError(f"{what} is a {type(obj).__name__}, not a FaceRestorer class or factory")
+    try:
+        restorer = obj(**kwargs)
+    except Exception as exc:
+        raise ConfigError(f"{what} failed to build: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(restorer, FaceRestorer):
+        raise ConfigError(
+            f"{what} gave a {type(restorer).__name__}, not a "
+            "face2scene_cli.stages.face_restore.FaceRestorer"
+        )
+    return restorer
