@@ -285,7 +285,9 @@ class DegradationReader:
                 continue
             lq = to_tensor(np.ascontiguousarray(crop.crop[y0:y1, x0:x1]))[0]
             box = (crop.box[0] + x0, crop.box[1] + y0, crop.box[0] + x1, crop.box[1] + y1)
-            refs = None if references is None else references[index]
+            refs = None
+            if references is not None:
+                refs = [warp_reference(r, face, box) for r in references[index]]
             crops.append(_Crop(image, index, face, box, lq, refs))
         return crops
 
@@ -325,6 +327,34 @@ class DegradationReader:
                 )
             )
         return readings
+
+
+def warp_reference(
+    ref: torch.Tensor, face: DetectedFace, box: tuple[int, int, int, int]
+) -> torch.Tensor:
+    r"""A FFHQ-aligned reference crop moved into a native crop's geometry by the landmarks.
+
+    Args:
+        ref: :math:`(C, S, S)` float in [0, 1], aligned to :func:`ffhq_template` (S).
+        face: the degraded face (its 5 landmarks, in photo pixels).
+        box: ``(x0, y0, x1, y1)`` of the native crop in photo pixels.
+
+    Returns:
+        :math:`(C, y1 - y0, x1 - x0)` float in [0, 1]: the reference at the face's position,
+        scale and rotation in the crop (edge-replicated outside the reference).
+    """
+    size = ref.shape[-1]
+    lm = np.asarray(face.landmarks, np.float64) - np.array(box[:2], np.float64)
+    m = estimate_similarity(ffhq_template(size), lm)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    img = ref.permute(1, 2, 0).numpy().astype(np.float32)
+    if scale < 1.0:  # shrink with area averaging first: warpAffine alone would alias
+        side = max(16, round(size * scale))
+        img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+        m = m @ np.diag([size / side, size / side, 1.0])
+    w, h = box[2] - box[0], box[3] - box[1]
+    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return torch.from_numpy(out.reshape(h, w, -1)).permute(2, 0, 1).clamp(0.0, 1.0)
 
 
 def _as_channels(refs: list[torch.Tensor], channels: int) -> list[torch.Tensor]:

@@ -19,10 +19,11 @@ from typer.testing import CliRunner
 
 from face2scene_cli.cli import app
 from face2scene_cli.degrade import PRESETS, degrade_parametric, image_generator
+from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.imageio import Image as F2SImage
 from face2scene_cli.imageio import from_tensor, read_image, to_tensor, write_image
-from face2scene_cli.pipeline import DegradationReader, resolve_face_restorer
+from face2scene_cli.pipeline import DegradationReader, resolve_face_restorer, warp_reference
 from face2scene_cli.sample_data import package_photos
 from face2scene_cli.stages import face_restore
 from face2scene_cli.stages.face_restore import BlindFaceRestorer, FaceRestorer, RestoredFaces
@@ -111,9 +112,30 @@ def test_each_face_gets_its_own_persons_references(
     assert eileen["references_used"] == (1 if agree else 0) and man["references_used"] == 0
     given = [refs for _, batch in RecordingRestorer.calls for refs in batch or []]
     assert sorted(len(r) for r in given) == [0, 1]  # per crop: hers, and none for him
+    crop_shape = next(shape for shape, batch in RecordingRestorer.calls if batch and batch[0])
     ref = next(r for r in given if r)[0]
-    assert ref.shape[0] == 3 and ref.shape[1] == ref.shape[2] >= 128
+    assert ref.shape == crop_shape[1:]  # moved into the native crop's geometry
     assert float(ref.min()) >= 0.0 and float(ref.max()) <= 1.0 and float(ref.std()) > 0.05
+
+
+def test_references_are_warped_into_the_native_crop_by_the_landmarks() -> None:
+    astro = _photo("skimage/astronaut")
+    face = create_detector("mtcnn").detect([as_rgb_uint8(astro)])[0][0]
+    aligned = to_tensor(FaceAligner(512).align(astro, face).crop)[0]
+    x0, y0 = (int(v) - 40 for v in face.box[:2])
+    box = (x0, y0, x0 + 176, y0 + 160)
+    native = astro[y0 : box[3], x0 : box[2]].astype(np.float64)
+    warped = from_tensor(warp_reference(aligned, face, box)[None], np.uint8).astype(np.float64)
+    plain = Image.fromarray(from_tensor(aligned[None], np.uint8)).resize((176, 160))
+    resized = np.asarray(plain).astype(np.float64)
+
+    def psnr(a: np.ndarray) -> float:
+        inner = (slice(30, -30), slice(30, -30))  # the face, away from replicated borders
+        return float(10 * np.log10(255.0**2 / np.mean((a[inner] - native[inner]) ** 2)))
+
+    assert warped.shape == native.shape
+    assert psnr(warped) > 24.0  # the same photo: only resampling error remains
+    assert psnr(warped) > psnr(resized) + 6.0  # geometry matters: a plain resize is far off
 
 
 def test_auto_face_restorer_follows_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
