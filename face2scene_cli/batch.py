@@ -80,9 +80,14 @@ class WorkItem:
 
     @property
     def key(self) -> str:
-        """Stable identity of the image within a run: its relative path, POSIX form, as valid
-        UTF-8 (undecodable name bytes escaped), so it can seed generators and name things."""
-        return display_path(self.relative.as_posix())
+        """Stable identity of the image within a run (see :func:`relative_key`)."""
+        return relative_key(self.relative)
+
+
+def relative_key(relative: Path) -> str:
+    """An image's relative path, POSIX form, as valid UTF-8 (undecodable name bytes escaped):
+    its stable identity, which seeds its generators and picks its shard."""
+    return display_path(relative.as_posix())
 
 
 @dataclass

@@ -147,7 +147,9 @@ def run_ray(
     ray = require_ray()
     started = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, logging_level=logging.WARNING)
+        # A Ray started here for this run alone skips the dashboard (CPU better spent on images).
+        local = {"include_dashboard": False} if cfg.ray_address is None else {}
+        ray.init(address=cfg.ray_address, logging_level=logging.WARNING, **local)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our observer reports progress
     cpus, gpus = max(1, cfg.threads), cfg.gpus_per_worker
     try:
@@ -197,7 +199,8 @@ def _execute(
     recovered = 0
     workers = _worker_count(ray, cfg)
     try:
-        for batch_size in (cfg.batch_size, 1):  # then each image of a lost batch alone
+        # then each image of a batch that kept killing its worker, alone
+        for batch_size in dict.fromkeys((cfg.batch_size, 1)):
             if not pending:
                 break
             blocks = min(MAX_BLOCKS, math.ceil(len(pending) / batch_size))

@@ -148,11 +148,11 @@ def restore(
     if show_config:
         print_config(batch_cfg, restore_cfg)
         return
-    check_device(restore_cfg.device)
     log = LogOptions.from_values(locals())
 
     def build() -> Face2ScenePipeline:
         cfg = restore_cfg
+        check_device(cfg.device)  # where the job runs: here, or on each Ray worker
         det = create_detector(cfg.detector, cfg.min_face, cfg.max_faces, cfg.device)
         aligner = FaceAligner()
         gallery = None
