@@ -9,8 +9,9 @@ reports, atomic writes and the skip-done rule are the same.
 
 Exactly once: Ray retries the batch of a worker that died on a restarted worker, which finds
 the images the dead one finished (their report carries this run's id) and reports them done
-without writing them again. A batch that kills its worker on every try goes through a second
-pass one image at a time; an image that still kills its worker is reported failed.
+without writing them again. The images of a batch that killed its worker on every try go
+through a second pass, one image per call on plain actors; an image that still kills its
+worker is reported failed.
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ class _Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.process(batch)
+
+    def process(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Load, compute and write the batch's items; one result row per item."""
         self.events.clear()
         self.run.run_items([self.items[int(i)] for i in batch["index"]])
         return {
@@ -182,77 +187,116 @@ def _execute(
 ) -> tuple[dict[str, int], str | None]:
     """Both passes; returns the pool's statistics (workers, restarts, images recovered from
     dead workers) and the signal that stopped the run."""
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.max_errored_blocks, ctx.enable_progress_bars
-    ctx.max_errored_blocks, ctx.enable_progress_bars = -1, False  # lost blocks: see below
-    items_ref = ray.put(plan.items)
     worker_args = {
         "job_factory": job_factory,
-        "items": [items_ref],
+        "items": [ray.put(plan.items)],
         "out": plan.out,
         "cfg": cfg,
         "run_info": run_info,
         "fault": fault_hook(),
     }
-    pending = list(range(len(plan.items)))
+    stats = {"workers": _worker_count(ray, cfg), "worker_restarts": 0, "recovered": 0}
     restarted: set[str] = set()
-    recovered = 0
-    workers = _worker_count(ray, cfg)
-    try:
-        # then each image of a batch that kept killing its worker, alone
-        for batch_size in dict.fromkeys((cfg.batch_size, 1)):
-            if not pending:
-                break
-            blocks = min(MAX_BLOCKS, math.ceil(len(pending) / batch_size))
-            dataset = ray.data.from_items(
-                [{"index": i} for i in pending], override_num_blocks=blocks
-            )
-            with warnings.catch_warnings():  # Ray 2.60 has no named parameter for these two
-                warnings.simplefilter("ignore", DeprecationWarning)
-                results = dataset.map_batches(
-                    _Worker,
-                    fn_constructor_kwargs=worker_args,
-                    batch_size=batch_size,
-                    concurrency=min(workers, blocks),
-                    num_cpus=max(1, cfg.threads),
-                    num_gpus=cfg.gpus_per_worker or None,
-                    max_restarts=-1,
-                    max_task_retries=TASK_RETRIES,
-                )
-            left = set(pending)
-            for row in results.iter_rows():
-                index = int(row["index"])
-                report = json.loads(row["report"]) if row["report"] else None
-                event = ItemEvent(
-                    plan.items[index],
-                    row["status"],
-                    ImageReport(**report) if report else None,
-                    0,
-                    0,
-                    bool(row["recovered"]),
-                )
-                run.settled(event)
-                left.discard(index)
-                recovered += event.recovered
-                if row["restarted"]:
-                    restarted.add(row["worker"])
-                if run.stop():
-                    break
-            pending = sorted(left)
-            if run.stop():
-                break
-    finally:
-        ctx.max_errored_blocks, ctx.enable_progress_bars = saved
-    stats = {"workers": workers, "worker_restarts": len(restarted), "recovered": recovered}
+
+    def settle(rows: dict[str, Any]) -> None:
+        columns = ("index", "status", "report", "recovered", "worker", "restarted")
+        for i, status, text, recovered, worker, again in zip(
+            *(rows[c] for c in columns), strict=True
+        ):
+            report = ImageReport(**json.loads(text)) if text else None
+            run.settled(ItemEvent(plan.items[int(i)], status, report, 0, 0, bool(recovered)))
+            stats["recovered"] += bool(recovered)
+            if again:
+                restarted.add(worker)
+
+    lost = _first_pass(ray, plan, cfg, worker_args, stats["workers"], settle, run.stop)
+    if lost and not run.stop():
+        lost = _second_pass(ray, lost, cfg, worker_args, stats["workers"], settle, run.stop)
+    stats["worker_restarts"] = len(restarted)
     if run.stop():
         return stats, run.stop()
     error = F2SError(
         f"its worker died on each of the {TASK_RETRIES + 1} tries to process it alone "
         "(a crash while processing this image)"
     )
-    for i in pending:
+    for i in lost:
         run.write_failed(plan.items[i], error, {})
     return stats, None
+
+
+def _first_pass(
+    ray: Any,
+    plan: Plan,
+    cfg: BatchConfig,
+    worker_args: dict[str, Any],
+    workers: int,
+    settle: Callable[[dict[str, Any]], None],
+    stop: Callable[[], str | None],
+) -> list[int]:
+    """Every item, in batches, through Ray Data; returns the indices of the batches lost with
+    a worker that died on each try."""
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.max_errored_blocks, ctx.enable_progress_bars
+    ctx.max_errored_blocks, ctx.enable_progress_bars = -1, False  # lost blocks: second pass
+    blocks = min(MAX_BLOCKS, math.ceil(len(plan.items) / cfg.batch_size))
+    left = set(range(len(plan.items)))
+    try:
+        dataset = ray.data.from_items([{"index": i} for i in left], override_num_blocks=blocks)
+        with warnings.catch_warnings():  # Ray 2.60 has no named parameter for the retries
+            warnings.simplefilter("ignore", DeprecationWarning)
+            results = dataset.map_batches(
+                _Worker,
+                fn_constructor_kwargs=worker_args,
+                batch_size=cfg.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=min(workers, blocks)),
+                num_cpus=max(1, cfg.threads),
+                num_gpus=cfg.gpus_per_worker or None,
+                max_restarts=-1,
+                max_task_retries=TASK_RETRIES,
+            )
+        for rows in results.iter_batches(batch_size=None, batch_format="numpy"):
+            settle(rows)
+            left.difference_update(int(i) for i in rows["index"])
+            if stop():
+                break
+    finally:
+        ctx.max_errored_blocks, ctx.enable_progress_bars = saved
+    return sorted(left)
+
+
+def _second_pass(
+    ray: Any,
+    lost: list[int],
+    cfg: BatchConfig,
+    worker_args: dict[str, Any],
+    workers: int,
+    settle: Callable[[dict[str, Any]], None],
+    stop: Callable[[], str | None],
+) -> list[int]:
+    """Each lost item alone, one call at a time per worker (so a poison image cannot spend
+    the retries of the images queued behind it); returns those whose worker died on each try."""
+    actor = ray.remote(_Worker).options(
+        num_cpus=max(1, cfg.threads),
+        num_gpus=cfg.gpus_per_worker or None,
+        max_restarts=-1,
+        max_task_retries=TASK_RETRIES,
+    )
+    free = [actor.remote(**worker_args) for _ in range(min(workers, len(lost)))]
+    todo, in_flight, failed = list(lost), {}, []
+    while (todo and not stop()) or in_flight:
+        while free and todo and not stop():
+            worker, index = free.pop(), todo.pop(0)
+            in_flight[worker.process.remote({"index": np.array([index])})] = (worker, index)
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        worker, index = in_flight.pop(ready[0])
+        free.append(worker)
+        try:
+            settle(ray.get(ready[0]))
+        except ray.exceptions.RayActorError:
+            failed.append(index)
+    for worker in free:
+        ray.kill(worker)
+    return failed
 
 
 def _worker_count(ray: Any, cfg: BatchConfig) -> int:

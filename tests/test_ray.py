@@ -76,7 +76,7 @@ def _assert_same_results(a: Path, b: Path) -> None:
 def test_ray_engine_matches_local_engine(
     ray_cluster: Any, small_photo_dir: Path, tmp_path: Path
 ) -> None:
-    """Same seed, same outputs and reports: degrade (2 workers) and restore (faces, models)."""
+    """Same seed, same outputs and reports (degrade, 2 workers); a rerun skips every image."""
     src = tmp_path / "in"
     _tiles(small_photo_dir, src, 8)
     common = ("degrade", src, "--seed", "5", "-b", "3", "--threads", "1")
@@ -90,20 +90,25 @@ def test_ray_engine_matches_local_engine(
     assert summary["counts"] == summary_of(tmp_path / "local")["counts"]
     assert summary["settings_hash"] == summary_of(tmp_path / "local")["settings_hash"]
 
+    rerun = f2s(*common, "--out", tmp_path / "ray", "--engine", "ray", "--workers", "2")
+    assert rerun.exit_code == 0, rerun.output
+    assert summary_of(tmp_path / "ray")["counts"]["skipped"] == 8
+
+
+def test_ray_restore_matches_local_restore(
+    ray_cluster: Any, small_photo_dir: Path, tmp_path: Path
+) -> None:
+    """``f2s restore`` (faces, models loaded by the worker) gives the local engine's results."""
     people = tmp_path / "people"
     people.mkdir()
     for name in ("t1.jpg", "astronaut.png"):
         (people / name).write_bytes((small_photo_dir / name).read_bytes())
     restore = ("restore", people, "--threads", "1")
-    assert f2s(*restore, "--out", tmp_path / "r_local").exit_code == 0
-    res = f2s(*restore, "--out", tmp_path / "r_ray", "--engine", "ray", "--workers", "1")
+    assert f2s(*restore, "--out", tmp_path / "local").exit_code == 0
+    res = f2s(*restore, "--out", tmp_path / "ray", "--engine", "ray", "--workers", "1")
     assert res.exit_code == 0, res.output
-    _assert_same_results(tmp_path / "r_local", tmp_path / "r_ray")
-    assert any(r["faces"] for r in reports_in(tmp_path / "r_ray").values())
-
-    rerun = f2s(*common, "--out", tmp_path / "ray", "--engine", "ray", "--workers", "2")
-    assert rerun.exit_code == 0, rerun.output
-    assert summary_of(tmp_path / "ray")["counts"]["skipped"] == 8
+    _assert_same_results(tmp_path / "local", tmp_path / "ray")
+    assert any(r["faces"] for r in reports_in(tmp_path / "ray").values())
 
 
 def test_ray_worker_crash_is_retried_without_losing_or_redoing_images(
