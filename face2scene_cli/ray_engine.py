@@ -85,7 +85,8 @@ def _describe(job_factory: Callable[[], ImageJob]) -> JobInfo:
 
 
 class _Worker:
-    """A Ray Data actor: builds the job once, then loads, computes and writes batches."""
+    """A Ray actor (in the Ray Data pool, or alone in the second pass): builds the job once,
+    then loads, computes and writes batches."""
 
     def __init__(
         self,
