@@ -151,7 +151,7 @@ Engine = Annotated[
         envvar="F2S_ENGINE",
         rich_help_panel=SCALE,
         help=f"{'|'.join(ENGINES)}: run here, or on a Ray cluster (pip install "
-        "'face2scene[ray]'). [default: local]",
+        "'face2scene\\[ray]'). [default: local]",
         show_default=False,
     ),
 ]
