@@ -204,14 +204,7 @@ def test_wheel_contains_models_and_schemas(tmp_path: Path) -> None:
         ROOT,
         src,
         ignore=shutil.ignore_patterns(
-            ".venv",
-            ".git",
-            "dist",
-            "build",
-            "__pycache__",
-            "*.egg-info",
-            "runs",
-            "demo_out",
+            ".venv", ".git", "dist", "build", "__pycache__", "*.egg-info", "runs", "demo_out",
             ".*_cache",
         ),
     )
