@@ -135,13 +135,54 @@ def bench_faces(repeats: int = 5) -> dict:
     }
 
 
+def bench_ray(photos: Path) -> list[dict]:
+    """``f2s degrade`` (second-order) on the Ray engine with 1 and 2 workers of one torch thread
+    each, beside the local engine with one torch thread; [] without Ray. Each run starts its
+    own local Ray, so images/s (incl. start-up) counts Ray's start; the engine's rate counts
+    the workers' start (model loading), not Ray's."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return []
+    common = ["--seed", "0", "--threads", "1"]
+    runs = [bench_degrade(photos, common, "degrade second-order, local, 1 thread")]
+    for workers in (1, 2):
+        args = [*common, "--engine", "ray", "--workers", str(workers)]
+        runs.append(bench_degrade(photos, args, f"degrade second-order, ray, {workers} worker(s)"))
+    return runs
+
+
+def print_ray(runs: list[dict]) -> None:
+    """One line per Ray run, with the speed-up over the first (local) run."""
+    base = runs[0]["images_per_s_engine"]
+    for r in runs:
+        print(
+            f"{r['label']}: {r['images_per_s_engine']} images/s (engine, x"
+            f"{r['images_per_s_engine'] / base:.2f}), {r['images_per_s_wall']} incl. start-up"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--megapixels", type=float, default=1.0)
+    parser.add_argument("--ray-only", action="store_true", help="only the Ray engine section")
     args = parser.parse_args()
     photos_dir = sample_data.data_dir() / "bench" / f"{args.count}x{args.megapixels}mp"
     make_photos(args.count, args.megapixels, photos_dir)
+    ray_runs = bench_ray(photos_dir)
+    if ray_runs:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "ray.json").write_text(
+            json.dumps(
+                {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "runs": ray_runs},
+                indent=2,
+            )
+            + "\n"
+        )
+        print_ray(ray_runs)
+    if args.ray_only:
+        return
     runs = [
         bench_degrade(
             photos_dir,

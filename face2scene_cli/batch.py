@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from face2scene_cli.config import BatchConfig
+from face2scene_cli.config import BatchConfig, Shard
 from face2scene_cli.errors import ConfigError, ExitCode, F2SError, InputError, LockError
 from face2scene_cli.hashing import file_sha256, json_sha256
 from face2scene_cli.imageio import (
+    _TEMP_MARK,  # .<target name>.f2s-tmp-<pid>-<hex>
     EXTENSIONS,
     TEMP_GLOB,
     Image,
@@ -45,12 +46,12 @@ from face2scene_cli.imageio import (
 )
 from face2scene_cli.report import (
     REPORT_SUFFIX,
-    SUMMARY_NAME,
     ImageReport,
     RunInfo,
     RunSummary,
     display_path,
     read_report,
+    summary_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,9 +80,14 @@ class WorkItem:
 
     @property
     def key(self) -> str:
-        """Stable identity of the image within a run: its relative path, POSIX form, as valid
-        UTF-8 (undecodable name bytes escaped), so it can seed generators and name things."""
-        return display_path(self.relative.as_posix())
+        """Stable identity of the image within a run (see :func:`relative_key`)."""
+        return relative_key(self.relative)
+
+
+def relative_key(relative: Path) -> str:
+    """An image's relative path, POSIX form, as valid UTF-8 (undecodable name bytes escaped):
+    its stable identity, which seeds its generators and picks its shard."""
+    return display_path(relative.as_posix())
 
 
 @dataclass
@@ -91,6 +97,8 @@ class Plan:
     items: list[WorkItem]
     out: Path
     warnings: list[str] = field(default_factory=list)
+    shard: Shard | None = None
+    found: int = 0  # images in the inputs, before the shard selection
 
 
 @dataclass
@@ -146,7 +154,10 @@ def plan_inputs(inputs: Sequence[str | Path], cfg: BatchConfig) -> Plan:
     images = _collect(sources, rel_root, out_real, cfg.recursive, warnings)
     input_reals = {os.path.realpath(img.path) for img in images}
     items = _assign_outputs(images, out, cfg.format, input_reals)
-    return Plan(items=items, out=out, warnings=warnings)
+    shard = cfg.shard_spec
+    # Outputs are named over every input first, so a shard writes what an unsharded run would.
+    mine = [item for item in items if shard.contains(item.key)] if shard else items
+    return Plan(items=mine, out=out, warnings=warnings, shard=shard, found=len(items))
 
 
 def _expand_all(inputs: Sequence[str | Path]) -> list[tuple[Path, Path, bool]]:
@@ -336,8 +347,11 @@ def _assign_outputs(
 
 
 @contextmanager
-def output_lock(out: Path, command: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``<out>/.f2s.lock`` for the run.
+def output_lock(out: Path, command: str, shard: Shard | None = None) -> Iterator[None]:
+    """Lock the output folder for the run: an exclusive ``flock`` on ``<out>/.f2s.lock``, or
+    for a shard a shared one plus an exclusive lock of its own shard, so disjoint shards of
+    one split run side by side while an unsharded run, the same shard twice or shards of a
+    different split are refused.
 
     The kernel drops the lock when the process dies, so a killed run never blocks the rerun.
 
@@ -345,38 +359,88 @@ def output_lock(out: Path, command: str) -> Iterator[None]:
         LockError: another live process holds the lock (its pid, host and command are named).
     """
     out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    info = json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "shard": str(shard) if shard else None,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    )
+    fds = [os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)]
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
-            raise LockError(
-                f"output folder {display_path(out)} is in use by another f2s run ({holder}); "
-                "wait for it to finish or choose another --out"
-            ) from None
-        info = json.dumps(
-            {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "command": command,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-        )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
+        if shard is None:
+            _take_lock(fds[0], fcntl.LOCK_EX, out, _shard_holders(out))
+            _write_holder(fds[0], info)
+        else:
+            _take_lock(fds[0], fcntl.LOCK_SH, out)
+            fds.append(os.open(_shard_lock_path(out, shard), os.O_RDWR | os.O_CREAT, 0o644))
+            _take_lock(fds[1], fcntl.LOCK_EX, out)
+            _write_holder(fds[1], info)
+            other = [h for n, h in _shard_holders(out, skip=shard).items() if n != shard.count]
+            if other:  # checked after taking ours, so of two racing splits neither proceeds
+                raise LockError(
+                    f"output folder {display_path(out)} is in use by shards of another split "
+                    f"({other[0]}); every shard sharing an --out must use the same N"
+                )
         yield
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
-def remove_stale_temp_files(out: Path) -> int:
-    """Delete temp files a killed run left in the output tree (call while holding the lock)."""
+def _shard_lock_path(out: Path, shard: Shard) -> Path:
+    return out / f"{LOCK_NAME}.shard-{shard.index}-of-{shard.count}"
+
+
+def _take_lock(fd: int, mode: int, out: Path, holders: dict[int, str] | None = None) -> None:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        holder = holder or next(iter((holders or {}).values()), "") or "unknown process"
+        raise LockError(
+            f"output folder {display_path(out)} is in use by another f2s run ({holder}); "
+            "wait for it to finish or choose another --out"
+        ) from None
+
+
+def _write_holder(fd: int, info: str) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, info.encode(), 0)
+
+
+def _shard_holders(out: Path, skip: Shard | None = None) -> dict[int, str]:
+    """Shard count -> holder of a shard lock that a live run holds (``skip``: our own)."""
+    held: dict[int, str] = {}
+    for path in out.glob(f"{LOCK_NAME}.shard-*-of-*"):
+        index, _, count = path.name.rsplit(".shard-", 1)[1].partition("-of-")
+        if not (index.isdigit() and count.isdigit()) or Shard(int(index), int(count)) == skip:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held[int(count)] = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        finally:
+            os.close(fd)
+    return held
+
+
+def remove_stale_temp_files(out: Path, items: list[WorkItem] | None = None) -> int:
+    """Delete temp files a killed run left in the output tree (call while holding the lock);
+    with ``items`` (a shard's), only the temp files of their outputs and reports."""
+    targets = None
+    if items is not None:
+        targets = {str(p) for item in items for p in (item.output, item.report)}
     removed = 0
     for dirpath, _, filenames in os.walk(out):
         for name in filenames:
-            if Path(name).match(TEMP_GLOB):
+            if not Path(name).match(TEMP_GLOB):
+                continue
+            target = os.path.join(dirpath, name[1 : name.index(_TEMP_MARK)])
+            if targets is None or target in targets:
                 Path(dirpath, name).unlink(missing_ok=True)
                 removed += 1
     return removed
@@ -476,30 +540,33 @@ class ImageJob(Protocol):
 
 @dataclass
 class ItemEvent:
-    """Progress event for one finished item: status is done | skipped | failed."""
+    """Progress event for one finished item: status is done | skipped | failed; ``recovered``:
+    done by an earlier try of this run (a worker that died after writing it)."""
 
     item: WorkItem
     status: str
     report: ImageReport | None
     index: int
     total: int
+    recovered: bool = False
 
 
 Observer = Callable[[ItemEvent], None]
 
 
-def _fault_hook() -> tuple[str, int] | None:
-    """Test-only fault injection, ``F2S_FAULT=exit-after:N`` (``os._exit(137)``, a crash) or
-    ``signal-after:N`` (SIGTERM to itself), fired once N images are done."""
-    spec = os.environ.get(FAULT_ENV, "")
-    kind, _, count = spec.partition(":")
-    if kind in ("exit-after", "signal-after") and count.isdigit():
-        return kind, int(count)
+def fault_hook() -> tuple[str, str] | None:
+    """Test-only fault injection, read from ``F2S_FAULT``: ``exit-after:N`` (``os._exit(137)``,
+    a crash) or ``signal-after:N`` (SIGTERM to itself), fired once N images are done, or
+    ``crash-on:REL`` (``os._exit(137)`` whenever the image with relative path REL is computed:
+    a poison image)."""
+    kind, _, arg = os.environ.get(FAULT_ENV, "").partition(":")
+    if (kind in ("exit-after", "signal-after") and arg.isdigit()) or (kind == "crash-on" and arg):
+        return kind, arg
     return None
 
 
-class _Run:
-    """State of one run of the engine (kept out of the public API)."""
+class BatchRun:
+    """State of one run: the local loop, and the steps a Ray worker and its driver share."""
 
     def __init__(
         self,
@@ -508,11 +575,12 @@ class _Run:
         cfg: BatchConfig,
         observer: Observer | None,
         stop: Callable[[], str | None],
-        engine: str,
+        run_info: RunInfo,
+        fault: tuple[str, str] | None = None,
     ) -> None:
         self.plan, self.job, self.cfg = plan, job, cfg
         self.observer, self.stop = observer, stop
-        self.run_info = RunInfo.new(engine)
+        self.run_info = run_info
         self.settings = {
             **job.settings(),
             "command": job.command,
@@ -526,7 +594,7 @@ class _Run:
         self.failures: list[dict[str, str]] = []
         self.lock = threading.Lock()
         self.finished = 0
-        self.fault = _fault_hook()
+        self.fault = fault
 
     # ----- per-item steps (reader threads)
 
@@ -541,7 +609,10 @@ class _Run:
             return item, InputError(f"cannot read: {_reason(err)}"), info
         sha = hashlib.sha256(data).hexdigest()
         info = {"sha256": sha, "bytes": len(data)}
-        if not self.cfg.overwrite and self._already_done(item, sha):
+        done = None if self.cfg.overwrite else self._done_report(item, sha)
+        if done is not None:
+            if done["run"]["run_id"] == self.run_info.run_id:  # an earlier try of a retried batch
+                return ItemEvent(item, "done", ImageReport(**done), 0, 0, recovered=True)
             return ItemEvent(item, "skipped", None, 0, len(self.plan.items))
         t1 = time.perf_counter()
         try:
@@ -551,23 +622,28 @@ class _Run:
         t2 = time.perf_counter()
         return LoadedImage(item, image, sha, len(data), {"read": t1 - t0, "decode": t2 - t1})
 
-    def _already_done(self, item: WorkItem, input_sha: str) -> bool:
+    def _done_report(self, item: WorkItem, input_sha: str) -> dict[str, Any] | None:
+        """The report of an image already done with these settings and this input, whose
+        output is intact; None when the image must be (re)done."""
         report = read_report(item.report)
         if not report or report.get("status") != "done" or report.get("settings_hash") != self.hash:
-            return False
+            return None
         if (report.get("input") or {}).get("sha256") != input_sha:
-            return False
+            return None
         output = report.get("output") or {}
         try:
             if item.output.stat().st_size != output.get("bytes"):
-                return False
-            return file_sha256(item.output) == output.get("sha256")
+                return None
+            return report if file_sha256(item.output) == output.get("sha256") else None
         except OSError:
-            return False
+            return None
 
     # ----- compute (main thread)
 
     def compute(self, batch: list[LoadedImage]) -> list[Processed | F2SError]:
+        poison = self.fault[1] if self.fault and self.fault[0] == "crash-on" else None
+        if poison is not None and any(loaded.item.key == poison for loaded in batch):
+            os._exit(137)
         try:
             results = self.job.process(batch, self.cfg.seed)
         except F2SError as err:
@@ -587,6 +663,14 @@ class _Run:
         return self.compute([loaded])[0]
 
     # ----- writing (writer threads)
+
+    def write(self, loaded: LoadedImage, result: Processed | F2SError) -> None:
+        """Write the output and report of one computed image, or its failure report."""
+        if isinstance(result, F2SError):
+            info = {"sha256": loaded.sha256, "bytes": loaded.nbytes}
+            self.write_failed(loaded.item, result, info, loaded)
+        else:
+            self.write_done(loaded, result)
 
     def write_done(self, loaded: LoadedImage, result: Processed) -> None:
         item = loaded.item
@@ -711,27 +795,26 @@ class _Run:
                 "type": "OutputError",
                 "message": f"cannot write report: {_reason(err)}",
             }
-        with self.lock:
-            self.counts[report.status] += 1
-            if report.status == "failed":
-                self.failures.append({"path": display_path(item.source), **(report.error or {})})
-            self.finished += 1
-            if self.observer is not None:
-                self.observer(
-                    ItemEvent(item, report.status, report, self.finished, len(self.plan.items))
-                )
-            if self.fault and report.status == "done" and self.counts["done"] == self.fault[1]:
-                if self.fault[0] == "exit-after":
-                    os._exit(137)
-                os.kill(os.getpid(), signal.SIGTERM)
+        self.settled(ItemEvent(item, report.status, report, 0, 0))
 
-    def skipped(self, event: ItemEvent) -> None:
+    def settled(self, event: ItemEvent) -> None:
+        """Count a finished item (written, skipped, or done by an earlier try of this run)
+        and tell the observer."""
         with self.lock:
-            self.counts["skipped"] += 1
+            self.counts[event.status] += 1
+            if event.status == "failed" and event.report is not None:
+                error = event.report.error or {}
+                self.failures.append({"path": display_path(event.item.source), **error})
             self.finished += 1
             event.index, event.total = self.finished, len(self.plan.items)
             if self.observer is not None:
                 self.observer(event)
+            fault = self.fault
+            after = fault is not None and fault[0] != "crash-on" and event.status == "done"
+            if after and self.counts["done"] == int(fault[1]):
+                if fault[0] == "exit-after":
+                    os._exit(137)
+                os.kill(os.getpid(), signal.SIGTERM)
 
     # ----- the loop
 
@@ -753,18 +836,7 @@ class _Run:
             def flush() -> None:
                 results = self.compute(batch)
                 for loaded, result in zip(batch, results, strict=True):
-                    if isinstance(result, F2SError):
-                        writes.append(
-                            writers.submit(
-                                self.write_failed,
-                                loaded.item,
-                                result,
-                                {"sha256": loaded.sha256, "bytes": loaded.nbytes},
-                                loaded,
-                            )
-                        )
-                    else:
-                        writes.append(writers.submit(self.write_done, loaded, result))
+                    writes.append(writers.submit(self.write, loaded, result))
                 batch.clear()
                 while len(writes) > prefetch:  # bound memory held by pending encodes
                     writes.popleft().result()
@@ -778,7 +850,7 @@ class _Run:
                     break
                 outcome = queue.popleft().result()
                 if isinstance(outcome, ItemEvent):
-                    self.skipped(outcome)
+                    self.settled(outcome)
                 elif isinstance(outcome, LoadedImage):
                     batch.append(outcome)
                 else:
@@ -792,6 +864,25 @@ class _Run:
             for fut in writes:
                 fut.result()
             interrupted = interrupted or self.stop()
+        return self.summary(interrupted, time.perf_counter() - started)
+
+    def run_items(self, items: list[WorkItem]) -> None:
+        """Load, compute and write ``items`` as one batch (a Ray worker's unit of work); every
+        item reaches the observer."""
+        with ThreadPoolExecutor(self.cfg.io_workers, thread_name_prefix="f2s-io") as pool:
+            batch: list[LoadedImage] = []
+            for outcome in pool.map(self.load, items):
+                if isinstance(outcome, ItemEvent):
+                    self.settled(outcome)
+                elif isinstance(outcome, LoadedImage):
+                    batch.append(outcome)
+                else:
+                    self.write_failed(*outcome)
+            if batch:
+                list(pool.map(self.write, batch, self.compute(batch)))
+
+    def summary(self, interrupted: str | None, seconds: float) -> RunSummary:
+        """The run summary from the counts so far (images not settled are pending)."""
         self.counts["pending"] = (
             self.counts["total"]
             - self.counts["done"]
@@ -807,7 +898,7 @@ class _Run:
         else:
             code = ExitCode.OK
         run = asdict(self.run_info)
-        run["timings"] = {"total": round(time.perf_counter() - started, 4)}
+        run["timings"] = {"total": round(seconds, 4)}
         return RunSummary(
             command=self.job.command,
             out=display_path(self.plan.out),
@@ -829,20 +920,34 @@ def run_batch(
     cfg: BatchConfig,
     observer: Observer | None = None,
     stop: Callable[[], str | None] = lambda: None,
-    engine: str = "local",
 ) -> RunSummary:
     """Process every item of ``plan`` with ``job`` under a lock on the output folder.
 
-    Returns the run summary (also written to ``<out>/f2s-summary.json``).
+    Returns the run summary (also written to the output folder, one per shard).
 
     Raises:
-        LockError: another run holds the output folder.
+        LockError: another run holds the output folder (or this shard of it).
     """
     import torch
 
     torch.set_num_threads(cfg.torch_threads)
-    with output_lock(plan.out, job.command):
-        remove_stale_temp_files(plan.out)
-        summary = _Run(plan, job, cfg, observer, stop, engine).execute()
-        atomic_write_bytes(plan.out / SUMMARY_NAME, summary.to_json().encode())
+    with locked_output(plan, job.command):
+        run_info = RunInfo.new("local", str(plan.shard) if plan.shard else None)
+        summary = BatchRun(plan, job, cfg, observer, stop, run_info, fault_hook()).execute()
+        write_summary(plan, summary)
     return summary
+
+
+@contextmanager
+def locked_output(plan: Plan, command: str) -> Iterator[None]:
+    """Hold the output lock (of the plan's shard) and clear the stale temp files it owns."""
+    with output_lock(plan.out, command, plan.shard):
+        remove_stale_temp_files(plan.out, plan.items if plan.shard else None)
+        yield
+
+
+def write_summary(plan: Plan, summary: RunSummary) -> Path:
+    """Write the run summary (``f2s-summary.json``, or the shard's) atomically; its path."""
+    path = plan.out / summary_name(plan.shard)
+    atomic_write_bytes(path, summary.to_json().encode())
+    return path

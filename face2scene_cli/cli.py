@@ -14,6 +14,7 @@ from face2scene_cli.commands import (
     faces,
     models,
     pending,
+    report,
     restore,
     train,
     train_scene,
@@ -25,6 +26,7 @@ EPILOG = """[bold]Examples[/bold]
   f2s restore ./photos --refs ./refs            restore a folder (outputs in ./photos_f2s)
   f2s degrade-code img.jpg --json               what is wrong with this photo
   f2s degrade ./clean --out ./noisy --preset mixed --seed 1
+  f2s restore ./photos --engine ray --gpus-per-worker 1    on every GPU of a Ray cluster
   f2s models verify                             check the shipped weights
   f2s doctor                                    Python, torch, devices, backends, models
 
@@ -68,6 +70,7 @@ app.command("degrade-code")(cli_errors(degrade_code.degrade_code))
 app.command("degrade")(cli_errors(degrade.degrade))
 app.command("faces")(cli_errors(faces.faces))
 app.add_typer(models.app, name="models")
+app.add_typer(report.app, name="report")
 app.command("doctor")(cli_errors(doctor.doctor))
 train.app.command("scene")(train_scene.train_scene)
 app.add_typer(train.app, name="train")

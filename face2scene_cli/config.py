@@ -9,6 +9,7 @@ commands and one optional section per command (``degrade:``, ``restore:`` ...) t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import types
 import typing
@@ -23,6 +24,36 @@ from face2scene_cli.imageio import DEFAULT_MAX_PIXELS
 T = TypeVar("T")
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tiff")
+ENGINES = ("local", "ray")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the images whose relative path hashes to ``index``."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"I/N"`` with 0 <= I < N.
+
+        Raises:
+            ConfigError: not of that form.
+        """
+        index, sep, count = text.strip().partition("/")
+        if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+            raise ConfigError(f"shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+        return cls(int(index), int(count))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def contains(self, key: str) -> bool:
+        """Whether the image with relative path ``key`` belongs to this shard (stable across
+        machines, runs and added files)."""
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +73,11 @@ class BatchConfig:
             the decode/encode threads for cores.
         io_workers: threads that decode and encode images beside the compute thread.
         batch_size: images handed to the compute stage at once.
+        shard: ``I/N``: process only shard I of N (array jobs sharing one output folder).
+        engine: ``local`` (this process) or ``ray`` (a Ray Data actor pool).
+        ray_address: Ray cluster to join (``auto``, ``HOST:PORT``); None = start one here.
+        workers: Ray workers (actors); 0 = as many as the cluster's CPUs (or GPUs) allow.
+        gpus_per_worker: GPUs reserved by each Ray worker (fractions share a GPU).
     """
 
     out: Path | None = None
@@ -54,8 +90,19 @@ class BatchConfig:
     threads: int = 0
     io_workers: int = 2
     batch_size: int = 4
+    shard: str | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int = 0
+    gpus_per_worker: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.shard is not None:
+            Shard.parse(self.shard)
+        if self.workers < 0 or self.gpus_per_worker < 0:
+            raise ConfigError("workers and gpus_per_worker must be >= 0")
         if self.format not in OUTPUT_FORMATS:
             raise ConfigError(
                 f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}"
@@ -67,6 +114,11 @@ class BatchConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
+
+    @property
+    def shard_spec(self) -> Shard | None:
+        """The parsed ``shard`` (None = every image)."""
+        return Shard.parse(self.shard) if self.shard is not None else None
 
     @property
     def torch_threads(self) -> int:

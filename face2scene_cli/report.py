@@ -16,9 +16,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from face2scene_cli.errors import ConfigError
+
 SCHEMA_VERSION = "1.0"
 REPORT_SUFFIX = ".json"
 SUMMARY_NAME = "f2s-summary.json"
+SHARD_SUMMARY_GLOB = "f2s-summary.shard-*-of-*.json"
+
+
+def summary_name(shard: Any = None) -> str:
+    """The summary's file name: ``f2s-summary.json``, or one per shard (``I/N``)."""
+    if shard is None:
+        return SUMMARY_NAME
+    index, count = str(shard).split("/")
+    return f"f2s-summary.shard-{index}-of-{count}.json"
+
+
+def is_summary_name(name: str) -> bool:
+    """Whether a file in an output folder is a run summary (not a per-image report)."""
+    return name == SUMMARY_NAME or Path(name).match(SHARD_SUMMARY_GLOB)
 
 
 def display_path(path: Path | str) -> str:
@@ -38,9 +54,10 @@ class RunInfo:
     torch_version: str
     started_at: float
     timings: dict[str, float] = field(default_factory=dict)
+    shard: str | None = None
 
     @classmethod
-    def new(cls, engine: str = "local") -> RunInfo:
+    def new(cls, engine: str = "local", shard: str | None = None) -> RunInfo:
         import torch
 
         from face2scene_cli import __version__
@@ -52,6 +69,7 @@ class RunInfo:
             f2s_version=__version__,
             torch_version=torch.__version__,
             started_at=round(time.time(), 3),
+            shard=shard,
         )
 
 
@@ -120,3 +138,60 @@ def read_report(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         return None
     return data
+
+
+def merge_summaries(summaries: list[dict[str, Any]]) -> RunSummary:
+    """One summary for runs over parts of the same inputs (the shards of an array job).
+
+    Counts add up, failures and warnings are joined; each part's ``run`` is kept under
+    ``run.parts``.
+
+    Raises:
+        ConfigError: no summary, summaries of different commands or settings, or an
+            incomplete or repeated set of shards.
+    """
+    if not summaries:
+        raise ConfigError("no summary to merge")
+    first = summaries[0]
+    for s in summaries:
+        if (s["command"], s["settings_hash"]) != (first["command"], first["settings_hash"]):
+            raise ConfigError(
+                f"cannot merge summaries of different runs: {first['command']} "
+                f"{first['settings_hash'][:12]} vs {s['command']} {s['settings_hash'][:12]}"
+            )
+    shards = [s["run"].get("shard") for s in summaries]
+    if any(shards):
+        counts = {str(x).split("/")[1] for x in shards if x}
+        if None in shards or len(counts) != 1:
+            raise ConfigError(f"cannot merge shards of different splits: {shards}")
+        total = int(counts.pop())
+        missing = [f"{i}/{total}" for i in range(total) if f"{i}/{total}" not in shards]
+        repeated = sorted({x for x in shards if shards.count(x) > 1})
+        if missing or repeated:
+            raise ConfigError(
+                f"incomplete set of shards: missing {missing or 'none'}, "
+                f"repeated {repeated or 'none'}"
+            )
+    keys = ("total", "done", "skipped", "failed", "pending")
+    interrupted = next((s["interrupted"] for s in summaries if s["interrupted"]), None)
+    warnings = list(dict.fromkeys(w for s in summaries for w in s["warnings"]))
+    return RunSummary(
+        command=first["command"],
+        out=first["out"],
+        counts={k: sum(s["counts"][k] for s in summaries) for k in keys},
+        failures=[f for s in summaries for f in s["failures"]],
+        warnings=warnings,
+        settings_hash=first["settings_hash"],
+        settings=first["settings"],
+        models=first["models"],
+        exit_code=max(s["exit_code"] for s in summaries),
+        interrupted=interrupted,
+        run={
+            "run_id": uuid.uuid4().hex[:12],
+            "host": socket.gethostname(),
+            "engine": "merged",
+            "started_at": min(s["run"]["started_at"] for s in summaries),
+            "timings": {"total": max(s["run"]["timings"].get("total", 0) for s in summaries)},
+            "parts": [s["run"] for s in summaries],
+        },
+    )

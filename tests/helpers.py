@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 
-from face2scene_cli.report import REPORT_SUFFIX, SUMMARY_NAME, load_schema
+from face2scene_cli.report import REPORT_SUFFIX, SUMMARY_NAME, is_summary_name, load_schema
 
 REPORT_VALIDATOR = jsonschema.Draft202012Validator(load_schema("report"))
 SUMMARY_VALIDATOR = jsonschema.Draft202012Validator(load_schema("summary"))
@@ -38,7 +38,7 @@ def reports_in(out: Path) -> dict[Path, dict[str, Any]]:
     """Every per-image report under ``out`` (validated against the shipped schema)."""
     found = {}
     for path in sorted(out.rglob("*" + REPORT_SUFFIX)):
-        if path.name == SUMMARY_NAME:
+        if is_summary_name(path.name):
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
         REPORT_VALIDATOR.validate(data)

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from face2scene_cli.batch import find_images
+from face2scene_cli.batch import find_images, relative_key
 from face2scene_cli.commands import options as o
 from face2scene_cli.commands.faces import Detector, MaxFaces, MinFace, Refs
 from face2scene_cli.commands.runner import configure_logging, diag
+from face2scene_cli.config import Shard
 from face2scene_cli.errors import ExitCode, F2SError
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.imageio import DEFAULT_MAX_PIXELS, read_image
@@ -31,6 +32,7 @@ def degrade_code(
     ] = "fadex-s",
     recursive: o.Recursive = None,
     max_pixels: o.MaxPixels = None,
+    shard: o.Shard = None,
     json_output: o.Json = False,
     debug: o.Debug = False,
 ) -> None:
@@ -45,6 +47,7 @@ def degrade_code(
     [bold]Examples[/bold]: f2s degrade-code img.jpg · f2s degrade-code ./photos --json
     """
     configure_logging(debug)
+    part = Shard.parse(shard) if shard is not None else None
     if refs is not None:
         diag(
             "warning",
@@ -54,6 +57,7 @@ def degrade_code(
     reader = DegradationReader(load_fadex(model), BlindFaceRestorer())
     det = create_detector(detector, min_face=min_face, max_faces=max_faces)
     images, _, warnings = find_images(inputs, recursive=recursive is not False)
+    images = [i for i in images if part is None or part.contains(relative_key(i.relative))]
     for warning in warnings:
         diag("warning", warning)
     results, failed, any_face = [], False, False

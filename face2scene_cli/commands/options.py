@@ -11,10 +11,11 @@ from typing import Annotated
 
 import typer
 
-from face2scene_cli.config import OUTPUT_FORMATS
+from face2scene_cli.config import ENGINES, OUTPUT_FORMATS
 
 IO = "Input / output"
 RUN = "Run"
+SCALE = "Scaling out"
 LOG = "Logging"
 
 Inputs = Annotated[
@@ -129,6 +130,61 @@ BatchSize = Annotated[
         rich_help_panel=RUN,
         min=1,
         help="Images per compute batch. [default: 4]",
+        show_default=False,
+    ),
+]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        envvar="F2S_SHARD",
+        rich_help_panel=SCALE,
+        help="I/N: process only shard I of N (array jobs; shards may share one --out). "
+        "Give every shard the same inputs.",
+        show_default=False,
+    ),
+]
+Engine = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        envvar="F2S_ENGINE",
+        rich_help_panel=SCALE,
+        help=f"{'|'.join(ENGINES)}: run here, or on a Ray cluster (pip install "
+        "'face2scene\\[ray]'). [default: local]",
+        show_default=False,
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        envvar="F2S_RAY_ADDRESS",
+        rich_help_panel=SCALE,
+        help="Ray cluster to join: auto or HOST:PORT. [default: start Ray on this machine]",
+        show_default=False,
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        envvar="F2S_WORKERS",
+        rich_help_panel=SCALE,
+        min=0,
+        help="Ray workers, each loading the models once (0 = as many as the cluster's "
+        "GPUs, or CPUs / --threads, allow). [default: 0]",
+        show_default=False,
+    ),
+]
+GpusPerWorker = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-worker",
+        envvar="F2S_GPUS_PER_WORKER",
+        rich_help_panel=SCALE,
+        min=0,
+        help="GPUs reserved by each Ray worker (0.5: two workers share a GPU). [default: 0]",
         show_default=False,
     ),
 ]

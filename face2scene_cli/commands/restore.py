@@ -162,6 +162,11 @@ def restore(
     threads: o.Threads = None,
     io_workers: o.IOWorkers = None,
     batch_size: o.BatchSize = None,
+    shard: o.Shard = None,
+    engine: o.Engine = None,
+    ray_address: o.RayAddress = None,
+    workers: o.Workers = None,
+    gpus_per_worker: o.GpusPerWorker = None,
     config: o.ConfigFile = None,
     show_config: o.PrintConfig = False,
     quiet: o.Quiet = False,
@@ -188,15 +193,12 @@ def restore(
     if show_config:
         print_config(batch_cfg, restore_cfg)
         return
-    check_device(restore_cfg.device)
     log = LogOptions.from_values(locals())
 
     def build() -> Face2ScenePipeline:
         cfg = restore_cfg
-        try:
-            restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, bool(refs)))
-        except ValueError as err:
-            raise ConfigError(f"--face-restorer: {err}") from None
+        check_device(cfg.device)  # where the job runs: here, or on each Ray worker
+        restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, bool(refs)))
         det = create_detector(cfg.detector, cfg.min_face, cfg.max_faces, cfg.device)
         aligner = FaceAligner()
         gallery = None

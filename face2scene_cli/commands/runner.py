@@ -29,6 +29,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from face2scene_cli import ray_engine
 from face2scene_cli.batch import ImageJob, ItemEvent, Plan, StopFlag, plan_inputs, run_batch
 from face2scene_cli.config import (
     BatchConfig,
@@ -39,7 +40,7 @@ from face2scene_cli.config import (
     read_config_file,
 )
 from face2scene_cli.errors import ExitCode, F2SError
-from face2scene_cli.report import SUMMARY_NAME, RunSummary, display_path
+from face2scene_cli.report import RunSummary, display_path, summary_name
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 logger = logging.getLogger(__name__)
@@ -214,17 +215,23 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     models load.
     """
     started = time.perf_counter()
+    if batch_cfg.engine == "ray":
+        ray_engine.require_ray()
     plan = plan_inputs(inputs, batch_cfg)
     for warning in plan.warnings:
         diag("warning", warning, log)
-    if not plan.items:
+    if not plan.found:  # a shard may be empty: it still writes its (empty) summary
         diag("error", "no images found in the inputs", log)
         raise typer.Exit(ExitCode.USAGE)
-    job: ImageJob = job_factory()
+    # Ray workers build their own job; locally it is built before the progress bar starts.
+    job: ImageJob | None = job_factory() if batch_cfg.engine == "local" else None
     jsonl = _open_jsonl(log.report_jsonl)
     try:
         with ProgressObserver(plan, log, jsonl) as observer, StopFlag().installed() as stop:
-            summary = run_batch(plan, job, batch_cfg, observer=observer, stop=stop)
+            if job is None:
+                summary = ray_engine.run_ray(plan, job_factory, batch_cfg, observer, stop)
+            else:
+                summary = run_batch(plan, job, batch_cfg, observer=observer, stop=stop)
     finally:
         if jsonl not in (None, sys.stdout):
             jsonl.close()
@@ -277,7 +284,7 @@ def _print_summary(summary: RunSummary, plan: Plan, log: LogOptions, seconds: fl
         print(
             f"f2s: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed "
             f"of {c['total']} in {seconds:.1f} s -> {summary.out} "
-            f"(summary: {display_path(plan.out / SUMMARY_NAME)})",
+            f"(summary: {display_path(plan.out / summary_name(plan.shard))})",
             file=sys.stderr,
             flush=True,
         )
