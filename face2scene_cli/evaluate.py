@@ -48,7 +48,7 @@ from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.faces.detect import as_rgb_uint8
 from face2scene_cli.imageio import atomic_write_bytes, read_image, to_tensor
-from face2scene_cli.metrics import psnr, ssim
+from face2scene_cli.metrics import psnr, ssim_map, ssim_map_mean
 from face2scene_cli.pipeline import DegradationReader
 from face2scene_cli.stages.scene import SceneRestorer
 
@@ -287,17 +287,17 @@ def image_metrics(out: np.ndarray, clean: np.ndarray, mask: np.ndarray | None) -
     region scores are None without a face (or, for SSIM, a region inside the 5 px border)."""
     scores: dict[str, Any] = {}
     regions = {"": None, "_face": mask, "_rest": None if mask is None else ~mask}
-    for name, fn in (("psnr", psnr), ("ssim", ssim)):
-        for ch, y in (("", False), ("_y", True)):
-            for reg, m in regions.items():
-                key = f"{name}{ch}{reg}"
-                if reg and (m is None or not m.any()):
-                    scores[key] = None
-                    continue
-                try:
-                    scores[key] = _finite(fn(out, clean, y_channel=y, mask=m))
-                except ValueError:
-                    scores[key] = None
+    for ch, y in (("", False), ("_y", True)):
+        smap = ssim_map(out, clean, y_channel=y)
+        for reg, m in regions.items():
+            if reg and (m is None or not m.any()):
+                scores[f"psnr{ch}{reg}"] = scores[f"ssim{ch}{reg}"] = None
+                continue
+            scores[f"psnr{ch}{reg}"] = _finite(psnr(out, clean, y_channel=y, mask=m))
+            try:
+                scores[f"ssim{ch}{reg}"] = ssim_map_mean(smap, m)
+            except ValueError:  # the region lies within the 5 px border SSIM leaves out
+                scores[f"ssim{ch}{reg}"] = None
     return scores
 
 
@@ -379,7 +379,10 @@ def _wrong_source(item: EvalItem, readings: dict[tuple[str, str], _Reading]) -> 
 
 
 def _nlm_scores(
-    items: list[EvalItem], hs: tuple[int, ...], cache: dict[str, float]
+    items: list[EvalItem],
+    hs: tuple[int, ...],
+    cache: dict[str, float],
+    tick: Callable[[str], None],
 ) -> dict[str, int]:
     """Fill ``cache`` (content hash + h -> PSNR) and return the best h per degradation."""
     per: dict[str, dict[int, list[float]]] = {}
@@ -390,15 +393,18 @@ def _nlm_scores(
             if key not in cache:
                 cache[key] = psnr(nlm(it.lq, h), it.clean)
             per.setdefault(it.degradation, {}).setdefault(h, []).append(cache[key])
+        tick(f"nlm {it.name} {it.degradation}")
     return {d: max(hs, key=lambda h: float(np.mean(v[h]))) for d, v in per.items()}
 
 
-def _means(rows: list[dict[str, Any]], variants: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def _means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant present in EVERY row (so all are averaged over the same items), ``n`` and
+    the mean of each metric over the rows where it exists (region metrics: rows with a face)."""
     out: dict[str, dict[str, Any]] = {}
-    for v in variants:
-        sel = [r["variants"][v] for r in rows if v in r["variants"]]
-        if not sel:
+    for v in VARIANTS:
+        if not rows or any(v not in r["variants"] for r in rows):
             continue
+        sel = [r["variants"][v] for r in rows]
         out[v] = {"n": len(sel)}
         for k in METRIC_KEYS:
             vals = [s[k] for s in sel if s[k] is not None]
@@ -431,7 +437,7 @@ def evaluate(
         config: NLM strengths and tile size (its data fields were used to build ``items``).
         nlm_cache: JSON file keeping the NLM scores between runs (keyed by the images'
             content, so new weights reuse them); None = recompute.
-        progress: called after each of the ``2 * len(items)`` steps with a label.
+        progress: called after each of the ``3 * len(items)`` steps with a label.
 
     Returns:
         The :class:`Evaluation`; ``table`` has ``items`` (per item: faces, code source,
@@ -454,7 +460,7 @@ def evaluate(
     stored: dict[str, float] = {}
     if nlm_cache is not None and nlm_cache.is_file():
         stored = json.loads(nlm_cache.read_text(encoding="utf-8"))
-    best_h = _nlm_scores(items, cfg.nlm_h, stored)
+    best_h = _nlm_scores(items, cfg.nlm_h, stored, tick)
     if nlm_cache is not None:
         nlm_cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(nlm_cache, json.dumps(stored).encode())
@@ -508,13 +514,11 @@ def evaluate(
     table = {
         "config": {**asdict(cfg), "items": len(items)},
         "nlm_h": best_h,
-        "variants": _means(rows, VARIANTS),
-        "variants_faces": _means(coded, VARIANTS),
-        "by_degradation": {
-            d: _means([r for r in rows if r["degradation"] == d], VARIANTS) for d in degs
-        },
+        "variants": _means(rows),
+        "variants_faces": _means(coded),
+        "by_degradation": {d: _means([r for r in rows if r["degradation"] == d]) for d in degs},
         "by_degradation_faces": {
-            d: _means([r for r in coded if r["degradation"] == d], VARIANTS) for d in degs
+            d: _means([r for r in coded if r["degradation"] == d]) for d in degs
         },
         "estimate_error": _estimate_means(rows),
         "items": rows,
@@ -553,8 +557,9 @@ def _cell(v: float | None, fmt: str) -> str:
 
 
 def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = None) -> str:
-    """The evaluation as Markdown: variants x metrics (all items, then items whose code came
-    from a face), PSNR / SSIM per degradation, the estimate errors, and optional checks."""
+    """The evaluation as Markdown: for all items, then for the items whose code was read off a
+    face, variants x metrics and PSNR / SSIM per degradation; the estimate errors; optional
+    target checks."""
     cfg = table["config"]
     cols = [
         ("PSNR", "psnr", ".2f"),
@@ -567,28 +572,31 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
         ("identity dist.", "identity_distance", ".3f"),
     ]
     lines: list[str] = []
-    for title, key in (("all items", "variants"), ("items with a face code", "variants_faces")):
+    subsets = (
+        ("All items", "variants", "by_degradation"),
+        ("Items whose code was read off a face", "variants_faces", "by_degradation_faces"),
+    )
+    for title, key, by_key in subsets:
         means = table[key]
-        n = max((v["n"] for v in means.values()), default=0)
+        if not means:
+            continue
+        n = next(iter(means.values()))["n"]
         lines += [f"**{title}** ({n})", ""]
-        lines.append("| variant | " + " | ".join(c[0] for c in cols) + " | n |")
-        lines.append("|---|" + "---|" * (len(cols) + 1))
+        lines.append("| variant | " + " | ".join(c[0] for c in cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
         for v, m in means.items():
-            cells = [_cell(m[k], f) for _, k, f in cols]
-            lines.append(f"| {v} | " + " | ".join(cells) + f" | {m['n']} |")
+            lines.append(f"| {v} | " + " | ".join(_cell(m[k], f) for _, k, f in cols) + " |")
+        lines += ["", "| PSNR / SSIM | " + " | ".join(means) + " |"]
+        lines.append("|---|" + "---|" * len(means))
+        for d, by in table[by_key].items():
+            if by:
+                cells = [
+                    f"{_cell(by[v]['psnr'], '.2f')} / {_cell(by[v]['ssim'], '.3f')}" for v in by
+                ]
+                lines.append(
+                    f"| {d} ({next(iter(by.values()))['n']}) | " + " | ".join(cells) + " |"
+                )
         lines.append("")
-    variants = [v for v in VARIANTS if v in table["variants"]]
-    lines += ["**PSNR / SSIM (RGB) by degradation**", ""]
-    lines.append("| degradation | " + " | ".join(variants) + " |")
-    lines.append("|---|" + "---|" * len(variants))
-    for d, means in table["by_degradation"].items():
-        cells = [
-            f"{_cell(means[v]['psnr'], '.2f')} / {_cell(means[v]['ssim'], '.3f')}"
-            if v in means
-            else "-"
-            for v in variants
-        ]
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
     e = table["estimate_error"]
     lines += [""]
     if e["n"]:
@@ -601,9 +609,10 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
             "",
         ]
     lines.append(
-        f"{cfg['items']} items; 8-bit, whole image unless said; face = union of the faces "
-        f"detected on the clean image; identity distance = dlib ResNet euclidean (same person "
-        f"< 0.6); NLM at its best h per degradation: {table['nlm_h']}."
+        f"{cfg['items']} items; 8-bit, whole image unless said. Face = the union of the faces "
+        "detected on the clean image (face, rest and identity columns: items with such a "
+        "face); identity distance = dlib ResNet, euclidean, clean face vs the same box in the "
+        f"output (same person < 0.6). NLM at its best h per degradation: {table['nlm_h']}."
     )
     if checks:
         lines += ["", "| target | value | met |", "|---|---|---|"]
@@ -825,7 +834,8 @@ def val_sources(splits: Path = Path("data/splits.yaml")) -> list[tuple[str, Path
 def main(argv: list[str] | None = None) -> int:
     """``python -m face2scene_cli.evaluate --model models/scene-embedded [--card] [--speed]``:
     :func:`evaluate` on the VAL photos with the default :class:`EvalConfig`, the targets and
-    the tile check (the model card's numbers)."""
+    the tile check (the model card's numbers). ``--export DIR`` copies the VAL photos into
+    ``DIR`` (for ``f2s eval DIR``)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m face2scene_cli.evaluate")
@@ -845,7 +855,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--card", action="store_true", help="write the model card (README.md)")
+    ap.add_argument("--export", type=Path, help="copy the VAL photos into this folder and exit")
     args = ap.parse_args(argv)
+    if args.export:
+        args.export.mkdir(parents=True, exist_ok=True)
+        for name, path in val_sources(args.splits):
+            target = args.export / (name.replace("/", "_") + path.suffix.lower())
+            atomic_write_bytes(target, path.read_bytes())
+        print(args.export)
+        return 0
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)

@@ -140,7 +140,7 @@ def evaluate(
             raise ConfigError(f"{data}: no images found")
         items = ev.degraded_items(sources, cfg)
     models = ev.load_models(load_scene_restorer(scene_model), detector, min_face)
-    with step_progress(2 * len(items), quiet) as tick:
+    with step_progress(3 * len(items), quiet) as tick:
         result = ev.evaluate(items, models, cfg, nlm_cache=out / "nlm-cache.json", progress=tick)
     paths = ev.write_results(out, result)
     typer.echo((out / "results.md").read_text(encoding="utf-8"), nl=False)

@@ -1,0 +1,339 @@
+"""``make bench``, restoration part: where the time of ``f2s restore`` goes, versus pixels.
+
+On one real group photo (insightface's ``t1.jpg``, 6 faces; or ``--photo``) resized to each
+size of ``--sizes`` (megapixels) and degraded with the ``noise15`` preset (seed 0), it times
+the stages of ``f2s restore`` in one pass, as the pipeline runs them: face detection
+(``detect``), Stage I + FaDeX on every face (``degradation``), MapNet tokens (``tokens``), the
+tiled scene restorer (``scene``), and their sum (``end_to_end``); then OpenCV NLM (h 9, the
+baseline) on the same input. Each size runs in a fresh process (``--one``), so its peak RSS
+(and on CUDA its peak GPU memory) is its own.
+
+At 0.25 MP only (a 512x512 input), also in a fresh process: the SD-Turbo architecture
+one-step restorer (:class:`~face2scene_cli.stages.scene.TurboSceneNet`: VAE encoder + UNet +
+VAE decoder with LoRA) built with RANDOM weights from the diffusers configs in
+``benchmarks/sd-turbo-architecture/`` (cost only: its output means nothing).
+
+Writes ``benchmarks/results/restore.json`` (or ``--out``) and prints Markdown tables: per size,
+seconds per stage, images/s, s/MP, peak RSS; the least-squares fit of end-to-end seconds
+against megapixels (linear cost: R² near 1, s/MP flat); and the ratios of SD-Turbo and NLM
+to our scene restorer on the same 0.25 MP input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import torch
+
+from face2scene_cli.imageio import atomic_write_bytes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = (0.25, 1.0, 4.0, 12.0)
+TURBO_CONFIGS = Path(__file__).resolve().parent / "sd-turbo-architecture"
+STAGES = ("detect", "degradation", "tokens", "scene")
+
+
+def bench_input(megapixels: float, photo: Path | None = None) -> np.ndarray:
+    """The degraded input: (H, W, 3) uint8 of about ``megapixels`` MP (aspect kept; 0.25 MP is
+    exactly 512x512 so the SD-Turbo restorer needs no tiling)."""
+    import cv2
+
+    from face2scene_cli import degrade as D
+    from face2scene_cli.imageio import read_image, to_tensor
+    from face2scene_cli.sample_data import package_photos
+
+    if photo is None:
+        photo = next(p.path for p in package_photos() if p.name == "insightface/t1")
+    rgb = read_image(photo).pixels[..., :3]
+    if megapixels == 0.25:
+        h, w = rgb.shape[:2]
+        s = min(h, w)
+        rgb, size = rgb[:s, (w - s) // 2 : (w - s) // 2 + s], (512, 512)
+    else:
+        f = (megapixels * 1e6 / (rgb.shape[0] * rgb.shape[1])) ** 0.5
+        size = (round(rgb.shape[1] * f), round(rgb.shape[0] * f))
+    interp = cv2.INTER_AREA if size[0] < rgb.shape[1] else cv2.INTER_CUBIC
+    clean = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=interp)
+    y = D.degrade_parametric(to_tensor(clean), D.get_preset("noise15"), D.image_generator(0, "b"))
+    return (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peaks(device: str) -> dict[str, float]:
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) -> dict[str, Any]:
+    """Stage times (median over ``repeats`` passes, after a warm-up pass below 4 MP) on one
+    size, NLM on the same input, peak memory."""
+    import cv2
+
+    from face2scene_cli.faces.detect import create_detector
+    from face2scene_cli.imageio import to_tensor
+    from face2scene_cli.pipeline import DegradationReader, FaceFinder
+    from face2scene_cli.stages.face_restore import BlindFaceRestorer
+    from face2scene_cli.stages.fadex import load_fadex
+    from face2scene_cli.stages.scene import load_scene_restorer
+
+    lq = bench_input(megapixels, photo)
+    finder = FaceFinder(create_detector("mtcnn", device=device))
+    scene = load_scene_restorer("scene-embedded", device=device)
+    reader = DegradationReader(load_fadex(scene.settings.fadex), BlindFaceRestorer(), device)
+    passes: list[dict[str, float]] = []
+    faces = 0
+    for i in range(repeats + (megapixels < 4)):
+        t: dict[str, float] = {}
+        _sync(device)
+        t0 = time.perf_counter()
+        found = finder.find(lq)
+        t1 = time.perf_counter()
+        reading = reader.read(lq, [f.face for f in found])
+        _sync(device)
+        t2 = time.perf_counter()
+        tokens = None
+        if reading.faces:
+            tokens = scene.tokens_for_faces(
+                [r.z for r in reading.faces], [r.weight for r in reading.faces]
+            )
+        _sync(device)
+        t3 = time.perf_counter()
+        scene.restore(to_tensor(lq), tokens)
+        _sync(device)
+        t4 = time.perf_counter()
+        t = {"detect": t1 - t0, "degradation": t2 - t1, "tokens": t3 - t2, "scene": t4 - t3}
+        t["end_to_end"] = t4 - t0
+        faces = len(reading.faces)
+        if i or megapixels >= 4:
+            passes.append(t)
+    stages = {k: statistics.median(p[k] for p in passes) for k in (*STAGES, "end_to_end")}
+    t0 = time.perf_counter()
+    bgr = cv2.cvtColor(lq, cv2.COLOR_RGB2BGR)
+    cv2.fastNlMeansDenoisingColored(bgr, None, 9, 9, 7, 21)
+    nlm = time.perf_counter() - t0
+    mp = lq.shape[0] * lq.shape[1] / 1e6
+    return {
+        "megapixels": round(mp, 4),
+        "size": [int(lq.shape[1]), int(lq.shape[0])],
+        "faces_read": faces,
+        "repeats": len(passes),
+        "stage_s": {k: round(v, 4) for k, v in stages.items()},
+        "images_per_s": round(1 / stages["end_to_end"], 4),
+        "s_per_mp": round(stages["end_to_end"] / mp, 4),
+        "scene_s_per_mp": round(stages["scene"] / mp, 4),
+        "nlm_s": round(nlm, 4),
+        "tile": scene.auto_tile(scene.settings.tile_batch or (4 if device != "cpu" else 2)),
+        **{k: round(v, 1) for k, v in _peaks(device).items()},
+    }
+
+
+def random_turbo(configs: Path) -> torch.nn.Module:
+    """:class:`TurboSceneNet` (LoRA included) with random weights built from the diffusers
+    ``vae_config.json`` / ``unet_config.json`` in ``configs`` (no weights are read: each
+    ``from_pretrained`` of the base becomes a ``from_config``)."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from face2scene_cli.stages.scene import TurboSceneNet
+
+    base = Path(tempfile.mkdtemp(prefix="f2s-turbo-"))
+    for sub in ("vae", "unet"):
+        (base / sub).mkdir()
+        (base / sub / "config.json").write_text((configs / f"{sub}_config.json").read_text())
+
+    def from_config(cls: Any, folder: str, subfolder: str, **_: Any) -> Any:
+        return cls.from_config(cls.load_config(Path(folder) / subfolder))
+
+    torch.manual_seed(0)
+    with (
+        mock.patch.object(AutoencoderKL, "from_pretrained", classmethod(from_config)),
+        mock.patch.object(UNet2DConditionModel, "from_pretrained", classmethod(from_config)),
+    ):
+        return TurboSceneNet(base=str(base))
+
+
+def run_turbo(device: str, configs: Path, photo: Path | None) -> dict[str, Any]:
+    """One SD-Turbo-architecture restore of the 0.25 MP input (one 512 px tile), and our
+    scene restorer on the same input, timed in this process."""
+    from face2scene_cli.imageio import to_tensor
+    from face2scene_cli.stages.scene import RestoreSettings, SceneRestorer, load_scene_restorer
+
+    x = to_tensor(bench_input(0.25, photo))
+    turbo = SceneRestorer(random_turbo(configs), RestoreSettings(kind="sd-turbo"), device=device)
+    times = []
+    for _ in range(1 if device == "cpu" else 3):
+        _sync(device)
+        t0 = time.perf_counter()
+        turbo.restore(x, None, tile=512)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    peaks = _peaks(device)
+    ours = load_scene_restorer("scene-embedded", device=device)
+    ours.restore(x, None, tile=512)
+    _sync(device)
+    t0 = time.perf_counter()
+    ours.restore(x, None, tile=512)
+    _sync(device)
+    ours_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in turbo.net.parameters())
+    return {
+        "megapixels": round(x.shape[-1] * x.shape[-2] / 1e6, 4),
+        "turbo_s": round(min(times), 3),
+        "turbo_params_m": round(params / 1e6, 1),
+        "scene_embedded_s": round(ours_s, 4),
+        **{k: round(v, 1) for k, v in peaks.items()},
+    }
+
+
+def _child(args: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def linear_fit(mp: list[float], seconds: list[float]) -> dict[str, float]:
+    """Least squares ``seconds = a + b * mp``: slope b (s/MP), intercept a (s), R²."""
+    b, a = np.polyfit(mp, seconds, 1)
+    pred = a + b * np.asarray(mp)
+    ss = float(np.sum((np.asarray(seconds) - np.mean(seconds)) ** 2))
+    r2 = 1 - float(np.sum((np.asarray(seconds) - pred) ** 2)) / ss if ss else 1.0
+    return {"slope_s_per_mp": round(float(b), 4), "intercept_s": round(float(a), 4), "r2": r2}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The tables of the README's Results section."""
+    lines = [
+        "| MP | faces | detect s | degradation s | tokens s | scene s | end-to-end s | "
+        "images/s | s/MP | NLM s | peak RSS MiB"
+        + (" | peak GPU MiB" if result["cuda"] else "")
+        + " |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if result["cuda"] else ""),
+    ]
+    for r in result["sizes"]:
+        s = r["stage_s"]
+        cells = [
+            f"{r['megapixels']:.2f}",
+            str(r["faces_read"]),
+            *(f"{s[k]:.3f}" for k in (*STAGES, "end_to_end")),
+            f"{r['images_per_s']:.3f}",
+            f"{r['s_per_mp']:.2f}",
+            f"{r['nlm_s']:.2f}",
+            f"{r['peak_rss_mib']:.0f}",
+        ]
+        if result["cuda"]:
+            cells.append(f"{r['peak_gpu_mib']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    fit, scene_fit = result["fit_end_to_end"], result["fit_scene"]
+    lines += [
+        "",
+        f"Cost versus pixels (least squares over the sizes): end to end {fit['slope_s_per_mp']:.3f}"
+        f" s/MP + {fit['intercept_s']:.3f} s, R² {fit['r2']:.4f}; scene restorer "
+        f"{scene_fit['slope_s_per_mp']:.3f} s/MP + {scene_fit['intercept_s']:.3f} s, "
+        f"R² {scene_fit['r2']:.4f}.",
+    ]
+    t = result.get("turbo")
+    if t:
+        lines += [
+            "",
+            "| on the same 0.25 MP input (512x512) | seconds | ratio to our scene restorer |",
+            "|---|---|---|",
+            f"| scene-embedded (ours) | {t['scene_embedded_s']:.3f} | 1 |",
+            f"| SD-Turbo architecture, random weights ({t['turbo_params_m']:.0f} M params) | "
+            f"{t['turbo_s']:.2f} | {t['turbo_s'] / t['scene_embedded_s']:.0f}x |",
+            f"| OpenCV NLM (h 9) | {result['nlm_025_s']:.3f} | "
+            f"{result['nlm_025_s'] / t['scene_embedded_s']:.1f}x |",
+            "",
+            f"SD-Turbo / NLM: {t['turbo_s'] / result['nlm_025_s']:.0f}x; "
+            f"peak RSS of the SD-Turbo process {t['peak_rss_mib']:.0f} MiB.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=float, nargs="+", default=list(SIZES))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes below 4 MP")
+    ap.add_argument("--photo", type=Path, help="input photo (default insightface's t1.jpg)")
+    ap.add_argument("--turbo-configs", type=Path, default=TURBO_CONFIGS)
+    ap.add_argument("--no-turbo", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS / "restore.json")
+    ap.add_argument("--one", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--turbo", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    if args.one is not None or args.turbo:
+        import cv2
+
+        cv2.setNumThreads(threads)
+        if args.turbo:
+            result = run_turbo(args.device, args.turbo_configs, args.photo)
+        else:
+            repeats = args.repeats if args.one < 4 else 1
+            result = run_one(args.one, args.device, repeats, args.photo)
+        print(json.dumps(result))
+        return
+    common = ["--device", args.device, "--threads", str(threads), "--repeats", str(args.repeats)]
+    if args.photo:
+        common += ["--photo", str(args.photo)]
+    load = os.getloadavg()[0]
+    sizes = []
+    for mp in args.sizes:
+        sizes.append(_child(["--one", str(mp), *common]))
+        print(f"{mp} MP: {json.dumps(sizes[-1])}", file=sys.stderr, flush=True)
+    result: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": args.device,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+            "threads": threads,
+            "load_average_at_start": round(load, 2),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "cuda": args.device.startswith("cuda"),
+        "sizes": sizes,
+        "fit_end_to_end": linear_fit(
+            [r["megapixels"] for r in sizes], [r["stage_s"]["end_to_end"] for r in sizes]
+        ),
+        "fit_scene": linear_fit(
+            [r["megapixels"] for r in sizes], [r["stage_s"]["scene"] for r in sizes]
+        ),
+    }
+    quarter = [r for r in sizes if r["size"] == [512, 512]]
+    if quarter and not args.no_turbo:
+        result["nlm_025_s"] = quarter[0]["nlm_s"]
+        turbo_args = ["--turbo", *common, "--turbo-configs", str(args.turbo_configs)]
+        result["turbo"] = _child(turbo_args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
