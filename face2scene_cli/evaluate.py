@@ -536,9 +536,14 @@ def _gain(row: dict[str, Any]) -> float:
     return float(v[main]["psnr"] or 0.0) - float(v["input"]["psnr"] or 0.0)
 
 
-def case_grid(item: EvalItem, outputs: dict[str, np.ndarray], height: int = 256) -> np.ndarray:
+def case_grid(
+    item: EvalItem,
+    outputs: dict[str, np.ndarray],
+    scores: dict[str, dict[str, Any]] | None = None,
+    height: int = 256,
+) -> np.ndarray:
     """input | variants | ground truth side by side, each scaled to ``height`` px with its
-    name above: (height + 24, W, 3) uint8 RGB."""
+    name (and PSNR from ``scores``) above: (height + 24, W, 3) uint8 RGB."""
     tiles = [*outputs.items(), ("clean", item.clean)]
     h, w = item.clean.shape[:2]
     tw = max(1, round(w * height / h))
@@ -547,6 +552,8 @@ def case_grid(item: EvalItem, outputs: dict[str, np.ndarray], height: int = 256)
         interp = cv2.INTER_AREA if h > height else cv2.INTER_NEAREST
         t = cv2.resize(img, (tw, height), interpolation=interp)
         label = np.full((24, tw, 3), 255, np.uint8)
+        if scores and name in scores and scores[name]["psnr"] is not None:
+            name = f"{name} {scores[name]['psnr']:.2f} dB"
         cv2.putText(label, name, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         cols.append(np.concatenate([label, t], axis=0))
     return np.concatenate(cols, axis=1)
@@ -598,7 +605,6 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
                 )
         lines.append("")
     e = table["estimate_error"]
-    lines += [""]
     if e["n"]:
         lines += [
             f"FaDeX estimate error (mean absolute, {e['n']} items with a face and a known "
@@ -609,7 +615,8 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
             "",
         ]
     lines.append(
-        f"{cfg['items']} items; 8-bit, whole image unless said. Face = the union of the faces "
+        f"{cfg['items']} items (long side {cfg['long_side'] or 'kept'}, seed {cfg['seed']}); "
+        "8-bit, whole image unless said. Face = the union of the faces "
         "detected on the clean image (face, rest and identity columns: items with such a "
         "face); identity distance = dlib ResNet, euclidean, clean face vs the same box in the "
         f"output (same person < 0.6). NLM at its best h per degradation: {table['nlm_h']}."
@@ -635,7 +642,7 @@ def write_results(folder: Path, evaluation: Evaluation) -> list[Path]:
     atomic_write_bytes(paths[1], to_markdown(evaluation.table).encode())
     order = sorted(range(len(rows)), key=lambda i: _gain(rows[i]))
     for label, i in (("best", order[-1]), ("worst", order[0])):
-        grid = case_grid(evaluation.items[i], evaluation.outputs[i])
+        grid = case_grid(evaluation.items[i], evaluation.outputs[i], rows[i]["variants"])
         buf = _png(Image.fromarray(grid))
         path = folder / f"grid-{label}.png"
         atomic_write_bytes(path, buf)

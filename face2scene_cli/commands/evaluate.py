@@ -120,7 +120,7 @@ def evaluate(
     if paired and (preset or second_order):
         raise ConfigError(f"{data} is a paired folder: --preset / --second-order do not apply")
     cfg = ev.EvalConfig(
-        long_side=long_side,
+        long_side=0 if paired else long_side,
         presets=tuple(preset) if preset is not None else ev.EvalConfig.presets,
         second_order=ev.EvalConfig.second_order if second_order is None else second_order,
         seed=seed or 0,
