@@ -33,9 +33,9 @@ bench: install testdata  ## throughput benchmarks (not tests): degrade, then res
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_restore.py $(BENCH_FLAGS)
 
-eval: install testdata  ## f2s eval on the VAL photos of data/splits.yaml -> runs/eval-val
+eval: install testdata  ## f2s eval on the VAL photos of data/splits.yaml -> benchmarks/results/eval-val
 	$(BIN)/python -m face2scene_cli.evaluate --export runs/val-photos
-	$(BIN)/python -m face2scene_cli eval runs/val-photos --out runs/eval-val $(EVAL_FLAGS)
+	$(BIN)/python -m face2scene_cli eval runs/val-photos --out benchmarks/results/eval-val $(EVAL_FLAGS)
 
 lint: install
 	$(BIN)/ruff check face2scene_cli tests benchmarks scripts

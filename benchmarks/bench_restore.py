@@ -13,10 +13,13 @@ one-step restorer (:class:`~face2scene_cli.stages.scene.TurboSceneNet`: VAE enco
 VAE decoder with LoRA) built with RANDOM weights from the diffusers configs in
 ``benchmarks/sd-turbo-architecture/`` (cost only: its output means nothing).
 
-Writes ``benchmarks/results/restore.json`` (or ``--out``) and prints Markdown tables: per size,
-seconds per stage, images/s, s/MP, peak RSS; the least-squares fit of end-to-end seconds
-against megapixels (linear cost: R² near 1, s/MP flat); and the ratios of SD-Turbo and NLM
-to our scene restorer on the same 0.25 MP input.
+Times are wall seconds and, beside them, this process's CPU seconds (``time.process_time``,
+all its threads): on a machine shared with other jobs the CPU seconds are the stable number.
+Writes ``benchmarks/results/restore.json`` (or ``--out``) and prints Markdown tables
+(``--markdown-from JSON`` prints them again): per size, seconds per stage, images/s, s/MP,
+peak RSS; the least-squares fits of end-to-end and scene seconds against megapixels (linear
+cost: R² near 1, s/MP flat); and the ratios of SD-Turbo and NLM to our scene restorer on the
+same 0.25 MP input.
 """
 
 from __future__ import annotations
@@ -85,8 +88,6 @@ def _peaks(device: str) -> dict[str, float]:
 def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) -> dict[str, Any]:
     """Stage times (median over ``repeats`` passes, after a warm-up pass below 4 MP) on one
     size, NLM on the same input, peak memory."""
-    import cv2
-
     from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.imageio import to_tensor
     from face2scene_cli.pipeline import DegradationReader, FaceFinder
@@ -101,34 +102,30 @@ def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) ->
     passes: list[dict[str, float]] = []
     faces = 0
     for i in range(repeats + (megapixels < 4)):
-        t: dict[str, float] = {}
-        _sync(device)
-        t0 = time.perf_counter()
+        marks = [_clock(device)]
         found = finder.find(lq)
-        t1 = time.perf_counter()
+        marks.append(_clock(device))
         reading = reader.read(lq, [f.face for f in found])
-        _sync(device)
-        t2 = time.perf_counter()
+        marks.append(_clock(device))
         tokens = None
         if reading.faces:
             tokens = scene.tokens_for_faces(
                 [r.z for r in reading.faces], [r.weight for r in reading.faces]
             )
-        _sync(device)
-        t3 = time.perf_counter()
+        marks.append(_clock(device))
         scene.restore(to_tensor(lq), tokens)
-        _sync(device)
-        t4 = time.perf_counter()
-        t = {"detect": t1 - t0, "degradation": t2 - t1, "tokens": t3 - t2, "scene": t4 - t3}
-        t["end_to_end"] = t4 - t0
+        marks.append(_clock(device))
+        t = {}
+        for j, k in enumerate(STAGES):
+            t[k] = marks[j + 1][0] - marks[j][0]
+            t[f"{k}_cpu"] = marks[j + 1][1] - marks[j][1]
+        t["end_to_end"] = marks[-1][0] - marks[0][0]
+        t["end_to_end_cpu"] = marks[-1][1] - marks[0][1]
         faces = len(reading.faces)
         if i or megapixels >= 4:
             passes.append(t)
-    stages = {k: statistics.median(p[k] for p in passes) for k in (*STAGES, "end_to_end")}
-    t0 = time.perf_counter()
-    bgr = cv2.cvtColor(lq, cv2.COLOR_RGB2BGR)
-    cv2.fastNlMeansDenoisingColored(bgr, None, 9, 9, 7, 21)
-    nlm = time.perf_counter() - t0
+    stages = {k: statistics.median(p[k] for p in passes) for k in passes[0]}
+    nlm = _nlm_seconds(lq)
     mp = lq.shape[0] * lq.shape[1] / 1e6
     return {
         "megapixels": round(mp, 4),
@@ -138,11 +135,27 @@ def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) ->
         "stage_s": {k: round(v, 4) for k, v in stages.items()},
         "images_per_s": round(1 / stages["end_to_end"], 4),
         "s_per_mp": round(stages["end_to_end"] / mp, 4),
-        "scene_s_per_mp": round(stages["scene"] / mp, 4),
-        "nlm_s": round(nlm, 4),
+        "cpu_s_per_mp": round(stages["end_to_end_cpu"] / mp, 4),
+        "nlm_s": nlm,
         "tile": scene.auto_tile(scene.settings.tile_batch or (4 if device != "cpu" else 2)),
         **{k: round(v, 1) for k, v in _peaks(device).items()},
     }
+
+
+def _clock(device: str) -> tuple[float, float]:
+    """(wall, this process's CPU) seconds, after the device's queued work is done."""
+    _sync(device)
+    return time.perf_counter(), time.process_time()
+
+
+def _nlm_seconds(lq: np.ndarray) -> dict[str, float]:
+    """Wall and CPU seconds of OpenCV NLM (h 9, template 7, search 21) on ``lq`` (RGB uint8)."""
+    import cv2
+
+    t0 = _clock("cpu")
+    cv2.fastNlMeansDenoisingColored(cv2.cvtColor(lq, cv2.COLOR_RGB2BGR), None, 9, 9, 7, 21)
+    t1 = _clock("cpu")
+    return {"wall": round(t1[0] - t0[0], 4), "cpu": round(t1[1] - t0[1], 4)}
 
 
 def random_turbo(configs: Path) -> torch.nn.Module:
@@ -172,35 +185,32 @@ def random_turbo(configs: Path) -> torch.nn.Module:
 
 
 def run_turbo(device: str, configs: Path, photo: Path | None) -> dict[str, Any]:
-    """One SD-Turbo-architecture restore of the 0.25 MP input (one 512 px tile), and our
-    scene restorer on the same input, timed in this process."""
+    """The SD-Turbo-architecture restorer (one 512 px tile), our scene restorer and NLM on the
+    same 0.25 MP input, timed in this process (wall and CPU seconds)."""
     from face2scene_cli.imageio import to_tensor
     from face2scene_cli.stages.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 
-    x = to_tensor(bench_input(0.25, photo))
+    lq = bench_input(0.25, photo)
+    x = to_tensor(lq)
     turbo = SceneRestorer(random_turbo(configs), RestoreSettings(kind="sd-turbo"), device=device)
-    times = []
-    for _ in range(1 if device == "cpu" else 3):
-        _sync(device)
-        t0 = time.perf_counter()
-        turbo.restore(x, None, tile=512)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    peaks = _peaks(device)
     ours = load_scene_restorer("scene-embedded", device=device)
-    ours.restore(x, None, tile=512)
-    _sync(device)
-    t0 = time.perf_counter()
-    ours.restore(x, None, tile=512)
-    _sync(device)
-    ours_s = time.perf_counter() - t0
+    ours.restore(x, None, tile=512)  # warm-up
+
+    def timed(restorer: SceneRestorer) -> dict[str, float]:
+        t0 = _clock(device)
+        restorer.restore(x, None, tile=512)
+        t1 = _clock(device)
+        return {"wall": round(t1[0] - t0[0], 4), "cpu": round(t1[1] - t0[1], 4)}
+
+    runs = [timed(turbo) for _ in range(1 if device == "cpu" else 3)]
     params = sum(p.numel() for p in turbo.net.parameters())
     return {
         "megapixels": round(x.shape[-1] * x.shape[-2] / 1e6, 4),
-        "turbo_s": round(min(times), 3),
+        "turbo": min(runs, key=lambda r: r["wall"]),
         "turbo_params_m": round(params / 1e6, 1),
-        "scene_embedded_s": round(ours_s, 4),
-        **{k: round(v, 1) for k, v in peaks.items()},
+        "scene_embedded": timed(ours),
+        "nlm": _nlm_seconds(lq),
+        **{k: round(v, 1) for k, v in _peaks(device).items()},
     }
 
 
@@ -221,51 +231,77 @@ def linear_fit(mp: list[float], seconds: list[float]) -> dict[str, float]:
     return {"slope_s_per_mp": round(float(b), 4), "intercept_s": round(float(a), 4), "r2": r2}
 
 
+def _fits(sizes: list[dict[str, Any]], stage: str) -> dict[str, dict[str, float]]:
+    mp = [r["megapixels"] for r in sizes]
+    return {
+        "wall": linear_fit(mp, [r["stage_s"][stage] for r in sizes]),
+        "cpu": linear_fit(mp, [r["stage_s"][f"{stage}_cpu"] for r in sizes]),
+    }
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The tables of the README's Results section."""
-    lines = [
-        "| MP | faces | detect s | degradation s | tokens s | scene s | end-to-end s | "
-        "images/s | s/MP | NLM s | peak RSS MiB"
-        + (" | peak GPU MiB" if result["cuda"] else "")
-        + " |",
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if result["cuda"] else ""),
+    cuda = result["cuda"]
+    head = [
+        "MP",
+        "faces",
+        *(f"{k} s" for k in STAGES),
+        "end-to-end s (CPU s)",
+        "images/s",
+        "s/MP (CPU s/MP)",
+        "NLM s",
+        "peak RSS MiB",
     ]
+    head += ["peak GPU MiB"] if cuda else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["sizes"]:
         s = r["stage_s"]
         cells = [
             f"{r['megapixels']:.2f}",
             str(r["faces_read"]),
-            *(f"{s[k]:.3f}" for k in (*STAGES, "end_to_end")),
+            *(f"{s[k]:.3f}" for k in STAGES),
+            f"{s['end_to_end']:.2f} ({s['end_to_end_cpu']:.2f})",
             f"{r['images_per_s']:.3f}",
-            f"{r['s_per_mp']:.2f}",
-            f"{r['nlm_s']:.2f}",
+            f"{r['s_per_mp']:.2f} ({r['cpu_s_per_mp']:.2f})",
+            f"{r['nlm_s']['wall']:.2f}",
             f"{r['peak_rss_mib']:.0f}",
         ]
-        if result["cuda"]:
-            cells.append(f"{r['peak_gpu_mib']:.0f}")
+        cells += [f"{r['peak_gpu_mib']:.0f}"] if cuda else []
         lines.append("| " + " | ".join(cells) + " |")
-    fit, scene_fit = result["fit_end_to_end"], result["fit_scene"]
-    lines += [
-        "",
-        f"Cost versus pixels (least squares over the sizes): end to end {fit['slope_s_per_mp']:.3f}"
-        f" s/MP + {fit['intercept_s']:.3f} s, R² {fit['r2']:.4f}; scene restorer "
-        f"{scene_fit['slope_s_per_mp']:.3f} s/MP + {scene_fit['intercept_s']:.3f} s, "
-        f"R² {scene_fit['r2']:.4f}.",
-    ]
+    lines.append("")
+    for label, key in (("end to end", "fit_end_to_end"), ("scene restorer", "fit_scene")):
+        f = result[key]
+        lines.append(
+            f"Cost versus pixels, {label} (least squares over the sizes): wall "
+            f"{f['wall']['slope_s_per_mp']:.3f} s/MP + {f['wall']['intercept_s']:.3f} s "
+            f"(R² {f['wall']['r2']:.4f}); CPU {f['cpu']['slope_s_per_mp']:.3f} s/MP + "
+            f"{f['cpu']['intercept_s']:.3f} s (R² {f['cpu']['r2']:.4f})."
+        )
     t = result.get("turbo")
     if t:
+        ours = t["scene_embedded"]
         lines += [
             "",
-            "| on the same 0.25 MP input (512x512) | seconds | ratio to our scene restorer |",
-            "|---|---|---|",
-            f"| scene-embedded (ours) | {t['scene_embedded_s']:.3f} | 1 |",
-            f"| SD-Turbo architecture, random weights ({t['turbo_params_m']:.0f} M params) | "
-            f"{t['turbo_s']:.2f} | {t['turbo_s'] / t['scene_embedded_s']:.0f}x |",
-            f"| OpenCV NLM (h 9) | {result['nlm_025_s']:.3f} | "
-            f"{result['nlm_025_s'] / t['scene_embedded_s']:.1f}x |",
+            "| same 0.25 MP input (512x512), same process | wall s | CPU s "
+            "| ratio to ours (wall / CPU) |",
+            "|---|---|---|---|",
+        ]
+        for name, r in (
+            ("scene-embedded (ours)", ours),
+            (
+                f"SD-Turbo architecture, random weights ({t['turbo_params_m']:.0f} M params)",
+                t["turbo"],
+            ),
+            ("OpenCV NLM (h 9)", t["nlm"]),
+        ):
+            ratio = f"{r['wall'] / ours['wall']:.1f}x / {r['cpu'] / ours['cpu']:.1f}x"
+            lines.append(f"| {name} | {r['wall']:.3f} | {r['cpu']:.3f} | {ratio} |")
+        lines += [
             "",
-            f"SD-Turbo / NLM: {t['turbo_s'] / result['nlm_025_s']:.0f}x; "
-            f"peak RSS of the SD-Turbo process {t['peak_rss_mib']:.0f} MiB.",
+            f"SD-Turbo / NLM: {t['turbo']['wall'] / t['nlm']['wall']:.0f}x wall, "
+            f"{t['turbo']['cpu'] / t['nlm']['cpu']:.0f}x CPU; peak RSS of that process "
+            f"{t['peak_rss_mib']:.0f} MiB"
+            + (f", peak GPU {t['peak_gpu_mib']:.0f} MiB." if cuda else "."),
         ]
     return "\n".join(lines) + "\n"
 
@@ -280,9 +316,13 @@ def main() -> None:
     ap.add_argument("--turbo-configs", type=Path, default=TURBO_CONFIGS)
     ap.add_argument("--no-turbo", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "restore.json")
+    ap.add_argument("--markdown-from", type=Path, help="print the tables of a results JSON")
     ap.add_argument("--one", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--turbo", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.markdown_from:
+        print(to_markdown(json.loads(args.markdown_from.read_text())))
+        return
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     if args.one is not None or args.turbo:
@@ -318,18 +358,13 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "cuda": args.device.startswith("cuda"),
         "sizes": sizes,
-        "fit_end_to_end": linear_fit(
-            [r["megapixels"] for r in sizes], [r["stage_s"]["end_to_end"] for r in sizes]
-        ),
-        "fit_scene": linear_fit(
-            [r["megapixels"] for r in sizes], [r["stage_s"]["scene"] for r in sizes]
-        ),
+        "fit_end_to_end": _fits(sizes, "end_to_end"),
+        "fit_scene": _fits(sizes, "scene"),
     }
-    quarter = [r for r in sizes if r["size"] == [512, 512]]
-    if quarter and not args.no_turbo:
-        result["nlm_025_s"] = quarter[0]["nlm_s"]
+    if not args.no_turbo:
         turbo_args = ["--turbo", *common, "--turbo-configs", str(args.turbo_configs)]
         result["turbo"] = _child(turbo_args)
+    result["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
     print(to_markdown(result))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from face2scene_cli import evaluate as ev
 from face2scene_cli.commands import options as o
 from face2scene_cli.commands.faces import Detector, MinFace
 from face2scene_cli.commands.runner import configure_logging, diag, step_progress
+from face2scene_cli.config import BatchConfig
 from face2scene_cli.errors import ConfigError
 
 DATA = "Data"
@@ -128,7 +128,7 @@ def evaluate(
         tile=tile,
     )
     out = out or data.with_name(data.name + "_eval")
-    n = threads or max(1, os.cpu_count() or 1)
+    n = BatchConfig(threads=threads or 0).torch_threads  # same rule as the batch commands
     torch.set_num_threads(n)
     cv2.setNumThreads(n)
     if paired:
