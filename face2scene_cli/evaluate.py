@@ -631,8 +631,9 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
 
 def write_results(folder: Path, evaluation: Evaluation) -> list[Path]:
     """``results.json``, ``results.md`` and ``grid-best.png`` / ``grid-worst.png`` (the items
-    with the largest and smallest PSNR gain of the face-code variant over the input), written
-    atomically; returns the paths."""
+    with the largest and smallest PSNR gain of the face-code variant over the input, among
+    the items whose code was read off a face when there are any), written atomically;
+    returns the paths."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -640,7 +641,8 @@ def write_results(folder: Path, evaluation: Evaluation) -> list[Path]:
     paths = [folder / "results.json", folder / "results.md"]
     atomic_write_bytes(paths[0], (json.dumps(evaluation.table, indent=1) + "\n").encode())
     atomic_write_bytes(paths[1], to_markdown(evaluation.table).encode())
-    order = sorted(range(len(rows)), key=lambda i: _gain(rows[i]))
+    coded = [i for i, r in enumerate(rows) if r["code_source"] == "face"]
+    order = sorted(coded or range(len(rows)), key=lambda i: _gain(rows[i]))
     for label, i in (("best", order[-1]), ("worst", order[0])):
         grid = case_grid(evaluation.items[i], evaluation.outputs[i], rows[i]["variants"])
         buf = _png(Image.fromarray(grid))
