@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.f2s-installed
 PYTEST_FLAGS ?= -m "not slow and not gpu"
+# e.g. BENCH_FLAGS="--threads 1 --sizes 0.25 1", EVAL_FLAGS="--threads 1 --preset noise15"
+BENCH_FLAGS ?=
+EVAL_FLAGS ?=
 
-.PHONY: install testdata test demo bench lint wheel clean
+.PHONY: install testdata test demo bench eval lint wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +29,13 @@ test: install testdata  ## run the test suite (slow and gpu tests skipped)
 demo: install testdata  ## degrade sample photos and show what f2s reports
 	$(BIN)/python -m face2scene_cli.demo
 
-bench: install testdata  ## throughput benchmarks (not tests)
+bench: install testdata  ## throughput benchmarks (not tests): degrade, then restore per stage and size
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_restore.py $(BENCH_FLAGS)
+
+eval: install testdata  ## f2s eval on the VAL photos of data/splits.yaml -> benchmarks/results/eval-val
+	$(BIN)/python -m face2scene_cli.evaluate --export runs/val-photos
+	$(BIN)/python -m face2scene_cli eval runs/val-photos --out benchmarks/results/eval-val $(EVAL_FLAGS)
 
 lint: install
 	$(BIN)/ruff check face2scene_cli tests benchmarks scripts

@@ -11,9 +11,9 @@ from face2scene_cli.commands import (
     degrade,
     degrade_code,
     doctor,
+    evaluate,
     faces,
     models,
-    pending,
     report,
     restore,
     train,
@@ -29,6 +29,7 @@ EPILOG = """[bold]Examples[/bold]
   f2s restore ./photos --engine ray --gpus-per-worker 1    on every GPU of a Ray cluster
   f2s models verify                             check the shipped weights
   f2s doctor                                    Python, torch, devices, backends, models
+  f2s eval ./clean --out ./eval --preset noise15  every restorer side by side, scored
 
 Exit codes: 0 all done, 1 some files failed, 2 usage/config error, 3 output folder locked,
 4 not available, 5 no face found, 6 model files corrupt, 130 SIGINT, 143 SIGTERM.
@@ -74,7 +75,7 @@ app.add_typer(report.app, name="report")
 app.command("doctor")(cli_errors(doctor.doctor))
 train.app.command("scene")(train_scene.train_scene)
 app.add_typer(train.app, name="train")
-app.command("eval", **pending.SETTINGS)(cli_errors(pending.evaluate))
+app.command("eval")(cli_errors(evaluate.evaluate))
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "psnr_torch", "rgb_to_y", "ssim", "ssim_map", "ssim_torch"]
+__all__ = ["psnr", "psnr_torch", "rgb_to_y", "ssim", "ssim_map", "ssim_map_mean", "ssim_torch"]
 
 _WIN = 11
 _SIGMA = 1.5
@@ -173,11 +173,17 @@ def ssim(
         SSIM in [-1, 1]; 1 for identical images.
     """
     smap = ssim_map(a, b, data_range, y_channel)
-    m = _mask(mask, np.asarray(a).shape)
-    if m is None:
+    return ssim_map_mean(smap, mask)
+
+
+def ssim_map_mean(smap: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The SSIM of an :func:`ssim_map` ``(H - 10, W - 10, C)``: its mean over the pixels (those
+    of ``mask``, ``(H, W)``, cropped by 5 pixels on each side like the map) and the channels.
+    Computing the map once and this per region is what :func:`ssim` with ``mask`` does."""
+    if mask is None:
         return float(smap.mean(axis=(0, 1)).mean())
     r = _WIN // 2
-    m = m[r:-r, r:-r]
+    m = _mask(mask, (smap.shape[0] + 2 * r, smap.shape[1] + 2 * r))[r:-r, r:-r]
     if not m.any():
         raise ValueError("mask selects no pixel of the SSIM valid region (5 px from the borders)")
     return float(smap[m].mean(axis=0).mean())

@@ -19,6 +19,10 @@ The device script (``scripts/device_train.sh``) installs the wheels with
 working tree), trains to a wall-clock deadline and writes the weights to ``$OUT`` split in
 parts of <= 15 MiB.
 
+``bench`` (here): ``carry/wheels/`` as above and ``carry/photos/`` (the benchmark's group
+photo), for ``scripts/device_bench.sh`` (the restore benchmark and the CUDA correctness
+check).
+
 ``merge DIR`` (here, after the lease) reassembles those parts into a model folder
 (``runs/scene-gpu/export`` by default) that ``python -m face2scene_cli.evaluate`` can score
 before it replaces the shipped weights.
@@ -26,6 +30,7 @@ before it replaces the shipped weights.
 Usage::
 
     python scripts/build_carry.py build --cache runs/scene-blind/cache [--shard-index 0]
+    python scripts/build_carry.py bench
     python scripts/build_carry.py merge /work/.device/<files_at> [--to runs/scene-gpu/export]
 """
 
@@ -138,6 +143,23 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    """``carry/`` for ``scripts/device_bench.sh``: wheels and the benchmark photo."""
+    import shutil
+
+    from face2scene_cli.sample_data import package_photos
+
+    out = Path(args.out)
+    wheels = download_wheels(out / "wheels")
+    photo = next(p.path for p in package_photos() if p.name == "insightface/t1")
+    (out / "photos").mkdir(parents=True, exist_ok=True)
+    shutil.copy(photo, out / "photos" / "t1.jpg")
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in files) + working_tree_bytes()
+    print(f"carry/ ready: {len(wheels)} wheels; with the working tree {_mib(total):.1f} MiB")
+    return 0 if _mib(total) < LIMIT_MIB else 1
+
+
 def merge(args: argparse.Namespace) -> int:
     """Reassemble ``net-*.safetensors`` / ``mapnet.safetensors`` + configs into a model folder."""
     src, dest = Path(args.src), Path(args.to)
@@ -163,11 +185,13 @@ def main() -> int:
     b.add_argument("--shard-index", type=int, default=0)
     b.add_argument("--condition", choices=("blind", "code"), default="code")
     b.add_argument("--margin-mib", type=float, default=2.0)
+    c = sub.add_parser("bench", help="build carry/ for scripts/device_bench.sh")
+    c.add_argument("--out", default=str(ROOT / "carry"))
     m = sub.add_parser("merge", help="rebuild a model folder from the files a lease returned")
     m.add_argument("src")
     m.add_argument("--to", default=str(ROOT / "runs/scene-gpu/export"))
     args = ap.parse_args()
-    return build(args) if args.cmd == "build" else merge(args)
+    return {"build": build, "bench": bench, "merge": merge}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -44,14 +44,6 @@ def test_version_and_help() -> None:
     assert "Examples" in res.output
 
 
-@pytest.mark.parametrize("command", ["eval"])
-def test_commands_not_landed_say_so(command: str, tmp_path: Path) -> None:
-    res = runner.invoke(app, [command, str(tmp_path), "--refs", str(tmp_path)])
-    assert res.exit_code == NotAvailableError.exit_code == 4
-    assert "not available yet" in res.output
-    assert not list(tmp_path.iterdir())  # no fake output
-
-
 def test_config_precedence_defaults_file_env_flags(tmp_path: Path, small_photo_dir: Path) -> None:
     cfg = tmp_path / "f2s.yaml"
     cfg.write_text(yaml.safe_dump({"seed": 3, "quality": 50, "degrade": {"noise_sigma": 7}}))
@@ -205,7 +197,14 @@ def test_wheel_contains_models_and_schemas(tmp_path: Path) -> None:
         ROOT,
         src,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "dist", "build", "__pycache__", "*.egg-info", "runs", "demo_out",
+            ".venv",
+            ".git",
+            "dist",
+            "build",
+            "__pycache__",
+            "*.egg-info",
+            "runs",
+            "demo_out",
             ".*_cache",
         ),
     )

@@ -141,32 +141,36 @@ def test_code_condition_needs_dropout_and_fadex(tmp_path: Path) -> None:
 
 
 def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
-    from face2scene_cli.evaluate import EvalConfig, evaluate_scene, targets, to_markdown
+    from face2scene_cli.evaluate import (
+        EvalConfig,
+        EvalModels,
+        degraded_items,
+        evaluate,
+        targets,
+        to_markdown,
+    )
+    from face2scene_cli.faces.detect import create_detector
+    from face2scene_cli.pipeline import DegradationReader
     from face2scene_cli.sample_data import package_photos
     from face2scene_cli.stages.face_restore import BlindFaceRestorer
     from face2scene_cli.stages.mapnet import mapnet_tiny
     from face2scene_cli.stages.scene import RestoreSettings, scene_tiny
-    from face2scene_cli.train.scene import ValSection, build_val_items
 
-    photos = [p for p in package_photos() if p.name == "skimage/astronaut"]
+    photos = [(p.name, p.path) for p in package_photos() if p.name == "skimage/astronaut"]
     if not photos:
         pytest.skip("scikit-image astronaut not available")
-    vs = ValSection(
-        long_side=96,
-        presets=("noise15", "blur-noise", "mixed"),
-        second_order_seeds=(),
-        face_crop=32,
-    )
-    items = build_val_items(photos, vs, BlindFaceRestorer())
+    cfg = EvalConfig(long_side=192, second_order=0, nlm_h=(5, 15))
+    items = degraded_items(photos, cfg)
     torch.manual_seed(0)
     restorer = SceneRestorer(
         scene_tiny(token_dim=32), RestoreSettings(), mapnet_tiny(cross_attention_dim=32)
     )
+    reader = DegradationReader(fadex_tiny().eval(), BlindFaceRestorer())
+    models = EvalModels(restorer, reader, create_detector("mtcnn"))
     cache = tmp_path / "nlm.json"
-    cfg = EvalConfig(long_side=96, nlm_h=(5, 15))
-    table = evaluate_scene(restorer, fadex_tiny().eval(), cfg, items=items, nlm_cache=cache)
-    assert set(table["means"]) == {"noise15", "blur-noise", "mixed"}
-    noise = table["means"]["noise15"]
+    table = evaluate(items, models, cfg, nlm_cache=cache).table
+    assert list(table["by_degradation"]) == ["noise15", "blur-noise", "mixed"]
+    noise = table["by_degradation"]["noise15"]
     assert set(noise) == {"input", "nlm", "blind", "code", "upper", "wrong"}
     # NLM at its best h denoises sigma-15 noise; the untrained residual net is near the identity
     assert noise["nlm"]["psnr"] > noise["input"]["psnr"] + 1
@@ -175,4 +179,4 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
     checks = {c["target"]: c for c in targets(table)}
     assert not checks["noise15: code PSNR gain over input >= +3 dB"]["pass"]
     md = to_markdown(table, list(checks.values()))
-    assert "| noise15 |" in md and "**no**" in md
+    assert "| noise15 (1) |" in md and "**no**" in md

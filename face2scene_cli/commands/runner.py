@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -9,7 +10,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -206,6 +207,26 @@ class ProgressObserver:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+@contextlib.contextmanager
+def step_progress(total: int, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """Progress over ``total`` steps of a command that does not walk files: a bar on a TTY,
+    one stderr line per step otherwise, nothing with ``quiet``. Yields the per-step callback
+    (its argument labels the step just done)."""
+    if quiet:
+        yield lambda _label: None
+        return
+    if not stderr.is_terminal:
+        count = iter(range(1, total + 1))
+        yield lambda label: print(
+            f"f2s: [{next(count)}/{total}] {label}", file=sys.stderr, flush=True
+        )
+        return
+    columns = (TextColumn("[bold]f2s"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.description}"), console=stderr) as progress:
+        task = progress.add_task("", total=total)
+        yield lambda label: progress.update(task, advance=1, description=label)
 
 
 def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: LogOptions) -> None:

@@ -1,0 +1,124 @@
+"""CUDA correctness of ``f2s restore``'s networks (run by ``scripts/device_bench.sh``).
+
+On a real photo degraded with the ``noise15`` preset (seed 0), long side ``--long-side``:
+
+1. FaDeX + MapNet tokens read off the faces on the CPU and on ``--device`` (cosine >= 0.999);
+2. the scene restorer (blind and face-code tokens), CPU fp32 vs device fp32 (PSNR >= 50 dB);
+3. device fp16 and bf16 (autocast) vs device fp32 (PSNR >= 40 dB and >= 35 dB; tile batches
+   re-run in fp32 because of NaN/Inf are counted);
+4. device tiled (192 px) vs whole image (PSNR >= 40 dB);
+5. device run twice (max abs difference <= 1e-5).
+
+Writes a JSON ``{"checks": [{"check", "value", "threshold", "pass"}], ...}`` to ``--out`` and
+exits 1 when a check fails. ``--device cpu`` runs the same code on the CPU (a dry run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from face2scene_cli.imageio import atomic_write_bytes
+from face2scene_cli.metrics import psnr_torch
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(psnr_torch(a.clamp(0, 1), b.clamp(0, 1))[0])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--photo", type=Path, help="default: insightface's t1.jpg")
+    ap.add_argument("--long-side", type=int, default=1024)
+    ap.add_argument("--out", type=Path, default=Path("cuda-check.json"))
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_restore import bench_input
+
+    from face2scene_cli.faces.detect import create_detector
+    from face2scene_cli.imageio import to_tensor
+    from face2scene_cli.pipeline import DegradationReader, FaceFinder
+    from face2scene_cli.stages.face_restore import BlindFaceRestorer
+    from face2scene_cli.stages.fadex import load_fadex
+    from face2scene_cli.stages.scene import load_scene_restorer
+
+    started = time.perf_counter()
+    lq = bench_input(1.0, args.photo)
+    h, w = lq.shape[:2]
+    f = args.long_side / max(h, w)
+    lq = lq[: int(h * f) // 8 * 8, : int(w * f) // 8 * 8] if f < 1 else lq
+    x = to_tensor(lq)
+    faces = [ff.face for ff in FaceFinder(create_detector("mtcnn")).find(lq)]
+    if not faces:
+        raise SystemExit(
+            f"no face found in the {x.shape[-1]}x{x.shape[-2]} input: raise --long-side"
+        )
+    runs: dict[str, dict[str, Any]] = {}
+    for dev in ("cpu", args.device):
+        scene = load_scene_restorer("scene-embedded", device=dev)
+        reader = DegradationReader(load_fadex(scene.settings.fadex), BlindFaceRestorer(), dev)
+        reading = reader.read(lq, faces)
+        z, wts = [r.z for r in reading.faces], [r.weight for r in reading.faces]
+        runs[dev] = {"scene": scene, "tokens": scene.tokens_for_faces(z, wts).cpu()}
+    cpu, dev = runs["cpu"], runs[args.device]
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float, threshold: float, higher: bool = True) -> None:
+        ok = value >= threshold if higher else value <= threshold
+        checks.append({"check": name, "value": value, "threshold": threshold, "pass": ok})
+
+    cos = torch.nn.functional.cosine_similarity(
+        cpu["tokens"].flatten(), dev["tokens"].flatten(), dim=0
+    )
+    check("tokens: cosine(CPU, device)", float(cos), 0.999)
+    scene_d = dev["scene"]
+    for mode, tok in (("blind", None), ("code", dev["tokens"])):
+        ref = cpu["scene"].restore(x, tok, precision="fp32")
+        out32 = scene_d.restore(x, tok, precision="fp32")
+        check(f"{mode}: PSNR(CPU fp32, device fp32) dB", _psnr(ref, out32), 50.0)
+        for prec, floor in (("fp16", 40.0), ("bf16", 35.0)):
+            before = scene_d.fallbacks
+            low = scene_d.restore(x, tok, precision=prec)
+            check(f"{mode}: PSNR(device {prec}, device fp32) dB", _psnr(low, out32), floor)
+            check(
+                f"{mode}: {prec} tile batches re-run in fp32", scene_d.fallbacks - before, 0, False
+            )
+        again = scene_d.restore(x, tok, precision="fp32")
+        check(
+            f"{mode}: device fp32 run twice, max abs diff",
+            float((again - out32).abs().max()),
+            1e-5,
+            False,
+        )
+    side = max(x.shape[-2:])
+    m = scene_d.net.multiple
+    whole = scene_d.restore(x, None, tile=-(-side // m) * m, precision="fp32")
+    tiled = scene_d.restore(x, None, tile=192, precision="fp32")
+    check("tiles: PSNR(tiled 192 px, whole) dB", _psnr(tiled, whole), 40.0)
+    result = {
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "torch": torch.__version__,
+        "input": [int(x.shape[-1]), int(x.shape[-2])],
+        "faces": len(faces),
+        "seconds": round(time.perf_counter() - started, 1),
+        "checks": checks,
+        "all_pass": all(c["pass"] for c in checks),
+    }
+    atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
+    for c in checks:
+        print(
+            f"{'ok  ' if c['pass'] else 'FAIL'} {c['check']}: {c['value']:.6g} ({c['threshold']})"
+        )
+    return 0 if result["all_pass"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""``f2s eval`` on tiny real datasets; its numbers recomputed independently (numpy, OpenCV,
+scikit-image), not only its files checked."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import run_f2s
+from PIL import Image
+from skimage.metrics import structural_similarity
+from typer.testing import CliRunner
+
+from face2scene_cli import degrade as D
+from face2scene_cli import sample_data
+from face2scene_cli.cli import app
+from face2scene_cli.errors import ConfigError
+
+# (photo, left, top, side): square crops around one face, resized to 112 px
+CROPS = {"skimage/astronaut": (110, 0, 240), "insightface/t1": (820, 0, 280)}
+SIDE = 112
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def clean_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    by_name = {p.name: p for p in sample_data.package_photos()}
+    if any(n not in by_name for n in CROPS):
+        pytest.skip("scikit-image / insightface sample photos not installed")
+    root = tmp_path_factory.mktemp("eval") / "clean"
+    root.mkdir()
+    for name, (x, y, side) in CROPS.items():
+        with Image.open(by_name[name].path) as im:
+            crop = im.convert("RGB").crop((x, y, x + side, y + side))
+            crop.resize((SIDE, SIDE), Image.Resampling.LANCZOS).save(root / f"{name[-2:]}.png")
+    return root
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    mse = d[mask].mean() if mask is not None else d.mean()
+    return 10 * math.log10(255.0**2 / mse)
+
+
+def _luma(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    return 16 + (65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255
+
+
+def _nlm(lq: np.ndarray, h: int) -> np.ndarray:
+    bgr = cv2.fastNlMeansDenoisingColored(lq[..., ::-1].copy(), None, h, h, 7, 21)
+    return bgr[..., ::-1]
+
+
+def _load(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    presets = ("noise15", "mixed")
+    args = ["--second-order", "0", "--seed", str(SEED), "--nlm-h", "5", "--nlm-h", "15"]
+    for p in presets:
+        args += ["--preset", p]
+    res = run_f2s("eval", clean_dir, "--out", out, "--quiet", "--threads", "1", *args)
+    assert res.returncode == 0, res.stderr
+    table = json.loads((out / "results.json").read_text())
+    assert res.stdout == (out / "results.md").read_text() and "| code |" in res.stdout
+    rows = {(r["image"], r["degradation"]): r for r in table["items"]}
+    assert set(rows) == {(f"{n[-2:]}.png", p) for n in CROPS for p in presets}
+
+    nlm_psnr: dict[tuple[str, int], list[float]] = {}
+    for (image, preset), row in rows.items():
+        clean = _load(clean_dir / image)
+        # the degradation as documented: preset noise seeded by image_seed(seed, "name|preset")
+        g = torch.Generator().manual_seed(D.image_seed(SEED, f"{image}|{preset}"))
+        x = torch.from_numpy(clean * np.float32(1 / 255)).permute(2, 0, 1)[None]  # as f2s reads
+        y = D.degrade_parametric(x, D.get_preset(preset), g)
+        lq = (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        got = row["variants"]["input"]
+        assert got["psnr"] == pytest.approx(_psnr(lq, clean), abs=1e-6)
+        assert got["psnr_y"] == pytest.approx(_psnr(_luma(lq), _luma(clean)), abs=1e-6)
+        ref_ssim = structural_similarity(
+            lq,
+            clean,
+            channel_axis=2,
+            data_range=255,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        assert got["ssim"] == pytest.approx(ref_ssim, abs=1e-6)
+        # face region: the clean image's face boxes, pixel [floor(x0), ceil(x1))
+        assert len(row["faces_clean"]) == 1 and row["code_source"] == "face"
+        x0, y0, x1, y1 = row["faces_clean"][0]
+        mask = np.zeros(clean.shape[:2], bool)
+        mask[max(0, math.floor(y0)) : math.ceil(y1), max(0, math.floor(x0)) : math.ceil(x1)] = True
+        assert got["psnr_face"] == pytest.approx(_psnr(lq, clean, mask), abs=1e-3)
+        assert got["psnr_rest"] == pytest.approx(_psnr(lq, clean, ~mask), abs=1e-3)
+        for h in (5, 15):
+            nlm_psnr.setdefault((preset, h), []).append(_psnr(_nlm(lq, h), clean))
+        # FaDeX's error against the preset's own parameters
+        truth = D.get_preset(preset)
+        err = row["estimate_error"]
+        assert err["noise_sigma"] == pytest.approx(
+            abs(row["estimate"]["noise_sigma"] - truth.noise_sigma)
+        )
+        assert row["wrong_from"] == next(p for p in presets if p != preset)
+        assert set(row["variants"]) == {"input", "nlm", "blind", "code", "upper", "wrong"}
+        assert 0 <= row["variants"]["code"]["identity_distance"] < 1.5
+
+    for preset in presets:
+        best = max((5, 15), key=lambda h: np.mean(nlm_psnr[(preset, h)]))
+        assert table["nlm_h"][preset] == best
+        got = [r["variants"]["nlm"]["psnr"] for (_, p), r in rows.items() if p == preset]
+        assert got == pytest.approx(nlm_psnr[(preset, best)], abs=1e-6)
+    mean_input = np.mean([r["variants"]["input"]["psnr"] for r in rows.values()])
+    assert table["variants"]["input"]["psnr"] == pytest.approx(mean_input)
+    assert table["variants"]["input"]["n"] == 4
+    # noise sigma 15 is what NLM at h 15 is for: it must beat the input there
+    assert np.mean(nlm_psnr[("noise15", 15)]) > np.mean(
+        [r["variants"]["input"]["psnr"] for (_, p), r in rows.items() if p == "noise15"]
+    )
+    grid = _load(out / "grid-best.png")
+    assert grid.shape == (256 + 24, 7 * 256, 3)  # input, 5 variants, clean
+    assert (out / "grid-worst.png").is_file() and (out / "nlm-cache.json").is_file()
+
+
+def test_eval_paired_folder(clean_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs"
+    (pairs / "degraded").mkdir(parents=True)
+    (pairs / "clean").mkdir()
+    expected = {}
+    rng = np.random.default_rng(0)
+    for path in sorted(clean_dir.glob("*.png")):
+        clean = _load(path)
+        (pairs / "clean" / path.name).write_bytes(path.read_bytes())
+        noisy = np.clip(clean + rng.normal(0, 8, clean.shape), 0, 255).round().astype(np.uint8)
+        jpg = pairs / "degraded" / (path.stem + ".jpg")
+        Image.fromarray(noisy).save(jpg, quality=40)
+        expected[path.stem] = _psnr(_load(jpg), clean)
+    out = tmp_path / "out"
+    res = run_f2s("eval", pairs, "--out", out, "--quiet", "--threads", "1", "--nlm-h", "5")
+    assert res.returncode == 0, res.stderr
+    table = json.loads((out / "results.json").read_text())
+    rows = {r["image"]: r for r in table["items"]}
+    assert set(rows) == set(expected)
+    for key, row in rows.items():
+        assert row["degradation"] == "paired" and row["estimate_error"] is None
+        assert row["variants"]["input"]["psnr"] == pytest.approx(expected[key], abs=1e-6)
+        # one degradation per image: no wrong-code control
+        assert set(row["variants"]) == {"input", "nlm", "blind", "code", "upper"}
+    assert table["nlm_h"] == {"paired": 5}
+
+
+def test_eval_refuses_presets_on_a_paired_folder(tmp_path: Path) -> None:
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "degraded").mkdir()
+    res = CliRunner().invoke(app, ["eval", str(tmp_path), "--preset", "mixed"])
+    assert res.exit_code == ConfigError.exit_code
+    assert "paired folder" in res.output
