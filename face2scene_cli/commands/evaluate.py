@@ -83,16 +83,7 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    tile: Annotated[
-        int | None,
-        typer.Option(
-            "--tile",
-            min=32,
-            rich_help_panel=RUN,
-            help="Scene restorer tile side. [default: automatic]",
-            show_default=False,
-        ),
-    ] = None,
+    tile: o.Tile = None,
     scene_model: Annotated[
         str,
         typer.Option("--scene-model", rich_help_panel=RUN, help="Zoo name of the scene model."),

@@ -257,3 +257,14 @@ TrainingConfig = Annotated[
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")
 ]
+
+Tile = Annotated[
+    int | None,
+    typer.Option(
+        "--tile",
+        envvar="F2S_TILE",
+        min=32,
+        help="Scene restorer tile side in px. [default: automatic from free memory]",
+        show_default=False,
+    ),
+]

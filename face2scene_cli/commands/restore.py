@@ -61,17 +61,7 @@ def restore(
             show_default=False,
         ),
     ] = None,
-    tile: Annotated[
-        int | None,
-        typer.Option(
-            "--tile",
-            envvar="F2S_TILE",
-            rich_help_panel=RES,
-            min=32,
-            help="Tile side in px. [default: automatic from free memory]",
-            show_default=False,
-        ),
-    ] = None,
+    tile: o.Tile = None,
     precision: Annotated[
         str | None,
         typer.Option(
