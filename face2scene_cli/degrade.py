@@ -52,6 +52,7 @@ __all__ = [
     "apply_second_order",
     "apply_second_order_batch",
     "blur",
+    "dct_kron",
     "degrade_parametric",
     "describe",
     "gaussian_blur",
@@ -568,12 +569,13 @@ def jpeg_quant_tables(quality: int) -> tuple[Tensor, Tensor]:
     return out[0], out[1]
 
 
-def _dct_kron(device: torch.device) -> Tensor:
-    """kron(D, D) for the orthonormal 8-point DCT-II D: vec(D X D^T) = K vec(X), row-major."""
+def dct_kron(device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """kron(D, D) for the orthonormal 8-point DCT-II D (JPEG's FDCT scaling):
+    vec(D X D^T) = K vec(X), row-major; (64, 64)."""
     n = torch.arange(8, dtype=torch.float64)
     d = torch.cos((2 * n[None, :] + 1) * n[:, None] * math.pi / 16) * math.sqrt(2 / 8)
     d[0] /= math.sqrt(2)
-    return torch.kron(d, d).to(device=device, dtype=torch.float32)
+    return torch.kron(d, d).to(device=device, dtype=dtype)
 
 
 def _qualities(quality: int | float | Sequence[float] | Tensor, b: int) -> list[int]:
@@ -632,7 +634,7 @@ def jpeg_compress(x: Tensor, quality: int | float | Sequence[float] | Tensor) ->
     qs = _qualities(quality, b)
     tabs = [jpeg_quant_tables(q) for q in qs]
     luma = torch.stack([t[0] for t in tabs]).reshape(b, 64).to(x.device, torch.float32)
-    kron = _dct_kron(x.device)
+    kron = dct_kron(x.device)
     dtype = x.dtype
     mult = 16 if c == 3 else 8
     ph, pw = (-h) % mult, (-w) % mult

@@ -19,7 +19,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from face2scene_cli.degrade import jpeg_quant_tables
+from face2scene_cli.degrade import dct_kron, jpeg_quant_tables
 
 __all__ = ["JpegTrace", "trace_jpeg"]
 
@@ -59,11 +59,8 @@ class JpegTrace:
 
 @cache
 def _dct_basis() -> Tensor:
-    """kron(D, D) of the orthonormal 8-point DCT-II (JPEG's FDCT scaling), (64, 64)."""
-    n = torch.arange(8, dtype=torch.float64)
-    d = torch.cos((2 * n[None, :] + 1) * n[:, None] * math.pi / 16) * math.sqrt(2 / 8)
-    d[0] /= math.sqrt(2)
-    return torch.kron(d, d)
+    """kron(D, D) of the orthonormal 8-point DCT-II, float64 on the CPU, (64, 64)."""
+    return dct_kron(torch.device("cpu"), torch.float64)
 
 
 @cache
