@@ -51,8 +51,8 @@ def degrade_code(
     if refs is not None:
         diag(
             "warning",
-            "--refs: the reference-based face restorer is not in this version; "
-            "faces are restored by the blind baseline",
+            "--refs: degrade-code reads faces with the blind restorer (FaDeX's estimates "
+            "were validated with it); references are not used here (f2s restore uses them)",
         )
     reader = DegradationReader(load_fadex(model), BlindFaceRestorer())
     det = create_detector(detector, min_face=min_face, max_faces=max_faces)
