@@ -12,6 +12,7 @@ from skimage import data as skdata
 
 from face2scene_cli.degrade import gaussian_blur, jpeg_compress
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.pipeline import describe_degradation
 from face2scene_cli.stages.face_restore import BlindFaceRestorer
 from face2scene_cli.stages.fadex import (
     NUM_STATS,
@@ -19,7 +20,6 @@ from face2scene_cli.stages.fadex import (
     aggregate,
     create_fadex,
     degradation_stats,
-    describe_estimates,
     fadex_s,
     fadex_tiny,
     prepare_pair,
@@ -242,12 +242,12 @@ def test_aggregate_and_summary() -> None:
     est = {"noise_sigma": 12.0, "blur_sigma_px": 0.8, "downscale": 1.0,
            "jpeg_quality": 40.0, "jpeg_prob": 0.9}  # fmt: skip
     assert (
-        describe_estimates(est)
+        describe_degradation(est)
         == "moderate noise (sigma~12/255), mild blur (sigma~0.8 px), JPEG q~40"
     )
     clean = {"noise_sigma": 0.5, "blur_sigma_px": 0.1, "downscale": 1.0,
              "jpeg_quality": 90.0, "jpeg_prob": 0.1}  # fmt: skip
-    assert describe_estimates(clean) == "no visible degradation"
+    assert describe_degradation(clean) == "no visible noise, sharp, no JPEG artefacts"
 
 
 def test_validation_table(photos: list, tmp_path: Path) -> None:

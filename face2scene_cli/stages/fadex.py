@@ -48,7 +48,6 @@ __all__ = [
     "aggregate",
     "create_fadex",
     "degradation_stats",
-    "describe_estimates",
     "fadex_s",
     "fadex_tiny",
     "load_fadex",
@@ -470,30 +469,3 @@ def aggregate(out: FaDeXOutput, confidence: Tensor | None = None) -> dict[str, o
     for key in _ESTIMATE_KEYS:
         result[key] = float((getattr(out, key).detach().float().cpu() * w).sum())
     return result
-
-
-def describe_estimates(est: dict[str, float]) -> str:
-    """A plain-language summary of estimates, e.g. ``"moderate noise (sigma~12/255), mild
-    blur (sigma~0.8 px), JPEG q~40"``.
-
-    Thresholds: noise sigma /255 < 2 none, < 6 slight, < 15 moderate, < 25 strong, else
-    heavy; blur sigma px < 0.5 none, < 1.2 mild, < 2 moderate, else strong; downscale < 1.3
-    none; JPEG when ``jpeg_prob`` >= 0.5 (q < 30 heavy, q >= 75 light).
-    """
-    parts = []
-    n = float(est["noise_sigma"])
-    if n >= 2:
-        level = "slight" if n < 6 else "moderate" if n < 15 else "strong" if n < 25 else "heavy"
-        parts.append(f"{level} noise (sigma~{n:.0f}/255)")
-    b = float(est["blur_sigma_px"])
-    if b >= 0.5:
-        level = "mild" if b < 1.2 else "moderate" if b < 2 else "strong"
-        parts.append(f"{level} blur (sigma~{b:.1f} px)")
-    d = float(est["downscale"])
-    if d >= 1.3:
-        parts.append(f"low resolution (~{d:.1f}x below the pixel grid)")
-    if float(est["jpeg_prob"]) >= 0.5:
-        q = float(est["jpeg_quality"])
-        level = "heavy JPEG" if q < 30 else "light JPEG" if q >= 75 else "JPEG"
-        parts.append(f"{level} q~{q:.0f}")
-    return ", ".join(parts) if parts else "no visible degradation"
