@@ -748,8 +748,17 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
                 table["code"] = evaluate_items(ema_r, val_items, "code")
         return table
 
-    def checkpoint(extra: dict[str, Any]) -> None:
-        _save_checkpoint(ckpt, model, opt, extra)
+    def checkpoint(step: int, wall: float, best: float) -> None:
+        """Weights, EMA, optimizer and the run's state (what ``--resume`` reads back)."""
+        state = {
+            "step": step,
+            "wall_s": wall,
+            "best": best,
+            "phases": phases,
+            "condition": tc.condition,
+            "fadex": fadex_sha,
+        }
+        _save_checkpoint(ckpt, model, opt, state)
         save_file(
             {k: v.contiguous() for k, v in ema.state_dict().items()}, str(ckpt / "ema.safetensors")
         )
@@ -846,29 +855,11 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
                 )
             last_val = time.monotonic()
         if time.monotonic() - last_ckpt > config.logging.checkpoint_every_s or ending:
-            checkpoint(
-                {
-                    "step": step,
-                    "wall_s": wall,
-                    "best": best,
-                    "phases": phases,
-                    "condition": tc.condition,
-                    "fadex": fadex_sha,
-                }
-            )
+            checkpoint(step, wall, best)
             last_ckpt = time.monotonic()
     log.close()
     wall = wall_before + time.monotonic() - t0
-    checkpoint(
-        {
-            "step": step,
-            "wall_s": wall,
-            "best": best,
-            "phases": phases,
-            "condition": tc.condition,
-            "fadex": fadex_sha,
-        }
-    )
+    checkpoint(step, wall, best)
     result = {
         "steps": step,
         "wall_s": wall,
