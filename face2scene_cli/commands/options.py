@@ -6,6 +6,7 @@ layer can tell "not given" from a value: defaults < ``--config`` file < environm
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -256,6 +257,28 @@ TrainingConfig = Annotated[
 ]
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")
+]
+
+
+class TrainDevice(str, Enum):
+    """Where a training run computes."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+TRAIN_RUN = "Run"  # help panel of the training overrides
+TrainingDevice = Annotated[
+    TrainDevice | None,
+    typer.Option(
+        "--device", rich_help_panel=TRAIN_RUN, help="Override train.device.", show_default=False
+    ),
+]
+RunDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir", rich_help_panel=TRAIN_RUN, help="Override logging.run_dir.", show_default=False
+    ),
 ]
 
 Tile = Annotated[

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from face2scene_cli.commands.options import Resume, TrainingConfig
+from face2scene_cli.commands import options as o
 from face2scene_cli.commands.runner import cli_errors
 
 app = typer.Typer(help="Train f2s networks from YAML configs.", no_args_is_help=True)
-
-RUN = "Run"
 
 
 @app.callback()
@@ -22,41 +19,30 @@ def main() -> None:
     """Train f2s networks from YAML configs (BasicSR-style sections)."""
 
 
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 @app.command("fadex")
 @cli_errors
 def train_fadex(
-    config: TrainingConfig = Path("configs/fadex.yaml"),
-    resume: Resume = False,
+    config: o.TrainingConfig = Path("configs/fadex.yaml"),
+    resume: o.Resume = False,
     steps: Annotated[
         int | None,
         typer.Option(
-            "--steps", min=1, rich_help_panel=RUN, help="Override train.steps.", show_default=False
+            "--steps",
+            min=1,
+            rich_help_panel=o.TRAIN_RUN,
+            help="Override train.steps.",
+            show_default=False,
         ),
     ] = None,
-    device: Annotated[
-        Device | None,
-        typer.Option(
-            "--device", rich_help_panel=RUN, help="Override train.device.", show_default=False
-        ),
-    ] = None,
-    run_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--run-dir", rich_help_panel=RUN, help="Override logging.run_dir.", show_default=False
-        ),
-    ] = None,
+    device: o.TrainingDevice = None,
+    run_dir: o.RunDir = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
             "--init-from",
             exists=True,
             dir_okay=False,
-            rich_help_panel=RUN,
+            rich_help_panel=o.TRAIN_RUN,
             help="Warm-start weights (a checkpoint's model.safetensors).",
             show_default=False,
         ),
@@ -66,7 +52,7 @@ def train_fadex(
         typer.Option(
             "--wall-limit",
             min=1,
-            rich_help_panel=RUN,
+            rich_help_panel=o.TRAIN_RUN,
             help="Stop after this many minutes (the LR schedule follows the limit).",
             show_default=False,
         ),

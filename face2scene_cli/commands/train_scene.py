@@ -9,10 +9,8 @@ from typing import Annotated
 
 import typer
 
-from face2scene_cli.commands.options import Resume, TrainingConfig
+from face2scene_cli.commands import options as o
 from face2scene_cli.commands.runner import cli_errors
-
-RUN = "Run"
 
 
 class Condition(str, Enum):
@@ -20,20 +18,15 @@ class Condition(str, Enum):
     code = "code"
 
 
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 @cli_errors
 def train_scene(
-    config: TrainingConfig = Path("configs/scene.yaml"),
-    resume: Resume = False,
+    config: o.TrainingConfig = Path("configs/scene.yaml"),
+    resume: o.Resume = False,
     condition: Annotated[
         Condition | None,
         typer.Option(
             "--condition",
-            rich_help_panel=RUN,
+            rich_help_panel=o.TRAIN_RUN,
             show_default=False,
             help="Override train.condition (blind: null tokens; code: FaDeX codes).",
         ),
@@ -42,7 +35,7 @@ def train_scene(
         Path | None,
         typer.Option(
             "--init-from",
-            rich_help_panel=RUN,
+            rich_help_panel=o.TRAIN_RUN,
             show_default=False,
             file_okay=False,
             help="Warm-start from a run's checkpoint folder (e.g. the blind phase).",
@@ -53,23 +46,13 @@ def train_scene(
         typer.Option(
             "--minutes",
             min=0.1,
-            rich_help_panel=RUN,
+            rich_help_panel=o.TRAIN_RUN,
             show_default=False,
             help="Override train.max_minutes (wall clock, cache building included).",
         ),
     ] = None,
-    device: Annotated[
-        Device | None,
-        typer.Option(
-            "--device", rich_help_panel=RUN, show_default=False, help="Override train.device."
-        ),
-    ] = None,
-    run_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--run-dir", rich_help_panel=RUN, show_default=False, help="Override logging.run_dir."
-        ),
-    ] = None,
+    device: o.TrainingDevice = None,
+    run_dir: o.RunDir = None,
 ) -> None:
     """Train MapNet + the scene network on degraded crops of the training photos; the best
     validation weights are exported to logging.export_to (a model folder with metadata and
