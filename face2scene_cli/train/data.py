@@ -52,6 +52,7 @@ __all__ = [
     "Operator",
     "PhotoBank",
     "apply_operator",
+    "config_section",
     "downscale_upscale",
     "group_worker",
     "load_splits",
@@ -458,3 +459,22 @@ def crop_batch(t: torch.Tensor, size: int, rng: np.random.Generator) -> tuple[in
     if size > s:
         raise ValueError(f"sub-crop {size} is larger than the crops ({s})")
     return int(rng.integers(0, s - size + 1)), int(rng.integers(0, s - size + 1))
+
+
+def config_section(cls: type, data: Any, name: str) -> Any:
+    """One section of a training YAML as the dataclass ``cls`` (None: its defaults); a
+    non-mapping, unknown keys or bad values are ConfigErrors naming the section. Lists become
+    tuples (frozen dataclasses)."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must be a mapping, got {data!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {name}: {', '.join(unknown)}; known: {sorted(names)}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**clean)
+    except TypeError as err:
+        raise ConfigError(f"{name}: {err}") from err

@@ -47,6 +47,7 @@ from face2scene_cli.train.data import (
     Operator,
     PhotoBank,
     apply_operator,
+    config_section,
     group_worker,
     load_splits,
 )
@@ -173,22 +174,6 @@ class FaDeXTrainConfig:
         )
 
 
-def _section(cls: type, data: Any, name: str) -> Any:
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must be a mapping, got {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {name}: {', '.join(unknown)}; known: {sorted(names)}")
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    try:
-        return cls(**clean)
-    except TypeError as err:
-        raise ConfigError(f"{name}: {err}") from err
-
-
 def load_train_config(path: Path) -> FaDeXTrainConfig:
     """Read a FaDeX training YAML (safe_load); unknown sections or keys are refused."""
     try:
@@ -211,7 +196,7 @@ def load_train_config(path: Path) -> FaDeXTrainConfig:
     if "overrides" in net and isinstance(net["overrides"], dict):
         net = dict(net, overrides=dict(net["overrides"]))
         doc["network"] = net
-    parts = {k: _section(cls, doc.get(k), k) for k, cls in sections.items()}
+    parts = {k: config_section(cls, doc.get(k), k) for k, cls in sections.items()}
     if isinstance(parts["network"].overrides, tuple):
         raise ConfigError("network.overrides must be a mapping")
     cfg = FaDeXTrainConfig(**parts)

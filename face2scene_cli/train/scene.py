@@ -57,7 +57,13 @@ from face2scene_cli.stages.scene import (
     SceneRestorer,
     create_scene_net,
 )
-from face2scene_cli.train.data import PhotoBank, _dlib_faces, downscale_upscale, load_splits
+from face2scene_cli.train.data import (
+    PhotoBank,
+    _dlib_faces,
+    config_section,
+    downscale_upscale,
+    load_splits,
+)
 
 __all__ = [
     "SceneTrainConfig",
@@ -189,21 +195,6 @@ class SceneTrainConfig:
         return dataclasses.asdict(self)
 
 
-def _section(cls: type, data: Any, name: str) -> Any:
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must be a mapping, got {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in {name}: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**fixed)
-
-
 def load_scene_config(path: Path, **overrides: dict[str, Any]) -> SceneTrainConfig:
     """Read the YAML config (``yaml.safe_load``); ``overrides`` = ``{section: {key: value}}``."""
     try:
@@ -217,11 +208,11 @@ def load_scene_config(path: Path, **overrides: dict[str, Any]) -> SceneTrainConf
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(set(doc) - known))}")
     return SceneTrainConfig(
         name=str(doc.get("name", "scene-embedded")),
-        data=_section(DataSection, doc.get("data"), "data"),
-        network=_section(NetworkSection, doc.get("network"), "network"),
-        train=_section(TrainSection, doc.get("train"), "train"),
-        val=_section(ValSection, doc.get("val"), "val"),
-        logging=_section(LoggingSection, doc.get("logging"), "logging"),
+        data=config_section(DataSection, doc.get("data"), "data"),
+        network=config_section(NetworkSection, doc.get("network"), "network"),
+        train=config_section(TrainSection, doc.get("train"), "train"),
+        val=config_section(ValSection, doc.get("val"), "val"),
+        logging=config_section(LoggingSection, doc.get("logging"), "logging"),
     )
 
 
