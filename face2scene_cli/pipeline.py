@@ -286,7 +286,7 @@ class DegradationReader:
             lq = to_tensor(np.ascontiguousarray(crop.crop[y0:y1, x0:x1]))[0]
             box = (crop.box[0] + x0, crop.box[1] + y0, crop.box[0] + x1, crop.box[1] + y1)
             refs = None
-            if references is not None:
+            if references is not None and self.restorer.uses_references:
                 refs = [warp_reference(r, face, box) for r in references[index]]
             crops.append(_Crop(image, index, face, box, lq, refs))
         return crops
