@@ -109,6 +109,19 @@ def test_tiled_equals_whole_image_on_a_real_photo(tiny_restorer, astronaut) -> N
     assert float(err.max()) < 0.02
 
 
+def test_refinement_is_position_local_so_tiles_still_match(astronaut) -> None:
+    torch.manual_seed(0)
+    net = scene_tiny(token_dim=32, refine_channels=8)
+    _randomise(net, 2)
+    restorer = SceneRestorer(net, RestoreSettings(), mapnet_tiny(cross_attention_dim=32))
+    x = astronaut[..., :320, :384]
+    whole = restorer.restore(x, None, tile=512)
+    assert float(psnr_torch(restorer.restore(x, None, tile=192), whole)[0]) >= 40.0
+    with torch.no_grad():  # the refinement changes the result
+        net.refine[-1].weight.zero_()
+        assert float((restorer.restore(x, None, tile=512) - whole).abs().max()) > 1e-3
+
+
 def test_blind_mode_uses_mapnet_null_tokens_and_codes_matter(tiny_restorer, astronaut) -> None:
     x = astronaut[..., 100:228, 150:278]
     blind = tiny_restorer.restore(x, None)

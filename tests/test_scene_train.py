@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from face2scene_cli import degrade as D
-from face2scene_cli.stages.fadex import fadex_tiny
+from face2scene_cli.stages.fadex import FaDeX, fadex_tiny
 from face2scene_cli.stages.scene import SceneRestorer
 from face2scene_cli.train.scene import (
     DataSection,
@@ -126,10 +126,29 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     # the export is a verified zoo folder that records the FaDeX it was trained with
     info = read_model_info(tmp_path / "export")
     assert verify_model(info) == []
-    assert info.trained_with == {"fadex": fadex_sha}
+    assert info.trained_with["fadex"] == fadex_sha
+    fadex = FaDeX.from_pretrained(str(tiny_zoo[0] / "fadex-tiny"))
+    assert info.trained_with["fadex_encoder"] == fadex.encoder_sha256()
     restorer = SceneRestorer.from_pretrained(tmp_path / "export")
     out = restorer.restore(torch.rand(1, 3, 40, 40), None)
     assert out.shape == (1, 3, 40, 40) and torch.isfinite(out).all()
+
+
+def test_warm_start_adds_a_refinement_and_refuses_other_mismatches(tmp_path: Path) -> None:
+    from face2scene_cli.errors import ConfigError
+    from face2scene_cli.stages.mapnet import mapnet_tiny
+    from face2scene_cli.stages.scene import scene_tiny
+    from face2scene_cli.train.scene import _ckpt_modules, _load_warm
+
+    torch.manual_seed(0)
+    old = _ckpt_modules(scene_tiny(), mapnet_tiny(cross_attention_dim=16))
+    new = _ckpt_modules(scene_tiny(refine_channels=8), mapnet_tiny(cross_attention_dim=16))
+    _load_warm(new, old.state_dict(), tmp_path)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():  # the zero-initialised refinement starts where the old net was
+        assert torch.equal(new["net"](x), old["net"](x))
+    with pytest.raises(ConfigError, match="does not fit"):
+        _load_warm(old, new.state_dict(), tmp_path)
 
 
 def test_code_condition_needs_dropout_and_fadex(tmp_path: Path) -> None:

@@ -87,3 +87,36 @@ def train_fadex(
             indent=2,
         )
     )
+
+
+@app.command("fadex-heads")
+@cli_errors
+def train_fadex_heads(
+    config: o.TrainingConfig = Path("configs/fadex.yaml"),
+    source: Annotated[
+        Path,
+        typer.Option(
+            "--from",
+            exists=True,
+            file_okay=False,
+            help="FaDeX model folder whose encoder is kept (Z unchanged).",
+        ),
+    ] = Path("models/fadex-s"),
+    run_dir: Annotated[
+        Path, typer.Option("--run-dir", rich_help_panel=o.TRAIN_RUN, help="Run folder.")
+    ] = Path("runs/fadex-heads"),
+    groups: Annotated[
+        int, typer.Option("--groups", min=20, help="Operator groups to make (8 crops each).")
+    ] = 2000,
+    steps: Annotated[int, typer.Option("--steps", min=1, rich_help_panel=o.TRAIN_RUN)] = 6000,
+    orth_weight: Annotated[
+        float,
+        typer.Option("--orth-weight", min=0.0, help="Weight of the squared-cosine term."),
+    ] = 1.0,
+) -> None:
+    """Retrain FaDeX's code and regression heads on its frozen encoder (cached descriptors);
+    the weights go to RUN_DIR/heads-<time>, with their table on crops of TRAINING photos."""
+    from face2scene_cli.train.fadex_heads import HeadsConfig, run_heads
+
+    hc = HeadsConfig(groups=groups, steps=steps, orth_weight=orth_weight)
+    typer.echo(json.dumps(run_heads(config, source, run_dir, hc), indent=2))

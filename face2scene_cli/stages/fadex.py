@@ -27,6 +27,7 @@ Units of the estimates (all in SOURCE-image pixels of that native crop):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,8 @@ class FaDeXOutput:
         code: :math:`(B, D)` unit-norm degradation code: ``normalize(q - code_center)``, the
             projection centred on its mean over the training degradations (see
             :meth:`FaDeX.set_code_center`; equal to ``q`` while the centre is zero).
-        z: :math:`(B, C_z, H/8, W/8)` spatial feature map Z (MapNet's input).
+        z: :math:`(B, C_z, H/8, W/8)` spatial feature map Z (MapNet's input); None from
+            :meth:`FaDeX.heads` without it.
         noise_sigma: :math:`(B,)` Gaussian noise sigma, /255 units, >= 0.
         blur_sigma_px: :math:`(B,)` Gaussian blur sigma in source pixels, >= 0.
         downscale: :math:`(B,)` resolution-loss factor, >= 1 (see module docstring).
@@ -80,7 +82,7 @@ class FaDeXOutput:
     """
 
     code: Tensor
-    z: Tensor
+    z: Tensor | None
     noise_sigma: Tensor
     blur_sigma_px: Tensor
     downscale: Tensor
@@ -314,6 +316,16 @@ class FaDeX(ModelMixin, ConfigMixin):
             )
         self.code_center.copy_(center.to(self.code_center))
 
+    def encoder_sha256(self) -> str:
+        """sha256 of the encoder's weights (stem and stages, in state-dict order, fp32 bytes):
+        two FaDeX models with the same value give the same Z, whatever their heads."""
+        digest = hashlib.sha256()
+        for name, t in self.state_dict().items():
+            if name.startswith(("stem.", "stages.")):
+                digest.update(name.encode())
+                digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     @property
     def z_channels(self) -> int:
         """Channels of the spatial map Z."""
@@ -340,36 +352,40 @@ class FaDeX(ModelMixin, ConfigMixin):
             h = stage(h)
         return h
 
-    def forward(self, lq: Tensor, hq: Tensor, read_jpeg_trace: bool = True) -> FaDeXOutput:
-        r"""Code, Z and estimates for a batch of (LQ, HQ) native crops.
+    def features(self, lq: Tensor, hq: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Z and the pooled descriptor the heads read.
 
         Args:
-            lq: :math:`(B, C, H, W)` float in [0, 1], C in {1, 3}, H, W >= 16.
-            hq: the restored crops, same shape.
-            read_jpeg_trace: where the LQ crop still carries a JPEG quantisation grid
-                (:func:`~face2scene_cli.stages.jpeg_trace.trace_jpeg`), report the quality
-                measured from it (and ``jpeg_prob`` 1) instead of the regression head's;
-                training turns it off so the heads get their gradients.
+            lq, hq: as :meth:`forward`.
 
         Returns:
-            :class:`FaDeXOutput`.
+            ``z`` :math:`(B, C_z, H/8, W/8)` and ``pooled`` :math:`(B, F)`: spatial mean and
+            standard deviation of Z (and, with ``stat_features``, the
+            :func:`degradation_stats`).
         """
-        # 1. stack the pair (gray -> 3 channels, sides to multiples of 8)
         x = prepare_pair(lq, hq)
-        # 2. encode to Z
         z = self.encode(x)
-        # 3. pooled descriptor: mean and standard deviation over space
         flat = z.flatten(2)
         pooled = torch.cat([flat.mean(2), flat.std(2, unbiased=False)], dim=1)
         if self.config.stat_features:
             pooled = torch.cat([pooled, degradation_stats(x[:, :3], x[:, 3:])], dim=1)
-        # 4. heads
+        return z, pooled
+
+    def heads(
+        self, pooled: Tensor, z: Tensor | None = None, lq: Tensor | None = None
+    ) -> FaDeXOutput:
+        r"""Code and estimates from the pooled descriptor :math:`(B, F)` of :meth:`features`.
+
+        ``z`` is passed through to the output; with ``lq`` (the LQ crops), the JPEG estimates
+        come from its quantisation trace where one is found
+        (:func:`~face2scene_cli.stages.jpeg_trace.trace_jpeg`).
+        """
         q = F.normalize(self.proj(pooled), dim=1)
         code = F.normalize(q - self.code_center, dim=1)
         r = self.reg(pooled)
         jpeg_quality = (r[:, 3] * JPEG_SCALE + 60.0).clamp(1.0, 100.0)
         jpeg_prob = torch.sigmoid(r[:, 4])
-        if read_jpeg_trace:
+        if lq is not None:
             trace = trace_jpeg(lq)
             found = trace.found.to(r.device)
             jpeg_quality = torch.where(found, trace.quality.to(r), jpeg_quality)
@@ -385,6 +401,23 @@ class FaDeX(ModelMixin, ConfigMixin):
             jpeg_logit=r[:, 4],
             q=q,
         )
+
+    def forward(self, lq: Tensor, hq: Tensor, read_jpeg_trace: bool = True) -> FaDeXOutput:
+        r"""Code, Z and estimates for a batch of (LQ, HQ) native crops.
+
+        Args:
+            lq: :math:`(B, C, H, W)` float in [0, 1], C in {1, 3}, H, W >= 16.
+            hq: the restored crops, same shape.
+            read_jpeg_trace: where the LQ crop still carries a JPEG quantisation grid
+                (:func:`~face2scene_cli.stages.jpeg_trace.trace_jpeg`), report the quality
+                measured from it (and ``jpeg_prob`` 1) instead of the regression head's;
+                training turns it off so the heads get their gradients.
+
+        Returns:
+            :class:`FaDeXOutput`.
+        """
+        z, pooled = self.features(lq, hq)
+        return self.heads(pooled, z, lq if read_jpeg_trace else None)
 
 
 # ------------------------------------------------------------------------------------------

@@ -294,7 +294,8 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
 
     ``out = lq + pixel_shuffle(UNet(pixel_unshuffle(lq - 0.5), t=0, context))`` (with the
     optional full-resolution head/tail: ``f = silu(head(lq - 0.5))``,
-    ``out = lq + tail(silu(f + pixel_shuffle(UNet(pixel_unshuffle(f), ...))))``), every
+    ``out = lq + tail(silu(f + pixel_shuffle(UNet(pixel_unshuffle(f), ...))))``; and with the
+    optional full-resolution refinement: ``out + refine([lq - 0.5, out - 0.5])``), every
     GroupNorm replaced by a position-local one, cross-attention only, and the UNet's last
     convolution initialised small (an untrained net is close to the identity).
 
@@ -312,7 +313,12 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
             cross-attention; the others are plain ResNet levels.
         ff_mult: width multiplier of the transformer feed-forward (diffusers builds 4x).
         head_channels: width of an optional full-resolution 3x3 conv head (before the
-            unshuffle) and tail (after the shuffle); 0 = none (shipped).
+            unshuffle) and tail (after the shuffle); 0 = none.
+        refine_channels: width of an optional full-resolution refinement: ``refine_layers``
+            3x3 convs on ``[lq, coarse]`` (the UNet's output) adding a residual to ``coarse``
+            (per-pixel detail a 4x-reduced grid cannot carry, e.g. noise); its last conv
+            starts at zero, so a net warm-started without it begins where it was; 0 = none.
+        refine_layers: convolutions of the refinement (>= 2).
         out_init_std: standard deviation of the last layer's initial weights (small: an
             untrained net is close to the identity).
         norm_num_groups: groups of the group norms.
@@ -339,6 +345,8 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         ff_mult: int = 2,
         head_channels: int = 0,
         out_init_std: float = 1e-3,
+        refine_channels: int = 0,
+        refine_layers: int = 4,
     ) -> None:
         super().__init__()
         if norm not in _NORMS:
@@ -356,6 +364,11 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
             )
         if unshuffle not in (1, 2, 4, 8):
             raise ConfigError(f"unshuffle must be 1, 2, 4 or 8, got {unshuffle}")
+        if refine_channels < 0 or refine_layers < 2:
+            raise ConfigError(
+                f"need refine_channels >= 0 and refine_layers >= 2, got {refine_channels}, "
+                f"{refine_layers}"
+            )
         self.cond = TokenConditioner(token_dim, n_tokens, prompt_tokens, cross_attention_dim)
         io = 3 * unshuffle**2
         if head_channels:
@@ -375,6 +388,18 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
             attention_levels,
         )
         self._slim_transformers(ff_mult)
+        if refine_channels:
+            self.refine = self._build_refine(refine_channels, refine_layers)
+
+    @staticmethod
+    def _build_refine(ch: int, layers: int) -> nn.Sequential:
+        mods: list[nn.Module] = [nn.Conv2d(6, ch, 3, padding=1)]
+        for _ in range(layers - 2):
+            mods += [nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1)]
+        mods += [nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
+        nn.init.zeros_(mods[-1].weight)
+        nn.init.zeros_(mods[-1].bias)
+        return nn.Sequential(*mods)
 
     def _build_unet(
         self,
@@ -449,9 +474,11 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         t = torch.zeros(lq.shape[0], device=lq.device)
         res = F.pixel_shuffle(self.unet(x, t, encoder_hidden_states=ctx.to(x.dtype)).sample, r)
         # 4. residual on the full grid (through the full-resolution tail)
-        if self.config.head_channels:
-            return lq + self.tail(F.silu(f + res))
-        return lq + res
+        out = lq + self.tail(F.silu(f + res)) if self.config.head_channels else lq + res
+        # 5. full-resolution refinement of the coarse result
+        if self.config.refine_channels:
+            out = out + self.refine(torch.cat([lq - 0.5, out - 0.5], dim=1))
+        return out
 
 
 class TurboSceneNet(ModelMixin, ConfigMixin):
@@ -580,8 +607,15 @@ class TurboSceneNet(ModelMixin, ConfigMixin):
 
 def scene_embedded(**overrides: Any) -> EmbeddedSceneNet:
     """The shipped ``embedded`` network: 4x unshuffle, widths (32, 64, 128), 1 layer per
-    level, cross-attention at the lowest level and the mid block, no normalisation (~3.3 M)."""
-    cfg = {"block_out_channels": (32, 64, 128), "norm_num_groups": 8, "attention_head_dim": 32}
+    level, cross-attention at the lowest level and the mid block, no normalisation, and a
+    full-resolution refinement of 4 convs x 48 channels (~3.36 M)."""
+    cfg = {
+        "block_out_channels": (32, 64, 128),
+        "norm_num_groups": 8,
+        "attention_head_dim": 32,
+        "refine_channels": 48,
+        "refine_layers": 4,
+    }
     return EmbeddedSceneNet(**{**cfg, **overrides})
 
 

@@ -480,6 +480,18 @@ def _ckpt_modules(net: torch.nn.Module, mapnet: MapNet) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict({"net": net, "mapnet": mapnet})
 
 
+def _load_warm(model: torch.nn.Module, state: dict[str, Tensor], src: Path) -> None:
+    """Warm start from ``state``; only the layers of a newly added full-resolution refinement
+    (``net.refine.*``, zero-initialised) may be missing from it."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    new_layers = [k for k in missing if not k.startswith("net.refine.")]
+    if new_layers or unexpected:
+        raise ConfigError(
+            f"train.init_from {src} does not fit the network: missing {new_layers[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+
+
 def _deadline(tc: TrainSection, start: float) -> float:
     """Monotonic time at which to stop (max_minutes, and the UTC deadline if given)."""
     end = start + tc.max_minutes * 60
@@ -638,11 +650,15 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         save_cache(cache_dir, cache)
         (cache_dir / "key.json").write_text(key)
     fadex, fadex_sha, z_ch = _fadex(config.network.fadex)
+    # the scene model depends on Z only: the encoder's hash says which FaDeX heads fit it too
+    trained_with = (
+        {"fadex": fadex_sha, "fadex_encoder": fadex.encoder_sha256()} if fadex is not None else {}
+    )
     codes = None
     if tc.condition == "code":
         if fadex is None:
             raise ConfigError(f"train.condition=code needs FaDeX weights ({config.network.fadex})")
-        code_file = cache_dir / f"codes-{fadex_sha[:16]}.safetensors"
+        code_file = cache_dir / f"codes-{trained_with['fadex_encoder'][:16]}.safetensors"
         if code_file.is_file():
             codes = load_file(str(code_file))["z"]
         else:
@@ -709,8 +725,8 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         else:  # a run's checkpoint folder
             state = load_file(str(src / "ema.safetensors"))
             prev = json.loads((src / "state.json").read_text(encoding="utf-8"))
-        model.load_state_dict(state)
-        ema.load_state_dict(state)
+        _load_warm(model, state, src)
+        _load_warm(ema, state, src)
         phases = [
             *prev.get("phases", []),
             {
@@ -834,7 +850,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
                     "val": row,
                     "val_input": input_table["means"],
                     "config": config.to_dict(),
-                    "trained_with": {"fadex": fadex_sha} if fadex_sha else {},
+                    "trained_with": trained_with,
                 }
                 export_model(
                     Path(config.logging.export_to),
