@@ -106,17 +106,27 @@ def train_fadex_heads(
         Path, typer.Option("--run-dir", rich_help_panel=o.TRAIN_RUN, help="Run folder.")
     ] = Path("runs/fadex-heads"),
     groups: Annotated[
-        int, typer.Option("--groups", min=20, help="Operator groups to make (8 crops each).")
-    ] = 2000,
-    steps: Annotated[int, typer.Option("--steps", min=1, rich_help_panel=o.TRAIN_RUN)] = 6000,
+        int | None,
+        typer.Option("--groups", min=20, help="Operator groups to make [default: 2000]."),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", min=1, rich_help_panel=o.TRAIN_RUN, help="[default: 12000]"),
+    ] = None,
     orth_weight: Annotated[
-        float,
-        typer.Option("--orth-weight", min=0.0, help="Weight of the squared-cosine term."),
-    ] = 1.0,
+        float | None,
+        typer.Option("--orth-weight", min=0.0, help="Squared-cosine weight [default: 3]."),
+    ] = None,
+    align_weight: Annotated[
+        float | None,
+        typer.Option("--align-weight", min=0.0, help="(1 - cos)^2 weight [default: 2]."),
+    ] = None,
 ) -> None:
     """Retrain FaDeX's code and regression heads on its frozen encoder (cached descriptors);
     the weights go to RUN_DIR/heads-<time>, with their table on crops of TRAINING photos."""
     from face2scene_cli.train.fadex_heads import HeadsConfig, run_heads
 
-    hc = HeadsConfig(groups=groups, steps=steps, orth_weight=orth_weight)
+    given = {"groups": groups, "steps": steps, "orth_weight": orth_weight}
+    given["align_weight"] = align_weight
+    hc = HeadsConfig(**{k: v for k, v in given.items() if v is not None})
     typer.echo(json.dumps(run_heads(config, source, run_dir, hc), indent=2))

@@ -2,19 +2,27 @@
 
 The spatial map Z (what MapNet and the scene restorer read) comes from the encoder only, so
 retraining the projection and regression heads leaves Z, and every scene model trained on
-it, bit-identical. Because the encoder is frozen, each crop's pooled descriptor
-(:meth:`FaDeX.features`) is computed once and cached; the heads then train for many epochs
-on the cached descriptors in minutes instead of hours.
+it, bit-identical (:meth:`FaDeX.encoder_sha256` proves it). Because the encoder is frozen,
+each crop's pooled descriptor (:meth:`FaDeX.features`) is computed once and cached; the heads
+then train for many epochs on the cached descriptors in a minute instead of hours.
 
-Loss on the projection: supervised contrastive (positives = the same operator on other
-content) plus ``orth_weight`` x the mean squared cosine between codes of different operators
-in the batch. SupCon alone stops pushing a negative away once it is far below the positives
-(at temperature 0.1, a cosine of 0.5 already weighs e^-5), which left clearly different
-operators (blur 1 vs 2.5 px, JPEG 20 vs 50) at cosines of 0.6-0.85; the squared-cosine term
-asks for orthogonal codes, the paper's Fig. 3. Regression: :func:`regression_loss`.
+What changes against the first release of ``fadex-s``:
 
-``python -m face2scene_cli.train.fadex_heads --config configs/fadex.yaml --from models/fadex-s
---run-dir runs/fadex-heads`` (``f2s train fadex --heads-only``).
+* Loss on the projection: supervised contrastive (positives = the same operator on other
+  content) + ``orth_weight`` x the mean squared cosine between codes of different operators
+  + ``align_weight`` x the mean ``(1 - cos)^2`` between codes of the same operator. SupCon
+  alone stops pushing a negative once it is far below the positives (at temperature 0.1, a
+  cosine of 0.5 already weighs e^-5), which left clearly different operators (blur 1 vs
+  2.5 px, JPEG 20 vs 50) at cosines of 0.6-0.85; the squared-cosine term asks for orthogonal
+  codes, the paper's Fig. 3.
+* Head inputs: the edge widths (:func:`~face2scene_cli.stages.fadex.edge_widths`) and what
+  the JPEG quantisation trace found.
+* The blur head learns the :func:`~face2scene_cli.train.fadex.effective_blur` (optical blur
+  and resolution loss as one Gaussian sigma), which a crop can show, instead of the optical
+  blur alone, which it cannot tell from a down-then-up resampling.
+
+``f2s train fadex-heads --from models/fadex-s --run-dir runs/fadex-heads`` (or
+``python -m face2scene_cli.train.fadex_heads``); :func:`export_heads` releases the result.
 """
 
 from __future__ import annotations
@@ -48,8 +56,10 @@ __all__ = [
     "HeadsConfig",
     "build_features",
     "build_groups",
+    "export_heads",
     "heads_loss",
     "train_heads",
+    "with_new_heads",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,23 +79,28 @@ class HeadsConfig:
         lr, weight_decay: AdamW; the learning rate decays to 5% with a cosine.
         temperature: SupCon temperature.
         orth_weight: weight of the squared-cosine term between different operators.
+        align_weight: weight of ``(1 - cos)^2`` between crops of the same operator.
         reg_weight: weight of the regression loss.
+        edge_features, trace_features: the heads' extra inputs (see :class:`FaDeX`).
         dev_groups: the last groups, held out of training to report the dev loss.
         seed: drives the operators, the crops and the batches.
     """
 
-    groups: int = 1200
+    groups: int = 2000
     views: int = 2
     sizes: tuple[int, ...] = (96, 112, 128)
-    steps: int = 6000
+    steps: int = 12000
     ops_per_batch: int = 16
     crops_per_op: int = 4
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1
-    orth_weight: float = 1.0
+    orth_weight: float = 3.0
+    align_weight: float = 2.0
     reg_weight: float = 1.0
     dev_groups: int = 100
+    edge_features: bool = True
+    trace_features: bool = True
     seed: int = 0
 
 
@@ -97,6 +112,21 @@ class FeatureSet:
     features: Tensor
     group: Tensor
     labels: Tensor
+
+
+def with_new_heads(source: FaDeX, **config: Any) -> FaDeX:
+    """A FaDeX with ``source``'s encoder (copied) and freshly initialised heads, its config
+    changed by ``config`` (head inputs and widths only; Z stays the same)."""
+    # (diffusers' private keys, e.g. _use_default_values, would reset the new options)
+    base = {k: v for k, v in source.config.items() if not k.startswith("_")}
+    model = FaDeX.from_config({**base, **config})
+    enc = {k: v for k, v in source.state_dict().items() if k.startswith(("stem.", "stages."))}
+    missing, unexpected = model.load_state_dict(enc, strict=False)
+    if unexpected or any(k.startswith(("stem.", "stages.")) for k in missing):
+        raise ValueError(
+            f"encoder does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model
 
 
 def build_groups(
@@ -170,16 +200,25 @@ def build_features(
 def heads_loss(
     model: FaDeX, feats: Tensor, group: Tensor, labels: Tensor, hc: HeadsConfig
 ) -> tuple[Tensor, dict[str, float]]:
-    """SupCon + ``orth_weight`` x mean squared cosine across operators + regression."""
+    """SupCon + ``orth_weight`` x mean squared cosine across operators + ``align_weight`` x
+    mean (1 - cos)^2 within an operator + regression."""
     out = model.heads(feats)
     q = out.q
     sim = q @ q.T
     neg = group[:, None] != group[None, :]
+    pos = ~neg & ~torch.eye(len(group), dtype=torch.bool, device=group.device)
     orth = (sim[neg] ** 2).mean()
+    align = ((1 - sim[pos]) ** 2).mean()
     sup = supcon_loss(q, group, hc.temperature)
     reg, parts = regression_loss(out, labels)
-    total = sup + hc.orth_weight * orth + hc.reg_weight * reg
-    return total, {"supcon": float(sup), "orth": float(orth), "reg": float(reg), **parts}
+    total = sup + hc.orth_weight * orth + hc.align_weight * align + hc.reg_weight * reg
+    return total, {
+        "supcon": sup.item(),
+        "orth": orth.item(),
+        "align": align.item(),
+        "reg": reg.item(),
+        **parts,
+    }
 
 
 def _batches(fs: FeatureSet, groups: Tensor, hc: HeadsConfig, rng: np.random.Generator):
@@ -244,7 +283,9 @@ def load_or_build_features(
 ) -> FeatureSet:
     """:func:`build_features`, cached in ``run_dir`` under the encoder's hash, the views and
     the seed (the heads do not change the descriptors)."""
-    key = f"{model.encoder_sha256()[:16]}-{len(shards)}x-v{hc.views}-s{hc.seed}"
+    c = model.config
+    inputs = f"st{int(c.stat_features)}e{int(c.edge_features)}t{int(c.trace_features)}"
+    key = f"{model.encoder_sha256()[:16]}-{inputs}-{len(shards)}x-v{hc.views}-s{hc.seed}"
     path = run_dir / f"features-{key}.safetensors"
     if path.is_file():
         d = load_file(str(path))
@@ -267,7 +308,8 @@ def run_heads(
     splits = load_splits(Path(cfg.data.splits))
     t0 = time.monotonic()
     shards = build_groups(cfg, splits["train"], hc.groups, hc.seed, run_dir / "groups")
-    model = FaDeX.from_pretrained(str(source), use_safetensors=True, low_cpu_mem_usage=False)
+    src = FaDeX.from_pretrained(str(source), use_safetensors=True, low_cpu_mem_usage=False)
+    model = with_new_heads(src, edge_features=hc.edge_features, trace_features=hc.trace_features)
     model.eval().requires_grad_(False)
     fs = load_or_build_features(model, shards, hc, run_dir)
     t_data = time.monotonic() - t0
@@ -292,6 +334,58 @@ def run_heads(
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return {"out": str(out), "dev": dev["summary"], "wall_s": result["wall_s"]}
+
+
+def export_heads(trained: Path, dest: Path, config: Path) -> dict[str, Any]:
+    """Release heads retrained by :func:`run_heads` (``trained``: its ``heads-*`` folder) into
+    the zoo folder ``dest`` of the FaDeX they were trained on.
+
+    Refuses unless the encoder is bit-identical to ``dest``'s (so Z, and every scene model
+    trained on it, stay valid). Computes the held-out table once (the held-out photos were not
+    used before this point), writes the weights, ``val_table.json`` and ``metadata.json``
+    (training stages extended with this one, ``encoder_sha256``); the model card's text is
+    edited by hand from the returned table.
+    """
+    from face2scene_cli.train.fadex import load_train_config
+    from face2scene_cli.zoo import write_metadata
+
+    model = FaDeX.from_pretrained(str(trained), use_safetensors=True, low_cpu_mem_usage=False)
+    old = FaDeX.from_pretrained(str(dest), use_safetensors=True, low_cpu_mem_usage=False)
+    if model.encoder_sha256() != old.encoder_sha256():
+        raise ValueError(f"{trained}: encoder differs from {dest}'s; this is not a heads update")
+    result = json.loads((trained / "result.json").read_text(encoding="utf-8"))
+    cfg = load_train_config(config)
+    val = build_val_set(cfg, load_splits(Path(cfg.data.splits))["val"])
+    table = evaluate_fadex(model.eval(), val)
+    model.save_pretrained(str(dest), safe_serialization=True)
+    table_out = {k: v for k, v in table.items() if k != "crop_sources"}
+    (dest / "val_table.json").write_text(json.dumps(table_out, indent=1) + "\n", encoding="utf-8")
+    meta = json.loads((dest / "metadata.json").read_text(encoding="utf-8"))
+    meta.pop("files", None)
+    wall = float(sum(result["wall_s"].values()))
+    hc = result["heads"]
+    stage = {
+        "description": f"heads only on the frozen encoder (fadex_heads): {hc['groups']} groups, "
+        f"{result['descriptors']} cached descriptors, orth_weight {hc['orth_weight']}, "
+        f"align_weight {hc['align_weight']}, edge_features {hc['edge_features']}, "
+        f"trace_features {hc['trace_features']}",
+        "steps": hc["steps"],
+        "wall_s": round(wall, 1),
+    }
+    training = meta["training"]
+    training["stages"] = [*training["stages"], stage]
+    training["steps"] = sum(st["steps"] for st in training["stages"])
+    training["wall_s"] = round(sum(st["wall_s"] for st in training["stages"]), 1)
+    meta.update(
+        version=str(int(meta.get("version", "1")) + 1),
+        parameters=sum(p.numel() for p in model.parameters()),
+        validation=table["summary"],
+        encoder_sha256=model.encoder_sha256(),
+    )
+    write_metadata(
+        dest, meta, ["config.json", "diffusion_pytorch_model.safetensors", "val_table.json"]
+    )
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:

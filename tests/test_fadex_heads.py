@@ -1,0 +1,105 @@
+"""Retraining FaDeX's heads on the frozen encoder: Z unchanged, new head inputs, training on
+real training crops, and the release guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from face2scene_cli.degrade import gaussian_blur
+from face2scene_cli.stages.fadex import NUM_EDGE, edge_widths, fadex_tiny
+from face2scene_cli.train.data import load_splits
+from face2scene_cli.train.fadex import load_train_config
+from face2scene_cli.train.fadex_heads import (
+    HeadsConfig,
+    build_features,
+    build_groups,
+    export_heads,
+    train_heads,
+    with_new_heads,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _face() -> torch.Tensor:
+    img = skdata.astronaut()[57:185, 156:284]
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+
+
+def test_edge_widths_grow_with_blur() -> None:
+    face = _face()
+    widths = {
+        s: edge_widths(*(2 * [gaussian_blur(face, s) if s else face]))[0] for s in (0, 1, 2.5)
+    }
+    assert widths[0].shape == (NUM_EDGE,)
+    lq = [float(widths[s][0]) for s in (0, 1, 2.5)]
+    assert 0.7 < lq[0] < 1.6 and lq[0] < lq[1] < lq[2], lq
+    # a sharp step edge of any contrast reads ~1 px; blurred by 2 px it reads ~2.2
+    step = torch.zeros(1, 3, 64, 64)
+    step[..., 32:] = 0.7
+    assert float(edge_widths(step, step)[0, 0]) < 1.3
+    wide = gaussian_blur(step, 2.0)
+    assert 1.8 < float(edge_widths(wide, wide)[0, 0]) < 2.6
+
+
+def test_new_heads_keep_the_encoder_and_z() -> None:
+    torch.manual_seed(0)
+    src = fadex_tiny(stat_features=True).eval()
+    new = with_new_heads(src, edge_features=True, trace_features=True).eval()
+    assert new.encoder_sha256() == src.encoder_sha256()
+    assert new.config.edge_features and new.config.trace_features and new.config.stat_features
+    lq, hq = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = src(lq, hq), new(lq, hq)
+    assert torch.equal(a.z, b.z)
+    assert new.features(lq, hq)[1].shape[1] == src.features(lq, hq)[1].shape[1] + NUM_EDGE + 2
+    # a different encoder has a different hash
+    other = fadex_tiny(stat_features=True)
+    assert other.encoder_sha256() != src.encoder_sha256()
+
+
+def test_heads_learn_operator_groups_on_real_training_crops(tmp_path: Path) -> None:
+    cfg = load_train_config(REPO / "configs" / "fadex.yaml")
+    cfg = cfg.replace("data", crops_per_group=4, crop=64, p_face=0.0)
+    photos = load_splits(REPO / "data" / "splits.yaml", verify=False)["train"][:4]
+    shards = build_groups(cfg, photos, 8, seed=0, out=tmp_path / "groups", shard=4)
+    assert len(shards) == 2 and all(p.is_file() for p in shards)
+    # an interrupted run keeps what was written
+    assert build_groups(cfg, photos, 8, seed=0, out=tmp_path / "groups", shard=4) == shards
+    torch.manual_seed(0)
+    model = with_new_heads(fadex_tiny(stat_features=True), edge_features=True).eval()
+    hc = HeadsConfig(views=1, sizes=(64,), steps=300, ops_per_batch=6, crops_per_op=4, dev_groups=2)
+    fs = build_features(model, shards, hc)
+    assert fs.features.shape == (32, model.proj[0].in_features)
+    encoder = model.encoder_sha256()
+    model.requires_grad_(False)
+    model.proj.requires_grad_(True)
+    model.reg.requires_grad_(True)
+    train_heads(model, fs, hc)
+    with torch.no_grad():
+        q = model.heads(fs.features).q
+    sim = q @ q.T
+    same = fs.group[:, None] == fs.group[None, :]
+    train = (fs.group < 6)[:, None] & (fs.group < 6)[None, :]
+    eye = torch.eye(len(q), dtype=torch.bool)
+    pos, neg = float(sim[same & train & ~eye].mean()), float(sim[~same & train].abs().mean())
+    assert pos > neg + 0.3, (pos, neg)
+    assert model.encoder_sha256() == encoder
+
+
+def test_export_refuses_a_different_encoder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    fadex_tiny().save_pretrained(str(tmp_path / "dest"), safe_serialization=True)
+    fadex_tiny().save_pretrained(str(tmp_path / "trained"), safe_serialization=True)
+    (tmp_path / "trained" / "result.json").write_text(json.dumps({}))
+    weights = tmp_path / "dest" / "diffusion_pytorch_model.safetensors"
+    before = weights.read_bytes()
+    with pytest.raises(ValueError, match="encoder differs"):
+        export_heads(tmp_path / "trained", tmp_path / "dest", REPO / "configs" / "fadex.yaml")
+    assert weights.read_bytes() == before
