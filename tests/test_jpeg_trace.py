@@ -33,6 +33,15 @@ def test_reads_libjpeg_quality_off_grid(quality: int) -> None:
     assert abs(float(t.quality[0]) - quality) <= 3
 
 
+@pytest.mark.parametrize("quality", [20, 50])
+def test_smooth_content_keeps_the_grid_phase(quality: int) -> None:
+    # a soft crop has no high frequencies at any phase; the phase must come from all of the
+    # AC coefficients (with the 16 highest only, such crops read as q98)
+    soft = cv2.GaussianBlur(skdata.coffee(), (0, 0), 3.0)
+    t = trace_jpeg(_crop(_libjpeg(soft, quality), y=101, x=203))
+    assert bool(t.found[0]) and abs(float(t.quality[0]) - quality) <= 3, t.quality
+
+
 def test_noisy_then_compressed_and_gray() -> None:
     rng = np.random.default_rng(0)
     noisy = np.clip(skdata.coffee() + rng.normal(0, 12, skdata.coffee().shape), 0, 255)

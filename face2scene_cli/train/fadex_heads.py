@@ -268,7 +268,7 @@ def train_heads(model: FaDeX, fs: FeatureSet, hc: HeadsConfig) -> list[dict[str,
                 ]
             row = {
                 "step": step,
-                "loss": float(loss),
+                "loss": loss.item(),
                 **parts,
                 **{f"dev_{k}": float(np.mean([d[k] for d in dl if k in d])) for k in dl[0]},
             }
@@ -296,7 +296,7 @@ def load_or_build_features(
 
 
 def run_heads(
-    config: Path, source: Path, run_dir: Path, hc: HeadsConfig, threads: int = 2
+    config: Path, source: Path, run_dir: Path, hc: HeadsConfig, threads: int = 1
 ) -> dict[str, Any]:
     """Groups -> cached descriptors -> heads, for the FaDeX in ``source``; the retrained model
     goes to ``run_dir/heads-<time>`` with ``result.json`` (its table on crops of TRAINING
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=Path("configs/fadex.yaml"))
     ap.add_argument("--from", dest="src", type=Path, default=Path("models/fadex-s"))
     ap.add_argument("--run-dir", type=Path, default=Path("runs/fadex-heads"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], help="HeadsConfig key=YAML value")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
