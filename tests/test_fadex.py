@@ -313,7 +313,14 @@ def test_shipped_jpeg_probability(shipped: FaDeX, astro_region: torch.Tensor) ->
 def test_shipped_metadata_matches_variant() -> None:
     info = require_model("fadex-s")
     cfg = json.loads((info.folder / "config.json").read_text(encoding="utf-8"))
-    assert cfg["channels"] == list(fadex_s().config.channels)
+    variant = fadex_s().config
+    assert cfg["channels"] == list(variant.channels)
+    for key in ("stat_features", "edge_features", "trace_features"):
+        assert cfg[key] == variant[key], key
+    # the scene model was trained on this encoder's Z
+    scene = require_model("scene-embedded")
+    fadex = FaDeX.from_pretrained(str(info.folder), use_safetensors=True)
+    assert scene.trained_with["fadex_encoder"] == fadex.encoder_sha256()
     assert info.licence == "Apache-2.0" and info.source == "trained here"
 
 

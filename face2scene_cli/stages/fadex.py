@@ -13,7 +13,9 @@ aligned/resampled crops.
 Units of the estimates (all in SOURCE-image pixels of that native crop):
 
 * ``noise_sigma``: standard deviation of additive white Gaussian noise, /255 units.
-* ``blur_sigma_px``: sigma of an isotropic Gaussian blur, pixels.
+* ``blur_sigma_px``: sigma of the isotropic Gaussian blur equivalent to all the low-pass the
+  crop went through (optical blur and resolution loss, which a crop cannot tell apart:
+  :func:`~face2scene_cli.train.fadex.effective_blur`), pixels.
 * ``downscale``: factor s >= 1 of a resolution loss simulated as bicubic (antialiased)
   downsampling by s followed by bicubic upsampling back to the same size (the face is seen at
   native resolution, so a low-resolution source shows as missing detail, not as fewer pixels);
@@ -76,7 +78,7 @@ class FaDeXOutput:
         z: :math:`(B, C_z, H/8, W/8)` spatial feature map Z (MapNet's input); None from
             :meth:`FaDeX.heads` without it.
         noise_sigma: :math:`(B,)` Gaussian noise sigma, /255 units, >= 0.
-        blur_sigma_px: :math:`(B,)` Gaussian blur sigma in source pixels, >= 0.
+        blur_sigma_px: :math:`(B,)` equivalent Gaussian blur sigma in source pixels, >= 0.
         downscale: :math:`(B,)` resolution-loss factor, >= 1 (see module docstring).
         jpeg_quality: :math:`(B,)` JPEG quality estimate in [1, 100] (meaningful when
             ``jpeg_prob`` is high).
@@ -493,13 +495,15 @@ class FaDeX(ModelMixin, ConfigMixin):
 
 
 def fadex_s(**overrides: object) -> FaDeX:
-    """FaDeX-S: channels (32, 64, 96), 1 residual block per stage, 128-d code, fixed image
-    statistics in the heads (~0.48 M parameters)."""
+    """FaDeX-S: channels (32, 64, 96), 1 residual block per stage, 128-d code; the heads read
+    the fixed image statistics, the edge widths and the JPEG trace (~0.48 M parameters)."""
     cfg: dict[str, object] = {
         "channels": (32, 64, 96),
         "blocks_per_stage": 1,
         "code_dim": 128,
         "stat_features": True,
+        "edge_features": True,
+        "trace_features": True,
     }
     cfg.update(overrides)
     return FaDeX(**cfg)  # type: ignore[arg-type]
