@@ -58,6 +58,8 @@ __all__ = [
     "build_groups",
     "export_heads",
     "heads_loss",
+    "load_or_build_features",
+    "run_heads",
     "train_heads",
     "with_new_heads",
 ]
