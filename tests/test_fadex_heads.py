@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from skimage import data as skdata
 
 from face2scene_cli.degrade import gaussian_blur
-from face2scene_cli.stages.fadex import NUM_EDGE, edge_widths, fadex_tiny
+from face2scene_cli.stages.fadex import NUM_EDGE, FaDeX, edge_widths, fadex_tiny
 from face2scene_cli.train.data import load_splits
 from face2scene_cli.train.fadex import load_train_config
 from face2scene_cli.train.fadex_heads import (
@@ -103,3 +104,29 @@ def test_export_refuses_a_different_encoder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="encoder differs"):
         export_heads(tmp_path / "trained", tmp_path / "dest", REPO / "configs" / "fadex.yaml")
     assert weights.read_bytes() == before
+
+
+def test_train_fadex_heads_command_end_to_end(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from face2scene_cli.commands import train as train_cmd
+
+    doc = yaml.safe_load((REPO / "configs" / "fadex.yaml").read_text(encoding="utf-8"))
+    doc["data"].update(crops_per_group=4, p_face=0.0, splits=str(REPO / "data" / "splits.yaml"))
+    doc["val"].update(crops=2, crop=64)
+    cfg = tmp_path / "fadex.yaml"
+    cfg.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    torch.manual_seed(0)
+    src = fadex_tiny(stat_features=True)
+    src.save_pretrained(str(tmp_path / "src"), safe_serialization=True)
+    args = ["fadex-heads", "--config", str(cfg), "--from", str(tmp_path / "src")]
+    args += ["--run-dir", str(tmp_path / "run"), "--groups", "20", "--steps", "30"]
+    result = CliRunner().invoke(train_cmd.app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert set(out["dev"]) >= {"same_degradation_cos", "same_content_abs_cos", "blur_mae"}
+    trained = FaDeX.from_pretrained(out["out"])
+    assert trained.config.edge_features and trained.config.trace_features
+    assert trained.encoder_sha256() == src.encoder_sha256()
+    saved = json.loads((Path(out["out"]) / "result.json").read_text(encoding="utf-8"))
+    assert saved["heads"]["steps"] == 30 and saved["descriptors"] == 20 * 4 * 2

@@ -84,7 +84,8 @@ class HeadsConfig:
         align_weight: weight of ``(1 - cos)^2`` between crops of the same operator.
         reg_weight: weight of the regression loss.
         edge_features, trace_features: the heads' extra inputs (see :class:`FaDeX`).
-        dev_groups: the last groups, held out of training to report the dev loss.
+        dev_groups: the last groups (at most a fifth), held out of training to report the
+            dev loss.
         seed: drives the operators, the crops and the batches.
     """
 
@@ -247,8 +248,11 @@ def train_heads(model: FaDeX, fs: FeatureSet, hc: HeadsConfig) -> list[dict[str,
     params = [*model.proj.parameters(), *model.reg.parameters()]
     opt = torch.optim.AdamW(params, lr=hc.lr, weight_decay=hc.weight_decay)
     n_groups = int(fs.group.max()) + 1
-    train_g = torch.arange(0, n_groups - hc.dev_groups)
-    dev_g = torch.arange(n_groups - hc.dev_groups, n_groups)
+    if n_groups < 5:
+        raise ValueError(f"need at least 5 operator groups, got {n_groups}")
+    n_dev = max(1, min(hc.dev_groups, n_groups // 5))
+    train_g = torch.arange(0, n_groups - n_dev)
+    dev_g = torch.arange(n_groups - n_dev, n_groups)
     rng = np.random.default_rng(hc.seed + 2)
     train_it, dev_it = _batches(fs, train_g, hc, rng), _batches(fs, dev_g, hc, rng)
     log = []
