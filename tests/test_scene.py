@@ -109,17 +109,26 @@ def test_tiled_equals_whole_image_on_a_real_photo(tiny_restorer, astronaut) -> N
     assert float(err.max()) < 0.02
 
 
-def test_refinement_is_position_local_so_tiles_still_match(astronaut) -> None:
+@pytest.mark.parametrize("film", [False, True])
+def test_refinement_is_position_local_so_tiles_still_match(astronaut, film: bool) -> None:
     torch.manual_seed(0)
-    net = scene_tiny(token_dim=32, refine_channels=8)
+    net = scene_tiny(token_dim=32, refine_channels=8, refine_film=film)
     _randomise(net, 2)
     restorer = SceneRestorer(net, RestoreSettings(), mapnet_tiny(cross_attention_dim=32))
     x = astronaut[..., :320, :384]
-    whole = restorer.restore(x, None, tile=512)
-    assert float(psnr_torch(restorer.restore(x, None, tile=192), whole)[0]) >= 40.0
+    tokens = restorer.mapnet(torch.randn(1, 16, 12, 12)).tokens
+    whole = restorer.restore(x, tokens, tile=512)
+    assert float(psnr_torch(restorer.restore(x, tokens, tile=192), whole)[0]) >= 40.0
+    if film:  # the modulation reads the tokens: the blind result differs by more than before
+        blind = restorer.restore(x, None, tile=512)
+        with torch.no_grad():
+            net.refine_mod.weight.zero_()
+            net.refine_mod.bias.zero_()
+        unmodulated = restorer.restore(x, tokens, tile=512) - restorer.restore(x, None, tile=512)
+        assert float(((whole - blind) - unmodulated).abs().max()) > 1e-4
     with torch.no_grad():  # the refinement changes the result
         net.refine[-1].weight.zero_()
-        assert float((restorer.restore(x, None, tile=512) - whole).abs().max()) > 1e-3
+        assert float((restorer.restore(x, tokens, tile=512) - whole).abs().max()) > 1e-3
 
 
 def test_blind_mode_uses_mapnet_null_tokens_and_codes_matter(tiny_restorer, astronaut) -> None:

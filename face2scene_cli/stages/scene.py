@@ -319,6 +319,9 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
             (per-pixel detail a 4x-reduced grid cannot carry, e.g. noise); its last conv
             starts at zero, so a net warm-started without it begins where it was; 0 = none.
         refine_layers: convolutions of the refinement (>= 2).
+        refine_film: modulate the refinement's first layer by the degradation tokens
+            (``h * (1 + gamma) + beta`` from the mean projected token; zero-initialised), so
+            the full-resolution part depends on the code too.
         out_init_std: standard deviation of the last layer's initial weights (small: an
             untrained net is close to the identity).
         norm_num_groups: groups of the group norms.
@@ -347,6 +350,7 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         out_init_std: float = 1e-3,
         refine_channels: int = 0,
         refine_layers: int = 4,
+        refine_film: bool = False,
     ) -> None:
         super().__init__()
         if norm not in _NORMS:
@@ -390,6 +394,10 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         self._slim_transformers(ff_mult)
         if refine_channels:
             self.refine = self._build_refine(refine_channels, refine_layers)
+            if refine_film:
+                self.refine_mod = nn.Linear(cross_attention_dim, 2 * refine_channels)
+                nn.init.zeros_(self.refine_mod.weight)
+                nn.init.zeros_(self.refine_mod.bias)
 
     @staticmethod
     def _build_refine(ch: int, layers: int) -> nn.Sequential:
@@ -475,9 +483,13 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         res = F.pixel_shuffle(self.unet(x, t, encoder_hidden_states=ctx.to(x.dtype)).sample, r)
         # 4. residual on the full grid (through the full-resolution tail)
         out = lq + self.tail(F.silu(f + res)) if self.config.head_channels else lq + res
-        # 5. full-resolution refinement of the coarse result
+        # 5. full-resolution refinement of the coarse result (FiLM by the mean token)
         if self.config.refine_channels:
-            out = out + self.refine(torch.cat([lq - 0.5, out - 0.5], dim=1))
+            h = self.refine[0](torch.cat([lq - 0.5, out - 0.5], dim=1))
+            if self.config.refine_film:
+                gamma, beta = self.refine_mod(ctx[:, : self.cond.n_tokens].mean(1)).chunk(2, 1)
+                h = h * (1 + gamma[..., None, None].to(h)) + beta[..., None, None].to(h)
+            out = out + self.refine[1:](h)
         return out
 
 

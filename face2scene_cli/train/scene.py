@@ -482,9 +482,9 @@ def _ckpt_modules(net: torch.nn.Module, mapnet: MapNet) -> torch.nn.ModuleDict:
 
 def _load_warm(model: torch.nn.Module, state: dict[str, Tensor], src: Path) -> None:
     """Warm start from ``state``; only the layers of a newly added full-resolution refinement
-    (``net.refine.*``, zero-initialised) may be missing from it."""
+    or its token modulation (``net.refine*``, zero-initialised) may be missing from it."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    new_layers = [k for k in missing if not k.startswith("net.refine.")]
+    new_layers = [k for k in missing if not k.startswith(("net.refine.", "net.refine_mod."))]
     if new_layers or unexpected:
         raise ConfigError(
             f"train.init_from {src} does not fit the network: missing {new_layers[:3]}, "
