@@ -620,13 +620,14 @@ class TurboSceneNet(ModelMixin, ConfigMixin):
 def scene_embedded(**overrides: Any) -> EmbeddedSceneNet:
     """The shipped ``embedded`` network: 4x unshuffle, widths (32, 64, 128), 1 layer per
     level, cross-attention at the lowest level and the mid block, no normalisation, and a
-    full-resolution refinement of 4 convs x 48 channels (~3.36 M)."""
+    full-resolution refinement of 4 convs x 48 channels modulated by the tokens (~3.37 M)."""
     cfg = {
         "block_out_channels": (32, 64, 128),
         "norm_num_groups": 8,
         "attention_head_dim": 32,
         "refine_channels": 48,
         "refine_layers": 4,
+        "refine_film": True,
     }
     return EmbeddedSceneNet(**{**cfg, **overrides})
 
