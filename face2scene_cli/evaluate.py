@@ -751,7 +751,7 @@ def write_card(folder: Path, evaluation: str, extra: str = "") -> None:
     )
     tr, data = cfg.get("train", {}), cfg.get("data", {})
     fadex_sha = info.get("trained_with", {}).get("fadex")
-    text = f"""# {folder.name}
+    text = f"""# {cfg.get("name") or folder.name}
 
 One-step conditional UNet (diffusers `UNet2DConditionModel`, cross-attention only, 4x
 pixel-unshuffled grid, residual output) **trained from scratch here** — not a pretrained

@@ -580,7 +580,7 @@ def export_model(
         lines.append(f"| {deg} | " + " | ".join(cells) + " |")
     write_card(folder, "\n".join(lines) + "\n")
     meta = {
-        "name": folder.name,
+        "name": config.name,  # not the folder's: a run may export elsewhere
         "version": "1",
         "task": "scene restoration (Stage II), conditioned on MapNet degradation tokens",
         "licence": "Apache-2.0",
