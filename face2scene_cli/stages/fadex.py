@@ -377,14 +377,17 @@ class FaDeX(ModelMixin, ConfigMixin):
             )
         self.code_center.copy_(center.to(self.code_center))
 
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """The weights Z depends on (stem and stages), in state-dict order."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("stem.", "stages."))}
+
     def encoder_sha256(self) -> str:
-        """sha256 of the encoder's weights (stem and stages, in state-dict order, fp32 bytes):
-        two FaDeX models with the same value give the same Z, whatever their heads."""
+        """sha256 of :meth:`encoder_state_dict` (names and fp32 bytes): two FaDeX models with
+        the same value give the same Z, whatever their heads."""
         digest = hashlib.sha256()
-        for name, t in self.state_dict().items():
-            if name.startswith(("stem.", "stages.")):
-                digest.update(name.encode())
-                digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        for name, t in self.encoder_state_dict().items():
+            digest.update(name.encode())
+            digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
     @property

@@ -123,9 +123,9 @@ def with_new_heads(source: FaDeX, **config: Any) -> FaDeX:
     # (diffusers' private keys, e.g. _use_default_values, would reset the new options)
     base = {k: v for k, v in source.config.items() if not k.startswith("_")}
     model = FaDeX.from_config({**base, **config})
-    enc = {k: v for k, v in source.state_dict().items() if k.startswith(("stem.", "stages."))}
+    enc = source.encoder_state_dict()
     missing, unexpected = model.load_state_dict(enc, strict=False)
-    if unexpected or any(k.startswith(("stem.", "stages.")) for k in missing):
+    if unexpected or set(missing) & set(model.encoder_state_dict()):
         raise ValueError(
             f"encoder does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
