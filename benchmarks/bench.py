@@ -1,6 +1,8 @@
 """``make bench``: throughput of f2s commands on real photos (a script, not a test).
 
-Builds a set of ~1 MP photos from the pinned Debian photos (crops and resizes, cached under
+First the start-up of the commands that must feel instant (``f2s --version``, ``--help``,
+``restore --help``, ``doctor --help``: wall time and peak RSS of fresh processes). Then it
+builds a set of ~1 MP photos from the pinned Debian photos (crops and resizes, cached under
 ``$F2S_DATA_DIR/bench``), runs ``f2s degrade`` in parametric mode as a user would (a fresh
 process), and prints images/s with the per-stage times from the reports. Results are also
 written to ``benchmarks/results/degrade.json``.
@@ -57,6 +59,34 @@ def make_photos(count: int, megapixels: float, dest: Path) -> list[Path]:
 def _pixels(path: Path) -> int:
     with Image.open(path) as im:
         return im.width * im.height
+
+
+STARTUP_COMMANDS = (("--version",), ("--help",), ("restore", "--help"), ("doctor", "--help"))
+
+
+def bench_startup(repeats: int = 5) -> list[dict]:
+    """Median wall time and peak RSS of ``f2s <argv>`` in fresh processes, as a user runs it."""
+    f2s = Path(sys.executable).with_name("f2s")
+    launcher = [str(f2s)] if f2s.exists() else [sys.executable, "-m", "face2scene_cli"]
+    rows = []
+    for argv in STARTUP_COMMANDS:
+        walls, rss = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([*launcher, *argv], stdout=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            walls.append(time.perf_counter() - t0)
+            rss.append(usage.ru_maxrss / 1024)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit(f"f2s {' '.join(argv)} failed")
+        rows.append(
+            {
+                "command": "f2s " + " ".join(argv),
+                "median_s": round(statistics.median(walls), 3),
+                "peak_rss_mib": round(max(rss), 1),
+            }
+        )
+    return rows
 
 
 def bench_degrade(photos: Path, args: list[str], label: str) -> dict:
@@ -167,7 +197,18 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--megapixels", type=float, default=1.0)
     parser.add_argument("--ray-only", action="store_true", help="only the Ray engine section")
+    parser.add_argument("--startup-only", action="store_true", help="only the start-up section")
     args = parser.parse_args()
+    startup = bench_startup()
+    print("| command | wall s (median of 5) | peak RSS MiB |\n|---|---|---|")
+    for row in startup:
+        print(f"| {row['command']} | {row['median_s']} | {row['peak_rss_mib']} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "startup.json").write_text(
+        json.dumps({"date": time.strftime("%Y-%m-%d"), "commands": startup}, indent=2) + "\n"
+    )
+    if args.startup_only:
+        return
     photos_dir = sample_data.data_dir() / "bench" / f"{args.count}x{args.megapixels}mp"
     make_photos(args.count, args.megapixels, photos_dir)
     ray_runs = bench_ray(photos_dir)

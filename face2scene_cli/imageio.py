@@ -35,12 +35,12 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile, UnidentifiedImageError
 
+from face2scene_cli.config import DEFAULT_MAX_PIXELS
 from face2scene_cli.errors import F2SError, ImageDecodeError, ImageTooLargeError, InputError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS",
     "EXTENSIONS",
     "OUTPUT_FORMATS",
     "TEMP_GLOB",
@@ -54,9 +54,6 @@ __all__ = [
     "to_tensor",
     "write_image",
 ]
-
-DEFAULT_MAX_PIXELS = 200_000_000  # roughly 14000x14000
-"""Default decompression-bomb limit (pixels of the first frame, as claimed by the header)."""
 
 EXTENSIONS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 """Output format name -> file extension."""

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from face2scene_cli.batch import ExtraOutput, LoadedImage, Processed
-from face2scene_cli.errors import ConfigError, F2SError
+from face2scene_cli.config import RestoreConfig
+from face2scene_cli.errors import F2SError
 from face2scene_cli.faces.align import (
     AlignedFace,
     FaceAligner,
@@ -405,48 +406,6 @@ def describe_degradation(e: dict[str, float]) -> str:
     if e["downscale"] >= 1.5:
         parts.append(f"low resolution (~x{e['downscale']:.1f} lost)")
     return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class RestoreConfig:
-    """Settings of ``f2s restore`` that change the outputs.
-
-    Attributes:
-        blind: ignore faces; restore with MapNet's null tokens.
-        tile: tile side in px (None = automatic from free memory).
-        precision: fp32 | fp16 | bf16 (None = fp32 on CPU, fp16 on CUDA).
-        scale: 1, 2 or 4 (bicubic upscaling before restoring).
-        detector, min_face, max_faces: face detection.
-        device: cpu | cuda | cuda:N | mps.
-        scene_model: zoo name of the scene restorer.
-        face_restorer: Stage I restorer by name; ``auto`` = ``ref-guided`` when it is
-            available and references are given, else ``blind``.
-        paste_faces: blend the Stage I faces into the restored photo.
-        save_faces: also write each face's aligned LQ / HQ crops.
-        save_compare: also write an input | output side-by-side image.
-    """
-
-    blind: bool = False
-    tile: int | None = None
-    precision: str | None = None
-    scale: int = 1
-    detector: str = "auto"
-    min_face: int = 20
-    max_faces: int | None = None
-    device: str = "cpu"
-    scene_model: str = "scene-embedded"
-    face_restorer: str = "auto"
-    paste_faces: bool = False
-    save_faces: bool = False
-    save_compare: bool = False
-
-    def __post_init__(self) -> None:
-        if self.scale not in (1, 2, 4):
-            raise ConfigError(f"scale must be 1, 2 or 4, got {self.scale}")
-        if self.precision not in (None, "fp32", "fp16", "bf16"):
-            raise ConfigError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
-        if self.tile is not None and self.tile < 32:
-            raise ConfigError(f"tile must be >= 32 px, got {self.tile}")
 
 
 def resolve_face_restorer(name: str, with_references: bool) -> str:

@@ -18,9 +18,9 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile
 
 from face2scene_cli import imageio
+from face2scene_cli.config import DEFAULT_MAX_PIXELS
 from face2scene_cli.errors import F2SError, ImageDecodeError, ImageTooLargeError, InputError
 from face2scene_cli.imageio import (
-    DEFAULT_MAX_PIXELS,
     EXTENSIONS,
     TEMP_GLOB,
     Image,

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from face2scene_cli.batch import find_images, relative_key
 from face2scene_cli.commands import options as o
-from face2scene_cli.commands.faces import Detector, MaxFaces, MinFace, Refs
 from face2scene_cli.commands.runner import configure_logging, diag
-from face2scene_cli.config import Shard
+from face2scene_cli.config import DEFAULT_MAX_PIXELS, Shard
 from face2scene_cli.errors import ExitCode, F2SError
-from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
-from face2scene_cli.imageio import DEFAULT_MAX_PIXELS, read_image
-from face2scene_cli.pipeline import DegradationReader, ImageDegradation
 from face2scene_cli.report import display_path
-from face2scene_cli.stages.face_restore import BlindFaceRestorer
-from face2scene_cli.stages.fadex import load_fadex
+
+if TYPE_CHECKING:
+    from face2scene_cli.pipeline import ImageDegradation
 
 
 def degrade_code(
     inputs: o.Inputs,
-    refs: Refs = None,
-    detector: Detector = "auto",
-    min_face: MinFace = 20,
-    max_faces: MaxFaces = None,
+    refs: o.Refs = None,
+    detector: o.Detector = "auto",
+    min_face: o.MinFace = 20,
+    max_faces: o.MaxFaces = None,
     model: Annotated[
         str, typer.Option("--model", envvar="F2S_FADEX", help="FaDeX model in the zoo.")
     ] = "fadex-s",
@@ -46,6 +42,13 @@ def degrade_code(
 
     [bold]Examples[/bold]: f2s degrade-code img.jpg · f2s degrade-code ./photos --json
     """
+    from face2scene_cli.batch import find_images, relative_key
+    from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
+    from face2scene_cli.imageio import read_image
+    from face2scene_cli.pipeline import DegradationReader
+    from face2scene_cli.stages.face_restore import BlindFaceRestorer
+    from face2scene_cli.stages.fadex import load_fadex
+
     configure_logging(debug)
     part = Shard.parse(shard) if shard is not None else None
     if refs is not None:

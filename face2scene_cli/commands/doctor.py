@@ -9,13 +9,14 @@ from rich.console import Console
 from rich.table import Table
 
 from face2scene_cli.commands.options import Json
-from face2scene_cli.doctor import environment_report
 
 stdout = Console(highlight=False)
 
 
 def doctor(json_output: Json = False) -> None:
     """Show Python, torch, devices (CUDA/MPS/CPU), optional backends and model status."""
+    from face2scene_cli.doctor import environment_report
+
     facts = environment_report()
     if json_output:
         typer.echo(json.dumps(facts, indent=2))

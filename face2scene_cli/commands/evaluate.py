@@ -11,7 +11,6 @@ import typer
 
 from face2scene_cli import evaluate as ev
 from face2scene_cli.commands import options as o
-from face2scene_cli.commands.faces import Detector, MinFace
 from face2scene_cli.commands.runner import configure_logging, diag, step_progress
 from face2scene_cli.config import BatchConfig
 from face2scene_cli.errors import ConfigError
@@ -88,18 +87,19 @@ def evaluate(
         str,
         typer.Option("--scene-model", rich_help_panel=RUN, help="Zoo name of the scene model."),
     ] = "scene-embedded",
-    detector: Detector = "auto",  # type: ignore[assignment]
-    min_face: MinFace = 20,  # type: ignore[assignment]
+    detector: o.Detector = "auto",  # type: ignore[assignment]
+    min_face: o.MinFace = 20,  # type: ignore[assignment]
     threads: o.Threads = None,
     quiet: o.Quiet = False,
     debug: o.Debug = False,
 ) -> None:
-    """Measure restoration side by side: the degraded input, OpenCV NLM at its best h, the
-    scene restorer blind, with the code read off the faces, with the clean-crop code (upper
-    bound) and with another degradation's code (control). PSNR/SSIM on RGB and Y over the
-    whole image, the faces and the rest; identity distance of the faces; FaDeX's estimate
-    error. The Markdown table goes to stdout; results.json, results.md and the best / worst
-    case grids to --out.
+    """Score every restorer side by side on the same degraded photos.
+
+    The variants: the degraded input, OpenCV NLM at its best h, the scene restorer blind,
+    with the code read off the faces, with the clean-crop code (upper bound) and with another
+    degradation's code (control). PSNR/SSIM on RGB and Y over the whole image, the faces and
+    the rest; identity distance of the faces; FaDeX's estimate error. The Markdown table goes
+    to stdout; results.json, results.md and the best / worst case grids to --out.
 
     [bold]Examples[/bold]: f2s eval ./clean --out ./eval --preset noise15 --second-order 0 ·
     f2s eval ./pairs --out ./eval (pairs/clean/*, pairs/degraded/*)

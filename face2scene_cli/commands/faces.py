@@ -4,91 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from face2scene_cli.batch import find_images
 from face2scene_cli.commands import options as o
 from face2scene_cli.commands.runner import configure_logging, diag
+from face2scene_cli.config import DEFAULT_MAX_PIXELS
 from face2scene_cli.errors import ExitCode, F2SError
-from face2scene_cli.faces.align import FaceAligner
-from face2scene_cli.faces.detect import DETECTOR_CHOICES, create_detector
-from face2scene_cli.faces.gallery import Gallery
-from face2scene_cli.faces.identity import create_identity_encoder
-from face2scene_cli.imageio import DEFAULT_MAX_PIXELS, Image, atomic_write_bytes, encode_image
-from face2scene_cli.imageio import read_image as read
-from face2scene_cli.pipeline import FaceFinder
 from face2scene_cli.report import display_path
 
-FACES = "Faces"
-stdout = Console(highlight=False)
+if TYPE_CHECKING:
+    from face2scene_cli.faces.gallery import Gallery
+    from face2scene_cli.pipeline import FaceFinder
 
-Detector = Annotated[
-    str,
-    typer.Option(
-        "--detector",
-        envvar="F2S_DETECTOR",
-        rich_help_panel=FACES,
-        help=f"Face detector: {'|'.join(DETECTOR_CHOICES)} (auto = insightface when "
-        "its pack is on disk, else mtcnn).",
-    ),
-]
-MinFace = Annotated[
-    int,
-    typer.Option(
-        "--min-face",
-        envvar="F2S_MIN_FACE",
-        rich_help_panel=FACES,
-        min=1,
-        help="Ignore faces smaller than this (pixels, shorter box side).",
-    ),
-]
-MaxFaces = Annotated[
-    int | None,
-    typer.Option(
-        "--max-faces",
-        envvar="F2S_MAX_FACES",
-        rich_help_panel=FACES,
-        min=1,
-        help="Keep at most this many faces per image (most confident first).",
-        show_default=False,
-    ),
-]
-Refs = Annotated[
-    Path | None,
-    typer.Option(
-        "--refs",
-        "-r",
-        envvar="F2S_REFS",
-        rich_help_panel=FACES,
-        exists=True,
-        file_okay=False,
-        help="Reference photos: refs/<person>/*.jpg or refs/*.jpg.",
-    ),
-]
-Identity = Annotated[
-    str,
-    typer.Option(
-        "--identity",
-        envvar="F2S_IDENTITY",
-        rich_help_panel=FACES,
-        help="Identity encoder: auto|dlib|arcface (auto = arcface when its pack is on "
-        "disk, else dlib).",
-    ),
-]
-RefsK = Annotated[
-    int,
-    typer.Option(
-        "--refs-k",
-        envvar="F2S_REFS_K",
-        rich_help_panel=FACES,
-        min=1,
-        help="References chosen per matched face.",
-    ),
-]
+stdout = Console(highlight=False)
 
 
 def build_finder(
@@ -101,6 +33,12 @@ def build_finder(
     face_size: int = 512,
 ) -> tuple[FaceFinder, Gallery | None]:
     """The FaceFinder (and gallery) the face commands share."""
+    from face2scene_cli.faces.align import FaceAligner
+    from face2scene_cli.faces.detect import create_detector
+    from face2scene_cli.faces.gallery import Gallery
+    from face2scene_cli.faces.identity import create_identity_encoder
+    from face2scene_cli.pipeline import FaceFinder
+
     det = create_detector(detector, min_face=min_face, max_faces=max_faces)
     aligner = FaceAligner(size=face_size)
     gallery = None
@@ -111,17 +49,17 @@ def build_finder(
 
 def faces(
     inputs: o.Inputs,
-    refs: Refs = None,
-    detector: Detector = "auto",
-    min_face: MinFace = 20,
-    max_faces: MaxFaces = None,
-    identity: Identity = "auto",
-    refs_k: RefsK = 3,
+    refs: o.Refs = None,
+    detector: o.Detector = "auto",
+    min_face: o.MinFace = 20,
+    max_faces: o.MaxFaces = None,
+    identity: o.Identity = "auto",
+    refs_k: o.RefsK = 3,
     save_crops: Annotated[
         Path | None,
         typer.Option(
             "--save-crops",
-            rich_help_panel=FACES,
+            rich_help_panel=o.FACES,
             file_okay=False,
             help="Write each aligned face crop here (PNG, mirrors the input tree).",
         ),
@@ -130,7 +68,7 @@ def faces(
         int,
         typer.Option(
             "--face-size",
-            rich_help_panel=FACES,
+            rich_help_panel=o.FACES,
             min=64,
             help="Aligned crop size (FFHQ 5-point template).",
         ),
@@ -148,6 +86,9 @@ def faces(
     [bold]Examples[/bold]: f2s faces group.jpg · f2s faces ./photos --refs ./refs --json ·
     f2s faces img.jpg --save-crops ./crops
     """
+    from face2scene_cli.batch import find_images
+    from face2scene_cli.imageio import read_image
+
     configure_logging(debug)
     finder, gallery = build_finder(detector, min_face, max_faces, refs, identity, refs_k, face_size)
     images, _, warnings = find_images(inputs, recursive=recursive is not False)
@@ -165,7 +106,7 @@ def faces(
         try:
             if image.error is not None:
                 raise image.error
-            pixels = read(image.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS).pixels
+            pixels = read_image(image.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS).pixels
             found = finder.find(pixels)
             entry["faces"] = [f.to_report() for f in found]
             found_any |= bool(found)
@@ -191,6 +132,8 @@ def faces(
 
 
 def _save_crops(root: Path, relative: Path, found: list) -> None:
+    from face2scene_cli.imageio import Image, atomic_write_bytes, encode_image
+
     for i, item in enumerate(found):
         if item.aligned is None:
             continue

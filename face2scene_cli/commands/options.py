@@ -18,6 +18,11 @@ IO = "Input / output"
 RUN = "Run"
 SCALE = "Scaling out"
 LOG = "Logging"
+FACES = "Faces"
+
+DETECTOR_CHOICES = ("auto", "insightface", "mtcnn", "dlib")
+"""``--detector`` names, spelled here so help does not import the detectors (numpy, dlib);
+a test holds them equal to :data:`face2scene_cli.faces.detect.DETECTOR_CHOICES`."""
 
 Inputs = Annotated[
     list[str],
@@ -289,5 +294,69 @@ Tile = Annotated[
         min=32,
         help="Scene restorer tile side in px. [default: automatic from free memory]",
         show_default=False,
+    ),
+]
+
+Detector = Annotated[
+    str,
+    typer.Option(
+        "--detector",
+        envvar="F2S_DETECTOR",
+        rich_help_panel=FACES,
+        help=f"Face detector: {'|'.join(DETECTOR_CHOICES)} (auto = insightface when "
+        "its pack is on disk, else mtcnn).",
+    ),
+]
+MinFace = Annotated[
+    int,
+    typer.Option(
+        "--min-face",
+        envvar="F2S_MIN_FACE",
+        rich_help_panel=FACES,
+        min=1,
+        help="Ignore faces smaller than this (pixels, shorter box side).",
+    ),
+]
+MaxFaces = Annotated[
+    int | None,
+    typer.Option(
+        "--max-faces",
+        envvar="F2S_MAX_FACES",
+        rich_help_panel=FACES,
+        min=1,
+        help="Keep at most this many faces per image (most confident first).",
+        show_default=False,
+    ),
+]
+Refs = Annotated[
+    Path | None,
+    typer.Option(
+        "--refs",
+        "-r",
+        envvar="F2S_REFS",
+        rich_help_panel=FACES,
+        exists=True,
+        file_okay=False,
+        help="Reference photos: refs/<person>/*.jpg or refs/*.jpg.",
+    ),
+]
+Identity = Annotated[
+    str,
+    typer.Option(
+        "--identity",
+        envvar="F2S_IDENTITY",
+        rich_help_panel=FACES,
+        help="Identity encoder: auto|dlib|arcface (auto = arcface when its pack is on "
+        "disk, else dlib).",
+    ),
+]
+RefsK = Annotated[
+    int,
+    typer.Option(
+        "--refs-k",
+        envvar="F2S_REFS_K",
+        rich_help_panel=FACES,
+        min=1,
+        help="References chosen per matched face.",
     ),
 ]

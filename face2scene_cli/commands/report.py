@@ -10,7 +10,6 @@ import typer
 
 from face2scene_cli.commands.runner import cli_errors
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.imageio import atomic_write_bytes
 from face2scene_cli.report import (
     SCHEMA_VERSION,
     SHARD_SUMMARY_GLOB,
@@ -50,6 +49,8 @@ def merge(
 
     [bold]Example[/bold]: f2s report merge ./photos_f2s
     """
+    from face2scene_cli.imageio import atomic_write_bytes
+
     paths = [p for folder in folders for p in _summary_files(folder)]
     if not paths:
         raise ConfigError(f"no {SHARD_SUMMARY_GLOB} in {', '.join(map(display_path, folders))}")

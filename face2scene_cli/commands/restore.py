@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 
 from face2scene_cli.commands import options as o
-from face2scene_cli.commands.faces import Detector, Identity, MaxFaces, MinFace, Refs, RefsK
 from face2scene_cli.commands.runner import (
     LogOptions,
     configure_logging,
@@ -16,29 +14,19 @@ from face2scene_cli.commands.runner import (
     print_config,
     run_files,
 )
-from face2scene_cli.config import BatchConfig
+from face2scene_cli.config import BatchConfig, RestoreConfig
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.faces.align import FaceAligner
-from face2scene_cli.faces.detect import create_detector, resolve_detector_name
-from face2scene_cli.faces.gallery import Gallery
-from face2scene_cli.faces.identity import create_identity_encoder
-from face2scene_cli.pipeline import (
-    DegradationReader,
-    Face2ScenePipeline,
-    FaceFinder,
-    RestoreConfig,
-    resolve_face_restorer,
-)
-from face2scene_cli.stages.face_restore import FACE_RESTORERS, create_face_restorer
-from face2scene_cli.stages.fadex import load_fadex
-from face2scene_cli.stages.scene import load_scene_restorer
-from face2scene_cli.zoo import require_model
+
+if TYPE_CHECKING:
+    from face2scene_cli.pipeline import Face2ScenePipeline
 
 RES = "Restoration"
 
 
 def check_device(device: str) -> str:
     """The device as given, or a ConfigError when it is not there (never a silent fallback)."""
+    import torch
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available here (f2s doctor)")
     if device == "mps" and not torch.backends.mps.is_available():
@@ -50,7 +38,7 @@ def check_device(device: str) -> str:
 
 def restore(
     inputs: o.Inputs,
-    refs: Refs = None,
+    refs: o.Refs = None,
     blind: Annotated[
         bool | None,
         typer.Option(
@@ -101,7 +89,7 @@ def restore(
             envvar="F2S_FACE_RESTORER",
             rich_help_panel=RES,
             help="Stage I face restorer: auto (ref-guided with --refs when available, else "
-            "blind) or a name: " + ", ".join(sorted(FACE_RESTORERS)) + ". [default: auto]",
+            "blind) or a name that `f2s doctor` lists (built-ins and plugins). [default: auto]",
             show_default=False,
         ),
     ] = None,
@@ -137,11 +125,11 @@ def restore(
             show_default=False,
         ),
     ] = None,
-    detector: Detector = None,  # type: ignore[assignment]  # None: config file or default
-    min_face: MinFace = None,  # type: ignore[assignment]
-    max_faces: MaxFaces = None,
-    identity: Identity = "auto",
-    refs_k: RefsK = 3,
+    detector: o.Detector = None,  # type: ignore[assignment]  # None: config file or default
+    min_face: o.MinFace = None,  # type: ignore[assignment]
+    max_faces: o.MaxFaces = None,
+    identity: o.Identity = "auto",
+    refs_k: o.RefsK = 3,
     out: o.Out = None,
     recursive: o.Recursive = None,
     overwrite: o.Overwrite = None,
@@ -186,6 +174,21 @@ def restore(
     log = LogOptions.from_values(locals())
 
     def build() -> Face2ScenePipeline:
+        from face2scene_cli.faces.align import FaceAligner
+        from face2scene_cli.faces.detect import create_detector, resolve_detector_name
+        from face2scene_cli.faces.gallery import Gallery
+        from face2scene_cli.faces.identity import create_identity_encoder
+        from face2scene_cli.pipeline import (
+            DegradationReader,
+            Face2ScenePipeline,
+            FaceFinder,
+            resolve_face_restorer,
+        )
+        from face2scene_cli.stages.face_restore import create_face_restorer
+        from face2scene_cli.stages.fadex import load_fadex
+        from face2scene_cli.stages.scene import load_scene_restorer
+        from face2scene_cli.zoo import require_model
+
         cfg = restore_cfg
         check_device(cfg.device)  # where the job runs: here, or on each Ray worker
         restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, bool(refs)))

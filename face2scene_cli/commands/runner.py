@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -30,8 +30,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from face2scene_cli import ray_engine
-from face2scene_cli.batch import ImageJob, ItemEvent, Plan, StopFlag, plan_inputs, run_batch
 from face2scene_cli.config import (
     BatchConfig,
     build_config,
@@ -42,6 +40,9 @@ from face2scene_cli.config import (
 )
 from face2scene_cli.errors import ExitCode, F2SError
 from face2scene_cli.report import RunSummary, display_path, summary_name
+
+if TYPE_CHECKING:
+    from face2scene_cli.batch import ImageJob, ItemEvent, Plan
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 logger = logging.getLogger(__name__)
@@ -235,6 +236,9 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     ``job_factory`` builds the job after planning, so a bad input path is reported before
     models load.
     """
+    from face2scene_cli import ray_engine
+    from face2scene_cli.batch import StopFlag, plan_inputs, run_batch
+
     started = time.perf_counter()
     if batch_cfg.engine == "ray":
         ray_engine.require_ray()

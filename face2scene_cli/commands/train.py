@@ -10,6 +10,7 @@ import typer
 
 from face2scene_cli.commands import options as o
 from face2scene_cli.commands.runner import cli_errors
+from face2scene_cli.commands.train_scene import train_scene
 
 app = typer.Typer(help="Train f2s networks from YAML configs.", no_args_is_help=True)
 
@@ -130,3 +131,6 @@ def train_fadex_heads(
     given["align_weight"] = align_weight
     hc = HeadsConfig(**{k: v for k, v in given.items() if v is not None})
     typer.echo(json.dumps(run_heads(config, source, run_dir, hc), indent=2))
+
+
+app.command("scene")(train_scene)

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from face2scene_cli.doctor import insightface_pack
 from face2scene_cli.errors import ConfigError, InputError, ModelIntegrityError, NotAvailableError
+from face2scene_cli.external import insightface_pack
 from face2scene_cli.faces.base import DetectedFace, FaceDetector
 from face2scene_cli.zoo import require_model
 

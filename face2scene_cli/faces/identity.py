@@ -198,7 +198,7 @@ class ArcFaceEncoder(IdentityEncoder):
     (its input normalisation read from the model). Embeddings are L2-normalised.
 
     The model pack is never downloaded here: it must already be on disk
-    (``$INSIGHTFACE_HOME/models/buffalo_l``, see :func:`face2scene_cli.doctor.insightface_pack`).
+    (``$INSIGHTFACE_HOME/models/buffalo_l``, see :func:`face2scene_cli.external.insightface_pack`).
 
     Args:
         model_file: an ArcFace ONNX file; default ``w600k_r50.onnx`` of the buffalo_l pack.
@@ -271,7 +271,7 @@ class ArcFaceEncoder(IdentityEncoder):
 
 def arcface_model_file() -> Path | None:
     """``w600k_r50.onnx`` of the buffalo_l pack when it is on disk, else None (no download)."""
-    from face2scene_cli.doctor import insightface_pack
+    from face2scene_cli.external import insightface_pack
 
     pack = insightface_pack(_ARCFACE_PACK)
     if pack is None:
