@@ -88,17 +88,14 @@ def _peaks(device: str) -> dict[str, float]:
 def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) -> dict[str, Any]:
     """Stage times (median over ``repeats`` passes, after a warm-up pass below 4 MP) on one
     size, NLM on the same input, peak memory."""
-    from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.imageio import to_tensor
-    from face2scene_cli.pipeline import DegradationReader, FaceFinder
-    from face2scene_cli.stages.face_restore import BlindFaceRestorer
-    from face2scene_cli.stages.fadex import load_fadex
-    from face2scene_cli.stages.scene import load_scene_restorer
+    from face2scene_cli.pipeline import Face2ScenePipeline
 
     lq = bench_input(megapixels, photo)
-    finder = FaceFinder(create_detector("mtcnn", device=device))
-    scene = load_scene_restorer("scene-embedded", device=device)
-    reader = DegradationReader(load_fadex(scene.settings.fadex), BlindFaceRestorer(), device)
+    pipe = Face2ScenePipeline.from_pretrained(
+        detector="mtcnn", face_restorer="blind", device=device, batch_size=8
+    )
+    finder, scene, reader = pipe.finder, pipe.scene, pipe.reader
     passes: list[dict[str, float]] = []
     faces = 0
     for i in range(repeats + (megapixels < 4)):

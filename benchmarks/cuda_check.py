@@ -42,12 +42,8 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_restore import bench_input
 
-    from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.imageio import to_tensor
-    from face2scene_cli.pipeline import DegradationReader, FaceFinder
-    from face2scene_cli.stages.face_restore import BlindFaceRestorer
-    from face2scene_cli.stages.fadex import load_fadex
-    from face2scene_cli.stages.scene import load_scene_restorer
+    from face2scene_cli.pipeline import Face2ScenePipeline
 
     started = time.perf_counter()
     lq = bench_input(1.0, args.photo)
@@ -55,16 +51,21 @@ def main() -> int:
     f = args.long_side / max(h, w)
     lq = lq[: int(h * f) // 8 * 8, : int(w * f) // 8 * 8] if f < 1 else lq
     x = to_tensor(lq)
-    faces = [ff.face for ff in FaceFinder(create_detector("mtcnn")).find(lq)]
+    pipes = {
+        dev: Face2ScenePipeline.from_pretrained(
+            detector="mtcnn", face_restorer="blind", device=dev, batch_size=8
+        )
+        for dev in ("cpu", args.device)
+    }
+    faces = [ff.face for ff in pipes["cpu"].finder.find(lq)]
     if not faces:
         raise SystemExit(
             f"no face found in the {x.shape[-1]}x{x.shape[-2]} input: raise --long-side"
         )
     runs: dict[str, dict[str, Any]] = {}
-    for dev in ("cpu", args.device):
-        scene = load_scene_restorer("scene-embedded", device=dev)
-        reader = DegradationReader(load_fadex(scene.settings.fadex), BlindFaceRestorer(), dev)
-        reading = reader.read(lq, faces)
+    for dev, pipe in pipes.items():
+        scene = pipe.scene
+        reading = pipe.reader.read(lq, faces)
         z, wts = [r.z for r in reading.faces], [r.weight for r in reading.faces]
         runs[dev] = {"scene": scene, "tokens": scene.tokens_for_faces(z, wts).cpu()}
     cpu, dev = runs["cpu"], runs[args.device]

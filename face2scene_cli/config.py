@@ -237,15 +237,68 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class RestoreConfig:
-    """Settings of ``f2s restore`` that change the outputs.
+class FaceSettings:
+    """How faces are found and matched to a reference gallery (``f2s restore`` and ``f2s faces``).
+
+    Attributes:
+        detector: ``auto`` | a detector name (``f2s doctor`` lists them).
+        min_face: ignore faces smaller than this (px, shorter box side).
+        max_faces: keep at most this many faces per image (None = all).
+        refs: reference photos, ``refs/<person>/*.jpg`` or ``refs/*.jpg`` (None = none).
+        identity: identity encoder: auto | dlib | arcface (``auto``: arcface when its pack is
+            on disk, else dlib).
+        refs_k: references chosen per matched face.
+    """
+
+    detector: str = "auto"
+    min_face: int = 20
+    max_faces: int | None = None
+    refs: Path | None = None
+    identity: str = "auto"
+    refs_k: int = 3
+
+    def __post_init__(self) -> None:
+        if self.min_face < 1 or self.refs_k < 1:
+            raise ConfigError(
+                f"min_face and refs_k must be >= 1, got {self.min_face}, {self.refs_k}"
+            )
+        if self.max_faces is not None and self.max_faces < 1:
+            raise ConfigError(f"max_faces must be >= 1, got {self.max_faces}")
+        if self.refs is not None and not self.refs.is_dir():
+            raise ConfigError(f"refs: {self.refs} is not a folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class FacesConfig(FaceSettings):
+    """Settings of ``f2s faces`` (besides :class:`FaceSettings`).
+
+    Attributes:
+        face_size: aligned crop size (FFHQ 5-point template).
+        save_crops: write each aligned face crop here (None = do not).
+        recursive: walk sub-folders of input folders.
+        max_pixels: refuse images with more pixels than this.
+    """
+
+    face_size: int = 512
+    save_crops: Path | None = None
+    recursive: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.face_size < 64:
+            raise ConfigError(f"face_size must be >= 64, got {self.face_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreConfig(FaceSettings):
+    """Settings of ``f2s restore`` that change the outputs (besides :class:`FaceSettings`).
 
     Attributes:
         blind: ignore faces; restore with MapNet's null tokens.
         tile: tile side in px (None = automatic from free memory).
         precision: fp32 | fp16 | bf16 (None = fp32 on CPU, fp16 on CUDA).
         scale: 1, 2 or 4 (bicubic upscaling before restoring).
-        detector, min_face, max_faces: face detection.
         device: cpu | cuda | cuda:N | mps.
         scene_model: zoo name of the scene restorer.
         face_restorer: Stage I restorer by name; ``auto`` = ``ref-guided`` when it is
@@ -259,9 +312,6 @@ class RestoreConfig:
     tile: int | None = None
     precision: str | None = None
     scale: int = 1
-    detector: str = "auto"
-    min_face: int = 20
-    max_faces: int | None = None
     device: str = "cpu"
     scene_model: str = "scene-embedded"
     face_restorer: str = "auto"
@@ -270,6 +320,7 @@ class RestoreConfig:
     save_compare: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scale not in (1, 2, 4):
             raise ConfigError(f"scale must be 1, 2 or 4, got {self.scale}")
         if self.precision not in (None, "fp32", "fp16", "bf16"):

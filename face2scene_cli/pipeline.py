@@ -9,6 +9,7 @@ job for the batch engine. Commands call these; nothing here prints.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Sequence
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 
 from face2scene_cli.batch import ExtraOutput, LoadedImage, Processed
-from face2scene_cli.config import RestoreConfig
-from face2scene_cli.errors import F2SError
+from face2scene_cli.config import FaceSettings, RestoreConfig
+from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.faces.align import (
     AlignedFace,
     FaceAligner,
@@ -31,15 +32,16 @@ from face2scene_cli.faces.align import (
     native_crop,
 )
 from face2scene_cli.faces.base import DetectedFace, FaceDetector
-from face2scene_cli.faces.detect import as_rgb_uint8
+from face2scene_cli.faces.detect import as_rgb_uint8, create_detector, resolve_detector_name
 from face2scene_cli.faces.gallery import Gallery, Match, Reference
+from face2scene_cli.faces.identity import create_identity_encoder
 from face2scene_cli.faces.paste import paste_faces
 from face2scene_cli.hashing import json_sha256
 from face2scene_cli.imageio import Image, from_tensor, to_tensor
-from face2scene_cli.stages.face_restore import FACE_RESTORERS, FaceRestorer
-from face2scene_cli.stages.fadex import FaDeX
-from face2scene_cli.stages.scene import SceneRestorer
-from face2scene_cli.zoo import ModelInfo
+from face2scene_cli.stages.face_restore import FACE_RESTORERS, FaceRestorer, create_face_restorer
+from face2scene_cli.stages.fadex import FaDeX, load_fadex
+from face2scene_cli.stages.scene import SceneRestorer, load_scene_restorer
+from face2scene_cli.zoo import ModelInfo, require_model
 
 # FaDeX reads native crops of at least this side; smaller faces take more context around them.
 MIN_CROP_SIDE = 64
@@ -87,6 +89,23 @@ class FaceFinder:
         self.gallery = gallery
         self.refs_k = refs_k
         self.unique_identities = unique_identities
+
+    @classmethod
+    def from_settings(
+        cls, settings: FaceSettings, aligner: FaceAligner | None = None, device: str = "cpu"
+    ) -> FaceFinder:
+        """The detector, identity encoder and reference gallery ``settings`` name.
+
+        Args:
+            aligner: makes aligned crops (None: none; the gallery aligns with the default).
+            device: where the detector runs.
+        """
+        detector = create_detector(settings.detector, settings.min_face, settings.max_faces, device)
+        gallery = None
+        if settings.refs is not None:
+            encoder = create_identity_encoder(settings.identity)
+            gallery = Gallery.build(settings.refs, detector, aligner or FaceAligner(), encoder)
+        return cls(detector, aligner, gallery, refs_k=settings.refs_k)
 
     def find(self, pixels: np.ndarray) -> list[FoundFace]:
         """Faces of one image, most confident first.
@@ -458,7 +477,7 @@ class Face2ScenePipeline:
         config: RestoreConfig,
         finder: FaceFinder,
         reader: DegradationReader,
-        scene: SceneRestorer,
+        scene: SceneRestorer | None,
         models: list[ModelInfo],
     ) -> None:
         self.config = config
@@ -469,22 +488,56 @@ class Face2ScenePipeline:
         self._models = [m.ref() for m in models]
         self._ref_cache: dict[Path, torch.Tensor] = {}
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        scene_model: str | None = "scene-embedded",
+        *,
+        fadex: str | None = None,
+        batch_size: int = 4,
+        **settings: Any,
+    ) -> Face2ScenePipeline:
+        """Load and assemble every stage: the only place a restore pipeline is put together.
+
+        Args:
+            scene_model: zoo name of the scene restorer; None = a pipeline that only reads
+                degradations (:meth:`read_degradations`, ``f2s degrade-code``).
+            fadex: zoo name of the FaDeX that reads the code; None = the one the scene model
+                was trained with (any other is refused: the scene model reads only its codes).
+            batch_size: face crops per Stage I / FaDeX call.
+            **settings: the other :class:`~face2scene_cli.config.RestoreConfig` fields
+                (``detector``, ``device``, ``precision``, ``refs``, ``face_restorer``, ...).
+
+        Raises:
+            ConfigError: bad settings; NotAvailableError / ModelIntegrityError: a model is
+            missing or its files do not match their metadata.
+        """
+        cfg = RestoreConfig(**settings, **({"scene_model": scene_model} if scene_model else {}))
+        scene = load_scene_restorer(scene_model, device=cfg.device) if scene_model else None
+        fadex = fadex or (scene.settings.fadex if scene else None)
+        if fadex is None:
+            raise ConfigError("a pipeline without a scene model needs fadex= to read codes")
+        if scene is not None and fadex != scene.settings.fadex:
+            raise ConfigError(
+                f"{scene_model} was trained on the codes of {scene.settings.fadex}, not {fadex}"
+            )
+        refs_given = cfg.refs is not None
+        restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, refs_given))
+        finder = FaceFinder.from_settings(cfg, device=cfg.device)
+        reader = DegradationReader(
+            load_fadex(fadex), restorer, device=cfg.device, batch_size=batch_size
+        )
+        names = [fadex, *([scene_model] if scene_model else [])]
+        if resolve_detector_name(cfg.detector) == "mtcnn":
+            names.insert(0, "mtcnn")
+        return cls(cfg, finder, reader, scene, [require_model(n) for n in names])
+
     def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "blind": c.blind,
-            "tile": c.tile,
-            "precision": c.precision,
-            "scale": c.scale,
-            "detector": c.detector,
-            "min_face": c.min_face,
-            "max_faces": c.max_faces,
-            "device": c.device,
+        """Every :class:`RestoreConfig` field, with ``refs`` replaced by a hash of the
+        references it holds and ``face_restorer`` by the restorer ``auto`` resolved to."""
+        return dataclasses.asdict(self.config) | {
+            "refs": self._gallery_key(),
             "face_restorer": self.reader.restorer.method,
-            "references": self._gallery_key(),
-            "paste_faces": c.paste_faces,
-            "save_faces": c.save_faces,
-            "save_compare": c.save_compare,
         }
 
     def models(self) -> list[dict[str, str]]:
@@ -499,16 +552,25 @@ class Face2ScenePipeline:
         refs = [(r.person, r.path, r.sha256) for r in gallery.references]
         return json_sha256({"refs": refs, "encoder": gallery.encoder.name, "k": self.finder.refs_k})
 
-    def process(self, batch: list[LoadedImage], seed: int) -> list[Processed | F2SError]:
-        timings: list[dict[str, float]] = [{} for _ in batch]
-        colours = [_split_alpha(loaded.image.pixels)[0] for loaded in batch]
-        # 1. faces, per image
+    def read_degradations(
+        self, images: list[np.ndarray]
+    ) -> tuple[list[list[FoundFace]], list[ImageDegradation], list[dict[str, float]]]:
+        """Find each image's faces and read its degradation off them (Stage I + FaDeX over
+        every face of the batch at once).
+
+        Args:
+            images: (H, W, C) uint8/uint16 pixels, C in {1, 3, 4} (alpha is ignored).
+
+        Returns:
+            Per image: its faces, its degradation reading, its stage timings (seconds).
+        """
+        timings: list[dict[str, float]] = [{} for _ in images]
+        colours = [_split_alpha(pixels)[0] for pixels in images]
         found = []
         for colour, t in zip(colours, timings, strict=True):
             t0 = time.perf_counter()
             found.append(self.finder.find(colour))
             t["faces"] = time.perf_counter() - t0
-        # 2. Stage I and FaDeX over every face of the batch
         refs_given = self.finder.gallery is not None
         jobs = [
             (c, [f.face for f in faces], self._references(faces) if refs_given else None)
@@ -519,8 +581,13 @@ class Face2ScenePipeline:
         total = sum(n_faces)
         for t, n in zip(timings, n_faces, strict=True):
             for key in _BATCH_STAGES:
-                t[key] = stage_times[key] * (n / total if total else 1 / len(batch))
-        # 3. the scene, per image
+                t[key] = stage_times[key] * (n / total if total else 1 / len(images))
+        return found, readings, timings
+
+    def process(self, batch: list[LoadedImage], seed: int) -> list[Processed | F2SError]:
+        if self.scene is None:
+            raise ConfigError("this pipeline only reads degradations: it has no scene model")
+        found, readings, timings = self.read_degradations([b.image.pixels for b in batch])
         return [
             self._finish(loaded, faces, reading, t)
             for loaded, faces, reading, t in zip(batch, found, readings, timings, strict=True)
@@ -556,9 +623,13 @@ class Face2ScenePipeline:
                 [r.z for r in reading.faces], [r.weight for r in reading.faces]
             )
         t1 = time.perf_counter()
+        tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
+        retries = self.scene.fallbacks
         restored = self.scene.restore(
-            to_tensor(colour), tokens, tile=cfg.tile, precision=cfg.precision, scale=cfg.scale
+            to_tensor(colour), tokens, tile=tile, precision=precision, scale=cfg.scale
         )
+        scene_run = {"tile": tile, "precision": precision}
+        scene_run["fp32_retries"] = self.scene.fallbacks - retries
         out = from_tensor(restored, colour.dtype)
         t2 = time.perf_counter()
         timings.update({"mapnet": t1 - t0, "scene": t2 - t1})
@@ -571,7 +642,7 @@ class Face2ScenePipeline:
         extras = self._extras(loaded, out, colour, reading, timings)
         return Processed(
             image.with_pixels(out),
-            self._fields(found, reading, use_faces),
+            self._fields(found, reading, use_faces) | {"scene": scene_run},
             timings,
             [] if reading.faces else ["no usable face: restored in blind mode"],
             extras,

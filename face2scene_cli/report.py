@@ -92,6 +92,7 @@ class ImageReport:
     faces: list[dict[str, Any]] = field(default_factory=list)
     degradation: dict[str, Any] | None = None
     applied_degradation: dict[str, Any] | None = None
+    scene: dict[str, Any] | None = None  # restore: tile and precision used
     schema_version: str = SCHEMA_VERSION
 
     def to_json(self) -> str:

@@ -105,7 +105,7 @@ def test_each_face_gets_its_own_persons_references(
     method = "recording/1" if restorer == "recording" else BlindFaceRestorer().method
     assert {f["restorer"] for f in faces} == {method}
     assert report["settings"]["face_restorer"] == method
-    assert len(report["settings"]["references"]) == 64  # the gallery is part of the resume key
+    assert len(report["settings"]["refs"]) == 64  # the gallery is part of the resume key
     if restorer == "blind":
         assert eileen["references_used"] is None and man["references_used"] is None
         return
@@ -202,7 +202,7 @@ def test_paste_faces_and_extra_outputs(tmp_path: Path) -> None:
     for kind in ("lq", "hq"):
         with Image.open(pasted / "astro.faces" / f"face0_{kind}.png") as im:
             assert im.size == (512, 512) and im.mode == "RGB"
-    assert report["settings"]["references"] is None
+    assert report["settings"]["refs"] is None
     assert report["faces"][0]["blind_reason"] == "no references"
     assert (
         report["settings"]["paste_faces"]

@@ -43,11 +43,8 @@ def degrade_code(
     [bold]Examples[/bold]: f2s degrade-code img.jpg · f2s degrade-code ./photos --json
     """
     from face2scene_cli.batch import find_images, relative_key
-    from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
     from face2scene_cli.imageio import read_image
-    from face2scene_cli.pipeline import DegradationReader
-    from face2scene_cli.stages.face_restore import BlindFaceRestorer
-    from face2scene_cli.stages.fadex import load_fadex
+    from face2scene_cli.pipeline import Face2ScenePipeline
 
     configure_logging(debug)
     part = Shard.parse(shard) if shard is not None else None
@@ -57,8 +54,15 @@ def degrade_code(
             "--refs: degrade-code reads faces with the blind restorer (FaDeX's estimates "
             "were validated with it); references are not used here (f2s restore uses them)",
         )
-    reader = DegradationReader(load_fadex(model), BlindFaceRestorer())
-    det = create_detector(detector, min_face=min_face, max_faces=max_faces)
+    pipe = Face2ScenePipeline.from_pretrained(
+        None,
+        fadex=model,
+        face_restorer="blind",
+        detector=detector,
+        min_face=min_face,
+        max_faces=max_faces,
+        batch_size=8,
+    )
     images, _, warnings = find_images(inputs, recursive=recursive is not False)
     images = [i for i in images if part is None or part.contains(relative_key(i.relative))]
     for warning in warnings:
@@ -74,7 +78,7 @@ def degrade_code(
             if image.error is not None:
                 raise image.error
             pixels = read_image(image.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS).pixels
-            reading = reader.read(pixels, det.detect([as_rgb_uint8(pixels)])[0])
+            reading = pipe.read_degradations([pixels])[1][0]
             any_face |= bool(reading.faces)
             entry.update(_entry(reading, json_output))
             if not reading.faces:

@@ -4,77 +4,55 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from face2scene_cli.commands import options as o
-from face2scene_cli.commands.runner import configure_logging, diag
-from face2scene_cli.config import DEFAULT_MAX_PIXELS
+from face2scene_cli.commands.runner import configure_logging, diag, load_settings, print_config
+from face2scene_cli.config import FacesConfig
 from face2scene_cli.errors import ExitCode, F2SError
 from face2scene_cli.report import display_path
 
-if TYPE_CHECKING:
-    from face2scene_cli.faces.gallery import Gallery
-    from face2scene_cli.pipeline import FaceFinder
-
 stdout = Console(highlight=False)
-
-
-def build_finder(
-    detector: str,
-    min_face: int,
-    max_faces: int | None,
-    refs: Path | None,
-    identity: str,
-    refs_k: int,
-    face_size: int = 512,
-) -> tuple[FaceFinder, Gallery | None]:
-    """The FaceFinder (and gallery) the face commands share."""
-    from face2scene_cli.faces.align import FaceAligner
-    from face2scene_cli.faces.detect import create_detector
-    from face2scene_cli.faces.gallery import Gallery
-    from face2scene_cli.faces.identity import create_identity_encoder
-    from face2scene_cli.pipeline import FaceFinder
-
-    det = create_detector(detector, min_face=min_face, max_faces=max_faces)
-    aligner = FaceAligner(size=face_size)
-    gallery = None
-    if refs is not None:
-        gallery = Gallery.build(refs, det, aligner, create_identity_encoder(identity))
-    return FaceFinder(det, aligner, gallery, refs_k=refs_k), gallery
 
 
 def faces(
     inputs: o.Inputs,
     refs: o.Refs = None,
-    detector: o.Detector = "auto",
-    min_face: o.MinFace = 20,
+    detector: o.Detector = None,
+    min_face: o.MinFace = None,
     max_faces: o.MaxFaces = None,
-    identity: o.Identity = "auto",
-    refs_k: o.RefsK = 3,
+    identity: o.Identity = None,
+    refs_k: o.RefsK = None,
     save_crops: Annotated[
         Path | None,
         typer.Option(
             "--save-crops",
+            envvar="F2S_SAVE_CROPS",
             rich_help_panel=o.FACES,
             file_okay=False,
             help="Write each aligned face crop here (PNG, mirrors the input tree).",
+            show_default=False,
         ),
     ] = None,
     face_size: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--face-size",
+            envvar="F2S_FACE_SIZE",
             rich_help_panel=o.FACES,
             min=64,
-            help="Aligned crop size (FFHQ 5-point template).",
+            help="Aligned crop size (FFHQ 5-point template). [default: 512]",
+            show_default=False,
         ),
-    ] = 512,
+    ] = None,
     recursive: o.Recursive = None,
     max_pixels: o.MaxPixels = None,
+    config: o.ConfigFile = None,
+    show_config: o.PrintConfig = False,
     json_output: o.Json = False,
     debug: o.Debug = False,
 ) -> None:
@@ -86,12 +64,19 @@ def faces(
     [bold]Examples[/bold]: f2s faces group.jpg · f2s faces ./photos --refs ./refs --json ·
     f2s faces img.jpg --save-crops ./crops
     """
-    from face2scene_cli.batch import find_images
-    from face2scene_cli.imageio import read_image
-
     configure_logging(debug)
-    finder, gallery = build_finder(detector, min_face, max_faces, refs, identity, refs_k, face_size)
-    images, _, warnings = find_images(inputs, recursive=recursive is not False)
+    (cfg,) = load_settings("faces", config, [FacesConfig], locals())
+    if show_config:
+        print_config(cfg)
+        return
+    from face2scene_cli.batch import find_images
+    from face2scene_cli.faces.align import FaceAligner
+    from face2scene_cli.imageio import read_image
+    from face2scene_cli.pipeline import FaceFinder
+
+    finder = FaceFinder.from_settings(cfg, FaceAligner(size=cfg.face_size))
+    gallery = finder.gallery
+    images, _, warnings = find_images(inputs, recursive=cfg.recursive)
     for warning in warnings + [str(w) for w in (gallery.warnings if gallery else [])]:
         diag("warning", warning)
     results: list[dict[str, Any]] = []
@@ -106,12 +91,12 @@ def faces(
         try:
             if image.error is not None:
                 raise image.error
-            pixels = read_image(image.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS).pixels
+            pixels = read_image(image.path, max_pixels=cfg.max_pixels).pixels
             found = finder.find(pixels)
             entry["faces"] = [f.to_report() for f in found]
             found_any |= bool(found)
-            if save_crops is not None:
-                _save_crops(save_crops, image.relative, found)
+            if cfg.save_crops is not None:
+                _save_crops(cfg.save_crops, image.relative, found)
         except F2SError as err:
             failed = True
             entry["error"] = {"type": type(err).__name__, "message": str(err)}

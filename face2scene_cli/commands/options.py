@@ -298,23 +298,25 @@ Tile = Annotated[
 ]
 
 Detector = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--detector",
         envvar="F2S_DETECTOR",
         rich_help_panel=FACES,
         help=f"Face detector: {'|'.join(DETECTOR_CHOICES)} (auto = insightface when "
-        "its pack is on disk, else mtcnn).",
+        "its pack is on disk, else mtcnn). [default: auto]",
+        show_default=False,
     ),
 ]
 MinFace = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--min-face",
         envvar="F2S_MIN_FACE",
         rich_help_panel=FACES,
         min=1,
-        help="Ignore faces smaller than this (pixels, shorter box side).",
+        help="Ignore faces smaller than this (pixels, shorter box side). [default: 20]",
+        show_default=False,
     ),
 ]
 MaxFaces = Annotated[
@@ -341,22 +343,24 @@ Refs = Annotated[
     ),
 ]
 Identity = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--identity",
         envvar="F2S_IDENTITY",
         rich_help_panel=FACES,
         help="Identity encoder: auto|dlib|arcface (auto = arcface when its pack is on "
-        "disk, else dlib).",
+        "disk, else dlib). [default: auto]",
+        show_default=False,
     ),
 ]
 RefsK = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--refs-k",
         envvar="F2S_REFS_K",
         rich_help_panel=FACES,
         min=1,
-        help="References chosen per matched face.",
+        help="References chosen per matched face. [default: 3]",
+        show_default=False,
     ),
 ]

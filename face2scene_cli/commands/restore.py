@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -125,11 +126,11 @@ def restore(
             show_default=False,
         ),
     ] = None,
-    detector: o.Detector = None,  # type: ignore[assignment]  # None: config file or default
-    min_face: o.MinFace = None,  # type: ignore[assignment]
+    detector: o.Detector = None,
+    min_face: o.MinFace = None,
     max_faces: o.MaxFaces = None,
-    identity: o.Identity = "auto",
-    refs_k: o.RefsK = 3,
+    identity: o.Identity = None,
+    refs_k: o.RefsK = None,
     out: o.Out = None,
     recursive: o.Recursive = None,
     overwrite: o.Overwrite = None,
@@ -174,38 +175,10 @@ def restore(
     log = LogOptions.from_values(locals())
 
     def build() -> Face2ScenePipeline:
-        from face2scene_cli.faces.align import FaceAligner
-        from face2scene_cli.faces.detect import create_detector, resolve_detector_name
-        from face2scene_cli.faces.gallery import Gallery
-        from face2scene_cli.faces.identity import create_identity_encoder
-        from face2scene_cli.pipeline import (
-            DegradationReader,
-            Face2ScenePipeline,
-            FaceFinder,
-            resolve_face_restorer,
-        )
-        from face2scene_cli.stages.face_restore import create_face_restorer
-        from face2scene_cli.stages.fadex import load_fadex
-        from face2scene_cli.stages.scene import load_scene_restorer
-        from face2scene_cli.zoo import require_model
+        from face2scene_cli.pipeline import Face2ScenePipeline
 
-        cfg = restore_cfg
-        check_device(cfg.device)  # where the job runs: here, or on each Ray worker
-        restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, bool(refs)))
-        det = create_detector(cfg.detector, cfg.min_face, cfg.max_faces, cfg.device)
-        aligner = FaceAligner()
-        gallery = None
-        if refs is not None:
-            gallery = Gallery.build(refs, det, aligner, create_identity_encoder(identity))
-        finder = FaceFinder(det, None, gallery, refs_k=refs_k)
-        scene = load_scene_restorer(cfg.scene_model, device=cfg.device)
-        fadex = load_fadex(scene.settings.fadex)  # the FaDeX the scene model was trained with
-        reader = DegradationReader(
-            fadex, restorer, device=cfg.device, batch_size=batch_cfg.batch_size
-        )
-        names = [scene.settings.fadex, cfg.scene_model]
-        if resolve_detector_name(cfg.detector) == "mtcnn":
-            names.insert(0, "mtcnn")
-        return Face2ScenePipeline(cfg, finder, reader, scene, [require_model(n) for n in names])
+        check_device(restore_cfg.device)  # where the job runs: here, or on each Ray worker
+        settings = dataclasses.asdict(restore_cfg)
+        return Face2ScenePipeline.from_pretrained(**settings, batch_size=batch_cfg.batch_size)
 
     run_files(inputs, build, batch_cfg, log)

@@ -869,6 +869,30 @@ class SceneRestorer:
         side = min(self.settings.max_tile, side) // m * m
         return max(2 * m, side)
 
+    @property
+    def tile_batch(self) -> int:
+        """Tiles per network call."""
+        return self.settings.tile_batch or (4 if self.device.type == "cuda" else 2)
+
+    def run_settings(
+        self, tile: int | None = None, precision: str | None = None
+    ) -> tuple[int, str]:
+        """The tile side (px) and precision :meth:`restore` runs with for these arguments.
+
+        Args:
+            tile: asked tile side (rounded down to the net's multiple, at least 2x that);
+                None = automatic from free memory.
+            precision: ``fp32`` | ``fp16`` | ``bf16``; None = fp32 on CPU, fp16 on CUDA.
+        """
+        precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
+        if precision not in _PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}"
+            )
+        m = int(self.net.multiple)
+        side = self.auto_tile(self.tile_batch) if tile is None else max(2 * m, int(tile) // m * m)
+        return side, precision
+
     def _run(self, x: Tensor, tokens: Tensor | None, dtype: torch.dtype) -> Tensor:
         if dtype == torch.float32:
             return self.net(x, tokens).float()
@@ -915,11 +939,7 @@ class SceneRestorer:
             )
         if scale not in (1, 2, 4):
             raise ConfigError(f"scale must be 1, 2 or 4, got {scale}")
-        precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
-        if precision not in _PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}"
-            )
+        tile, precision = self.run_settings(tile, precision)
         dtype = _PRECISIONS[precision]
         gray = image.shape[1] == 1
         # 2. prepare: CPU float32 RGB, optional upscaling
@@ -943,12 +963,11 @@ class SceneRestorer:
         return out.mean(1, keepdim=True) if gray else out
 
     def _restore_tiled(
-        self, x: Tensor, tokens: Tensor | None, tile: int | None, dtype: torch.dtype
+        self, x: Tensor, tokens: Tensor | None, t: int, dtype: torch.dtype
     ) -> Tensor:
         m = int(self.net.multiple)
         h, w = x.shape[2:]
-        batch = self.settings.tile_batch or (4 if self.device.type == "cuda" else 2)
-        t = self.auto_tile(batch) if tile is None else max(2 * m, int(tile) // m * m)
+        batch = self.tile_batch
         # pad (reflect, replicate when too small) to multiples of m, at least one tile if small
         th, tw = min(t, math.ceil(h / m) * m), min(t, math.ceil(w / m) * m)
         ph, pw = max(th, math.ceil(h / m) * m) - h, max(tw, math.ceil(w / m) * m) - w
