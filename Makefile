@@ -21,21 +21,21 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install f2s with its test tools
 
 testdata: install  ## fetch the pinned real photos into $$F2S_DATA_DIR (default ~/.cache/face2scene/data)
-	$(BIN)/python -m face2scene_cli.sample_data fetch
+	$(BIN)/f2s data fetch
 
 test: install testdata  ## run the test suite (slow and gpu tests skipped)
 	$(BIN)/python -m pytest $(PYTEST_FLAGS)
 
 demo: install testdata  ## degrade sample photos and show what f2s reports
-	$(BIN)/python -m face2scene_cli.demo
+	$(BIN)/f2s demo
 
 bench: install testdata  ## throughput benchmarks (not tests): degrade, then restore per stage and size
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_restore.py $(BENCH_FLAGS)
 
 eval: install testdata  ## f2s eval on the VAL photos of data/splits.yaml -> benchmarks/results/eval-val
-	$(BIN)/python -m face2scene_cli.evaluate --export runs/val-photos
-	$(BIN)/python -m face2scene_cli eval runs/val-photos --out benchmarks/results/eval-val $(EVAL_FLAGS)
+	$(BIN)/f2s data export val runs/val-photos
+	$(BIN)/f2s eval runs/val-photos --out benchmarks/results/eval-val $(EVAL_FLAGS)
 
 lint: install
 	$(BIN)/ruff check face2scene_cli tests benchmarks scripts

@@ -67,6 +67,14 @@ COMMANDS: dict[str, CommandEntry] = {
         "face2scene_cli.commands.doctor:doctor",
         "Show Python, torch, devices (CUDA/MPS/CPU), optional backends and model status.",
     ),
+    "data": CommandEntry(
+        "face2scene_cli.commands.data:app",
+        "Fetch, verify, list and export the real photos f2s tests and trains on.",
+    ),
+    "demo": CommandEntry(
+        "face2scene_cli.commands.demo:demo",
+        "Run f2s on sample photos as a user would and print PSNR/SSIM before and after.",
+    ),
     "train": CommandEntry(
         "face2scene_cli.commands.train:app", "Train f2s networks from YAML configs."
     ),

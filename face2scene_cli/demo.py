@@ -1,4 +1,4 @@
-"""``make demo``: run f2s on sample photos that ship inside packages, as a user would.
+"""``f2s demo`` (``make demo``): run f2s on sample photos from packages, as a user would.
 
 Makes degraded copies of real photos (``f2s degrade``), reads their degradation off the faces
 (``f2s degrade-code``), restores them (``f2s restore --refs``) and prints PSNR/SSIM before and
@@ -44,8 +44,8 @@ def _self_references(clean: Path, refs: Path) -> None:
             ImageOps.mirror(im.convert("RGB")).resize(size, Image.Resampling.LANCZOS).save(dest)
 
 
-def main() -> int:
-    out = Path("demo_out")
+def run_demo(out: Path = Path("demo_out")) -> int:
+    """Run the demo into ``out``; the exit status is 1 when an output is worse than its input."""
     clean = out / "clean"
     clean.mkdir(parents=True, exist_ok=True)
     by_name = {p.name: p for p in sample_data.all_photos()}
@@ -91,6 +91,3 @@ def main() -> int:
     print(f"References (made from the clean photos; no second photos offline): {refs.resolve()}")
     return 1 if worse else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,25 +11,19 @@ Two kinds of source, both allowed by ``shared/ASSETS.md`` (package registries on
 
 Third-party photos are never committed to the repository; only their names and hashes are.
 
-Command line::
-
-    python -m face2scene_cli.sample_data fetch   # download + verify the Debian photos
-    python -m face2scene_cli.sample_data list    # name, source, WxH, size, people flag
-    python -m face2scene_cli.sample_data dir     # print the data folder
+Command line: ``f2s data fetch`` (download + verify the Debian photos), ``f2s data list``
+(name, source, WxH, size, people flag), ``f2s data dir`` (the data folder).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -54,7 +48,6 @@ __all__ = [
     "debian_photos",
     "fetch_debian_photos",
     "lfw_subset_path",
-    "main",
     "package_photos",
 ]
 
@@ -503,100 +496,3 @@ def all_photos(fetch: bool = False) -> list[Photo]:
     """Package photos, then Debian photos (fetched first when ``fetch``; else those cached)."""
     debian = fetch_debian_photos() if fetch else debian_photos()
     return package_photos() + debian
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _image_size(path: Path) -> str:
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return f"{im.width}x{im.height}"
-    except Exception:  # a listing must not die on one odd file
-        return "?"
-
-
-def _cmd_fetch(dest: Path | None) -> int:
-    target = data_dir() if dest is None else dest
-    start = time.monotonic()
-    try:
-        photos = fetch_debian_photos(dest, progress=lambda msg: print(msg, file=sys.stderr))
-    except SampleDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if not _in_ci():
-            print(
-                "note: without the Debian photos, tests that need them are skipped "
-                "(with CI=true they fail).",
-                file=sys.stderr,
-            )
-        return int(exc.exit_code) or 1
-    took = time.monotonic() - start
-    print(
-        f"{len(photos)} Debian photos verified in {target / 'debian'} ({took:.1f} s)",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _cmd_list(dest: Path | None) -> int:
-    report = check_debian_photos(dest)
-    rows = [
-        (
-            p.name,
-            p.source,
-            _image_size(p.path),
-            f"{p.path.stat().st_size / 1024:.0f} KiB",
-            "people" if p.people else "-",
-        )
-        for p in package_photos() + report.ok
-    ]
-    header = ("name", "source", "WxH", "size", "people")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    if report.missing or report.corrupt:
-        print(
-            f"{len(report.missing)} Debian photos missing, {len(report.corrupt)} corrupt: run "
-            f"`python -m face2scene_cli.sample_data fetch`",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m face2scene_cli.sample_data {fetch,list,dir}``; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m face2scene_cli.sample_data",
-        description="Fetch, verify and list the real photos f2s tests and trains on.",
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--dest",
-        type=Path,
-        default=None,
-        help=f"data folder (default: ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR})",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("fetch", "download and verify the Debian photos (idempotent)"),
-        ("list", "list available photos: name, source, WxH, size, people"),
-        ("dir", "print the data folder"),
-    ):
-        sub.add_parser(name, parents=[common], help=text, description=text)
-    args = parser.parse_args(argv)
-    if args.command == "fetch":
-        return _cmd_fetch(args.dest)
-    if args.command == "list":
-        return _cmd_list(args.dest)
-    print(data_dir() if args.dest is None else args.dest)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

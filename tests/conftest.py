@@ -1,7 +1,7 @@
 """Shared fixtures: real photos from installed wheels and from the Debian photo cache.
 
 Nothing here downloads: the Debian photos come from ``make testdata``
-(``python -m face2scene_cli.sample_data fetch``), cached under ``$F2S_DATA_DIR``.
+(``f2s data fetch``), cached under ``$F2S_DATA_DIR``.
 Missing data skips a test locally and fails it in CI (``CI=true``): CI never skips silently.
 """
 
@@ -50,7 +50,7 @@ def photos() -> list[Photo]:
         _missing_data(
             f"{len(report.missing)} Debian photos missing and {len(report.corrupt)} corrupt "
             f"in {sample_data.data_dir()}: run `make testdata` "
-            f"(python -m face2scene_cli.sample_data fetch)"
+            f"(f2s data fetch)"
         )
     return sample_data.package_photos() + report.ok
 

@@ -54,6 +54,8 @@ def test_importing_the_cli_imports_no_heavy_library() -> None:
         ("models", "--help"),
         ("report", "merge", "--help"),
         ("train", "scene", "--help"),
+        ("data", "--help"),
+        ("demo", "--help"),
     ],
 )
 def test_help_imports_no_heavy_library(argv: tuple[str, ...]) -> None:
