@@ -1,4 +1,4 @@
-"""Tests of face2scene_cli.sample_data: manifests, package photos, cache verification, CLI."""
+"""face2scene_cli.sample_data: manifests, package photos, cache verification, f2s data."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from face2scene_cli import sample_data as sd
+from face2scene_cli.cli import app
 from face2scene_cli.errors import ExitCode, F2SError
+
+runner = CliRunner()
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -254,37 +258,32 @@ def test_fetch_extracts_and_verifies_from_a_deb(
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_list_and_dir(
-    fake_manifest: tuple[sd.DebianPhoto, ...],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_cli_list_and_dir(fake_manifest: tuple[sd.DebianPhoto, ...], tmp_path: Path) -> None:
     _write_cache(tmp_path, fake_manifest[:1])
-    assert sd.main(["list", "--dest", str(tmp_path)]) == 0
-    out, err = capsys.readouterr()
-    assert "insightface/t1" in out and "1280x886" in out
-    assert "fake/p0" in out and "debian:f2s-fake" in out
-    assert "2 Debian photos missing" in err
-    assert sd.main(["dir", "--dest", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path)
+    res = runner.invoke(app, ["data", "list", "--dest", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "insightface/t1" in res.stdout and "1280x886" in res.stdout
+    assert "fake/p0" in res.stdout and "debian:f2s-fake" in res.stdout
+    assert "2 Debian photos missing" in res.stderr
+    res = runner.invoke(app, ["data", "dir", "--dest", str(tmp_path)])
+    assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path)
 
 
 def test_cli_fetch_failure_exits_nonzero(
-    fake_manifest: tuple[sd.DebianPhoto, ...],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    fake_manifest: tuple[sd.DebianPhoto, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sd.shutil, "which", lambda _name: None)
-    for ci in ("true", ""):
+    for ci, note in (("true", False), ("", True)):
         monkeypatch.setenv("CI", ci)
-        assert sd.main(["fetch", "--dest", str(tmp_path)]) == ExitCode.NOT_AVAILABLE
-        assert "error: Debian photos need apt-get" in capsys.readouterr().err
+        res = runner.invoke(app, ["data", "fetch", "--dest", str(tmp_path)])
+        assert res.exit_code == ExitCode.NOT_AVAILABLE
+        assert "error: Debian photos need apt-get" in res.stderr
+        assert ("tests that need them are skipped" in res.stderr) == note
 
 
-def test_module_entry_point(tmp_path: Path) -> None:
+def test_f2s_data_in_a_fresh_process(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "face2scene_cli.sample_data", "list", "--dest", str(tmp_path)],
+        [sys.executable, "-m", "face2scene_cli", "data", "list", "--dest", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

@@ -60,8 +60,11 @@ def list_photos(dest: Dest = None) -> None:
     report = check_debian_photos(dest)
     rows = []
     for p in package_photos() + report.ok:
-        with Image.open(p.path) as im:
-            size = f"{im.width}x{im.height}"
+        try:
+            with Image.open(p.path) as im:
+                size = f"{im.width}x{im.height}"
+        except OSError:  # a listing must not die on one odd file
+            size = "?"
         kib = f"{p.path.stat().st_size / 1024:.0f} KiB"
         rows.append((p.name, p.source, size, kib, "people" if p.people else "-"))
     header = ("name", "source", "WxH", "size", "people")
