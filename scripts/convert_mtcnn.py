@@ -41,10 +41,9 @@ from face2scene_cli.faces.mtcnn import (  # noqa: E402
     MTCNN,
     WEIGHT_NAMES,
     MTCNNConfig,
-    check_state_dict,
 )
 from face2scene_cli.hashing import file_sha256  # noqa: E402
-from face2scene_cli.zoo import write_metadata  # noqa: E402
+from face2scene_cli.zoo import check_state_dict, write_metadata  # noqa: E402
 
 PACKAGE = "facenet-pytorch"
 VERSION = "2.6.0"
