@@ -95,6 +95,15 @@ class ModelFiles:
     prefix: str = ""
     label: str = ""
 
+    @classmethod
+    def for_folder(cls, folder: Path) -> ModelFiles:
+        """The reader of ``folder``: pinned by its ``metadata.json`` when it has one (a zoo
+        model or a release export), else unpinned (a training checkpoint)."""
+        folder = Path(folder)
+        if (folder / METADATA_NAME).is_file():
+            return read_model_info(folder).files_reader()
+        return cls(folder)
+
     def sub(self, name: str) -> ModelFiles:
         """A reader of the sub-folder ``name`` (same pins)."""
         return ModelFiles(self.folder, self.pins, f"{self.prefix}{name.strip('/')}/", self.label)

@@ -105,6 +105,8 @@ def test_a_file_edited_after_verification_is_refused(zoo_copy: Path) -> None:
     _flip_refine_film(zoo_copy)
     with pytest.raises(ModelIntegrityError, match=r"net/config\.json: sha256"):
         SceneRestorer.from_pretrained(info.folder, files=info.files_reader())
+    with pytest.raises(ModelIntegrityError, match=r"net/config\.json: sha256"):
+        SceneRestorer.from_pretrained(info.folder)  # a folder with a metadata.json: pinned
 
 
 def test_unpinned_config_is_refused(zoo_copy: Path) -> None:

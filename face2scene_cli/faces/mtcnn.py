@@ -237,14 +237,15 @@ class MTCNN(nn.Module):
         """Load ``config.json`` + ``{pnet,rnet,onet}.safetensors`` from ``folder`` strictly.
 
         ``files`` reads the folder (a zoo model's pinned reader,
-        :meth:`face2scene_cli.zoo.ModelInfo.files_reader`); default: ``folder`` as it is.
+        :meth:`face2scene_cli.zoo.ModelInfo.files_reader`); default:
+        :meth:`face2scene_cli.zoo.ModelFiles.for_folder` (pinned if it has a metadata.json).
 
         Raises:
             ModelIntegrityError: a file is unreadable (or not pinned / not the pinned bytes),
                 the config is invalid, or a weight file lacks or adds tensors or a shape
                 differs; the file is named.
         """
-        files = files or ModelFiles(Path(folder))
+        files = files or ModelFiles.for_folder(Path(folder))
         try:
             config = MTCNNConfig.from_dict(files.read_json(CONFIG_NAME), files.name(CONFIG_NAME))
         except (TypeError, ValueError) as err:

@@ -831,13 +831,14 @@ class SceneRestorer:
         ``base`` overrides the SD-Turbo base folder / hub id of an ``sd-turbo`` model.
         ``files`` reads the folder: a zoo model's pinned reader
         (:meth:`face2scene_cli.zoo.ModelInfo.files_reader`, see :func:`load_scene_restorer`);
-        default: ``folder`` as it is (a training run's checkpoint or export).
+        default: :meth:`face2scene_cli.zoo.ModelFiles.for_folder` (pinned by the folder's
+        ``metadata.json`` if it has one).
 
         Raises:
             ModelIntegrityError: a file is unreadable, not pinned or not the pinned bytes, or
                 a config or state dict does not fit its network (the file is named).
         """
-        files = files or ModelFiles(Path(folder))
+        files = files or ModelFiles.for_folder(Path(folder))
         raw = files.read_json(SCENE_JSON)
         try:
             settings = RestoreSettings(**raw)
