@@ -185,14 +185,15 @@ class MTCNNConfig:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict, where: str = "config") -> MTCNNConfig:
+    def from_dict(cls, raw: dict, where: str = "") -> MTCNNConfig:
         """From the parsed ``config.json`` (ValueError on an unknown key or a bad value)."""
         raw = dict(raw)
         raw["thresholds"] = tuple(raw.get("thresholds", cls.thresholds))
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown MTCNN config key(s) {', '.join(unknown)}")
+            prefix = f"{where}: " if where else ""
+            raise ValueError(f"{prefix}unknown MTCNN config key(s) {', '.join(unknown)}")
         return cls(**raw)
 
     def to_json(self) -> str:
@@ -247,7 +248,7 @@ class MTCNN(nn.Module):
         """
         files = files or ModelFiles.for_folder(Path(folder))
         try:
-            config = MTCNNConfig.from_dict(files.read_json(CONFIG_NAME), files.name(CONFIG_NAME))
+            config = MTCNNConfig.from_dict(files.read_json(CONFIG_NAME))
         except (TypeError, ValueError) as err:
             raise ModelIntegrityError(f"{files.name(CONFIG_NAME)}: {err}") from err
         model = cls(config)
