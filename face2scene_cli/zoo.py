@@ -2,7 +2,10 @@
 
 The zoo ships inside the wheel (``face2scene_cli/models``); in a source checkout it is the
 repository's top-level ``models/``; ``F2S_MODELS_DIR`` points elsewhere. Loaders call
-:func:`require_model`, which refuses a model whose files do not match their metadata.
+:func:`require_model`, which refuses a model whose files do not match their metadata, and
+read every file (weights and configs) through :meth:`ModelInfo.files_reader`, which reads only
+pinned files and checks each one's sha256 on the bytes it returns; :func:`load_config_model`
+and :func:`check_state_dict` refuse a config key or a tensor the network does not expect.
 """
 
 from __future__ import annotations
@@ -13,14 +16,21 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from face2scene_cli.errors import ModelIntegrityError, NotAvailableError
 from face2scene_cli.hashing import file_sha256
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import torch
+
 MODELS_ENV = "F2S_MODELS_DIR"
 METADATA_NAME = "metadata.json"
 _REQUIRED_KEYS = ("name", "version", "task", "licence", "files", "input", "trained_with", "source")
+#: Files of a model folder that need no pin: the metadata itself and the model cards.
+_UNPINNED_NAMES = (METADATA_NAME, "README.md")
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,105 @@ class ModelInfo:
     def ref(self) -> dict[str, str]:
         """The ``{"name", "sha256"}`` pair reports record for a model used."""
         return {"name": self.name, "sha256": self.sha256}
+
+    def files_reader(self) -> ModelFiles:
+        """A reader of this model's files that refuses any file not pinned by its metadata."""
+        return ModelFiles(
+            self.folder, {f.path: f for f in self.files}, label=f"model {self.name!r}"
+        )
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Reads the files of a model folder, by path relative to the folder (``net/config.json``).
+
+    With ``pins`` (a zoo model, :meth:`ModelInfo.files_reader`) only pinned files are read and
+    each one's bytes are checked against its sha256 as they are read, so a file edited after
+    :func:`require_model` verified it is refused too. Without pins (a training run's checkpoint
+    or export) files are read as they are.
+
+    Args:
+        folder: the model folder.
+        pins: pinned files by relative path, or None (unpinned folder).
+        prefix: relative path of the sub-folder this reader reads (``net/``); see :meth:`sub`.
+        label: how errors name the model.
+    """
+
+    folder: Path
+    pins: Mapping[str, ModelFile] | None = None
+    prefix: str = ""
+    label: str = ""
+
+    @classmethod
+    def for_folder(cls, folder: Path) -> ModelFiles:
+        """The reader of ``folder``: pinned by its ``metadata.json`` when it has one (a zoo
+        model or a release export), else unpinned (a training checkpoint)."""
+        folder = Path(folder)
+        if (folder / METADATA_NAME).is_file():
+            return read_model_info(folder).files_reader()
+        return cls(folder)
+
+    def sub(self, name: str) -> ModelFiles:
+        """A reader of the sub-folder ``name`` (same pins)."""
+        return ModelFiles(self.folder, self.pins, f"{self.prefix}{name.strip('/')}/", self.label)
+
+    def name(self, rel: str) -> str:
+        """``rel`` as errors name it: the path inside the model folder, with the model's name."""
+        where = f"{self.prefix}{rel}"
+        return f"{self.label}: {where}" if self.label else str(self.folder / where)
+
+    def has(self, rel: str) -> bool:
+        """Whether the file or sub-folder ``rel`` is part of the model (on disk or pinned)."""
+        where = f"{self.prefix}{rel}".rstrip("/")
+        if (self.folder / where).exists():
+            return True
+        return self.pins is not None and any(
+            p == where or p.startswith(where + "/") for p in self.pins
+        )
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The bytes of ``rel``.
+
+        Raises:
+            ModelIntegrityError: not pinned, unreadable, or not the pinned bytes.
+        """
+        where = f"{self.prefix}{rel}"
+        spec = None
+        if self.pins is not None:
+            spec = self.pins.get(where)
+            if spec is None:
+                raise ModelIntegrityError(
+                    f"{self.name(rel)}: not pinned in {METADATA_NAME} (every file a model "
+                    "loads must be pinned by sha256)"
+                )
+        try:
+            data = (self.folder / where).read_bytes()
+        except OSError as err:
+            raise ModelIntegrityError(f"{self.name(rel)}: cannot read ({err.strerror})") from err
+        if spec is not None:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != spec.sha256:
+                raise ModelIntegrityError(
+                    f"{self.name(rel)}: sha256 {digest[:12]}…, metadata says {spec.sha256[:12]}…"
+                )
+        return data
+
+    def read_json(self, rel: str) -> Any:
+        """``rel`` parsed as JSON (ModelIntegrityError when it is not)."""
+        try:
+            return json.loads(self.read_bytes(rel).decode("utf-8"))
+        except ValueError as err:
+            raise ModelIntegrityError(f"{self.name(rel)}: not valid JSON ({err})") from err
+
+    def load_safetensors(self, rel: str) -> dict[str, torch.Tensor]:
+        """The tensors of the safetensors file ``rel`` (on the CPU)."""
+        from safetensors.torch import load
+
+        data = self.read_bytes(rel)
+        try:
+            return load(data)
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise ModelIntegrityError(f"{self.name(rel)}: not a safetensors file ({err})") from err
 
 
 def models_dir() -> Path:
@@ -136,7 +245,23 @@ def verify_model(info: ModelInfo) -> list[str]:
             )
     if not (info.folder / "README.md").is_file():
         problems.append("README.md (model card): missing")
+    pinned = {f.path for f in info.files}
+    for path in sorted(unpinned_files(info.folder, pinned)):
+        problems.append(f"{path}: not pinned in {METADATA_NAME}")
     return problems
+
+
+def unpinned_files(folder: Path, pinned: set[str]) -> list[str]:
+    """Files under ``folder`` (relative, POSIX) that ``pinned`` lacks; the metadata, model
+    cards (``README.md``) and hidden files need no pin."""
+    found = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or path.name in _UNPINNED_NAMES:
+            continue
+        if path.is_file() and rel.as_posix() not in pinned:
+            found.append(rel.as_posix())
+    return found
 
 
 def require_model(name: str, root: Path | None = None) -> ModelInfo:
@@ -160,16 +285,84 @@ def require_model(name: str, root: Path | None = None) -> ModelInfo:
     return info
 
 
-def write_metadata(folder: Path, meta: dict[str, Any], weight_files: list[str]) -> Path:
-    """Write ``metadata.json`` for ``folder``, pinning the sha256 and size of ``weight_files``.
+def write_metadata(
+    folder: Path, meta: dict[str, Any], weight_files: list[str] | None = None
+) -> Path:
+    """Write ``metadata.json`` for ``folder``, pinning the sha256 and size of its files.
 
+    Every file of the folder is pinned (weights, configs, tables), except the metadata, the
+    model cards (``README.md``) and hidden files, so that no file a loader reads goes
+    unpinned; ``weight_files`` must be among them (a missing one raises FileNotFoundError).
     Used by training and conversion scripts so the pins always match what they wrote.
     """
     meta = dict(meta)
+    names = set(unpinned_files(folder, set()))
+    for name in weight_files or []:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(folder / name)
+        names.add(Path(name).as_posix())
     meta["files"] = {
         name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
-        for name in sorted(weight_files)
+        for name in sorted(names)
     }
     path = folder / METADATA_NAME
     path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+def check_state_dict(net: Any, state: Mapping[str, Any], where: str) -> None:
+    """Refuse a state dict that does not fit ``net`` (an ``nn.Module``) exactly.
+
+    Raises:
+        ModelIntegrityError: naming ``where`` and every missing, unexpected or mis-shaped
+            tensor (a few of each kind).
+    """
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = [
+        f"{k}: shape {got[k]}, expected {expected[k]}"
+        for k in sorted(set(got) & set(expected))
+        if got[k] != expected[k]
+    ]
+    problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected]
+    problems += shapes
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; … ({len(problems)} in all)" if problems[6:] else "")
+        raise ModelIntegrityError(f"{where}: weights do not fit {type(net).__name__}: {shown}")
+
+
+def load_config_model(
+    cls: Any, files: ModelFiles, weights: str = "diffusion_pytorch_model.safetensors"
+) -> Any:
+    """A diffusers ``ModelMixin``/``ConfigMixin`` network from ``config.json`` + ``weights``
+    read through ``files``, strictly: the config's class must be ``cls``, every config key
+    must be an argument of ``cls``, and the weights must hold exactly its tensors.
+
+    Raises:
+        ModelIntegrityError: naming the file that does not fit.
+    """
+    config = files.read_json("config.json")
+    if not isinstance(config, dict):
+        raise ModelIntegrityError(f"{files.name('config.json')}: not a JSON object")
+    cls_name = config.get("_class_name", cls.__name__)
+    if cls_name != cls.__name__:
+        raise ModelIntegrityError(
+            f"{files.name('config.json')}: a {cls_name} config, expected {cls.__name__}"
+        )
+    _, unused, _ = cls.extract_init_dict(config)
+    unknown = sorted(k for k in unused if not k.startswith("_"))
+    if unknown:
+        raise ModelIntegrityError(
+            f"{files.name('config.json')}: key(s) {', '.join(unknown)} not understood by "
+            f"{cls.__name__}"
+        )
+    try:
+        net = cls.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ModelIntegrityError(f"{files.name('config.json')}: {err}") from err
+    state = files.load_safetensors(weights)
+    check_state_dict(net, state, files.name(weights))
+    net.load_state_dict(state, strict=True)
+    return net.eval()

@@ -41,10 +41,9 @@ from face2scene_cli.faces.mtcnn import (  # noqa: E402
     MTCNN,
     WEIGHT_NAMES,
     MTCNNConfig,
-    check_state_dict,
 )
 from face2scene_cli.hashing import file_sha256  # noqa: E402
-from face2scene_cli.zoo import write_metadata  # noqa: E402
+from face2scene_cli.zoo import ModelFiles, check_state_dict, write_metadata  # noqa: E402
 
 PACKAGE = "facenet-pytorch"
 VERSION = "2.6.0"
@@ -128,7 +127,7 @@ def convert(wheel: Path, dest: Path) -> dict:
     # 2. write safetensors + config, reload through the public loader
     dest.mkdir(parents=True, exist_ok=True)
     files = reference.save_pretrained(dest)
-    loaded = MTCNN.from_pretrained(dest)
+    loaded = MTCNN.from_pretrained(dest, ModelFiles(dest))  # as written, before it is pinned
     for net, state in states.items():
         got = getattr(loaded, net).state_dict()
         for key, tensor in state.items():

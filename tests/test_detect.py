@@ -26,8 +26,8 @@ from face2scene_cli.faces.detect import (
     create_detector,
     five_from_68,
 )
-from face2scene_cli.faces.mtcnn import MTCNN, _crops, check_state_dict, nms
-from face2scene_cli.zoo import models_dir, require_model
+from face2scene_cli.faces.mtcnn import MTCNN, _crops, nms
+from face2scene_cli.zoo import check_state_dict, models_dir, require_model
 
 # Hand-counted faces of insightface's t1.jpg (x0, y0, x1, y1), as in benchmarks/bench_faces.py.
 T1_FACES = (
@@ -231,7 +231,7 @@ def test_mtcnn_state_dict_check_names_the_problem():
     state.pop("dense6_3.bias")
     state["conv1.weight"] = torch.zeros(32, 3, 5, 5)
     state["extra"] = torch.zeros(1)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ModelIntegrityError) as err:
         check_state_dict(MTCNN().onet, state, "x.safetensors")
     msg = str(err.value)
     assert "missing dense6_3.bias" in msg and "unexpected extra" in msg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -50,13 +51,27 @@ def list_(json_output: Json = False) -> None:
 @app.command("verify")
 @cli_errors
 def verify(json_output: Json = False) -> None:
-    """Check every model's files against the sha256 pins in its metadata (exit 6 on mismatch)."""
+    """Check every model's files against the sha256 pins in its metadata (exit 6 on a
+    mismatch, an unpinned file, or a missing or empty zoo)."""
     _show(verify=True, json_output=json_output)
 
 
+def _zoo_problems(root: Path, found: list) -> list[str]:
+    """What is wrong with the zoo as a whole: missing, or without a model."""
+    if not root.is_dir():
+        return [f"no model zoo at {root} (F2S_MODELS_DIR or the installed package's models)"]
+    if not found:
+        return [f"the model zoo at {root} holds no model"]
+    return []
+
+
 def _show(verify: bool, json_output: bool) -> None:
-    entries, broken = [], False
-    for model in list_models():
+    entries: list[dict] = []
+    root = models_dir()
+    found = list_models(root)
+    zoo_problems = _zoo_problems(root, found) if verify else []
+    broken = bool(zoo_problems)
+    for model in found:
         if isinstance(model, ModelInfo):
             problems = verify_model(model) if verify else None
             broken |= bool(problems)
@@ -65,7 +80,10 @@ def _show(verify: bool, json_output: bool) -> None:
             broken = True
             entries.append({"name": None, "verified": False, "problems": [str(model)]})
     if json_output:
-        typer.echo(json.dumps({"models_dir": str(models_dir()), "models": entries}, indent=2))
+        doc: dict = {"models_dir": str(root), "models": entries}
+        if verify:
+            doc["problems"] = zoo_problems
+        typer.echo(json.dumps(doc, indent=2))
     else:
         table = Table(
             "model",
@@ -74,7 +92,7 @@ def _show(verify: bool, json_output: bool) -> None:
             "licence",
             "source",
             *(["verified"] if verify else []),
-            title=f"Models in {models_dir()}",
+            title=f"Models in {root}",
         )
         for e in entries:
             row = [
@@ -88,8 +106,11 @@ def _show(verify: bool, json_output: bool) -> None:
                 row.append("yes" if e["verified"] else "NO: " + "; ".join(e["problems"]))
             table.add_row(*row)
         if not entries:
-            table.add_row("(none shipped in this version)", *[""] * (4 + verify))
+            empty = "(none shipped in this version)" if root.is_dir() else "(no such folder)"
+            table.add_row(empty, *[""] * (4 + verify))
         stdout.print(table)
+    for problem in zoo_problems:
+        print(f"f2s: error: {problem}", file=sys.stderr, flush=True)
     if verify and broken:
         raise typer.Exit(ExitCode.MODEL_INTEGRITY)
 

@@ -137,7 +137,8 @@ class MTCNNDetector(FaceDetector):
         except RuntimeError as err:
             raise ConfigError(f"device {device!r} is not a torch device ({err})") from err
         self.info = require_model("mtcnn", models_root)
-        self.model = MTCNN.from_pretrained(self.info.folder).to(torch_device)
+        self.model = MTCNN.from_pretrained(self.info.folder, self.info.files_reader())
+        self.model = self.model.to(torch_device)
         self.score_threshold = score_threshold
 
     def _detect_one(self, image: np.ndarray) -> list[DetectedFace]:

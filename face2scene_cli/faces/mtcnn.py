@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from face2scene_cli.errors import ModelIntegrityError
+from face2scene_cli.zoo import ModelFiles, check_state_dict
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -179,12 +182,18 @@ class MTCNNConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> MTCNNConfig:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        raw["thresholds"] = tuple(raw["thresholds"])
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "") -> MTCNNConfig:
+        """From the parsed ``config.json`` (ValueError on an unknown key or a bad value)."""
+        raw = dict(raw)
+        raw["thresholds"] = tuple(raw.get("thresholds", cls.thresholds))
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown MTCNN config key(s) {', '.join(unknown)}")
+            prefix = f"{where}: " if where else ""
+            raise ValueError(f"{prefix}unknown MTCNN config key(s) {', '.join(unknown)}")
         return cls(**raw)
 
     def to_json(self) -> str:
@@ -225,20 +234,28 @@ class MTCNN(nn.Module):
         self.eval()
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str) -> MTCNN:
+    def from_pretrained(cls, folder: Path | str, files: ModelFiles | None = None) -> MTCNN:
         """Load ``config.json`` + ``{pnet,rnet,onet}.safetensors`` from ``folder`` strictly.
 
-        Raises:
-            ValueError: a weight file lacks or adds tensors, or a shape differs.
-        """
-        from safetensors.torch import load_file
+        ``files`` reads the folder (a zoo model's pinned reader,
+        :meth:`face2scene_cli.zoo.ModelInfo.files_reader`); default:
+        :meth:`face2scene_cli.zoo.ModelFiles.for_folder` (pinned if it has a metadata.json).
 
-        folder = Path(folder)
-        model = cls(MTCNNConfig.from_json(folder / CONFIG_NAME))
+        Raises:
+            ModelIntegrityError: a file is unreadable (or not pinned / not the pinned bytes),
+                the config is invalid, or a weight file lacks or adds tensors or a shape
+                differs; the file is named.
+        """
+        files = files or ModelFiles.for_folder(Path(folder))
+        try:
+            config = MTCNNConfig.from_dict(files.read_json(CONFIG_NAME))
+        except (TypeError, ValueError) as err:
+            raise ModelIntegrityError(f"{files.name(CONFIG_NAME)}: {err}") from err
+        model = cls(config)
         for name, filename in WEIGHT_NAMES.items():
             net: nn.Module = getattr(model, name)
-            state = load_file(str(folder / filename))
-            check_state_dict(net, state, f"{folder / filename}")
+            state = files.load_safetensors(filename)
+            check_state_dict(net, state, files.name(filename))
             net.load_state_dict(state, strict=True)
         return model.to(memory_format=torch.channels_last).eval()
 
@@ -261,23 +278,6 @@ class MTCNN(nn.Module):
     def detect(self, image: np.ndarray, min_face: float = 20.0) -> MTCNNOutput:
         """Faces in one RGB uint8 (H, W, 3) image; see :func:`detect_faces`."""
         return detect_faces(self, image, min_face=min_face)
-
-
-def check_state_dict(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Raise ValueError naming every missing, unexpected or mis-shaped tensor of ``state``."""
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    problems = [f"missing {k}" for k in sorted(set(expected) - set(got))]
-    problems += [f"unexpected {k}" for k in sorted(set(got) - set(expected))]
-    problems += [
-        f"{k}: shape {got[k]}, expected {expected[k]}"
-        for k in sorted(set(got) & set(expected))
-        if got[k] != expected[k]
-    ]
-    if problems:
-        raise ValueError(
-            f"{where}: state dict does not fit {type(net).__name__}: " + "; ".join(problems)
-        )
 
 
 # --------------------------------------------------------------------------- box helpers

@@ -539,15 +539,17 @@ def create_fadex(name: str, **overrides: object) -> FaDeX:
 def load_fadex(name: str = "fadex-s", root: Path | None = None) -> FaDeX:
     """The verified shipped FaDeX ``name`` from the model zoo, in eval mode.
 
+    Its ``config.json`` and weights are read through the zoo's pinned reader and loaded
+    strictly (a config key or tensor FaDeX does not expect, or one it lacks, is refused).
+
     Raises:
-        NotAvailableError / ModelIntegrityError: as :func:`face2scene_cli.zoo.require_model`.
+        NotAvailableError / ModelIntegrityError: as :func:`face2scene_cli.zoo.require_model`
+            and :func:`face2scene_cli.zoo.load_config_model` (the file is named).
     """
-    from face2scene_cli.zoo import require_model
+    from face2scene_cli.zoo import load_config_model, require_model
 
     info = require_model(name, root)
-    return FaDeX.from_pretrained(
-        str(info.folder), use_safetensors=True, low_cpu_mem_usage=False
-    ).eval()
+    return load_config_model(FaDeX, info.files_reader())
 
 
 _ESTIMATE_KEYS = ("noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_prob")

@@ -42,11 +42,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.modeling_utils import ModelMixin
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from face2scene_cli.errors import ConfigError, ModelIntegrityError
 from face2scene_cli.stages.mapnet import MapNet
+from face2scene_cli.zoo import ModelFiles, load_config_model
 
 __all__ = [
     "N_TOKENS",
@@ -565,24 +566,36 @@ class TurboSceneNet(ModelMixin, ConfigMixin):
         save_file(state, str(folder / self.ADAPTER_NAME))
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, base: str | None = None, **_: Any):  # type: ignore[override]
-        """Rebuild from :meth:`save_pretrained` output; ``base`` overrides the recorded base."""
-        folder = Path(folder)
-        config = cls.load_config(folder)
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        folder: str | os.PathLike,
+        base: str | None = None,
+        files: ModelFiles | None = None,
+        **_: Any,
+    ):
+        """Rebuild from :meth:`save_pretrained` output; ``base`` overrides the recorded base.
+
+        ``files`` reads the folder (a zoo model's pinned reader); default: ``folder`` as is.
+        The base model's own weights (``base``) lie outside the model folder.
+        """
+        files = files or ModelFiles(Path(folder))
+        config = files.read_json("config.json")
         kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
         if base is not None:
             kwargs["base"] = base
         net = cls(**kwargs)
-        state = load_file(str(folder / cls.ADAPTER_NAME))
-        expected = set(net.adapter_state_dict())
-        missing, unexpected = expected - set(state), set(state) - expected
-        if missing or unexpected:
+        state = files.load_safetensors(cls.ADAPTER_NAME)
+        expected = net.adapter_state_dict()
+        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+        shapes = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+        if missing or unexpected or shapes:
             raise ModelIntegrityError(
-                f"{folder}: adapter weights do not fit: {len(missing)} missing "
-                f"(e.g. {sorted(missing)[:2]}), {len(unexpected)} unexpected "
-                f"(e.g. {sorted(unexpected)[:2]})"
+                f"{files.name(cls.ADAPTER_NAME)}: adapter weights do not fit: "
+                f"{len(missing)} missing (e.g. {sorted(missing)[:2]}), {len(unexpected)} "
+                f"unexpected (e.g. {sorted(unexpected)[:2]}), {len(shapes)} of another "
+                f"shape (e.g. {sorted(shapes)[:2]})"
             )
-        net.load_state_dict(state, strict=False)
+        net.load_state_dict(state, strict=False)  # the base's tensors come from ``base``
         return net.eval()
 
     def forward(
@@ -672,7 +685,7 @@ def load_scene_restorer(
     from face2scene_cli.zoo import require_model
 
     info = require_model(name, root)
-    return SceneRestorer.from_pretrained(info.folder, device)
+    return SceneRestorer.from_pretrained(info.folder, device, files=info.files_reader())
 
 
 # ------------------------------------------------------------------------------------------
@@ -811,30 +824,35 @@ class SceneRestorer:
         folder: str | os.PathLike,
         device: str | torch.device = "cpu",
         base: str | None = None,
+        files: ModelFiles | None = None,
     ) -> SceneRestorer:
         """Load ``folder/scene.json``, ``folder/net/`` and (if present) ``folder/mapnet/``.
 
         ``base`` overrides the SD-Turbo base folder / hub id of an ``sd-turbo`` model.
+        ``files`` reads the folder: a zoo model's pinned reader
+        (:meth:`face2scene_cli.zoo.ModelInfo.files_reader`, see :func:`load_scene_restorer`);
+        default: :meth:`face2scene_cli.zoo.ModelFiles.for_folder` (pinned by the folder's
+        ``metadata.json`` if it has one).
+
+        Raises:
+            ModelIntegrityError: a file is unreadable, not pinned or not the pinned bytes, or
+                a config or state dict does not fit its network (the file is named).
         """
-        folder = Path(folder)
+        files = files or ModelFiles.for_folder(Path(folder))
+        raw = files.read_json(SCENE_JSON)
         try:
-            raw = json.loads((folder / SCENE_JSON).read_text(encoding="utf-8"))
-        except OSError as err:
-            raise ModelIntegrityError(
-                f"{folder / SCENE_JSON}: cannot read ({err.strerror})"
-            ) from err
-        settings = RestoreSettings(**raw)
+            settings = RestoreSettings(**raw)
+        except (TypeError, ConfigError) as err:
+            raise ModelIntegrityError(f"{files.name(SCENE_JSON)}: {err}") from err
         if settings.kind == "embedded":
-            net: nn.Module = EmbeddedSceneNet.from_pretrained(
-                folder / "net", use_safetensors=True, low_cpu_mem_usage=False
-            )
+            net: nn.Module = load_config_model(EmbeddedSceneNet, files.sub("net"))
         else:
-            net = TurboSceneNet.from_pretrained(folder / "net", base=base)
-        mapnet = None
-        if (folder / "mapnet").is_dir():
-            mapnet = MapNet.from_pretrained(
-                folder / "mapnet", use_safetensors=True, low_cpu_mem_usage=False
+            net = TurboSceneNet.from_pretrained(
+                Path(folder) / "net", base=base, files=files.sub("net")
             )
+        mapnet = None
+        if files.has("mapnet"):
+            mapnet = load_config_model(MapNet, files.sub("mapnet"))
         return cls(net, settings, mapnet, device)
 
     def save_pretrained(self, folder: str | os.PathLike, half: bool = False) -> list[str]:

@@ -547,9 +547,10 @@ def export_model(
     info: dict[str, Any],
     half: bool = True,
 ) -> list[str]:
-    """Write the release folder: weights (``save_pretrained``), ``scene.json``,
-    ``metadata.json`` (``trained_with`` the FaDeX sha256) and ``training.json``; the model card
-    is written by :func:`face2scene_cli.evaluate.write_card`."""
+    """Write the release folder: weights and configs (``save_pretrained``), ``scene.json``,
+    ``metadata.json`` (``trained_with`` the FaDeX sha256; every file pinned, configs included)
+    and ``training.json``; the model card is written by
+    :func:`face2scene_cli.evaluate.write_card`."""
     from face2scene_cli.zoo import write_metadata
 
     kind = "sd-turbo" if config.network.variant.startswith("sd-turbo") else "embedded"
@@ -599,15 +600,14 @@ def export_model(
 
 def _fadex(name: str) -> tuple[torch.nn.Module | None, str | None, int]:
     """(frozen FaDeX or None, its zoo sha256, Z channels)."""
-    from face2scene_cli.stages.fadex import FaDeX, create_fadex
+    from face2scene_cli.stages.fadex import create_fadex, load_fadex
     from face2scene_cli.zoo import models_dir, require_model
 
     folder = models_dir() / name
     if not (folder / "metadata.json").is_file():
         return None, None, int(create_fadex(name).z_channels)
     info = require_model(name)
-    fadex = FaDeX.from_pretrained(str(folder), use_safetensors=True, low_cpu_mem_usage=False)
-    fadex = fadex.eval().requires_grad_(False)
+    fadex = load_fadex(name).requires_grad_(False)
     return fadex, info.sha256, int(fadex.z_channels)
 
 
