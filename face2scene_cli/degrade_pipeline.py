@@ -142,4 +142,5 @@ class DegradePipeline:
                 [torch.from_numpy(out), torch.from_numpy(from_tensor(a, pixels.dtype))], dim=-1
             ).numpy()
         timings = {"degrade": time.perf_counter() - t0}
-        return Processed(image.with_pixels(out), {"applied_degradation": degradation.to_dict()}, timings)
+        fields = {"applied_degradation": degradation.to_dict()}
+        return Processed(image.with_pixels(out), fields, timings)

@@ -16,7 +16,6 @@ Version 0.1 called the last one ``jpeg_prob`` in FaDeX's outputs and ``degrade-c
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,7 +64,9 @@ class Estimate:
         d = {_OLD_NAMES.get(k, k): v for k, v in data.items()}
         missing = [k for k in ESTIMATE_FIELDS if k not in d]
         if missing:
-            raise ConfigError(f"an estimate needs {', '.join(missing)}, got {', '.join(map(str, data))}")
+            raise ConfigError(
+                f"an estimate needs {', '.join(missing)}, got {', '.join(map(str, data))}"
+            )
         values = {}
         for k in ESTIMATE_FIELDS:
             v = d[k]
@@ -87,10 +88,6 @@ class Estimate:
                 for k in ESTIMATE_FIELDS
             }
         )
-
-    def replace(self, **changes: float) -> Estimate:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
         """A plain-language summary, e.g. ``moderate noise (sigma~12/255), mild blur (sigma~0.8

@@ -563,5 +563,3 @@ def jpeg_compress(x: Tensor, quality: int | float | Sequence[float] | Tensor) ->
         ).clamp(0.0, 255.0)
     out = out[..., :h, :w] / 255.0
     return out.to(dtype)
-
-

@@ -185,8 +185,8 @@ class SecondOrderSample:
     """Every random choice of one Real-ESRGAN second-order degradation.
 
     Applying it (:func:`face2scene_cli.degradations.sampling.apply_second_order`) is a pure
-    function of the image and the sample. Kernels are stored as parameters (:class:`KernelSpec`) and rebuilt; noise is stored as the
-    seed of a per-step generator.
+    function of the image and the sample. Kernels are stored as parameters (:class:`KernelSpec`)
+    and rebuilt; noise is stored as the seed of a per-step generator.
 
     Attributes:
         kernel1: first blur.
@@ -288,7 +288,9 @@ class Degradation:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(f"degradation mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(
+                f"degradation mode must be one of {', '.join(MODES)}, got {self.mode!r}"
+            )
         if (self.mode == "preset") != (self.preset is not None):
             raise ConfigError("a degradation names a preset if and only if its mode is preset")
         if self.mode == "second-order":
@@ -297,7 +299,9 @@ class Degradation:
             plain = Degradation("parametric")
             fields = ("blur_sigma_px", "noise_sigma", "jpeg_quality", "downscale", "resize_back")
             if any(getattr(self, f) != getattr(plain, f) for f in (*fields, "seed")):
-                raise ConfigError(f"a second-order degradation takes no {', '.join(fields)} or seed")
+                raise ConfigError(
+                    f"a second-order degradation takes no {', '.join(fields)} or seed"
+                )
             return
         if self.second_order is not None:
             raise ConfigError(f"a {self.mode} degradation has no second-order sample")
@@ -423,7 +427,5 @@ def _from_v01(data: dict[str, Any]) -> dict[str, Any]:
 PRESETS: dict[str, Degradation] = {
     "noise15": Degradation("preset", "noise15", noise_sigma=15.0),
     "blur-noise": Degradation("preset", "blur-noise", blur_sigma_px=1.5, noise_sigma=5.0),
-    "mixed": Degradation(
-        "preset", "mixed", blur_sigma_px=1.0, noise_sigma=10.0, jpeg_quality=45
-    ),
+    "mixed": Degradation("preset", "mixed", blur_sigma_px=1.0, noise_sigma=10.0, jpeg_quality=45),
 }

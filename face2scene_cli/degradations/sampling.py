@@ -21,7 +21,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from face2scene_cli.degradations.checks import (
+    MAX_BLUR_SIGMA,
+    MAX_DOWNSCALE,
     MAX_NOISE_SIGMA,
     SEED_MASK,
     integer,
@@ -80,7 +82,7 @@ __all__ = [
 ]
 
 #: The random sources :meth:`DegradationDistribution.sample` accepts.
-Generator = Union[torch.Generator, np.random.Generator]
+Generator: TypeAlias = "torch.Generator | np.random.Generator"
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +167,9 @@ class SecondOrderConfig:
                     f"got {kl!r}"
                 )
             object.__setattr__(self, "kernel_list" + suffix, tuple(kl))
-            kp = probabilities("kernel_prob" + suffix, getattr(self, "kernel_prob" + suffix), len(kl))
+            kp = probabilities(
+                "kernel_prob" + suffix, getattr(self, "kernel_prob" + suffix), len(kl)
+            )
             object.__setattr__(self, "kernel_prob" + suffix, kp)
             for name in ("sinc_prob", "gaussian_noise_prob", "gray_noise_prob"):
                 real(name + suffix, getattr(self, name + suffix), 0.0, 1.0)
@@ -178,7 +182,9 @@ class SecondOrderConfig:
                 "poisson_scale_range": (0.0, 16.0, False),
             }
             for name, (a, b, open_) in pairs.items():
-                value = value_range(name + suffix, getattr(self, name + suffix), a, b, lo_open=open_)
+                value = value_range(
+                    name + suffix, getattr(self, name + suffix), a, b, lo_open=open_
+                )
                 object.__setattr__(self, name + suffix, value)
             rp = probabilities("resize_prob" + suffix, getattr(self, "resize_prob" + suffix), 3)
             object.__setattr__(self, "resize_prob" + suffix, rp)
@@ -642,9 +648,15 @@ class DegradationDistribution:
         set_(self, "presets", tuple(presets))
         for name in ("p_blur", "p_noise", "p_downscale", "p_jpeg"):
             set_(self, name, real(name, getattr(self, name), 0.0, 1.0))
-        set_(self, "blur_range", value_range("blur_range", self.blur_range, 0.0, 10.0))
-        set_(self, "noise_range", value_range("noise_range", self.noise_range, 0.0, MAX_NOISE_SIGMA))
-        set_(self, "downscale_range", value_range("downscale_range", self.downscale_range, 1.0, 64.0))
+        set_(self, "blur_range", value_range("blur_range", self.blur_range, 0.0, MAX_BLUR_SIGMA))
+        set_(
+            self, "noise_range", value_range("noise_range", self.noise_range, 0.0, MAX_NOISE_SIGMA)
+        )
+        set_(
+            self,
+            "downscale_range",
+            value_range("downscale_range", self.downscale_range, 1.0, MAX_DOWNSCALE),
+        )
         set_(self, "jpeg_range", integer_range("jpeg_range", self.jpeg_range, 1, 100))
         if not isinstance(self.resize_back, bool):
             raise ConfigError(f"resize_back must be true or false, got {self.resize_back!r}")
@@ -671,7 +683,8 @@ class DegradationDistribution:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ConfigError(
-                f"unknown key(s) in {key}: {', '.join(map(str, unknown))}; known: {', '.join(names)}"
+                f"unknown key(s) in {key}: {', '.join(map(str, unknown))}; "
+                f"known: {', '.join(names)}"
             )
         try:
             return dataclasses.replace(base, **data)
