@@ -19,7 +19,6 @@ from face2scene_cli.stages.face_restore import BlindFaceRestorer
 from face2scene_cli.stages.fadex import (
     NUM_STATS,
     FaDeX,
-    aggregate,
     create_fadex,
     degradation_stats,
     fadex_s,
@@ -237,19 +236,6 @@ def test_operators_keep_size_and_downscale_loses_detail() -> None:
     assert degradation_labels(op).tolist() == [10.0, 1.0, 2.0, 50.0, 1.0, 1.0]
     sample = sample_second_order(SecondOrderConfig(), torch.Generator().manual_seed(0))
     assert degradation_labels(Degradation("second-order", second_order=sample))[5] == 0
-
-
-def test_aggregate_and_summary() -> None:
-    out = _tiny()(*_pair(3))
-    agg = aggregate(out, torch.tensor([1.0, 0.0, 0.0]))
-    assert agg["faces"] == 3
-    assert agg["noise_sigma"] == pytest.approx(float(out.noise_sigma[0]), rel=1e-5)
-    assert np.allclose(agg["code"], out.code[0].detach().numpy(), atol=1e-4)
-    assert aggregate(out, torch.zeros(3))["noise_sigma"] == pytest.approx(
-        float(out.noise_sigma.mean()), rel=1e-5
-    )
-    with pytest.raises(ValueError, match="confidence"):
-        aggregate(out, torch.ones(2))
 
 
 def test_validation_table(photos: list, tmp_path: Path) -> None:

@@ -52,7 +52,6 @@ __all__ = [
     "NUM_TRACE",
     "FaDeX",
     "FaDeXOutput",
-    "aggregate",
     "create_fadex",
     "degradation_stats",
     "edge_widths",
@@ -543,31 +542,3 @@ def load_fadex(name: str = "fadex-s", root: Path | None = None) -> FaDeX:
     return FaDeX.from_pretrained(
         str(info.folder), use_safetensors=True, low_cpu_mem_usage=False
     ).eval()
-
-
-
-
-def aggregate(out: FaDeXOutput, confidence: Tensor | None = None) -> dict[str, object]:
-    r"""One image's degradation from its faces: confidence-weighted means.
-
-    Args:
-        out: FaDeX output for the N faces of one image.
-        confidence: :math:`(N,)` weights >= 0 (e.g. the face restorer's confidence); None or
-            all zero = equal weights.
-
-    Returns:
-        ``{"code": list[float] (weighted mean code, re-normalised), "noise_sigma", ...,
-        "jpeg_probability": float, "faces": N}``.
-    """
-    n = out.code.shape[0]
-    w = torch.ones(n) if confidence is None else confidence.detach().float().cpu().clamp(min=0)
-    if w.shape != (n,):
-        raise ValueError(f"confidence must have shape ({n},), got {tuple(w.shape)}")
-    if float(w.sum()) <= 0:
-        w = torch.ones(n)
-    w = w / w.sum()
-    code = F.normalize((out.code.detach().float().cpu() * w[:, None]).sum(0), dim=0)
-    result: dict[str, object] = {"code": [round(float(v), 5) for v in code], "faces": n}
-    for key in ESTIMATE_FIELDS:
-        result[key] = float((getattr(out, key).detach().float().cpu() * w).sum())
-    return result
