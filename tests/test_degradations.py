@@ -547,7 +547,10 @@ def test_distribution_yaml_block_roundtrip_and_defaults() -> None:
         ({"presets": ["noise15", "nope"]}, ("data.degradation", "nope")),
         ({"resize_back": "yes"}, ("data.degradation", "resize_back")),
         ({"p_second_order": 0.2}, ("data.degradation", "p_second_order", "known")),
-        ({"second_order": {"jpeg_range": [95, 30]}}, ("data.degradation", "jpeg_range")),
+        (
+            {"second_order": {"jpeg_range": [95, 30]}},
+            ("data.degradation: second_order", "jpeg_range"),
+        ),
         ({"second_order": {"final_scale": 0}}, ("data.degradation", "final_scale")),
         ([0.1, 0.2], ("data.degradation", "mapping")),
     ],

@@ -320,9 +320,7 @@ class Degradation:
     def from_preset(cls, name: str, seed: int | None = None) -> Degradation:
         """The preset called ``name`` (with a noise seed); ConfigError listing the known names."""
         if not isinstance(name, str) or name not in PRESETS:
-            raise ConfigError(
-                f"unknown degradation preset {name!r}; known: {', '.join(PRESETS)}"
-            ) from None
+            raise ConfigError(f"unknown degradation preset {name!r}; known: {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name], seed=seed)
 
     def with_seed(self, seed: int | None) -> Degradation:

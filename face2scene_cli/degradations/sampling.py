@@ -604,7 +604,7 @@ class DegradationDistribution:
 
     Attributes:
         mix: probabilities of (preset, parametric, second-order); YAML
-            ``{preset: p, parametric: p, second_order: p}``, summing to 1.
+            ``{preset: p, parametric: p, second_order: p}`` (kinds left out: 0), summing to 1.
         presets: the presets drawn (uniformly) in the preset share.
         p_blur, blur_range: parametric blur: presence probability, sigma range in px.
         p_noise, noise_range: Gaussian noise: presence, sigma range in /255 units.
@@ -662,7 +662,10 @@ class DegradationDistribution:
             raise ConfigError(f"resize_back must be true or false, got {self.resize_back!r}")
         so = self.second_order
         if isinstance(so, Mapping):
-            so = SecondOrderConfig.from_dict(dict(so))
+            try:
+                so = SecondOrderConfig.from_dict(dict(so))
+            except ConfigError as err:
+                raise ConfigError(f"second_order: {err}") from err
         if not isinstance(so, SecondOrderConfig):
             raise ConfigError(f"second_order must be a mapping of options, got {so!r}")
         set_(self, "second_order", so)
