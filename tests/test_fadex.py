@@ -70,7 +70,7 @@ def test_output_shapes_and_ranges() -> None:
         "jpeg_quality",
         "jpeg_probability",
     }
-    assert first.noise_sigma == pytest.approx(float(out.noise_sigma[0]))
+    assert first.noise_sigma == pytest.approx(float(out.noise_sigma[0].detach()))
 
 
 def test_stat_features_track_jpeg_and_blur() -> None:
