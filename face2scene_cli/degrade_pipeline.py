@@ -18,11 +18,11 @@ from face2scene_cli.batch import LoadedImage, Processed
 from face2scene_cli.degradations.record import PRESETS, Degradation
 from face2scene_cli.degradations.sampling import (
     DegradationDistribution,
-    SecondOrderConfig,
     apply,
     image_generator,
     image_seed,
 )
+from face2scene_cli.degradations.second_order import SecondOrderConfig
 from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.imageio import from_tensor, to_tensor
 

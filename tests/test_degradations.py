@@ -17,6 +17,7 @@ from face2scene_cli.degradations import estimate as E
 from face2scene_cli.degradations import ops as O
 from face2scene_cli.degradations import record as R
 from face2scene_cli.degradations import sampling as S
+from face2scene_cli.degradations import second_order as SO
 from face2scene_cli.errors import ConfigError
 
 
@@ -279,7 +280,7 @@ def test_presets_and_record_roundtrip() -> None:
     }
     p = _param(blur_sigma_px=0.7, noise_sigma=3.5, jpeg_quality=60, downscale=2.5, seed=4)
     so = R.Degradation(
-        "second-order", second_order=S.sample_second_order(S.SecondOrderConfig(), _gen(2))
+        "second-order", second_order=SO.sample_second_order(SO.SecondOrderConfig(), _gen(2))
     )
     for d in (mixed, p, so, _param(resize_back=True)):
         text = json.dumps(d.to_dict(), allow_nan=False)
@@ -320,7 +321,7 @@ def test_record_reads_the_0_1_field_names() -> None:
         "params": {"blur_sigma": None, "noise_sigma": 15.0, "jpeg_quality": None, "scale": 1.0},
     }
     assert R.Degradation.from_dict(old_preset) == R.PRESETS["noise15"]
-    sample = S.sample_second_order(S.SecondOrderConfig(), _gen(3))
+    sample = SO.sample_second_order(SO.SecondOrderConfig(), _gen(3))
     old_so = {"mode": "second-order", "preset": None, "params": sample.to_dict()}
     assert R.Degradation.from_dict(old_so).second_order == sample
     old_cache = {"kind": "parametric", "blur": 1.2, "noise": 4.0, "downscale": 2.0, "jpeg": None,
@@ -348,10 +349,10 @@ def test_gray_input_supported_everywhere(astro: torch.Tensor) -> None:
     assert O.add_gaussian_noise(x, 5.0, g, gray=True).shape == x.shape
     assert O.add_poisson_noise(x, 1.0, g, gray=True).shape == x.shape
     assert O.jpeg_compress(x, 40).shape == x.shape
-    cfg = S.SecondOrderConfig()
+    cfg = SO.SecondOrderConfig()
     for seed in range(4):
-        s = S.sample_second_order(cfg, _gen(seed))
-        assert S.apply_second_order(x, s).shape == x.shape
+        s = SO.sample_second_order(cfg, _gen(seed))
+        assert SO.apply_second_order(x, s).shape == x.shape
 
 
 def test_bad_parameters_raise_config_error() -> None:
@@ -369,11 +370,11 @@ def test_bad_parameters_raise_config_error() -> None:
         (lambda: O.gaussian_kernel2d(7, -1.0), "-1.0"),
         (lambda: O.sinc_kernel2d(7, 4.0), "4.0"),
         (lambda: O.resize(torch.rand(1, 3, 8, 8), (4, 4), "lanczos"), "lanczos"),
-        (lambda: S.SecondOrderConfig(kernel_size_range=(7, 23)), "23"),
-        (lambda: S.SecondOrderConfig(resize_prob=(0.5, 0.7, 0.1)), "0.7"),
-        (lambda: S.SecondOrderConfig(jpeg_range=(95, 30)), "95"),
-        (lambda: S.SecondOrderConfig(kernel_list=("iso", "box"), kernel_prob=(0.5, 0.5)), "box"),
-        (lambda: S.SecondOrderConfig(final_scale=0), "0"),
+        (lambda: SO.SecondOrderConfig(kernel_size_range=(7, 23)), "23"),
+        (lambda: SO.SecondOrderConfig(resize_prob=(0.5, 0.7, 0.1)), "0.7"),
+        (lambda: SO.SecondOrderConfig(jpeg_range=(95, 30)), "95"),
+        (lambda: SO.SecondOrderConfig(kernel_list=("iso", "box"), kernel_prob=(0.5, 0.5)), "box"),
+        (lambda: SO.SecondOrderConfig(final_scale=0), "0"),
         (lambda: O.add_gaussian_noise(torch.rand(1, 3, 8, 8), -2.0, _gen()), "-2.0"),
     ]
     for fn, needle in cases:
@@ -410,32 +411,32 @@ def test_image_generator() -> None:
 
 
 def test_second_order_sample_roundtrip_replays_bit_exact() -> None:
-    cfg = S.SecondOrderConfig()
+    cfg = SO.SecondOrderConfig()
     x = torch.rand(1, 3, 64, 64, generator=_gen(99))
     seen: set[str] = set()
     for seed in range(8):
-        s = S.sample_second_order(cfg, _gen(seed))
+        s = SO.sample_second_order(cfg, _gen(seed))
         text = json.dumps(s.to_dict(), allow_nan=False)
         s2 = R.SecondOrderSample.from_dict(json.loads(text))
         assert s2 == s
-        y = S.apply_second_order(x, s)
-        assert torch.equal(y, S.apply_second_order(x, s2))
-        assert torch.equal(y, S.apply_second_order(x.clone(), s))  # pure
+        y = SO.apply_second_order(x, s)
+        assert torch.equal(y, SO.apply_second_order(x, s2))
+        assert torch.equal(y, SO.apply_second_order(x.clone(), s))  # pure
         assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
         assert torch.equal(y, torch.round(y * 255) / 255)  # 8-bit levels
         seen.update({s.noise1.kind, s.noise2.kind, s.final_order, s.kernel1.kind})
     assert {"gaussian", "poisson", "resize_then_jpeg", "jpeg_then_resize"} <= seen
     # same generator seed -> same sample; different seed -> different sample
-    assert S.sample_second_order(cfg, _gen(5)) == S.sample_second_order(cfg, _gen(5))
-    assert S.sample_second_order(cfg, _gen(5)) != S.sample_second_order(cfg, _gen(6))
-    back = S.SecondOrderConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert SO.sample_second_order(cfg, _gen(5)) == SO.sample_second_order(cfg, _gen(5))
+    assert SO.sample_second_order(cfg, _gen(5)) != SO.sample_second_order(cfg, _gen(6))
+    back = SO.SecondOrderConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg
 
 
 def test_second_order_sample_ranges() -> None:
-    cfg = S.SecondOrderConfig()
+    cfg = SO.SecondOrderConfig()
     for seed in range(40):
-        s = S.sample_second_order(cfg, _gen(seed))
+        s = SO.sample_second_order(cfg, _gen(seed))
         assert 7 <= s.kernel1.size <= 21 and s.kernel1.size % 2 == 1
         assert 30 <= s.jpeg1 <= 95 and 30 <= s.jpeg2 <= 95
         if s.kernel1.kind != "sinc":
@@ -450,32 +451,32 @@ def test_second_order_sample_ranges() -> None:
 
 
 def test_second_order_final_scale() -> None:
-    cfg = S.SecondOrderConfig(final_scale=4)
-    s = S.sample_second_order(cfg, _gen(3))
-    y = S.apply_second_order(torch.rand(1, 3, 64, 72, generator=_gen()), s)
+    cfg = SO.SecondOrderConfig(final_scale=4)
+    s = SO.sample_second_order(cfg, _gen(3))
+    y = SO.apply_second_order(torch.rand(1, 3, 64, 72, generator=_gen()), s)
     assert y.shape == (1, 3, 16, 18)
 
 
 def test_second_order_batch_mixed_samples() -> None:
-    cfg = S.SecondOrderConfig()
+    cfg = SO.SecondOrderConfig()
     x = torch.rand(4, 3, 64, 64, generator=_gen(1))
     for seed in range(3):
-        samples = S.sample_second_order_batch(cfg, _gen(seed), 4)
+        samples = SO.sample_second_order_batch(cfg, _gen(seed), 4)
         assert len(samples) == 4
         assert len({s.kernel1 for s in samples}) == 4  # per-image kernels
         assert len({s.noise1.seed for s in samples}) == 4
         assert len({(s.resize1, s.resize2, s.final_order) for s in samples}) == 1
-        y = S.apply_second_order_batch(x, samples)
+        y = SO.apply_second_order_batch(x, samples)
         assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
-        assert torch.equal(y, S.apply_second_order_batch(x, samples))
+        assert torch.equal(y, SO.apply_second_order_batch(x, samples))
         # each image is close to applying its own sample alone (same ops, other batching)
         for i in (0, 3):
-            alone = S.apply_second_order(x[i : i + 1], samples[i])
+            alone = SO.apply_second_order(x[i : i + 1], samples[i])
             assert (alone - y[i : i + 1]).abs().mean().item() < 2e-3
     with pytest.raises(ValueError, match="share"):
-        S.apply_second_order_batch(x[:2], [S.sample_second_order(cfg, _gen(i)) for i in (0, 2)])
+        SO.apply_second_order_batch(x[:2], [SO.sample_second_order(cfg, _gen(i)) for i in (0, 2)])
     with pytest.raises(ValueError, match="one sample per image"):
-        S.apply_second_order_batch(x, samples[:2])
+        SO.apply_second_order_batch(x, samples[:2])
 
 
 # ------------------------------------------------------------------- the distribution
@@ -487,7 +488,7 @@ def test_distribution_second_order_only_draws_what_sample_second_order_draws() -
     for seed in range(3):
         d = dist.sample(_gen(seed))
         assert d.mode == "second-order"
-        assert d.second_order == S.sample_second_order(S.SecondOrderConfig(), _gen(seed))
+        assert d.second_order == SO.sample_second_order(SO.SecondOrderConfig(), _gen(seed))
 
 
 def test_distribution_draws_follow_the_config() -> None:
@@ -532,7 +533,7 @@ def test_distribution_yaml_block_roundtrip_and_defaults() -> None:
     assert S.DegradationDistribution.from_dict(block) == dist
     assert S.DegradationDistribution.from_dict(None, "x", base) == base
     so = S.DegradationDistribution.from_dict({"second_order": {"final_scale": 2}})
-    assert so.second_order == S.SecondOrderConfig(final_scale=2)
+    assert so.second_order == SO.SecondOrderConfig(final_scale=2)
 
 
 @pytest.mark.parametrize(
@@ -657,6 +658,6 @@ def test_cuda_matches_cpu_shapes_and_runs() -> None:
     blur_cpu = O.jpeg_compress(O.gaussian_blur(x, 1.0), 45)
     blur_gpu = O.jpeg_compress(O.gaussian_blur(xc, 1.0), 45).cpu()
     assert (blur_cpu - blur_gpu).abs().mean() < 1e-3
-    samples = S.sample_second_order_batch(S.SecondOrderConfig(), _gen(2), 2)
-    z = S.apply_second_order_batch(xc, samples)
+    samples = SO.sample_second_order_batch(SO.SecondOrderConfig(), _gen(2), 2)
+    z = SO.apply_second_order_batch(xc, samples)
     assert z.device.type == "cuda" and z.shape == x.shape

@@ -13,7 +13,8 @@ from skimage import data as skdata
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.ops import gaussian_blur, jpeg_compress, resize
 from face2scene_cli.degradations.record import Degradation
-from face2scene_cli.degradations.sampling import SecondOrderConfig, apply, sample_second_order
+from face2scene_cli.degradations.sampling import apply
+from face2scene_cli.degradations.second_order import SecondOrderConfig, sample_second_order
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.stages.face_restore import BlindFaceRestorer
 from face2scene_cli.stages.fadex import (

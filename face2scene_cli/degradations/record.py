@@ -92,7 +92,7 @@ def _from_fields(cls: type, data: Any, what: str) -> Any:
 @dataclass(frozen=True)
 class KernelSpec:
     """The parameters of one sampled blur kernel; ``ops`` rebuilds the kernel exactly
-    (:func:`face2scene_cli.degradations.sampling.build_kernel`).
+    (:func:`face2scene_cli.degradations.second_order.build_kernel`).
 
     Attributes:
         kind: one of :data:`KERNEL_TYPES` or ``"sinc"``.
@@ -184,7 +184,7 @@ class NoiseSpec:
 class SecondOrderSample:
     """Every random choice of one Real-ESRGAN second-order degradation.
 
-    Applying it (:func:`face2scene_cli.degradations.sampling.apply_second_order`) is a pure
+    Applying it (:func:`face2scene_cli.degradations.second_order.apply_second_order`) is a pure
     function of the image and the sample. Kernels are stored as parameters (:class:`KernelSpec`)
     and rebuilt; noise is stored as the seed of a per-step generator.
 
