@@ -563,7 +563,7 @@ def test_distribution_yaml_errors_name_the_key(block: object, needles: tuple[str
         assert needle in str(info.value), (needle, str(info.value))
 
 
-def test_training_configs_share_the_block(tmp_path) -> None:
+def test_training_configs_share_the_block(tmp_path: Path) -> None:
     """Both trainers parse ``data.degradation`` with the one parser; bad values name the key."""
     import yaml
 
