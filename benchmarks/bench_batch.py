@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from face2scene_cli import sample_data
-from face2scene_cli.degrade import PRESETS, degrade_parametric, image_generator
+from face2scene_cli.degradations.record import PRESETS
+from face2scene_cli.degradations.sampling import apply, image_generator
 from face2scene_cli.imageio import from_tensor, to_tensor
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,9 +63,7 @@ def make_photos(count: int, dest: Path) -> list[Path]:
         width = int(rng.integers(180, 300))
         face = face.resize((width, round(width * face.height / face.width)), Image.BICUBIC)
         photo.paste(face, (int(rng.integers(0, SIZE[0] - face.width)), 100))
-        lq = degrade_parametric(
-            to_tensor(np.asarray(photo)), PRESETS["mixed"], image_generator(0, path.name)
-        )
+        lq = apply(to_tensor(np.asarray(photo)), PRESETS["mixed"], image_generator(0, path.name))
         Image.fromarray(from_tensor(lq, np.uint8)).save(path)
     return paths
 

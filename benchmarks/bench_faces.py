@@ -43,12 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from face2scene_cli import sample_data  # noqa: E402
-from face2scene_cli.degrade import (  # noqa: E402
-    PRESETS,
-    DegradationParams,
-    degrade_parametric,
-    image_generator,
-)
+from face2scene_cli.degradations.record import PRESETS, Degradation  # noqa: E402
+from face2scene_cli.degradations.sampling import apply, image_generator  # noqa: E402
 from face2scene_cli.faces.base import DetectedFace, FaceDetector  # noqa: E402
 from face2scene_cli.faces.detect import (  # noqa: E402
     DlibDetector,
@@ -184,21 +180,23 @@ def to_score_scale(name: str, threshold: float) -> float:
     return threshold
 
 
-# Degraded copies (face2scene_cli.degrade, fixed seeds): what users' photos look like.
-DEGRADATIONS: dict[str, DegradationParams | None] = {
+# Degraded copies (face2scene_cli.degradations, fixed seeds): what users' photos look like.
+DEGRADATIONS: dict[str, Degradation | None] = {
     "clean": None,
     "noise15": PRESETS["noise15"],
     "blur-noise": PRESETS["blur-noise"],
     "mixed": PRESETS["mixed"],
-    "mixed-x2": DegradationParams(blur_sigma=1.0, noise_sigma=10.0, jpeg_quality=45, scale=2.0),
+    "mixed-x2": Degradation(
+        "parametric", blur_sigma_px=1.0, noise_sigma=10.0, jpeg_quality=45, downscale=2.0
+    ),
 }
 
 
-def degraded(img: np.ndarray, params: DegradationParams | None, key: str) -> np.ndarray:
+def degraded(img: np.ndarray, params: Degradation | None, key: str) -> np.ndarray:
     if params is None:
         return img
     gen = image_generator(0, key)
-    out = degrade_parametric(to_tensor(img), params, gen)
+    out = apply(to_tensor(img), params, gen)
     return from_tensor(out, np.uint8)
 
 
@@ -389,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(photos)} photos ({n_people} with people: "
         f"{sum(len(t.faces) for t in GROUND_TRUTH.values())} hand-counted faces; {n_empty} "
         f"without); min face {args.min_face} px; correct = box centre inside a hand-drawn "
-        f"face box. Degraded copies (face2scene_cli.degrade, seed 0): {described or 'none'}. "
+        f"face box. Degraded copies (face2scene_cli.degradations, seed 0): {described or 'none'}. "
         f"Times: median over the {len(photos)} photos of the median of {args.repeats} runs at "
         f"1155x866, {platform.machine()}, {os.cpu_count()} "
         f"cores visible, shared with other jobs (CPU = process time). dlib threshold = HOG "

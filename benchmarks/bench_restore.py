@@ -53,7 +53,8 @@ def bench_input(megapixels: float, photo: Path | None = None) -> np.ndarray:
     exactly 512x512 so the SD-Turbo restorer needs no tiling)."""
     import cv2
 
-    from face2scene_cli import degrade as D
+    from face2scene_cli.degradations.record import PRESETS
+    from face2scene_cli.degradations.sampling import apply, image_generator
     from face2scene_cli.imageio import read_image, to_tensor
     from face2scene_cli.sample_data import package_photos
 
@@ -69,7 +70,7 @@ def bench_input(megapixels: float, photo: Path | None = None) -> np.ndarray:
         size = (round(rgb.shape[1] * f), round(rgb.shape[0] * f))
     interp = cv2.INTER_AREA if size[0] < rgb.shape[1] else cv2.INTER_CUBIC
     clean = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=interp)
-    y = D.degrade_parametric(to_tensor(clean), D.get_preset("noise15"), D.image_generator(0, "b"))
+    y = apply(to_tensor(clean), PRESETS["noise15"], image_generator(0, "b"))
     return (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 

@@ -15,15 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from face2scene_cli.batch import LoadedImage, Processed
-from face2scene_cli.degrade import (
-    PRESETS,
-    DegradationParams,
-    SecondOrderConfig,
-    apply_second_order,
-    degrade_parametric,
+from face2scene_cli.degradations.record import PRESETS, Degradation
+from face2scene_cli.degradations.sampling import (
+    DegradationDistribution,
+    apply,
     image_generator,
-    sample_second_order,
+    image_seed,
 )
+from face2scene_cli.degradations.second_order import SecondOrderConfig
 from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.imageio import from_tensor, to_tensor
 
@@ -73,18 +72,25 @@ class DegradeConfig:
             return "parametric"
         return "second-order"
 
-    def params(self) -> DegradationParams | None:
-        """The fixed parameters of preset/parametric mode (None in second-order mode)."""
+    def fixed(self) -> Degradation | None:
+        """The fixed degradation of preset/parametric mode, without its noise seed (None in
+        second-order mode). ``scale`` is the downscale factor; the output stays smaller."""
         if self.mode == "preset":
-            return PRESETS[self.preset]
+            return PRESETS[self.preset]  # type: ignore[index]
         if self.mode == "parametric":
-            return DegradationParams(
-                blur_sigma=self.blur_sigma or 0.0,
+            return Degradation(
+                "parametric",
+                blur_sigma_px=self.blur_sigma or 0.0,
                 noise_sigma=self.noise_sigma or 0.0,
                 jpeg_quality=self.jpeg_quality,
-                scale=self.scale or 1.0,
+                downscale=self.scale or 1.0,
             )
         return None
+
+    def distribution(self) -> DegradationDistribution:
+        """Second-order mode's distribution: the Real-ESRGAN ranges, output ``1 / scale``."""
+        second_order = SecondOrderConfig(final_scale=int(self.scale or 1))
+        return DegradationDistribution(mix=(0.0, 0.0, 1.0), second_order=second_order)
 
 
 class DegradePipeline:
@@ -95,16 +101,23 @@ class DegradePipeline:
     def __init__(self, config: DegradeConfig, device: str = "cpu") -> None:
         self.config = config
         self.device = device
-        self.fixed = config.params()  # validated once, before any image is read
-        self.second_order = SecondOrderConfig(final_scale=int(config.scale or 1))
+        self.fixed = config.fixed()  # validated once, before any image is read
+        self.distribution = config.distribution()
 
     def settings(self) -> dict[str, Any]:
         return {
             "algorithm_version": ALGORITHM_VERSION,
             "mode": self.config.mode,
             "preset": self.config.preset,
-            "params": self.fixed.to_dict() if self.fixed else dataclasses.asdict(self.second_order),
+            "params": self.fixed.to_dict() if self.fixed else self.distribution.to_dict(),
         }
+
+    def degradation(self, seed: int, key: str) -> Degradation:
+        """The degradation of the image ``key``: the fixed one with the noise seed
+        ``image_seed(seed, key)``, or a second-order sample drawn from that seed."""
+        if self.fixed is not None:
+            return self.fixed.with_seed(image_seed(seed, key))
+        return self.distribution.sample(image_generator(seed, key, device=self.device))
 
     def models(self) -> list[dict[str, str]]:
         return []
@@ -118,18 +131,8 @@ class DegradePipeline:
         pixels = image.pixels
         colour, alpha = (pixels[..., :-1], pixels[..., -1:]) if image.has_alpha else (pixels, None)
         x = to_tensor(colour).to(self.device)
-        generator = image_generator(seed, loaded.item.key, device=self.device)
-        if self.fixed is not None:
-            y = degrade_parametric(x, self.fixed, generator)
-            applied = {
-                "mode": self.config.mode,
-                "preset": self.config.preset,
-                "params": self.fixed.to_dict(),
-            }
-        else:
-            sample = sample_second_order(self.second_order, generator)
-            y = apply_second_order(x, sample)
-            applied = {"mode": "second-order", "preset": None, "params": sample.to_dict()}
+        degradation = self.degradation(seed, loaded.item.key)
+        y = apply(x, degradation)
         out = from_tensor(y.cpu(), pixels.dtype)
         if alpha is not None:
             a = to_tensor(alpha)
@@ -139,4 +142,5 @@ class DegradePipeline:
                 [torch.from_numpy(out), torch.from_numpy(from_tensor(a, pixels.dtype))], dim=-1
             ).numpy()
         timings = {"degrade": time.perf_counter() - t0}
-        return Processed(image.with_pixels(out), {"applied_degradation": applied}, timings)
+        fields = {"applied_degradation": degradation.to_dict()}
+        return Processed(image.with_pixels(out), fields, timings)

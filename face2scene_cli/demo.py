@@ -90,4 +90,3 @@ def run_demo(out: Path = Path("demo_out")) -> int:
     print("  <name>.png.json report (faces, people, degradation, timings), f2s-summary.json")
     print(f"References (made from the clean photos; no second photos offline): {refs.resolve()}")
     return 1 if worse else 0
-

@@ -44,6 +44,9 @@ import cv2
 import numpy as np
 import torch
 
+from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import DegradationDistribution, apply, image_seed
 from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.faces.detect import as_rgb_uint8
@@ -65,11 +68,11 @@ __all__ = [
     "face_mask",
     "find_images",
     "image_metrics",
+    "item_degradation",
     "load_models",
     "measure_speed",
     "nlm",
     "paired_items",
-    "preset_truth",
     "targets",
     "tile_check",
     "to_markdown",
@@ -98,7 +101,7 @@ class EvalConfig:
 
     Attributes:
         long_side: clean photos are area-downscaled to this long side (0 = keep the size).
-        presets: named degradations (:data:`face2scene_cli.degrade.PRESETS`).
+        presets: named degradations (:data:`face2scene_cli.degradations.record.PRESETS`).
         second_order: how many seeded second-order samples (the same ones for every image).
         seed: base seed of the degradations.
         nlm_h: the NLM strengths searched.
@@ -121,15 +124,14 @@ class EvalItem:
         name: the image's name (relative path or photo name).
         degradation: preset name, ``second-order-K`` or ``paired``.
         clean, lq: (H, W, 3) uint8 RGB of the same size.
-        truth: the applied degradation as FaDeX estimates it (``noise_sigma``,
-            ``blur_sigma_px``, ``downscale``, ``jpeg_quality`` or None), when known.
+        truth: the applied preset (its fields are what FaDeX estimates), when known.
     """
 
     name: str
     degradation: str
     clean: np.ndarray
     lq: np.ndarray
-    truth: dict[str, float | None] | None = None
+    truth: Degradation | None = None
 
 
 @dataclass
@@ -189,41 +191,23 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def preset_truth(name: str) -> dict[str, float | None]:
-    """A preset's parameters in FaDeX's terms."""
-    from face2scene_cli.degrade import get_preset
+def item_degradation(name: str, degradation: str, seed: int) -> Degradation:
+    """The degradation of item ``name`` under ``degradation`` (a preset or ``second-order-K``).
 
-    p = get_preset(name)
-    return {
-        "noise_sigma": float(p.noise_sigma),
-        "blur_sigma_px": float(p.blur_sigma or 0.0),
-        "downscale": float(p.scale),
-        "jpeg_quality": None if p.jpeg_quality is None else float(p.jpeg_quality),
-    }
-
-
-def degrade_item(clean: np.ndarray, name: str, degradation: str, seed: int) -> np.ndarray:
-    """The degraded copy of ``clean`` (H, W, 3) uint8 -> same shape uint8.
-
-    A preset's noise generator is seeded with ``image_seed(seed, f"{name}|{preset}")``; the
+    A preset's noise is seeded with ``image_seed(seed, f"{name}|{preset}")``; the
     ``second-order-K`` sample is drawn from ``image_seed(seed, "second-order-K")`` (the same
     sample for every image).
     """
-    from face2scene_cli import degrade as D
-    from face2scene_cli.train.scene import apply_degradation
-
     if degradation.startswith("second-order-"):
-        g = torch.Generator().manual_seed(D.image_seed(seed, degradation))
-        sample = D.sample_second_order(D.SecondOrderConfig(), g)
-        deg = {"kind": "second_order", "sample": sample.to_dict(), "seed": 0}
-    else:
-        deg = {
-            "kind": "preset",
-            "name": degradation,
-            "seed": D.image_seed(seed, f"{name}|{degradation}"),
-        }
-    y = apply_degradation(to_tensor(clean), deg)
-    return (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        g = torch.Generator().manual_seed(image_seed(seed, degradation))
+        return DegradationDistribution(mix=(0.0, 0.0, 1.0)).sample(g)
+    return Degradation.from_preset(degradation, image_seed(seed, f"{name}|{degradation}"))
+
+
+def degrade_item(clean: np.ndarray, degradation: Degradation) -> np.ndarray:
+    """The degraded copy of ``clean`` (H, W, 3) uint8 -> same shape uint8."""
+    y = apply(to_tensor(clean), degradation)
+    return (y[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def degraded_items(sources: list[tuple[str, Path]], config: EvalConfig) -> list[EvalItem]:
@@ -232,13 +216,14 @@ def degraded_items(sources: list[tuple[str, Path]], config: EvalConfig) -> list[
     if not degs:
         raise ConfigError("no degradation to evaluate: give a preset or --second-order >= 1")
     for d in config.presets:
-        preset_truth(d)  # unknown names fail before any work
+        Degradation.from_preset(d)  # unknown names fail before any work
     items = []
     for name, path in sources:
         clean = _fit_long_side(_load_rgb8(path), config.long_side)
         for d in degs:
-            truth = None if d.startswith("second-order-") else preset_truth(d)
-            items.append(EvalItem(name, d, clean, degrade_item(clean, name, d, config.seed), truth))
+            deg = item_degradation(name, d, config.seed)
+            truth = None if deg.mode == "second-order" else deg
+            items.append(EvalItem(name, d, clean, degrade_item(clean, deg), truth))
     return items
 
 
@@ -324,19 +309,18 @@ def _identity_distance(
 
 
 def estimate_error(
-    estimates: dict[str, float] | None, truth: dict[str, float | None] | None
+    estimate: Estimate | None, truth: Degradation | None
 ) -> dict[str, float | None] | None:
     """Absolute errors of FaDeX's estimates; ``jpeg_detected`` is 1 when FaDeX's JPEG call
     (probability >= 0.5) matches the truth; ``jpeg_quality`` only when both say JPEG."""
-    if estimates is None or truth is None:
+    if estimate is None or truth is None:
         return None
     err: dict[str, float | None] = {
-        k: abs(estimates[k] - float(truth[k] or 0.0)) for k in _ESTIMATE_KEYS
+        k: abs(getattr(estimate, k) - float(getattr(truth, k))) for k in _ESTIMATE_KEYS
     }
-    said_jpeg = estimates["jpeg_prob"] >= 0.5
-    err["jpeg_detected"] = float(said_jpeg == (truth["jpeg_quality"] is not None))
-    q = truth["jpeg_quality"]
-    err["jpeg_quality"] = abs(estimates["jpeg_quality"] - q) if said_jpeg and q else None
+    q = truth.jpeg_quality
+    err["jpeg_detected"] = float(estimate.jpeg == (q is not None))
+    err["jpeg_quality"] = abs(estimate.jpeg_quality - q) if estimate.jpeg and q else None
     return err
 
 
@@ -349,7 +333,7 @@ class _Reading:
     faces_lq: int = 0
     code: torch.Tensor | None = None
     upper: torch.Tensor | None = None
-    estimates: dict[str, float] | None = None
+    estimates: Estimate | None = None
 
 
 def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
@@ -511,8 +495,8 @@ def evaluate(
                 "faces_degraded": rd.faces_lq,
                 "code_source": "face" if rd.code is not None else "blind",
                 "wrong_from": wrong_from if "wrong" in outs else None,
-                "truth": it.truth,
-                "estimate": rd.estimates,
+                "truth": it.truth.to_dict() if it.truth else None,
+                "estimate": rd.estimates.to_dict() if rd.estimates else None,
                 "estimate_error": estimate_error(rd.estimates, it.truth),
                 "variants": scores,
             }
@@ -750,6 +734,7 @@ def write_card(folder: Path, evaluation: str, extra: str = "") -> None:
         for p in info.get("phases", [])
     )
     tr, data = cfg.get("train", {}), cfg.get("data", {})
+    mix = data.get("degradation", {}).get("mix", data.get("mix"))  # 0.1 runs: data.mix
     fadex_sha = info.get("trained_with", {}).get("fadex")
     text = f"""# {cfg.get("name") or folder.name}
 
@@ -766,7 +751,7 @@ Face2Scene: restores the whole photo, conditioned on the degradation read off a 
 {phases}
 - Data: TRAIN photos of `data/splits.yaml` (package-shipped photos only, see ASSETS.md),
   {data.get("samples")} cached degraded regions of {data.get("region")} px (presets /
-  parametric grid / Real-ESRGAN second order, mix {data.get("mix")}); the code comes from
+  parametric grid / Real-ESRGAN second order, mix {mix}); the code comes from
   FaDeX on a {data.get("face_crop")} px face-sized crop of the same degraded region and its
   BlindFaceRestorer output; condition dropout {tr.get("cond_dropout")} in the code phase.
 - Loss: Charbonnier + {tr.get("w_ssim")} (1 - SSIM) + {tr.get("w_grad")} gradient L1 +

@@ -39,14 +39,8 @@ import numpy as np
 import torch
 
 from face2scene_cli import sample_data
-from face2scene_cli.degrade import (
-    PRESETS,
-    SecondOrderConfig,
-    apply_second_order,
-    degrade_parametric,
-    image_generator,
-    sample_second_order,
-)
+from face2scene_cli.degradations.record import PRESETS
+from face2scene_cli.degradations.sampling import DegradationDistribution, apply, image_generator
 from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.base import DetectedFace, FaceDetector
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
@@ -116,9 +110,9 @@ def degrade_photo(pixels: np.ndarray, degradation: str, seed: int, key: str) -> 
     x = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)[None].float() / 255
     gen = image_generator(seed, f"{key}/{degradation}")
     if degradation == "second-order":
-        y = apply_second_order(x, sample_second_order(SecondOrderConfig(), gen))
+        y = apply(x, DegradationDistribution(mix=(0.0, 0.0, 1.0)).sample(gen))
     else:
-        y = degrade_parametric(x, PRESETS[degradation], gen)
+        y = apply(x, PRESETS[degradation], gen)
     return (y[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 

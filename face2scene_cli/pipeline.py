@@ -23,6 +23,7 @@ import torch
 
 from face2scene_cli.batch import ExtraOutput, LoadedImage, Processed
 from face2scene_cli.config import FaceSettings, RestoreConfig
+from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.faces.align import (
     AlignedFace,
@@ -138,7 +139,7 @@ class FaceDegradation:
         index: the face's position in the list given to :meth:`DegradationReader.read_batch`.
         face: the detected face.
         code: (D,) unit vector.
-        estimates: noise_sigma, blur_sigma_px, downscale, jpeg_quality, jpeg_prob.
+        estimates: FaDeX's :class:`Estimate` for this face.
         weight: restorer confidence x detection score x size factor, in (0, 1].
         crop_box: ``(x0, y0, x1, y1)`` of ``lq``/``hq`` in source pixels (inside the photo).
         restorer: the Stage I method, e.g. ``blind-nlm/1``.
@@ -150,7 +151,7 @@ class FaceDegradation:
     index: int
     face: DetectedFace
     code: np.ndarray
-    estimates: dict[str, float]
+    estimates: Estimate
     weight: float
     crop_box: tuple[int, int, int, int]
     restorer: str
@@ -167,7 +168,7 @@ class ImageDegradation:
     faces: list[FaceDegradation]
     restorer: str
     code: np.ndarray | None = None
-    estimates: dict[str, float] | None = None
+    estimates: Estimate | None = None
 
     @property
     def source(self) -> str:
@@ -178,16 +179,10 @@ class ImageDegradation:
         """The report schema's ``degradation`` field (None without faces)."""
         if self.estimates is None or self.code is None:
             return None
-        e = self.estimates
         return {
             "code": [round(float(v), 5) for v in self.code],
-            "noise_sigma": round(e["noise_sigma"], 3),
-            "blur_sigma_px": round(e["blur_sigma_px"], 3),
-            "jpeg_quality": round(e["jpeg_quality"], 1) if e["jpeg_prob"] >= 0.5 else None,
-            "jpeg_probability": round(e["jpeg_prob"], 3),
-            "downscale": round(e["downscale"], 3),
+            **self.estimates.to_report(),
             "source": self.source,
-            "summary": describe_degradation(e),
         }
 
 
@@ -393,38 +388,8 @@ def _aggregate(readings: list[FaceDegradation], restorer: str) -> ImageDegradati
         w = w / w.sum()
         code = np.sum([wi * r.code for wi, r in zip(w, readings, strict=True)], axis=0)
         result.code = (code / max(np.linalg.norm(code), 1e-12)).astype(np.float32)
-        keys = readings[0].estimates.keys()
-        result.estimates = {
-            k: float(sum(wi * r.estimates[k] for wi, r in zip(w, readings, strict=True)))
-            for k in keys
-        }
+        result.estimates = Estimate.mean([r.estimates for r in readings], list(w))
     return result
-
-
-def describe_degradation(e: dict[str, float]) -> str:
-    """A plain-language summary, e.g. ``moderate noise (sigma~12/255), mild blur, JPEG q~40``."""
-    parts = []
-    n = e["noise_sigma"]
-    if n < 2:
-        parts.append("no visible noise")
-    else:
-        level = "mild" if n < 6 else "moderate" if n < 15 else "heavy"
-        parts.append(f"{level} noise (sigma~{n:.0f}/255)")
-    b = e["blur_sigma_px"]
-    if b < 0.6:
-        parts.append("sharp")
-    else:
-        level = "mild" if b < 1.3 else "moderate" if b < 2.2 else "strong"
-        parts.append(f"{level} blur (sigma~{b:.1f} px)")
-    if e["jpeg_prob"] >= 0.5:
-        q = e["jpeg_quality"]
-        level = "heavy " if q < 40 else "light " if q >= 80 else ""
-        parts.append(f"{level}JPEG q~{q:.0f}")
-    else:
-        parts.append("no JPEG artefacts")
-    if e["downscale"] >= 1.5:
-        parts.append(f"low resolution (~x{e['downscale']:.1f} lost)")
-    return ", ".join(parts)
 
 
 def resolve_face_restorer(name: str, with_references: bool) -> str:

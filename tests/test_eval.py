@@ -16,9 +16,10 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 from typer.testing import CliRunner
 
-from face2scene_cli import degrade as D
 from face2scene_cli import sample_data
 from face2scene_cli.cli import app
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import apply, image_seed
 from face2scene_cli.errors import ConfigError
 
 # (photo, left, top, side): square crops around one face, resized to 112 px
@@ -79,9 +80,9 @@ def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path
     for (image, preset), row in rows.items():
         clean = _load(clean_dir / image)
         # the degradation as documented: preset noise seeded by image_seed(seed, "name|preset")
-        g = torch.Generator().manual_seed(D.image_seed(SEED, f"{image}|{preset}"))
+        g = torch.Generator().manual_seed(image_seed(SEED, f"{image}|{preset}"))
         x = torch.from_numpy(clean * np.float32(1 / 255)).permute(2, 0, 1)[None]  # as f2s reads
-        y = D.degrade_parametric(x, D.get_preset(preset), g)
+        y = apply(x, Degradation.from_preset(preset), g)
         lq = (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         got = row["variants"]["input"]
         assert got["psnr"] == pytest.approx(_psnr(lq, clean), abs=1e-6)
@@ -106,7 +107,8 @@ def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path
         for h in (5, 15):
             nlm_psnr.setdefault((preset, h), []).append(_psnr(_nlm(lq, h), clean))
         # FaDeX's error against the preset's own parameters
-        truth = D.get_preset(preset)
+        truth = Degradation.from_preset(preset, image_seed(SEED, f"{image}|{preset}"))
+        assert Degradation.from_dict(row["truth"]) == truth  # the applied record, replayable
         err = row["estimate_error"]
         assert err["noise_sigma"] == pytest.approx(
             abs(row["estimate"]["noise_sigma"] - truth.noise_sigma)

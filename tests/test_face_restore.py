@@ -7,7 +7,9 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from face2scene_cli.degrade import DegradationParams, degrade_parametric, jpeg_compress
+from face2scene_cli.degradations.ops import jpeg_compress
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.metrics import psnr
 from face2scene_cli.stages.face_restore import (
     BlindFaceRestorer,
@@ -37,7 +39,7 @@ def _q8(x: torch.Tensor) -> torch.Tensor:
 
 def _noisy(x: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return _q8(degrade_parametric(x, DegradationParams(noise_sigma=sigma), g))
+    return _q8(apply(x, Degradation("parametric", noise_sigma=sigma), g))
 
 
 def test_improves_psnr_on_noisy_face(face: torch.Tensor) -> None:

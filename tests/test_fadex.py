@@ -10,21 +10,23 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from face2scene_cli.degrade import gaussian_blur, jpeg_compress
+from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.ops import gaussian_blur, jpeg_compress, resize
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import apply
+from face2scene_cli.degradations.second_order import SecondOrderConfig, sample_second_order
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.pipeline import describe_degradation
 from face2scene_cli.stages.face_restore import BlindFaceRestorer
 from face2scene_cli.stages.fadex import (
     NUM_STATS,
     FaDeX,
-    aggregate,
     create_fadex,
     degradation_stats,
     fadex_s,
     fadex_tiny,
     prepare_pair,
 )
-from face2scene_cli.train.data import Operator, apply_operator, downscale_upscale, load_splits
+from face2scene_cli.train.data import degradation_labels, load_splits
 from face2scene_cli.train.fadex import (
     FIG3_OPERATORS,
     _load_checkpoint,
@@ -56,18 +58,20 @@ def test_output_shapes_and_ranges() -> None:
     assert out.code.shape == (3, 16)
     assert torch.allclose(out.code.norm(dim=1), torch.ones(3), atol=1e-5)
     assert out.z.shape == (3, 16, 8, 10)
-    for name in ("noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_prob"):
+    for name in ("noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_probability"):
         assert getattr(out, name).shape == (3,)
     assert bool((out.noise_sigma >= 0).all() and (out.downscale >= 1).all())
     assert bool(((out.jpeg_quality >= 1) & (out.jpeg_quality <= 100)).all())
-    assert bool(((out.jpeg_prob >= 0) & (out.jpeg_prob <= 1)).all())
-    assert set(out.estimates()[0]) == {
+    assert bool(((out.jpeg_probability >= 0) & (out.jpeg_probability <= 1)).all())
+    first = out.estimates()[0]
+    assert isinstance(first, Estimate) and set(first.to_dict()) == {
         "noise_sigma",
         "blur_sigma_px",
         "downscale",
         "jpeg_quality",
-        "jpeg_prob",
+        "jpeg_probability",
     }
+    assert first.noise_sigma == pytest.approx(float(out.noise_sigma[0].detach()))
 
 
 def test_stat_features_track_jpeg_and_blur() -> None:
@@ -214,40 +218,25 @@ def test_split_manifest_holds_out_whole_people_photo(photos: list) -> None:
     assert any(p.people for p in splits["val"]) and any(p.people for p in splits["train"])
 
 
+def _op(**values: object) -> Degradation:
+    """A FaDeX training operator: parametric, downscales resized back."""
+    return Degradation("parametric", resize_back=True, **values)  # type: ignore[arg-type]
+
+
 def test_operators_keep_size_and_downscale_loses_detail() -> None:
     x = torch.from_numpy(np.ascontiguousarray(skdata.astronaut()[57:153, 156:252])).permute(2, 0, 1)
     x = x[None].float() / 255
     g = torch.Generator().manual_seed(0)
-    op = Operator(noise_sigma=10.0, blur_sigma=1.0, downscale=2.0, jpeg_quality=50)
-    assert apply_operator(x, op, g).shape == x.shape
-    y = downscale_upscale(x, 3.0)
+    op = _op(noise_sigma=10.0, blur_sigma_px=1.0, downscale=2.0, jpeg_quality=50)
+    assert apply(x, op, g).shape == x.shape
+    y = apply(x, _op(downscale=3.0), g)
     assert y.shape == x.shape
+    assert torch.allclose(y, resize(resize(x, (32, 32), "bicubic"), (96, 96)).clamp(0, 1))
     hf = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
     assert float(hf(y)) < 0.7 * float(hf(x))
-    assert op.labels().tolist() == [10.0, 1.0, 2.0, 50.0, 1.0, 1.0]
-    assert Operator(kind="second_order").labels()[5] == 0
-
-
-def test_aggregate_and_summary() -> None:
-    out = _tiny()(*_pair(3))
-    agg = aggregate(out, torch.tensor([1.0, 0.0, 0.0]))
-    assert agg["faces"] == 3
-    assert agg["noise_sigma"] == pytest.approx(float(out.noise_sigma[0]), rel=1e-5)
-    assert np.allclose(agg["code"], out.code[0].detach().numpy(), atol=1e-4)
-    assert aggregate(out, torch.zeros(3))["noise_sigma"] == pytest.approx(
-        float(out.noise_sigma.mean()), rel=1e-5
-    )
-    with pytest.raises(ValueError, match="confidence"):
-        aggregate(out, torch.ones(2))
-    est = {"noise_sigma": 12.0, "blur_sigma_px": 0.8, "downscale": 1.0,
-           "jpeg_quality": 40.0, "jpeg_prob": 0.9}  # fmt: skip
-    assert (
-        describe_degradation(est)
-        == "moderate noise (sigma~12/255), mild blur (sigma~0.8 px), JPEG q~40"
-    )
-    clean = {"noise_sigma": 0.5, "blur_sigma_px": 0.1, "downscale": 1.0,
-             "jpeg_quality": 90.0, "jpeg_prob": 0.1}  # fmt: skip
-    assert describe_degradation(clean) == "no visible noise, sharp, no JPEG artefacts"
+    assert degradation_labels(op).tolist() == [10.0, 1.0, 2.0, 50.0, 1.0, 1.0]
+    sample = sample_second_order(SecondOrderConfig(), torch.Generator().manual_seed(0))
+    assert degradation_labels(Degradation("second-order", second_order=sample))[5] == 0
 
 
 def test_validation_table(photos: list, tmp_path: Path) -> None:
@@ -287,9 +276,9 @@ def astro_region() -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
 
 
-def _estimate(model: FaDeX, region: torch.Tensor, op: Operator, seed: int = 0) -> dict:
+def _estimate(model: FaDeX, region: torch.Tensor, op: Degradation, seed: int = 0) -> Estimate:
     g = torch.Generator().manual_seed(seed)
-    y = apply_operator(region, op, g)
+    y = apply(region, op, g)
     lq = (y[..., 11:139, 13:141] * 255).round() / 255  # 128 px, off the 8x8 grid
     hq = BlindFaceRestorer().restore(lq).hq
     with torch.inference_mode():
@@ -298,15 +287,14 @@ def _estimate(model: FaDeX, region: torch.Tensor, op: Operator, seed: int = 0) -
 
 def test_shipped_noise_estimate_is_monotonic(shipped: FaDeX, astro_region: torch.Tensor) -> None:
     est = [
-        _estimate(shipped, astro_region, Operator(noise_sigma=s))["noise_sigma"]
-        for s in (2.0, 10.0, 25.0)
+        _estimate(shipped, astro_region, _op(noise_sigma=s)).noise_sigma for s in (2.0, 10.0, 25.0)
     ]
     assert est[0] < est[1] < est[2], est
 
 
 def test_shipped_jpeg_probability(shipped: FaDeX, astro_region: torch.Tensor) -> None:
-    clean = _estimate(shipped, astro_region, Operator())["jpeg_prob"]
-    jpeg = _estimate(shipped, astro_region, Operator(jpeg_quality=30))["jpeg_prob"]
+    clean = _estimate(shipped, astro_region, _op()).jpeg_probability
+    jpeg = _estimate(shipped, astro_region, _op(jpeg_quality=30)).jpeg_probability
     assert jpeg > clean + 0.1, (clean, jpeg)
 
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 from skimage import data as skdata
 
-from face2scene_cli.degrade import gaussian_blur
+from face2scene_cli.degradations.ops import gaussian_blur
 from face2scene_cli.stages.fadex import NUM_EDGE, FaDeX, edge_widths, fadex_tiny
 from face2scene_cli.train.data import load_splits
 from face2scene_cli.train.fadex import load_train_config

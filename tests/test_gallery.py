@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from face2scene_cli.degrade import DegradationParams, degrade_parametric
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.errors import ConfigError, F2SError, NotAvailableError
 from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.base import DetectedFace, FaceDetector
@@ -115,8 +116,8 @@ def rescale(img: np.ndarray, factor: float = 0.85) -> np.ndarray:
 
 def degrade(img: np.ndarray, seed: int = 0, noise: float = 3.0) -> np.ndarray:
     """Mild degradation: Gaussian noise (sigma ``noise``/255) then JPEG 90."""
-    params = DegradationParams(noise_sigma=noise, jpeg_quality=90)
-    out = degrade_parametric(to_tensor(img), params, torch.Generator().manual_seed(seed))
+    params = Degradation("parametric", noise_sigma=noise, jpeg_quality=90)
+    out = apply(to_tensor(img), params, torch.Generator().manual_seed(seed))
     return from_tensor(out, np.uint8)
 
 

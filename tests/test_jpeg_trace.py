@@ -67,6 +67,6 @@ def test_fadex_reports_the_trace_only_when_asked() -> None:
     with torch.no_grad():
         traced = model(lq, lq)
         head = model(lq, lq, read_jpeg_trace=False)
-    assert abs(float(traced.jpeg_quality[0]) - 35) <= 3 and float(traced.jpeg_prob[0]) == 1.0
+    assert abs(float(traced.jpeg_quality[0]) - 35) <= 3 and float(traced.jpeg_probability[0]) == 1.0
     assert float(head.jpeg_quality[0]) != float(traced.jpeg_quality[0])
     assert torch.equal(head.code, traced.code) and torch.equal(head.z, traced.z)

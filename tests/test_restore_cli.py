@@ -12,7 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from face2scene_cli.cli import app
-from face2scene_cli.degrade import PRESETS, degrade_parametric, image_generator
+from face2scene_cli.degradations.record import PRESETS
+from face2scene_cli.degradations.sampling import apply, image_generator
 from face2scene_cli.imageio import from_tensor, to_tensor
 from face2scene_cli.metrics import psnr
 from face2scene_cli.sample_data import package_photos
@@ -30,7 +31,7 @@ def noisy_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarr
     """The astronaut at 256 px (one face) with noise15, and a face-less photo (coffee)."""
     root = tmp_path_factory.mktemp("restore")
     clean = np.asarray(Image.fromarray(_photo("skimage/astronaut")).resize((256, 256)))
-    noisy = degrade_parametric(to_tensor(clean), PRESETS["noise15"], image_generator(0, "a"))
+    noisy = apply(to_tensor(clean), PRESETS["noise15"], image_generator(0, "a"))
     photos = root / "photos"
     photos.mkdir()
     Image.fromarray(from_tensor(noisy, np.uint8)).save(photos / "astronaut.png")

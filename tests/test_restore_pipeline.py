@@ -18,7 +18,8 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from face2scene_cli.cli import app
-from face2scene_cli.degrade import PRESETS, degrade_parametric, image_generator
+from face2scene_cli.degradations.record import PRESETS
+from face2scene_cli.degradations.sampling import apply, image_generator
 from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.imageio import Image as F2SImage
@@ -38,7 +39,7 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _noisy(rgb: np.ndarray, key: str) -> np.ndarray:
-    noisy = degrade_parametric(to_tensor(rgb), PRESETS["noise15"], image_generator(0, key))
+    noisy = apply(to_tensor(rgb), PRESETS["noise15"], image_generator(0, key))
     return from_tensor(noisy, np.uint8)
 
 
@@ -170,8 +171,10 @@ def test_batch_reading_equals_one_image_at_a_time() -> None:
         alone = reader.read(im, f)
         assert [r.index for r in together.faces] == [r.index for r in alone.faces]
         np.testing.assert_allclose(together.code, alone.code, atol=1e-5)
-        assert together.estimates == pytest.approx(alone.estimates, rel=1e-4, abs=1e-4)
-    assert 8 <= batched[0].estimates["noise_sigma"] <= 25  # the truth is 15/255
+        assert together.estimates.to_dict() == pytest.approx(
+            alone.estimates.to_dict(), rel=1e-4, abs=1e-4
+        )
+    assert 8 <= batched[0].estimates.noise_sigma <= 25  # the truth is 15/255
 
 
 def test_paste_faces_and_extra_outputs(tmp_path: Path) -> None:

@@ -9,15 +9,14 @@ import pytest
 import torch
 import yaml
 
-from face2scene_cli import degrade as D
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.stages.fadex import FaDeX, fadex_tiny
 from face2scene_cli.stages.scene import SceneRestorer
 from face2scene_cli.train.scene import (
     DataSection,
-    apply_degradation,
     load_scene_config,
     restoration_loss,
-    sample_degradation,
     train_scene,
 )
 from face2scene_cli.zoo import read_model_info, verify_model, write_metadata
@@ -32,23 +31,19 @@ def test_loss_is_small_for_identical_images_and_grows_with_error() -> None:
     assert set(parts) == {"pix", "ssim", "grad", "fft"}
 
 
-def test_degradations_replay_and_presets_match_the_foundation() -> None:
+def test_degradations_replay_from_their_records() -> None:
     import numpy as np
 
     x = torch.rand(1, 3, 48, 48)
     rng = np.random.default_rng(3)
     kinds = set()
     for _ in range(30):
-        deg = sample_degradation(rng, DataSection())
-        kinds.add(deg["kind"])
-        deg = json.loads(json.dumps(deg))  # JSON-able, replays from its record
-        a, b = apply_degradation(x, deg), apply_degradation(x, deg)
-        assert torch.equal(a, b) and a.shape == x.shape
-        assert torch.equal(a, (a * 255).round() / 255)  # 8-bit levels
-    assert kinds == {"preset", "parametric", "second_order"}
-    deg = {"kind": "preset", "name": "noise15", "seed": 5}
-    ref = D.degrade_parametric(x, D.PRESETS["noise15"], torch.Generator().manual_seed(5))
-    assert torch.equal(apply_degradation(x, deg), (ref.clamp(0, 1) * 255).round() / 255)
+        deg = DataSection().degradation.sample(rng)
+        kinds.add(deg.mode)
+        back = Degradation.from_dict(json.loads(json.dumps(deg.to_dict())))  # JSON-able
+        a, b = apply(x, deg), apply(x, back)
+        assert torch.equal(a, b) and a.shape == x.shape  # the scene data keeps the size
+    assert kinds == {"preset", "parametric", "second-order"}
 
 
 @pytest.fixture

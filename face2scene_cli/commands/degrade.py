@@ -15,7 +15,7 @@ from face2scene_cli.commands.runner import (
     run_files,
 )
 from face2scene_cli.config import BatchConfig
-from face2scene_cli.degrade import PRESETS
+from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degrade_pipeline import DegradeConfig, DegradePipeline
 
 DEG = "Degradation"

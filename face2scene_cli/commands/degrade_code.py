@@ -103,7 +103,7 @@ def _entry(reading: ImageDegradation, with_codes: bool) -> dict[str, Any]:
     faces = []
     for f in reading.faces:
         face = f.face.to_report()
-        face.update({k: round(v, 3) for k, v in f.estimates.items()})
+        face.update({k: round(v, 3) for k, v in f.estimates.to_dict().items()})
         face["weight"] = round(f.weight, 4)
         if with_codes:
             face["code"] = [round(float(v), 5) for v in f.code]
@@ -123,7 +123,7 @@ def _print(entry: dict[str, Any]) -> None:
         f"{name}: {deg['summary']}  [{len(entry['faces'])} face(s), restorer {entry['restorer']}]"
     )
     for i, f in enumerate(entry["faces"]):
-        jpeg = f"JPEG q {f['jpeg_quality']:.0f} (p={f['jpeg_prob']:.2f})"
+        jpeg = f"JPEG q {f['jpeg_quality']:.0f} (p={f['jpeg_probability']:.2f})"
         typer.echo(
             f"  face {i} at {', '.join(f'{v:.0f}' for v in f['box'])}: "
             f"noise {f['noise_sigma']:.1f}/255, blur {f['blur_sigma_px']:.2f} px, {jpeg}, "

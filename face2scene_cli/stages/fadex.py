@@ -21,7 +21,7 @@ Units of the estimates (all in SOURCE-image pixels of that native crop):
   native resolution, so a low-resolution source shows as missing detail, not as fewer pixels);
   1 = full resolution.
 * ``jpeg_quality``: IJG/libjpeg quality 1-100 of the last JPEG compression;
-  ``jpeg_prob``: the probability that the crop was JPEG-compressed at all (quality is only
+  ``jpeg_probability``: the probability that the crop was JPEG-compressed at all (quality is only
   meaningful when it is high). Where the crop still carries the JPEG quantisation grid, both
   come from measuring it (:mod:`face2scene_cli.stages.jpeg_trace`, exact for libjpeg tables),
   otherwise from the regression head.
@@ -41,6 +41,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
+from face2scene_cli.degradations.estimate import ESTIMATE_FIELDS, Estimate
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.stages.jpeg_trace import JpegTrace, trace_jpeg
 
@@ -51,7 +52,6 @@ __all__ = [
     "NUM_TRACE",
     "FaDeX",
     "FaDeXOutput",
-    "aggregate",
     "create_fadex",
     "degradation_stats",
     "edge_widths",
@@ -81,9 +81,9 @@ class FaDeXOutput:
         blur_sigma_px: :math:`(B,)` equivalent Gaussian blur sigma in source pixels, >= 0.
         downscale: :math:`(B,)` resolution-loss factor, >= 1 (see module docstring).
         jpeg_quality: :math:`(B,)` JPEG quality estimate in [1, 100] (meaningful when
-            ``jpeg_prob`` is high).
-        jpeg_prob: :math:`(B,)` probability in [0, 1] that the crop was JPEG-compressed.
-        jpeg_logit: :math:`(B,)` the logit of ``jpeg_prob`` (for training).
+            ``jpeg_probability`` is high).
+        jpeg_probability: :math:`(B,)` probability in [0, 1] that the crop was JPEG-compressed.
+        jpeg_logit: :math:`(B,)` the logit of ``jpeg_probability`` (for training).
         q: :math:`(B, D)` the unit-norm SupCon projection (the training loss uses it).
     """
 
@@ -93,24 +93,17 @@ class FaDeXOutput:
     blur_sigma_px: Tensor
     downscale: Tensor
     jpeg_quality: Tensor
-    jpeg_prob: Tensor
+    jpeg_probability: Tensor
     jpeg_logit: Tensor
     q: Tensor | None = None
 
-    def estimates(self) -> list[dict[str, float]]:
-        """Per crop, the estimates as plain floats (report-friendly)."""
-        out = []
-        for i in range(self.code.shape[0]):
-            out.append(
-                {
-                    "noise_sigma": float(self.noise_sigma[i]),
-                    "blur_sigma_px": float(self.blur_sigma_px[i]),
-                    "downscale": float(self.downscale[i]),
-                    "jpeg_quality": float(self.jpeg_quality[i]),
-                    "jpeg_prob": float(self.jpeg_prob[i]),
-                }
-            )
-        return out
+    def estimates(self) -> list[Estimate]:
+        """Per crop, the estimates as an :class:`Estimate` of plain floats."""
+        columns = {k: getattr(self, k).detach().float().cpu().tolist() for k in ESTIMATE_FIELDS}
+        return [
+            Estimate(**{k: float(v[i]) for k, v in columns.items()})
+            for i in range(self.code.shape[0])
+        ]
 
 
 def prepare_pair(lq: Tensor, hq: Tensor) -> Tensor:
@@ -165,7 +158,7 @@ def _grid_strength(y: Tensor) -> Tensor:
 
 def _sharpness(y: Tensor) -> Tensor:
     """(B, 1, H, W) -> (B, 3): log gradient-energy ratios between scales 0, 1 and 2 px."""
-    from face2scene_cli.degrade import gaussian_blur
+    from face2scene_cli.degradations.ops import gaussian_blur
 
     def grad(t: Tensor) -> Tensor:
         gx = (t[..., :, 1:] - t[..., :, :-1]).abs().flatten(1)
@@ -457,11 +450,12 @@ class FaDeX(ModelMixin, ConfigMixin):
         code = F.normalize(q - self.code_center, dim=1)
         r = self.reg(pooled)
         jpeg_quality = (r[:, 3] * JPEG_SCALE + 60.0).clamp(1.0, 100.0)
-        jpeg_prob = torch.sigmoid(r[:, 4])
+        jpeg_probability = torch.sigmoid(r[:, 4])
         if trace is not None:
             found = trace.found.to(r.device)
             jpeg_quality = torch.where(found, trace.quality.to(r), jpeg_quality)
-            jpeg_prob = torch.where(found, torch.ones_like(jpeg_prob), jpeg_prob)
+            ones = torch.ones_like(jpeg_probability)
+            jpeg_probability = torch.where(found, ones, jpeg_probability)
         return FaDeXOutput(
             code=code,
             z=z,
@@ -469,7 +463,7 @@ class FaDeX(ModelMixin, ConfigMixin):
             blur_sigma_px=F.softplus(r[:, 1]) * BLUR_SCALE,
             downscale=1.0 + F.softplus(r[:, 2]),
             jpeg_quality=jpeg_quality,
-            jpeg_prob=jpeg_prob,
+            jpeg_probability=jpeg_probability,
             jpeg_logit=r[:, 4],
             q=q,
         )
@@ -482,7 +476,7 @@ class FaDeX(ModelMixin, ConfigMixin):
             hq: the restored crops, same shape.
             read_jpeg_trace: where the LQ crop still carries a JPEG quantisation grid
                 (:func:`~face2scene_cli.stages.jpeg_trace.trace_jpeg`), report the quality
-                measured from it (and ``jpeg_prob`` 1) instead of the regression head's;
+                measured from it (and ``jpeg_probability`` 1) instead of the regression head's;
                 training turns it off so the heads get their gradients.
 
         Returns:
@@ -550,32 +544,3 @@ def load_fadex(name: str = "fadex-s", root: Path | None = None) -> FaDeX:
 
     info = require_model(name, root)
     return load_config_model(FaDeX, info.files_reader())
-
-
-_ESTIMATE_KEYS = ("noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_prob")
-
-
-def aggregate(out: FaDeXOutput, confidence: Tensor | None = None) -> dict[str, object]:
-    r"""One image's degradation from its faces: confidence-weighted means.
-
-    Args:
-        out: FaDeX output for the N faces of one image.
-        confidence: :math:`(N,)` weights >= 0 (e.g. the face restorer's confidence); None or
-            all zero = equal weights.
-
-    Returns:
-        ``{"code": list[float] (weighted mean code, re-normalised), "noise_sigma", ...,
-        "jpeg_prob": float, "faces": N}``.
-    """
-    n = out.code.shape[0]
-    w = torch.ones(n) if confidence is None else confidence.detach().float().cpu().clamp(min=0)
-    if w.shape != (n,):
-        raise ValueError(f"confidence must have shape ({n},), got {tuple(w.shape)}")
-    if float(w.sum()) <= 0:
-        w = torch.ones(n)
-    w = w / w.sum()
-    code = F.normalize((out.code.detach().float().cpu() * w[:, None]).sum(0), dim=0)
-    result: dict[str, object] = {"code": [round(float(v), 5) for v in code], "faces": n}
-    for key in _ESTIMATE_KEYS:
-        result[key] = float((getattr(out, key).detach().float().cpu() * w).sum())
-    return result

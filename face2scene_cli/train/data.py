@@ -13,11 +13,12 @@ face for people photos with probability ``p_face``), the operator is applied to 
 region, and the crop is cut at a random offset in ``[0, margin)`` so the 8x8 JPEG grid has a
 random phase, as it has in a face crop cut from a compressed photo.
 
-Operators (:class:`Operator`): *parametric* = blur -> downscale (down then up, see
-:mod:`face2scene_cli.stages.fadex`) -> Gaussian noise -> JPEG, each step present with its own
-probability and values drawn uniformly from the configured ranges; or *second order* =
-Real-ESRGAN's two-stage pipeline (:func:`face2scene_cli.degrade.sample_second_order`, output
-size kept), which has no single label and only feeds the contrastive loss.
+Operators are :class:`~face2scene_cli.degradations.record.Degradation` records drawn from
+``data.degradation`` (:class:`~face2scene_cli.degradations.sampling.DegradationDistribution`):
+*parametric* = blur -> downscale (resized back, see :mod:`face2scene_cli.stages.fadex`) ->
+Gaussian noise -> JPEG, each step present with its own probability and values drawn uniformly
+from the configured ranges; or *second order* = Real-ESRGAN's two-stage pipeline (output size
+kept), which has no single label and only feeds the contrastive loss.
 
 Worker processes (:func:`group_worker`) make groups ahead of training into a queue; the
 trainer keeps a ring buffer of groups and re-uses each several times (NLM per crop is the
@@ -39,7 +40,8 @@ import numpy as np
 import torch
 import yaml
 
-from face2scene_cli import degrade as D
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.hashing import file_sha256
 from face2scene_cli.imageio import read_image
@@ -47,17 +49,15 @@ from face2scene_cli.sample_data import Photo, all_photos
 from face2scene_cli.stages.face_restore import BlindFaceRestorer
 
 __all__ = [
+    "FADEX_DEGRADATIONS",
     "DataConfig",
     "Group",
-    "Operator",
     "PhotoBank",
-    "apply_operator",
     "config_section",
-    "downscale_upscale",
+    "degradation_labels",
     "group_worker",
     "load_splits",
     "make_group",
-    "sample_operator",
     "write_splits",
 ]
 
@@ -74,6 +74,21 @@ DEFAULT_VAL = (
 )
 
 
+#: FaDeX's operators (``data.degradation`` of ``configs/fadex.yaml``): 20 % second order.
+FADEX_DEGRADATIONS = DegradationDistribution(
+    mix=(0.0, 0.8, 0.2),
+    p_noise=0.6,
+    noise_range=(0.5, 30.0),
+    p_blur=0.45,
+    blur_range=(0.3, 3.0),
+    p_downscale=0.25,
+    downscale_range=(1.25, 4.0),
+    resize_back=True,
+    p_jpeg=0.5,
+    jpeg_range=(20, 95),
+)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The ``data`` section of ``configs/fadex.yaml``.
@@ -85,10 +100,8 @@ class DataConfig:
         crops_per_group: crops of different content per operator in one group.
         p_face: probability of a face-centred region when the photo has detected faces.
         p_clean_hq: probability that the HQ input is the clean crop instead of the restored one.
-        p_second_order: probability that an operator is a Real-ESRGAN second-order sample.
-        p_noise, p_blur, p_downscale, p_jpeg: per-step presence in parametric operators.
-        noise_range: Gaussian noise sigma (/255); blur_range: blur sigma (px);
-            downscale_range: factor; jpeg_range: quality (inclusive integers).
+        degradation: the operators' distribution (YAML block ``data.degradation``; keys it
+            leaves out keep :data:`FADEX_DEGRADATIONS`' values).
         base_long_side: large photos (long side above the first value) are area-downscaled to
             each of these long sides to make clean content (removes their own JPEG/noise).
         workers: background worker processes making groups.
@@ -101,39 +114,23 @@ class DataConfig:
     crops_per_group: int = 8
     p_face: float = 0.3
     p_clean_hq: float = 0.25
-    p_second_order: float = 0.2
-    p_noise: float = 0.6
-    p_blur: float = 0.45
-    p_downscale: float = 0.25
-    p_jpeg: float = 0.5
-    noise_range: tuple[float, float] = (0.5, 30.0)
-    blur_range: tuple[float, float] = (0.3, 3.0)
-    downscale_range: tuple[float, float] = (1.25, 4.0)
-    jpeg_range: tuple[int, int] = (20, 95)
+    degradation: DegradationDistribution = FADEX_DEGRADATIONS
     base_long_side: tuple[int, ...] = (1024, 640)
     workers: int = 1
     queue_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("noise_range", "blur_range", "downscale_range", "jpeg_range"):
-            value = tuple(getattr(self, name))
-            if len(value) != 2 or value[0] > value[1]:
-                raise ConfigError(f"data.{name} must be [low, high], got {list(value)}")
-            object.__setattr__(self, name, value)
+        if not isinstance(self.degradation, DegradationDistribution):
+            dist = DegradationDistribution.from_dict(
+                self.degradation, "data.degradation", FADEX_DEGRADATIONS
+            )
+            object.__setattr__(self, "degradation", dist)
         object.__setattr__(self, "base_long_side", tuple(self.base_long_side))
         if self.crop < 32 or self.crop % 8:
             raise ConfigError(f"data.crop must be a multiple of 8 >= 32, got {self.crop}")
         if self.crops_per_group < 2:
             raise ConfigError(f"data.crops_per_group must be >= 2, got {self.crops_per_group}")
-        for name in (
-            "p_face",
-            "p_clean_hq",
-            "p_second_order",
-            "p_noise",
-            "p_blur",
-            "p_downscale",
-            "p_jpeg",
-        ):
+        for name in ("p_face", "p_clean_hq"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {v}")
@@ -286,82 +283,16 @@ class PhotoBank:
 # operators
 
 
-@dataclass(frozen=True)
-class Operator:
-    """One degradation operator.
-
-    ``kind`` is ``parametric`` (fields below; 0 / 1 / None = step absent) or ``second_order``
-    (``sample`` is a :class:`face2scene_cli.degrade.SecondOrderSample`, output size kept).
-    """
-
-    kind: str = "parametric"
-    noise_sigma: float = 0.0
-    blur_sigma: float = 0.0
-    downscale: float = 1.0
-    jpeg_quality: int | None = None
-    sample: Any = None
-
-    def labels(self) -> np.ndarray:
-        """``[noise, blur, downscale, jpeg_quality (0 if none), jpeg_present, has_label]``."""
-        if self.kind != "parametric":
-            return np.array([0, 0, 1, 0, 0, 0], dtype=np.float32)
-        q = self.jpeg_quality
-        return np.array(
-            [self.noise_sigma, self.blur_sigma, self.downscale, q or 0, q is not None, 1],
-            dtype=np.float32,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        if self.kind != "parametric":
-            return {"kind": self.kind}
-        d = dataclasses.asdict(self)
-        d.pop("sample")
-        return d
-
-
-def sample_operator(rng: np.random.Generator, cfg: DataConfig) -> Operator:
-    """Draw an operator (see the module docstring for the distribution)."""
-    if rng.random() < cfg.p_second_order:
-        seed = int(rng.integers(0, 2**62))
-        gen = torch.Generator().manual_seed(seed)
-        return Operator(
-            kind="second_order", sample=D.sample_second_order(D.SecondOrderConfig(), gen)
-        )
-    noise = float(rng.uniform(*cfg.noise_range)) if rng.random() < cfg.p_noise else 0.0
-    blur = float(rng.uniform(*cfg.blur_range)) if rng.random() < cfg.p_blur else 0.0
-    ds = float(rng.uniform(*cfg.downscale_range)) if rng.random() < cfg.p_downscale else 1.0
-    jpeg = (
-        int(rng.integers(cfg.jpeg_range[0], cfg.jpeg_range[1] + 1))
-        if rng.random() < cfg.p_jpeg
-        else None
+def degradation_labels(op: Degradation) -> np.ndarray:
+    """FaDeX's regression targets of an operator: ``[noise_sigma, blur_sigma_px, downscale,
+    jpeg_quality (0 if none), jpeg present, has_label]``; second-order operators have none."""
+    if op.mode == "second-order":
+        return np.array([0, 0, 1, 0, 0, 0], dtype=np.float32)
+    q = op.jpeg_quality
+    return np.array(
+        [op.noise_sigma, op.blur_sigma_px, op.downscale, q or 0, q is not None, 1],
+        dtype=np.float32,
     )
-    return Operator(noise_sigma=noise, blur_sigma=blur, downscale=ds, jpeg_quality=jpeg)
-
-
-def downscale_upscale(x: torch.Tensor, factor: float) -> torch.Tensor:
-    r"""Resolution loss by ``factor``: bicubic antialiased down to ``round(side / factor)``,
-    bicubic back to the input size, clamped. :math:`(B, C, H, W) \to (B, C, H, W)`."""
-    if factor <= 1.0:
-        return x
-    h, w = x.shape[-2:]
-    small = D.resize(x, (max(1, round(h / factor)), max(1, round(w / factor))), "bicubic")
-    return D.resize(small, (h, w), "bicubic").clamp(0.0, 1.0)
-
-
-def apply_operator(x: torch.Tensor, op: Operator, generator: torch.Generator) -> torch.Tensor:
-    r"""Apply ``op`` to one region :math:`(1, C, H, W)` in [0, 1]; a gray region (C=1) gets
-    gray noise. Returns the same shape, in [0, 1] (not quantised)."""
-    if op.kind != "parametric":
-        return D.apply_second_order(x, op.sample).clamp(0.0, 1.0)
-    out = x
-    if op.blur_sigma > 0:
-        out = D.gaussian_blur(out, op.blur_sigma)
-    out = downscale_upscale(out, op.downscale)
-    if op.noise_sigma > 0:
-        out = D.add_gaussian_noise(out, op.noise_sigma, generator)
-    if op.jpeg_quality is not None:
-        out = D.jpeg_compress(out, op.jpeg_quality)
-    return out.clamp(0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -376,8 +307,8 @@ class Group:
         lq, hq, clean: uint8 tensors :math:`(N, 3, S, S)`; ``hq`` is already the chosen HQ
             input (restored or, per crop, clean).
         hq_is_clean: :math:`(N,)` bool.
-        labels: :math:`(6,)` float32, see :meth:`Operator.labels`.
-        op: the operator's description.
+        labels: :math:`(6,)` float32, see :func:`degradation_labels`.
+        op: the operator, :meth:`Degradation.to_dict`.
     """
 
     lq: torch.Tensor
@@ -394,7 +325,7 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
 
 def make_group(
     bank: PhotoBank,
-    op: Operator,
+    op: Degradation,
     cfg: DataConfig,
     rng: np.random.Generator,
     restorer: BlindFaceRestorer,
@@ -409,7 +340,7 @@ def make_group(
         region = bank.region(rng, s + m, cfg.p_face)
         x = torch.from_numpy(region).permute(2, 0, 1)[None].contiguous()
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        y = apply_operator(x, op, gen)
+        y = apply(x, op, gen)
         oy, ox = int(rng.integers(0, m)), int(rng.integers(0, m))
         lq = _u8(y[..., oy : oy + s, ox : ox + s])
         clean = _u8(x[..., oy : oy + s, ox : ox + s])
@@ -426,8 +357,8 @@ def make_group(
         hq=torch.cat(hqs).contiguous(),
         clean=torch.cat(cleans).contiguous(),
         hq_is_clean=torch.tensor(flags),
-        labels=torch.from_numpy(op.labels()),
-        op=op.describe(),
+        labels=torch.from_numpy(degradation_labels(op)),
+        op=op.to_dict(),
     )
 
 
@@ -443,7 +374,7 @@ def group_worker(cfg: DataConfig, photos: list[Photo], seed: int, queue: Any, st
     bank = PhotoBank(photos, cfg.base_long_side, cfg.crop + cfg.margin)
     restorer = BlindFaceRestorer()
     while not stop.is_set():
-        op = sample_operator(rng, cfg)
+        op = cfg.degradation.sample(rng)
         group = make_group(bank, op, cfg, rng, restorer)
         while not stop.is_set():
             try:

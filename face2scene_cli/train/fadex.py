@@ -38,15 +38,15 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.stages.face_restore import BlindFaceRestorer, FaceRestorer
 from face2scene_cli.stages.fadex import BLUR_SCALE, JPEG_SCALE, NOISE_SCALE, FaDeX, create_fadex
 from face2scene_cli.train.data import (
     DataConfig,
     Group,
-    Operator,
     PhotoBank,
-    apply_operator,
     config_section,
     group_worker,
     load_splits,
@@ -261,9 +261,9 @@ def effective_blur(blur: Tensor, downscale: Tensor) -> Tensor:
 def regression_loss(out: Any, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
     """Sum of the five regression terms on labelled (parametric) samples.
 
-    ``labels``: :math:`(N, 6)` as :meth:`Operator.labels`. Units are scaled so each term is
-    O(1): noise /10, blur px (the :func:`effective_blur`), downscale, JPEG quality /25 (where
-    JPEG is present), BCE.
+    ``labels``: :math:`(N, 6)` as :func:`~face2scene_cli.train.data.degradation_labels`.
+    Units are scaled so each term is O(1): noise /10, blur px (the :func:`effective_blur`),
+    downscale, JPEG quality /25 (where JPEG is present), BCE.
     """
     has = labels[:, 5] > 0.5
     if not bool(has.any()):
@@ -294,16 +294,22 @@ def regression_loss(out: Any, labels: Tensor) -> tuple[Tensor, dict[str, float]]
 # ------------------------------------------------------------------------------------------
 # validation
 
+
+def _op(**values: Any) -> Degradation:
+    """A parametric operator (downscales are resized back, as in training)."""
+    return Degradation("parametric", resize_back=True, **values)
+
+
 #: The Fig. 3 operator set: clearly different degradations (name -> operator).
-FIG3_OPERATORS: dict[str, Operator] = {
-    "noise5": Operator(noise_sigma=5.0),
-    "noise15": Operator(noise_sigma=15.0),
-    "noise30": Operator(noise_sigma=30.0),
-    "blur1": Operator(blur_sigma=1.0),
-    "blur2.5": Operator(blur_sigma=2.5),
-    "jpeg20": Operator(jpeg_quality=20),
-    "jpeg50": Operator(jpeg_quality=50),
-    "mix": Operator(blur_sigma=1.5, noise_sigma=10.0, jpeg_quality=40),
+FIG3_OPERATORS: dict[str, Degradation] = {
+    "noise5": _op(noise_sigma=5.0),
+    "noise15": _op(noise_sigma=15.0),
+    "noise30": _op(noise_sigma=30.0),
+    "blur1": _op(blur_sigma_px=1.0),
+    "blur2.5": _op(blur_sigma_px=2.5),
+    "jpeg20": _op(jpeg_quality=20),
+    "jpeg50": _op(jpeg_quality=50),
+    "mix": _op(blur_sigma_px=1.5, noise_sigma=10.0, jpeg_quality=40),
 }
 #: The per-type regression grids.
 GRID_NOISE = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
@@ -362,12 +368,12 @@ def build_val_set(
     rng = np.random.default_rng(cfg.val.seed + 1)
     offsets = [(int(rng.integers(0, m)), int(rng.integers(0, m))) for _ in regions]
 
-    def run(op: Operator, salt: int) -> tuple[Tensor, Tensor]:
+    def run(op: Degradation, salt: int) -> tuple[Tensor, Tensor]:
         lqs = []
         for i, region in enumerate(regions):
             x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None]
             gen = torch.Generator().manual_seed(cfg.val.seed * 1000 + salt * 100 + i)
-            y = apply_operator(x, op, gen)
+            y = apply(x, op, gen)
             oy, ox = offsets[i]
             lq = (y[..., oy : oy + s, ox : ox + s] * 255).round().to(torch.uint8)
             lqs.append(lq.expand(1, 3, s, s) if lq.shape[1] == 1 else lq)
@@ -378,11 +384,11 @@ def build_val_set(
     fig3 = {name: run(op, i) for i, (name, op) in enumerate(FIG3_OPERATORS.items())}
     grid: dict[str, dict[str, tuple[Tensor, Tensor]]] = {"noise": {}, "blur": {}, "jpeg": {}}
     for v in GRID_NOISE:
-        grid["noise"][f"{v:g}"] = run(Operator(noise_sigma=v), 10 + int(v))
+        grid["noise"][f"{v:g}"] = run(_op(noise_sigma=v), 10 + int(v))
     for v in GRID_BLUR:
-        grid["blur"][f"{v:g}"] = run(Operator(blur_sigma=v), 50 + int(v * 10))
+        grid["blur"][f"{v:g}"] = run(_op(blur_sigma_px=v), 50 + int(v * 10))
     for q in GRID_JPEG:
-        grid["jpeg"]["none" if q is None else str(q)] = run(Operator(jpeg_quality=q), 90 + (q or 0))
+        grid["jpeg"]["none" if q is None else str(q)] = run(_op(jpeg_quality=q), 90 + (q or 0))
     return ValSet(fig3=fig3, grid=grid, sources=names, restorer=restorer.method)
 
 
@@ -394,7 +400,7 @@ def _run_model(model: FaDeX, lq: Tensor, hq: Tensor, batch: int = 32) -> Any:
         a = lq[i : i + batch].to(device).float() / 255
         b = hq[i : i + batch].to(device).float() / 255
         outs.append(model(a, b))
-    keys = ("code", "noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_prob")
+    keys = ("code", "noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_probability")
     return {k: torch.cat([getattr(o, k) for o in outs]).cpu() for k in keys}
 
 
@@ -409,7 +415,7 @@ def evaluate_fadex(model: FaDeX, val: ValSet) -> dict[str, Any]:
       ``fig3.matrix``: operator x operator mean cosine (diagonal without self-pairs).
     * ``noise``/``blur``/``jpeg``: per grid value the mean estimate and absolute error, and
       the MAE over the grid (noise in /255, blur in px, JPEG quality over the compressed
-      levels, ``jpeg_prob`` mean for ``none`` and the detection accuracy at 0.5).
+      levels, ``jpeg_probability`` mean for ``none`` and the detection accuracy at 0.5).
     """
     model.eval()
     codes = {name: _run_model(model, *pair)["code"] for name, pair in val.fig3.items()}
@@ -433,7 +439,7 @@ def evaluate_fadex(model: FaDeX, val: ValSet) -> dict[str, Any]:
             cross.append((codes[a] * codes[b]).sum(1).abs())
     table: dict[str, Any] = {
         "fig3": {
-            "operators": {k: op.describe() for k, op in FIG3_OPERATORS.items()},
+            "operators": {k: op.to_dict() for k, op in FIG3_OPERATORS.items()},
             "same_degradation_cos": float(torch.cat(same_deg).mean()),
             "same_content_abs_cos": float(torch.cat(cross).mean()),
             "matrix": matrix,
@@ -452,22 +458,22 @@ def evaluate_fadex(model: FaDeX, val: ValSet) -> dict[str, Any]:
     for v, pair in val.grid["jpeg"].items():
         o = _run_model(model, *pair)
         if v == "none":
-            prob_none = float(o["jpeg_prob"].mean())
-            acc.append(o["jpeg_prob"] < 0.5)
-            rows[v] = {"jpeg_prob": prob_none}
+            prob_none = float(o["jpeg_probability"].mean())
+            acc.append(o["jpeg_probability"] < 0.5)
+            rows[v] = {"jpeg_probability": prob_none}
             continue
         err = (o["jpeg_quality"] - float(v)).abs()
         errs.append(err)
-        acc.append(o["jpeg_prob"] >= 0.5)
+        acc.append(o["jpeg_probability"] >= 0.5)
         rows[v] = {
             "mean": float(o["jpeg_quality"].mean()),
             "mae": float(err.mean()),
-            "jpeg_prob": float(o["jpeg_prob"].mean()),
+            "jpeg_probability": float(o["jpeg_probability"].mean()),
         }
     table["jpeg"] = {
         "unit": "quality",
         "mae": float(torch.cat(errs).mean()),
-        "none_jpeg_prob": prob_none,
+        "none_jpeg_probability": prob_none,
         "detection_accuracy": float(torch.cat(acc).float().mean()),
         "levels": rows,
     }
@@ -940,7 +946,8 @@ def _fmt_table(table: dict[str, Any]) -> str:
             if "mean" in row:
                 per.append(f"| {kind} | {level} | {row['mean']:.2f} | {row['mae']:.2f} |")
             else:
-                per.append(f"| {kind} | none | jpeg_prob {row['jpeg_prob']:.2f} | - |")
+                p = row["jpeg_probability"]
+                per.append(f"| {kind} | none | jpeg_probability {p:.2f} | - |")
     names = list(table["fig3"]["matrix"])
     fig = [
         "",
@@ -976,14 +983,14 @@ def estimate_code_center(
 ) -> Tensor:
     """Mean unit projection ``q`` over ``groups`` x ``crops_per_group`` TRAINING crops under
     operators drawn from the training distribution (HQ as in training)."""
-    from face2scene_cli.train.data import make_group, sample_operator
+    from face2scene_cli.train.data import make_group
 
     rng = np.random.default_rng(seed)
     bank = PhotoBank(photos, cfg.data.base_long_side, cfg.data.crop + cfg.data.margin)
     restorer = BlindFaceRestorer()
     qs = []
     for _ in range(groups):
-        g = make_group(bank, sample_operator(rng, cfg.data), cfg.data, rng, restorer)
+        g = make_group(bank, cfg.data.degradation.sample(rng), cfg.data, rng, restorer)
         qs.append(model(g.lq.float() / 255, g.hq.float() / 255).q)
     return torch.cat(qs).mean(0)
 
@@ -1049,7 +1056,7 @@ def export_fadex(
             "crop": "native resolution: axis-aligned, unrotated, unresampled; sides multiple "
             "of 8 (others cropped), trained on 64-112 px, validated at 128 px",
             "outputs": "code (unit, 128-d), Z (96 x H/8 x W/8), noise_sigma (/255), "
-            "blur_sigma_px, downscale (>=1), jpeg_quality, jpeg_prob",
+            "blur_sigma_px, downscale (>=1), jpeg_quality, jpeg_probability",
         },
         "architecture": "FaDeX",
         "variant": "fadex-s",

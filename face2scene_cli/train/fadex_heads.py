@@ -41,7 +41,7 @@ from torch import Tensor
 
 from face2scene_cli.stages.face_restore import BlindFaceRestorer
 from face2scene_cli.stages.fadex import FaDeX
-from face2scene_cli.train.data import PhotoBank, load_splits, make_group, sample_operator
+from face2scene_cli.train.data import PhotoBank, load_splits, make_group
 from face2scene_cli.train.fadex import (
     FaDeXTrainConfig,
     build_val_set,
@@ -110,7 +110,7 @@ class HeadsConfig:
 @dataclass
 class FeatureSet:
     """Cached head inputs: ``features`` :math:`(N, F)`, ``group`` :math:`(N,)` operator group
-    index, ``labels`` :math:`(N, 6)` as :meth:`Operator.labels`."""
+    index, ``labels`` :math:`(N, 6)` as :func:`~face2scene_cli.train.data.degradation_labels`."""
 
     features: Tensor
     group: Tensor
@@ -150,7 +150,7 @@ def build_groups(
         rng = np.random.default_rng([seed, k])
         lq, hq, labels = [], [], []
         for _ in range(min(shard, n - k)):
-            g = make_group(bank, sample_operator(rng, cfg.data), cfg.data, rng, restorer)
+            g = make_group(bank, cfg.data.degradation.sample(rng), cfg.data, rng, restorer)
             lq.append(g.lq)
             hq.append(g.hq)
             labels.append(g.labels)

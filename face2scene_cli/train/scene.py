@@ -4,8 +4,10 @@ FaDeX is frozen; MapNet and the scene network train jointly. The config is Basic
 (``data`` / ``network`` / ``train`` / ``val`` / ``logging``, :class:`SceneTrainConfig`).
 
 Data (:func:`build_cache`): regions of the TRAIN photos of ``data/splits.yaml`` (the FaDeX
-split, reused) degraded once by a mix of the named presets, a parametric grid (blur ->
-down/up-scale -> noise -> JPEG with random values) and Real-ESRGAN's second-order pipeline;
+split, reused) degraded once by ``data.degradation`` (a
+:class:`~face2scene_cli.degradations.sampling.DegradationDistribution`: a mix of the named
+presets, a parametric grid (blur -> downscale and back -> noise -> JPEG with random values)
+and Real-ESRGAN's second-order pipeline);
 stored as uint8 (so JPEG is never re-encoded per step). From the SAME degraded region a
 face-sized crop (centred on a dlib face in people photos) is cut at native resolution and
 restored by :class:`BlindFaceRestorer`, as at inference; FaDeX's map Z of that (LQ, HQ) pair is
@@ -47,7 +49,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from face2scene_cli import degrade as D
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.metrics import psnr_torch, ssim_torch
 from face2scene_cli.stages.face_restore import BlindFaceRestorer
@@ -61,17 +64,16 @@ from face2scene_cli.train.data import (
     PhotoBank,
     _dlib_faces,
     config_section,
-    downscale_upscale,
     load_splits,
 )
 
 __all__ = [
+    "SCENE_DEGRADATIONS",
     "SceneTrainConfig",
     "build_cache",
     "cache_codes",
     "load_scene_config",
     "restoration_loss",
-    "sample_degradation",
     "train_scene",
 ]
 
@@ -82,27 +84,42 @@ logger = logging.getLogger(__name__)
 # config
 
 
+#: The scene restorer's degradations (``data.degradation`` of ``configs/scene*.yaml``).
+SCENE_DEGRADATIONS = DegradationDistribution(
+    mix=(0.3, 0.45, 0.25),
+    p_noise=0.8,
+    noise_range=(0.0, 30.0),
+    p_blur=0.5,
+    blur_range=(0.3, 2.5),
+    p_downscale=0.2,
+    downscale_range=(1.2, 3.0),
+    resize_back=True,
+    p_jpeg=0.5,
+    jpeg_range=(25, 95),
+)
+
+
 @dataclass(frozen=True)
 class DataSection:
-    """``data``: where samples come from and how they are cached."""
+    """``data``: where samples come from and how they are cached; ``degradation`` is the
+    shared degradation block (keys it leaves out keep :data:`SCENE_DEGRADATIONS`' values)."""
 
     splits: str = "data/splits.yaml"
     region: int = 160  # degraded region side (uint8 cache)
     face_crop: int = 96  # FaDeX crop side, cut from the same degraded region
     samples: int = 2400
     p_face: float = 0.5  # face-centred regions in people photos
-    mix: tuple[float, float, float] = (0.3, 0.45, 0.25)  # presets, parametric, second order
-    noise_range: tuple[float, float] = (0.0, 30.0)
-    blur_range: tuple[float, float] = (0.3, 2.5)
-    p_blur: float = 0.5
-    p_noise: float = 0.8
-    p_downscale: float = 0.2
-    downscale_range: tuple[float, float] = (1.2, 3.0)
-    p_jpeg: float = 0.5
-    jpeg_range: tuple[int, int] = (25, 95)
+    degradation: DegradationDistribution = SCENE_DEGRADATIONS
     base_long_side: tuple[int, ...] = (1024, 640)
     seed: int = 0
     cache_from: str | None = None  # a prebuilt cache folder (e.g. a carried shard)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.degradation, DegradationDistribution):
+            dist = DegradationDistribution.from_dict(
+                self.degradation, "data.degradation", SCENE_DEGRADATIONS
+            )
+            object.__setattr__(self, "degradation", dist)
 
 
 @dataclass(frozen=True)
@@ -188,8 +205,6 @@ class SceneTrainConfig:
             raise ConfigError(
                 f"data.face_crop must be a multiple of 8 <= data.region, got {self.data.face_crop}"
             )
-        if len(self.data.mix) != 3 or abs(sum(self.data.mix) - 1) > 1e-6:
-            raise ConfigError(f"data.mix must be 3 probabilities summing to 1, got {self.data.mix}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -220,47 +235,10 @@ def load_scene_config(path: Path, **overrides: dict[str, Any]) -> SceneTrainConf
 # degradations and the sample cache
 
 
-def sample_degradation(rng: np.random.Generator, cfg: DataSection) -> dict[str, Any]:
-    """One degradation as a JSON-able dict: ``{"kind": "preset"|"parametric"|"second_order",
-    ...}`` (presets by name; parametric values; second-order the replayable sample)."""
-    u = rng.random()
-    seed = int(rng.integers(0, 2**62))
-    if u < cfg.mix[0]:
-        return {"kind": "preset", "name": str(rng.choice(sorted(D.PRESETS))), "seed": seed}
-    if u < cfg.mix[0] + cfg.mix[1]:
-        return {
-            "kind": "parametric",
-            "blur": float(rng.uniform(*cfg.blur_range)) if rng.random() < cfg.p_blur else 0.0,
-            "noise": float(rng.uniform(*cfg.noise_range)) if rng.random() < cfg.p_noise else 0.0,
-            "downscale": float(rng.uniform(*cfg.downscale_range))
-            if rng.random() < cfg.p_downscale
-            else 1.0,
-            "jpeg": int(rng.integers(cfg.jpeg_range[0], cfg.jpeg_range[1] + 1))
-            if rng.random() < cfg.p_jpeg
-            else None,
-            "seed": seed,
-        }
-    gen = torch.Generator().manual_seed(seed)
-    sample = D.sample_second_order(D.SecondOrderConfig(), gen)
-    return {"kind": "second_order", "sample": sample.to_dict(), "seed": seed}
-
-
-def apply_degradation(x: Tensor, deg: dict[str, Any]) -> Tensor:
-    r"""Apply :func:`sample_degradation`'s dict to :math:`(1, C, H, W)` in [0, 1]; returns the
-    same size quantised to 8-bit levels (a decoded photo)."""
-    gen = torch.Generator().manual_seed(int(deg["seed"]))
-    if deg["kind"] == "preset":
-        y = D.degrade_parametric(x, D.get_preset(deg["name"]), gen)
-    elif deg["kind"] == "parametric":
-        y = D.gaussian_blur(x, deg["blur"]) if deg["blur"] > 0 else x
-        y = downscale_upscale(y, deg["downscale"])
-        if deg["noise"] > 0:
-            y = D.add_gaussian_noise(y, deg["noise"], gen)
-        if deg["jpeg"] is not None:
-            y = D.jpeg_compress(y.clamp(0, 1), deg["jpeg"])
-    else:
-        y = D.apply_second_order(x, D.SecondOrderSample.from_dict(deg["sample"]))
-    return (y.clamp(0, 1) * 255).round() / 255
+def _degrade(x: Tensor, degradation: Degradation) -> Tensor:
+    r"""``degradation`` applied to :math:`(1, C, H, W)` in [0, 1], quantised to 8-bit levels
+    (a decoded photo); same size (the trainers' degradations resize back)."""
+    return (apply(x, degradation).clamp(0, 1) * 255).round() / 255
 
 
 def _u8(x: Tensor) -> Tensor:
@@ -284,7 +262,7 @@ def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer
 
     Returns:
         ``{"lq", "clean": (N, 3, R, R) uint8, "face_lq", "face_hq": (N, 3, F, F) uint8,
-        "degradations": [dict] * N}``; gray photos are replicated to 3 channels.
+        "degradations": [Degradation.to_dict()] * N}``; gray photos are replicated to 3 channels.
     """
     rng = np.random.default_rng(cfg.seed)
     bank = PhotoBank(photos, cfg.base_long_side, cfg.region)
@@ -308,14 +286,14 @@ def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer
             faces = []
         x = torch.from_numpy(np.ascontiguousarray(img[y0 : y0 + r, x0 : x0 + r]))
         x = x.permute(2, 0, 1)[None].float()
-        deg = sample_degradation(rng, cfg)
-        y = apply_degradation(x, deg)
+        deg = cfg.degradation.sample(rng)
+        y = _degrade(x, deg)
         fy, fx = _face_box(faces, r, r, f, rng)
         crop = y[..., fy : fy + f, fx : fx + f]
         hq = restorer.restore(crop).hq
         lq[i], clean[i] = _u8(y[0]).expand(3, r, r), _u8(x[0]).expand(3, r, r)
         face_lq[i], face_hq[i] = _u8(crop[0]).expand(3, f, f), _u8(hq[0]).expand(3, f, f)
-        degs.append(deg)
+        degs.append(deg.to_dict())
         if (i + 1) % 200 == 0:
             logger.info("cache: %d / %d samples", i + 1, cfg.samples)
     return {"lq": lq, "clean": clean, "face_lq": face_lq, "face_hq": face_hq, "degradations": degs}
@@ -417,18 +395,13 @@ def build_val_items(
         h, w = x.shape[-2:]
         s = min(cfg.face_crop, h, w) // 8 * 8
         faces = _dlib_faces(x[0].permute(1, 2, 0).numpy()) if photo.people else []
-        degs = [(n, {"kind": "preset", "name": n, "seed": 11}) for n in cfg.presets]
+        degs = [(n, Degradation.from_preset(n, 11)) for n in cfg.presets]
+        second_order = DegradationDistribution(mix=(0.0, 0.0, 1.0))
         for seed in cfg.second_order_seeds:
-            g = torch.Generator().manual_seed(seed)
-            sample = D.sample_second_order(D.SecondOrderConfig(), g)
-            degs.append(
-                (
-                    f"second-order-{seed}",
-                    {"kind": "second_order", "sample": sample.to_dict(), "seed": seed},
-                )
-            )
+            sample = second_order.sample(torch.Generator().manual_seed(seed))
+            degs.append((f"second-order-{seed}", sample))
         for dname, deg in degs:
-            y = apply_degradation(x, deg)
+            y = _degrade(x, deg)
             rng = np.random.default_rng(0)
             fy, fx = (h - s) // 2, (w - s) // 2
             if faces:

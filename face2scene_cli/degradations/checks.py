@@ -1,0 +1,103 @@
+"""Validation of degradation parameters: numbers, ranges and probabilities (torch-free).
+
+Every check returns the cleaned value or raises :class:`~face2scene_cli.errors.ConfigError`
+naming the parameter and the bad value, so a bad YAML key or CLI flag reads as such.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from face2scene_cli.errors import ConfigError
+
+__all__ = [
+    "MAX_BLUR_SIGMA",
+    "MAX_DOWNSCALE",
+    "MAX_KERNEL_SIZE",
+    "MAX_NOISE_SIGMA",
+    "SEED_MASK",
+    "integer",
+    "integer_range",
+    "odd_kernel_size",
+    "probabilities",
+    "real",
+    "value_range",
+]
+
+#: Largest Gaussian blur sigma in px (the Gaussian kernel is 2*ceil(3*sigma)+1 <= 61 wide).
+MAX_BLUR_SIGMA = 10.0
+#: Largest noise sigma, /255 units.
+MAX_NOISE_SIGMA = 255.0
+#: Largest downscale factor.
+MAX_DOWNSCALE = 64.0
+#: Largest blur kernel side.
+MAX_KERNEL_SIZE = 63
+#: Seeds are 63-bit non-negative integers.
+SEED_MASK = (1 << 63) - 1
+
+
+def real(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    """``value`` as a finite float in [lo, hi] (or (lo, hi]); ConfigError naming the bad value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    bad_lo = v <= lo if lo_open else v < lo
+    if not math.isfinite(v) or bad_lo or v > hi:
+        bracket = "(" if lo_open else "["
+        raise ConfigError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {value!r}")
+    return v
+
+
+def integer(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi] (an integral float is accepted)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return int(value)
+
+
+def odd_kernel_size(value: Any, name: str = "kernel_size") -> int:
+    """An odd kernel side in [3, :data:`MAX_KERNEL_SIZE`]."""
+    k = integer(name, value, 3, MAX_KERNEL_SIZE)
+    if k % 2 == 0:
+        raise ConfigError(f"{name} must be odd, got {value!r}")
+    return k
+
+
+def value_range(
+    name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False
+) -> tuple[float, float]:
+    """A ``[low, high]`` pair of numbers within [lo, hi], low <= high."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(f"{name} must be a [low, high] pair, got {value!r}")
+    a = real(f"{name}[0]", value[0], lo, hi, lo_open=lo_open)
+    b = real(f"{name}[1]", value[1], lo, hi, lo_open=lo_open)
+    if a > b:
+        raise ConfigError(f"{name} must have low <= high, got {value!r}")
+    return (a, b)
+
+
+def integer_range(name: str, value: Any, lo: int, hi: int) -> tuple[int, int]:
+    """A ``[low, high]`` pair of integers within [lo, hi], low <= high."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(f"{name} must be a [low, high] pair, got {value!r}")
+    a = integer(f"{name}[0]", value[0], lo, hi)
+    b = integer(f"{name}[1]", value[1], lo, hi)
+    if a > b:
+        raise ConfigError(f"{name} must have low <= high, got {value!r}")
+    return (a, b)
+
+
+def probabilities(name: str, value: Any, n: int) -> tuple[float, ...]:
+    """``n`` probabilities summing to 1."""
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        raise ConfigError(f"{name} must be a list of {n} probabilities, got {value!r}")
+    ps = tuple(real(f"{name}[{i}]", p, 0.0, 1.0) for i, p in enumerate(value))
+    if abs(sum(ps) - 1.0) > 1e-6:
+        raise ConfigError(f"{name} must sum to 1, got {value!r} (sum {sum(ps):g})")
+    return ps
