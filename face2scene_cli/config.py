@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.errors import ConfigError
 
 T = TypeVar("T")
@@ -327,3 +328,54 @@ class RestoreConfig(FaceSettings):
             raise ConfigError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.tile is not None and self.tile < 32:
             raise ConfigError(f"tile must be >= 32 px, got {self.tile}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DegradeConfig:
+    """Settings of ``f2s degrade``.
+
+    Attributes:
+        preset: a named preset (noise15, blur-noise, mixed); excludes the parametric options.
+        blur_sigma: Gaussian blur sigma in pixels (parametric mode).
+        noise_sigma: Gaussian noise sigma in /255 units (parametric mode).
+        jpeg_quality: JPEG quality 1-100 (parametric mode).
+        downscale: downscale factor >= 1, the output is that much smaller (parametric and
+            second-order modes).
+    Without a preset or parametric option, the Real-ESRGAN second-order pipeline is sampled
+    per image from its seed.
+    """
+
+    preset: str | None = None
+    blur_sigma: float | None = None
+    noise_sigma: float | None = None
+    jpeg_quality: int | None = None
+    downscale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        parametric = (self.blur_sigma, self.noise_sigma, self.jpeg_quality)
+        if self.preset is not None and any(v is not None for v in (*parametric, self.downscale)):
+            raise ConfigError(
+                "--preset cannot be combined with "
+                "--blur-sigma/--noise-sigma/--jpeg-quality/--downscale"
+            )
+        if self.downscale is not None and self.downscale < 1:
+            raise ConfigError(f"downscale must be >= 1, got {self.downscale}")
+        if (
+            self.mode == "second-order"
+            and self.downscale is not None
+            and not self.downscale.is_integer()
+        ):
+            raise ConfigError(
+                f"the second-order pipeline takes an integer --downscale, got {self.downscale}"
+            )
+
+    @property
+    def mode(self) -> str:
+        """preset | parametric | second-order."""
+        if self.preset is not None:
+            return "preset"
+        if any(v is not None for v in (self.blur_sigma, self.noise_sigma, self.jpeg_quality)):
+            return "parametric"
+        return "second-order"

@@ -7,7 +7,6 @@ back in 16 bits.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from face2scene_cli.batch import LoadedImage, Processed
+from face2scene_cli.config import DegradeConfig
 from face2scene_cli.degradations.record import PRESETS, Degradation
 from face2scene_cli.degradations.sampling import (
     DegradationDistribution,
@@ -23,74 +23,11 @@ from face2scene_cli.degradations.sampling import (
     image_seed,
 )
 from face2scene_cli.degradations.second_order import SecondOrderConfig
-from face2scene_cli.errors import ConfigError, F2SError
+from face2scene_cli.errors import F2SError
 from face2scene_cli.imageio import from_tensor, to_tensor
 
 # Bump when an algorithm change alters outputs, so resumed runs redo stale images.
 ALGORITHM_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class DegradeConfig:
-    """Settings of ``f2s degrade``.
-
-    Attributes:
-        preset: a named preset (noise15, blur-noise, mixed); excludes the parametric options.
-        blur_sigma: Gaussian blur sigma in pixels (parametric mode).
-        noise_sigma: Gaussian noise sigma in /255 units (parametric mode).
-        jpeg_quality: JPEG quality 1-100 (parametric mode).
-        scale: downscale factor >= 1 (parametric and second-order modes).
-    Without a preset or parametric option, the Real-ESRGAN second-order pipeline is sampled
-    per image from its seed.
-    """
-
-    preset: str | None = None
-    blur_sigma: float | None = None
-    noise_sigma: float | None = None
-    jpeg_quality: int | None = None
-    scale: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        parametric = (self.blur_sigma, self.noise_sigma, self.jpeg_quality)
-        if self.preset is not None and any(v is not None for v in (*parametric, self.scale)):
-            raise ConfigError(
-                "--preset cannot be combined with --blur-sigma/--noise-sigma/--jpeg-quality/--scale"
-            )
-        if self.mode == "second-order" and self.scale is not None and not self.scale.is_integer():
-            raise ConfigError(
-                f"the second-order pipeline takes an integer --scale, got {self.scale}"
-            )
-
-    @property
-    def mode(self) -> str:
-        """preset | parametric | second-order."""
-        if self.preset is not None:
-            return "preset"
-        if any(v is not None for v in (self.blur_sigma, self.noise_sigma, self.jpeg_quality)):
-            return "parametric"
-        return "second-order"
-
-    def fixed(self) -> Degradation | None:
-        """The fixed degradation of preset/parametric mode, without its noise seed (None in
-        second-order mode). ``scale`` is the downscale factor; the output stays smaller."""
-        if self.mode == "preset":
-            return PRESETS[self.preset]  # type: ignore[index]
-        if self.mode == "parametric":
-            return Degradation(
-                "parametric",
-                blur_sigma_px=self.blur_sigma or 0.0,
-                noise_sigma=self.noise_sigma or 0.0,
-                jpeg_quality=self.jpeg_quality,
-                downscale=self.scale or 1.0,
-            )
-        return None
-
-    def distribution(self) -> DegradationDistribution:
-        """Second-order mode's distribution: the Real-ESRGAN ranges, output ``1 / scale``."""
-        second_order = SecondOrderConfig(final_scale=int(self.scale or 1))
-        return DegradationDistribution(mix=(0.0, 0.0, 1.0), second_order=second_order)
 
 
 class DegradePipeline:
@@ -101,8 +38,11 @@ class DegradePipeline:
     def __init__(self, config: DegradeConfig, device: str = "cpu") -> None:
         self.config = config
         self.device = device
-        self.fixed = config.fixed()  # validated once, before any image is read
-        self.distribution = config.distribution()
+        self.fixed = _fixed(config)  # built once, before any image is read
+        self.distribution = DegradationDistribution(
+            mix=(0.0, 0.0, 1.0),
+            second_order=SecondOrderConfig(final_scale=int(config.downscale or 1)),
+        )
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -144,3 +84,19 @@ class DegradePipeline:
         timings = {"degrade": time.perf_counter() - t0}
         fields = {"applied_degradation": degradation.to_dict()}
         return Processed(image.with_pixels(out), fields, timings)
+
+
+def _fixed(cfg: DegradeConfig) -> Degradation | None:
+    """The fixed degradation of preset/parametric mode, without its noise seed (None in
+    second-order mode). ``downscale`` is kept: the output stays smaller."""
+    if cfg.mode == "preset":
+        return PRESETS[cfg.preset]  # type: ignore[index]
+    if cfg.mode == "parametric":
+        return Degradation(
+            "parametric",
+            blur_sigma_px=cfg.blur_sigma or 0.0,
+            noise_sigma=cfg.noise_sigma or 0.0,
+            jpeg_quality=cfg.jpeg_quality,
+            downscale=cfg.downscale or 1.0,
+        )
+    return None

@@ -70,6 +70,31 @@ def test_config_precedence_defaults_file_env_flags(tmp_path: Path, small_photo_d
     assert from_flag["seed"] == 7
 
 
+def test_degrade_downscale_and_its_deprecated_scale_alias(
+    tmp_path: Path, small_photo_dir: Path
+) -> None:
+    def effective(*args: str, env: dict[str, str] | None = None) -> tuple[dict, str]:
+        res = runner.invoke(
+            app, ["degrade", str(small_photo_dir), "--print-config", *args], env=env or {}
+        )
+        assert res.exit_code == 0, res.output
+        return yaml.safe_load(res.stdout), res.stderr
+
+    assert effective("--downscale", "2")[0]["downscale"] == 2.0
+    assert effective(env={"F2S_DOWNSCALE": "3"})[0]["downscale"] == 3.0
+    assert effective(env={"F2S_SCALE": "4"})[0]["downscale"] is None  # restore's upscale only
+    shown, warned = effective("--scale", "2")
+    assert shown["downscale"] == 2.0 and "--scale is deprecated" in warned
+    out = tmp_path / "out"
+    res = runner.invoke(
+        app, ["degrade", str(small_photo_dir), "--out", str(out), "--downscale", "2", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    for report in reports_in(out).values():
+        for side in ("width", "height"):  # second-order mode: half, floored
+            assert report["output"][side] == report["input"][side] // 2, report["input"]["path"]
+
+
 def test_config_errors_are_usage_errors(tmp_path: Path, small_photo_dir: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("sede: 3\n")

@@ -51,6 +51,7 @@ def test_importing_the_cli_imports_no_heavy_library() -> None:
         ("doctor", "--help"),
         ("faces", "--help"),
         ("degrade-code", "--help"),
+        ("degrade", "--help"),
         ("models", "--help"),
         ("report", "merge", "--help"),
         ("train", "scene", "--help"),

@@ -10,13 +10,13 @@ from face2scene_cli.commands import options as o
 from face2scene_cli.commands.runner import (
     LogOptions,
     configure_logging,
+    diag,
     load_settings,
     print_config,
     run_files,
 )
-from face2scene_cli.config import BatchConfig
+from face2scene_cli.config import BatchConfig, DegradeConfig
 from face2scene_cli.degradations.record import PRESETS
-from face2scene_cli.degrade_pipeline import DegradeConfig, DegradePipeline
 
 DEG = "Degradation"
 
@@ -68,16 +68,20 @@ def degrade(
             show_default=False,
         ),
     ] = None,
-    scale: Annotated[
+    downscale: Annotated[
         float | None,
         typer.Option(
-            "--scale",
-            envvar="F2S_SCALE",
+            "--downscale",
+            envvar="F2S_DOWNSCALE",
             rich_help_panel=DEG,
             min=1,
-            help="Downscale factor (output is smaller by this factor).",
+            help="Downscale factor (the output is smaller by this factor).",
             show_default=False,
         ),
+    ] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option("--scale", min=1, hidden=True, help="Deprecated: --downscale."),
     ] = None,
     out: o.Out = None,
     recursive: o.Recursive = None,
@@ -113,6 +117,13 @@ def degrade(
     f2s degrade img.png --noise-sigma 15 --jpeg-quality 40 · f2s degrade ./clean --seed 7
     """
     configure_logging(debug)
+    if scale is not None:
+        diag(
+            "warning", "--scale is deprecated for degrade (it reads as upscaling): use --downscale"
+        )
+        downscale = scale if downscale is None else downscale
+    from face2scene_cli.degrade_pipeline import DegradePipeline
+
     batch_cfg, degrade_cfg = load_settings(
         "degrade", config, [BatchConfig, DegradeConfig], locals(), defaults={"format": "png"}
     )
