@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from face2scene_cli import sample_data
+from face2scene_cli.research import sample_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from face2scene_cli import sample_data
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
-from face2scene_cli.imageio import from_tensor, to_tensor
+from face2scene_cli.io.images import from_tensor, to_tensor
+from face2scene_cli.research import sample_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = (1152, 864)  # 1.0 MP

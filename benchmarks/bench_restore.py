@@ -9,7 +9,7 @@ baseline) on the same input. Each size runs in a fresh process (``--one``), so i
 (and on CUDA its peak GPU memory) is its own.
 
 At 0.25 MP only (a 512x512 input), also in a fresh process: the SD-Turbo architecture
-one-step restorer (:class:`~face2scene_cli.stages.scene.TurboSceneNet`: VAE encoder + UNet +
+one-step restorer (:class:`~face2scene_cli.restorers.scene.TurboSceneNet`: VAE encoder + UNet +
 VAE decoder with LoRA) built with RANDOM weights from the diffusers configs in
 ``benchmarks/sd-turbo-architecture/`` (cost only: its output means nothing).
 
@@ -40,7 +40,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from face2scene_cli.imageio import atomic_write_bytes
+from face2scene_cli.io.images import atomic_write_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (0.25, 1.0, 4.0, 12.0)
@@ -55,8 +55,8 @@ def bench_input(megapixels: float, photo: Path | None = None) -> np.ndarray:
 
     from face2scene_cli.degradations.record import PRESETS
     from face2scene_cli.degradations.sampling import apply, image_generator
-    from face2scene_cli.imageio import read_image, to_tensor
-    from face2scene_cli.sample_data import package_photos
+    from face2scene_cli.io.images import read_image, to_tensor
+    from face2scene_cli.research.sample_data import package_photos
 
     if photo is None:
         photo = next(p.path for p in package_photos() if p.name == "insightface/t1")
@@ -89,8 +89,8 @@ def _peaks(device: str) -> dict[str, float]:
 def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) -> dict[str, Any]:
     """Stage times (median over ``repeats`` passes, after a warm-up pass below 4 MP) on one
     size, NLM on the same input, peak memory."""
-    from face2scene_cli.imageio import to_tensor
-    from face2scene_cli.pipeline import Face2ScenePipeline
+    from face2scene_cli.io.images import to_tensor
+    from face2scene_cli.pipelines.restore import Face2ScenePipeline
 
     lq = bench_input(megapixels, photo)
     pipe = Face2ScenePipeline.from_pretrained(
@@ -164,7 +164,7 @@ def random_turbo(configs: Path) -> torch.nn.Module:
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from face2scene_cli.stages.scene import TurboSceneNet
+    from face2scene_cli.restorers.scene import TurboSceneNet
 
     base = Path(tempfile.mkdtemp(prefix="f2s-turbo-"))
     for sub in ("vae", "unet"):
@@ -185,8 +185,8 @@ def random_turbo(configs: Path) -> torch.nn.Module:
 def run_turbo(device: str, configs: Path, photo: Path | None) -> dict[str, Any]:
     """The SD-Turbo-architecture restorer (one 512 px tile), our scene restorer and NLM on the
     same 0.25 MP input, timed in this process (wall and CPU seconds)."""
-    from face2scene_cli.imageio import to_tensor
-    from face2scene_cli.stages.scene import RestoreSettings, SceneRestorer, load_scene_restorer
+    from face2scene_cli.io.images import to_tensor
+    from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 
     lq = bench_input(0.25, photo)
     x = to_tensor(lq)

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from face2scene_cli.imageio import atomic_write_bytes
-from face2scene_cli.metrics import psnr_torch
+from face2scene_cli.io.images import atomic_write_bytes
+from face2scene_cli.research.metrics import psnr_torch
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -42,8 +42,8 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_restore import bench_input
 
-    from face2scene_cli.imageio import to_tensor
-    from face2scene_cli.pipeline import Face2ScenePipeline
+    from face2scene_cli.io.images import to_tensor
+    from face2scene_cli.pipelines.restore import Face2ScenePipeline
 
     started = time.perf_counter()
     lq = bench_input(1.0, args.photo)

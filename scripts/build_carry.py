@@ -24,8 +24,8 @@ photo), for ``scripts/device_bench.sh`` (the restore benchmark and the CUDA corr
 check).
 
 ``merge DIR`` (here, after the lease) reassembles those parts into a model folder
-(``runs/scene-gpu/export`` by default) that ``python -m face2scene_cli.evaluate`` can score
-before it replaces the shipped weights.
+(``runs/scene-gpu/export`` by default) that ``f2s models analyze`` can score before it replaces the
+shipped weights.
 
 Usage::
 
@@ -147,7 +147,7 @@ def bench(args: argparse.Namespace) -> int:
     """``carry/`` for ``scripts/device_bench.sh``: wheels and the benchmark photo."""
     import shutil
 
-    from face2scene_cli.sample_data import package_photos
+    from face2scene_cli.research.sample_data import package_photos
 
     out = Path(args.out)
     wheels = download_wheels(out / "wheels")

@@ -4,7 +4,7 @@ The wheel ships ``facenet_pytorch/data/{pnet,rnet,onet}.pt`` (torch state dicts)
 install or import facenet-pytorch (it pins an old torch and imports torchvision): the three
 files are read straight out of the wheel's zip, loaded with ``torch.load(weights_only=True)``,
 checked key by key and shape by shape against our own networks
-(``face2scene_cli.faces.mtcnn``), loaded strictly, and written as safetensors with a
+(``face2scene_cli.faces.backends.mtcnn``), loaded strictly, and written as safetensors with a
 ``config.json``, ``metadata.json`` (sha256 pins) and a ``README.md`` model card.
 
 Verification done here, once: the written safetensors reload bit-identically to the ``.pt``
@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from face2scene_cli.faces.mtcnn import (  # noqa: E402
+from face2scene_cli.faces.backends.mtcnn import (  # noqa: E402
     MTCNN,
     WEIGHT_NAMES,
     MTCNNConfig,
@@ -82,7 +82,7 @@ def golden_image() -> np.ndarray:
     """scikit-image's astronaut (512x512 RGB), the photo the golden numbers are taken on."""
     from PIL import Image
 
-    from face2scene_cli.sample_data import package_photos
+    from face2scene_cli.research.sample_data import package_photos
 
     for photo in package_photos():
         if photo.name == "skimage/astronaut":
@@ -202,7 +202,7 @@ Multi-task Cascaded Convolutional Networks", IEEE SPL 2016; trained on WIDER FAC
 - **Task**: face detection + 5 landmarks (eye centres, nose tip, mouth corners).
 - **Architecture**: 3-stage cascade; P-Net (fully convolutional, 12 px window, stride 2),
   R-Net (24x24 crops), O-Net (48x48 crops), PReLU activations. Our code:
-  `face2scene_cli/faces/mtcnn.py`.
+  `face2scene_cli/faces/backends/mtcnn.py`.
 - **Parameters**: {total:,} (P-Net {p["pnet"]:,}, R-Net {p["rnet"]:,}, O-Net {p["onet"]:,}).
 - **Input**: RGB uint8, any size; normalised as `(x - 127.5) * 0.0078125`.
 - **Settings** (`config.json`): thresholds 0.6 / 0.7 / 0.7, pyramid factor 0.709,

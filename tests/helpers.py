@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 
-from face2scene_cli.report import REPORT_SUFFIX, SUMMARY_NAME, is_summary_name, load_schema
+from face2scene_cli.engine.report import REPORT_SUFFIX, SUMMARY_NAME, is_summary_name, load_schema
 
 REPORT_VALIDATOR = jsonschema.Draft202012Validator(load_schema("report"))
 SUMMARY_VALIDATOR = jsonschema.Draft202012Validator(load_schema("summary"))

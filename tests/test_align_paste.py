@@ -23,8 +23,8 @@ from face2scene_cli.faces.align import (
 )
 from face2scene_cli.faces.base import DetectedFace
 from face2scene_cli.faces.paste import FEATHER, blend_mask_for, face_mask, paste_faces
-from face2scene_cli.metrics import psnr
-from face2scene_cli.sample_data import package_photos
+from face2scene_cli.research.metrics import psnr
+from face2scene_cli.research.sample_data import package_photos
 
 # --------------------------------------------------------------------------- helpers
 

@@ -16,9 +16,9 @@ from helpers import reports_in, run_f2s, summary_of, temp_files
 from PIL import Image
 from typer.testing import CliRunner
 
-from face2scene_cli.batch import output_lock, plan_inputs
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 from face2scene_cli.config import BatchConfig
+from face2scene_cli.engine.local import output_lock, plan_inputs
 from face2scene_cli.errors import ConfigError
 
 PARAMETRIC = ("--noise-sigma", "5", "--blur-sigma", "0.8")

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from face2scene_cli import __version__
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 from face2scene_cli.errors import ModelIntegrityError, NotAvailableError
 from face2scene_cli.zoo import require_model, write_metadata
 
@@ -254,9 +254,9 @@ def test_wheel_contains_models_and_schemas(tmp_path: Path) -> None:
     assert tracked, "models/ must not be empty"
     for rel in tracked:
         assert f"face2scene_cli/{rel}" in names
-    assert "face2scene_cli/schemas/report.schema.json" in names
+    assert "face2scene_cli/engine/schemas/report.schema.json" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "f2s = face2scene_cli.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "f2s = face2scene_cli.cli.app:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_models_fetch_insightface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

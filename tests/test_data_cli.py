@@ -7,9 +7,9 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 from face2scene_cli.hashing import file_sha256
-from face2scene_cli.sample_data import data_dir
+from face2scene_cli.research.sample_data import data_dir
 
 runner = CliRunner()
 SPLITS = Path(__file__).resolve().parent.parent / "data" / "splits.yaml"

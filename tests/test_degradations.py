@@ -567,9 +567,9 @@ def test_training_configs_share_the_block(tmp_path: Path) -> None:
     """Both trainers parse ``data.degradation`` with the one parser; bad values name the key."""
     import yaml
 
-    from face2scene_cli.train.data import FADEX_DEGRADATIONS
-    from face2scene_cli.train.fadex import load_train_config
-    from face2scene_cli.train.scene import SCENE_DEGRADATIONS, load_scene_config
+    from face2scene_cli.research.train.data import FADEX_DEGRADATIONS
+    from face2scene_cli.research.train.fadex import load_train_config
+    from face2scene_cli.research.train.scene import SCENE_DEGRADATIONS, load_scene_config
 
     root = Path(__file__).resolve().parent.parent / "configs"
     assert load_train_config(root / "fadex.yaml").data.degradation == FADEX_DEGRADATIONS

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from face2scene_cli import sample_data
 from face2scene_cli.errors import ConfigError, InputError, ModelIntegrityError, NotAvailableError
+from face2scene_cli.faces.backends.mtcnn import MTCNN, _crops, nms
 from face2scene_cli.faces.base import DetectedFace, FaceDetector
 from face2scene_cli.faces.detect import (
     DETECTOR_CHOICES,
@@ -26,7 +26,7 @@ from face2scene_cli.faces.detect import (
     create_detector,
     five_from_68,
 )
-from face2scene_cli.faces.mtcnn import MTCNN, _crops, nms
+from face2scene_cli.research import sample_data
 from face2scene_cli.zoo import check_state_dict, models_dir, require_model
 
 # Hand-counted faces of insightface's t1.jpg (x0, y0, x1, y1), as in benchmarks/bench_faces.py.

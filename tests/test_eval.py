@@ -16,11 +16,11 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 from typer.testing import CliRunner
 
-from face2scene_cli import sample_data
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply, image_seed
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.research import sample_data
 
 # (photo, left, top, side): square crops around one face, resized to 112 px
 CROPS = {"skimage/astronaut": (110, 0, 240), "insightface/t1": (820, 0, 280)}

@@ -10,8 +10,8 @@ from skimage import data as skdata
 from face2scene_cli.degradations.ops import jpeg_compress
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
-from face2scene_cli.metrics import psnr
-from face2scene_cli.stages.face_restore import (
+from face2scene_cli.research.metrics import psnr
+from face2scene_cli.restorers.face.base import (
     BlindFaceRestorer,
     FaceRestorer,
     RestoredFaces,

@@ -16,8 +16,8 @@ import torch
 from skimage import data as skdata
 
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.metrics import psnr
-from face2scene_cli.stages.face_restore import (
+from face2scene_cli.research.metrics import psnr
+from face2scene_cli.restorers.face.base import (
     ENTRY_POINT_GROUP,
     FaceRestorer,
     available_face_restorers,
@@ -28,7 +28,7 @@ PLUGIN = '''
 import torch
 import torch.nn.functional as F
 
-from face2scene_cli.stages.face_restore import FaceRestorer, RestoredFaces
+from face2scene_cli.restorers.face.base import FaceRestorer, RestoredFaces
 
 
 class BoxRestorer(FaceRestorer):

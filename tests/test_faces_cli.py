@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from face2scene_cli.cli import app
-from face2scene_cli.sample_data import package_photos
+from face2scene_cli.cli.app import app
+from face2scene_cli.research.sample_data import package_photos
 
 runner = CliRunner()
 

@@ -10,14 +10,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from face2scene_cli.degradations.estimate import Estimate
-from face2scene_cli.degradations.ops import gaussian_blur, jpeg_compress, resize
-from face2scene_cli.degradations.record import Degradation
-from face2scene_cli.degradations.sampling import apply
-from face2scene_cli.degradations.second_order import SecondOrderConfig, sample_second_order
-from face2scene_cli.errors import ConfigError
-from face2scene_cli.stages.face_restore import BlindFaceRestorer
-from face2scene_cli.stages.fadex import (
+from face2scene_cli.archs.fadex import (
     NUM_STATS,
     FaDeX,
     create_fadex,
@@ -26,8 +19,14 @@ from face2scene_cli.stages.fadex import (
     fadex_tiny,
     prepare_pair,
 )
-from face2scene_cli.train.data import degradation_labels, load_splits
-from face2scene_cli.train.fadex import (
+from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.ops import gaussian_blur, jpeg_compress, resize
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import apply
+from face2scene_cli.degradations.second_order import SecondOrderConfig, sample_second_order
+from face2scene_cli.errors import ConfigError
+from face2scene_cli.research.train.data import degradation_labels, load_splits
+from face2scene_cli.research.train.fadex import (
     FIG3_OPERATORS,
     _load_checkpoint,
     _save_checkpoint,
@@ -38,6 +37,7 @@ from face2scene_cli.train.fadex import (
     supcon_loss,
     warm_start,
 )
+from face2scene_cli.restorers.face.base import BlindFaceRestorer
 from face2scene_cli.zoo import require_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,7 +315,7 @@ def test_shipped_metadata_matches_variant() -> None:
 def test_train_command_rejects_bad_config(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from face2scene_cli.commands import train as train_cmd
+    from face2scene_cli.cli.commands import train as train_cmd
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("network:\n  variant: fadex-s\nbogus: 1\n", encoding="utf-8")

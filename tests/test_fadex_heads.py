@@ -12,11 +12,11 @@ import torch
 import yaml
 from skimage import data as skdata
 
+from face2scene_cli.archs.fadex import NUM_EDGE, FaDeX, edge_widths, fadex_tiny
 from face2scene_cli.degradations.ops import gaussian_blur
-from face2scene_cli.stages.fadex import NUM_EDGE, FaDeX, edge_widths, fadex_tiny
-from face2scene_cli.train.data import load_splits
-from face2scene_cli.train.fadex import load_train_config
-from face2scene_cli.train.fadex_heads import (
+from face2scene_cli.research.train.data import load_splits
+from face2scene_cli.research.train.fadex import load_train_config
+from face2scene_cli.research.train.fadex_heads import (
     HeadsConfig,
     build_features,
     build_groups,
@@ -109,7 +109,7 @@ def test_export_refuses_a_different_encoder(tmp_path: Path) -> None:
 def test_train_fadex_heads_command_end_to_end(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from face2scene_cli.commands import train as train_cmd
+    from face2scene_cli.cli.commands import train as train_cmd
 
     doc = yaml.safe_load((REPO / "configs" / "fadex.yaml").read_text(encoding="utf-8"))
     doc["data"].update(crops_per_group=4, p_face=0.0, splits=str(REPO / "data" / "splits.yaml"))

@@ -1,4 +1,4 @@
-"""Tests for face2scene_cli.imageio: every input is generated in tmp_path (no external photos)."""
+"""Tests for face2scene_cli.io.images: every input is generated in tmp_path (no external photos)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile
 
-from face2scene_cli import imageio
 from face2scene_cli.config import DEFAULT_MAX_PIXELS
 from face2scene_cli.errors import F2SError, ImageDecodeError, ImageTooLargeError, InputError
-from face2scene_cli.imageio import (
+from face2scene_cli.io import images as imageio
+from face2scene_cli.io.images import (
     EXTENSIONS,
     TEMP_GLOB,
     Image,

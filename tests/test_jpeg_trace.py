@@ -8,8 +8,8 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from face2scene_cli.stages.fadex import fadex_tiny
-from face2scene_cli.stages.jpeg_trace import trace_jpeg
+from face2scene_cli.archs.fadex import fadex_tiny
+from face2scene_cli.archs.jpeg_trace import trace_jpeg
 
 
 def _libjpeg(rgb: np.ndarray, quality: int) -> np.ndarray:

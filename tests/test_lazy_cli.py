@@ -7,15 +7,15 @@ import sys
 
 import pytest
 
-from face2scene_cli.cli import COMMANDS, load_command
-from face2scene_cli.commands import options
+from face2scene_cli.cli import options
+from face2scene_cli.cli.app import COMMANDS, load_command
 from face2scene_cli.faces.detect import DETECTOR_CHOICES
 
 HEAVY = ("torch", "cv2", "diffusers", "ray", "numpy")
 
 PROBE = """
 import sys
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 try:
     app(sys.argv[1:])
 except SystemExit as exit:
@@ -37,7 +37,7 @@ def _heavy_modules_after(*argv: str) -> str:
 
 
 def test_importing_the_cli_imports_no_heavy_library() -> None:
-    code = f"import sys, face2scene_cli.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
+    code = f"import sys, face2scene_cli.cli.app; print([m for m in {HEAVY!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from face2scene_cli.archs.mapnet import DegAttn, MapNet, lambda_init, mapnet_s, mapnet_tiny
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.stages.mapnet import DegAttn, MapNet, lambda_init, mapnet_s, mapnet_tiny
 
 
 def _tiny(seed: int = 0) -> MapNet:

@@ -10,7 +10,7 @@ import torch
 from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from face2scene_cli.metrics import psnr, psnr_torch, rgb_to_y, ssim, ssim_torch
+from face2scene_cli.research.metrics import psnr, psnr_torch, rgb_to_y, ssim, ssim_torch
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_masked_ssim(pair: tuple[np.ndarray, np.ndarray]) -> None:
     # a rectangle mask averages the map over the rectangle (in valid-region coordinates)
     mask = np.zeros(a.shape[:2], bool)
     mask[20:60, 30:100] = True
-    from face2scene_cli.metrics import ssim_map
+    from face2scene_cli.research.metrics import ssim_map
 
     smap = ssim_map(a, b)
     assert ssim(a, b, mask=mask) == pytest.approx(smap[15:55, 25:95].mean(), rel=1e-12)

@@ -15,11 +15,11 @@ from helpers import reports_in, summary_of, temp_files
 from PIL import Image
 from typer.testing import CliRunner
 
-from face2scene_cli.batch import output_lock
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 from face2scene_cli.config import Shard
+from face2scene_cli.engine.local import output_lock
+from face2scene_cli.engine.report import summary_name
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.report import summary_name
 
 PARAMETRIC = ("--noise-sigma", "5", "--blur-sigma", "0.8")
 

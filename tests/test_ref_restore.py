@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from face2scene_cli import sample_data
-from face2scene_cli.evaluate_faces import degrade_photo, self_references
 from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.detect import create_detector
 from face2scene_cli.faces.paste import face_mask
-from face2scene_cli.imageio import read_image
-from face2scene_cli.metrics import psnr
-from face2scene_cli.stages.face_restore import BlindFaceRestorer, create_face_restorer
-from face2scene_cli.stages.ref_restore import RefGuidedFaceRestorer
+from face2scene_cli.io.images import read_image
+from face2scene_cli.research import sample_data
+from face2scene_cli.research.eval.faces import degrade_photo, self_references
+from face2scene_cli.research.metrics import psnr
+from face2scene_cli.restorers.face.base import BlindFaceRestorer, create_face_restorer
+from face2scene_cli.restorers.face.ref_guided import RefGuidedFaceRestorer
 
 SIZE = 256
 

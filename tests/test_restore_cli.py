@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
-from face2scene_cli.imageio import from_tensor, to_tensor
-from face2scene_cli.metrics import psnr
-from face2scene_cli.sample_data import package_photos
+from face2scene_cli.io.images import from_tensor, to_tensor
+from face2scene_cli.research.metrics import psnr
+from face2scene_cli.research.sample_data import package_photos
 
 runner = CliRunner()
 

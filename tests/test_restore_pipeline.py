@@ -17,18 +17,22 @@ from helpers import reports_in, run_f2s, summary_of
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from face2scene_cli.cli import app
+from face2scene_cli.archs.fadex import load_fadex
+from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
 from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
-from face2scene_cli.imageio import Image as F2SImage
-from face2scene_cli.imageio import from_tensor, read_image, to_tensor, write_image
-from face2scene_cli.pipeline import DegradationReader, resolve_face_restorer, warp_reference
-from face2scene_cli.sample_data import package_photos
-from face2scene_cli.stages import face_restore
-from face2scene_cli.stages.face_restore import BlindFaceRestorer, FaceRestorer, RestoredFaces
-from face2scene_cli.stages.fadex import load_fadex
+from face2scene_cli.io.images import Image as F2SImage
+from face2scene_cli.io.images import from_tensor, read_image, to_tensor, write_image
+from face2scene_cli.pipelines.restore import (
+    DegradationReader,
+    resolve_face_restorer,
+    warp_reference,
+)
+from face2scene_cli.research.sample_data import package_photos
+from face2scene_cli.restorers.face import base as face_restore
+from face2scene_cli.restorers.face.base import BlindFaceRestorer, FaceRestorer, RestoredFaces
 
 runner = CliRunner()
 

@@ -13,11 +13,11 @@ from helpers import reports_in
 from PIL import Image
 from typer.testing import CliRunner
 
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 from face2scene_cli.config import FacesConfig, RestoreConfig
 from face2scene_cli.hashing import json_sha256
-from face2scene_cli.pipeline import Face2ScenePipeline
-from face2scene_cli.sample_data import package_photos
+from face2scene_cli.pipelines.restore import Face2ScenePipeline
+from face2scene_cli.research.sample_data import package_photos
 
 runner = CliRunner()
 

@@ -31,7 +31,7 @@ from face2scene_cli.archs.rrdbnet import (
 )
 from face2scene_cli.errors import ConfigError, ModelIntegrityError
 from face2scene_cli.hashing import file_sha256
-from face2scene_cli.metrics import psnr
+from face2scene_cli.research.metrics import psnr
 from face2scene_cli.zoo import models_dir, write_metadata
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""face2scene_cli.sample_data: manifests, package photos, cache verification, f2s data."""
+"""face2scene_cli.research.sample_data: manifests, package photos, cache verification, f2s data."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from face2scene_cli import sample_data as sd
-from face2scene_cli.cli import app
+from face2scene_cli.cli.app import app
 from face2scene_cli.errors import ExitCode, F2SError
+from face2scene_cli.research import sample_data as sd
 
 runner = CliRunner()
 
@@ -108,7 +108,7 @@ def test_package_photos_exist_and_decode() -> None:
 
 def test_package_photos_do_not_import_their_packages() -> None:
     code = (
-        "import sys; import face2scene_cli.sample_data as s; assert s.package_photos(); "
+        "import sys; import face2scene_cli.research.sample_data as s; assert s.package_photos(); "
         "s.lfw_subset_path(); "
         "heavy = {'skimage', 'insightface', 'sklearn', 'torch', 'cv2', 'numpy'} & set(sys.modules)"
         "; assert not heavy, heavy"

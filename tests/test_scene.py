@@ -11,11 +11,11 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from face2scene_cli.archs.mapnet import mapnet_tiny
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.imageio import read_image, to_tensor
-from face2scene_cli.metrics import psnr_torch
-from face2scene_cli.stages.mapnet import mapnet_tiny
-from face2scene_cli.stages.scene import (
+from face2scene_cli.io.images import read_image, to_tensor
+from face2scene_cli.research.metrics import psnr_torch
+from face2scene_cli.restorers.scene import (
     ChannelAffine,
     EmbeddedSceneNet,
     LocalGroupNorm,
@@ -51,7 +51,7 @@ def tiny_restorer() -> SceneRestorer:
 
 @pytest.fixture(scope="module")
 def astronaut() -> torch.Tensor:
-    from face2scene_cli.sample_data import package_photos
+    from face2scene_cli.research.sample_data import package_photos
 
     for p in package_photos():
         if p.name == "skimage/astronaut":

@@ -9,16 +9,16 @@ import pytest
 import torch
 import yaml
 
+from face2scene_cli.archs.fadex import FaDeX, fadex_tiny
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
-from face2scene_cli.stages.fadex import FaDeX, fadex_tiny
-from face2scene_cli.stages.scene import SceneRestorer
-from face2scene_cli.train.scene import (
+from face2scene_cli.research.train.scene import (
     DataSection,
     load_scene_config,
     restoration_loss,
     train_scene,
 )
+from face2scene_cli.restorers.scene import SceneRestorer
 from face2scene_cli.zoo import read_model_info, verify_model, write_metadata
 
 
@@ -130,10 +130,10 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
 
 
 def test_warm_start_adds_a_refinement_and_refuses_other_mismatches(tmp_path: Path) -> None:
+    from face2scene_cli.archs.mapnet import mapnet_tiny
     from face2scene_cli.errors import ConfigError
-    from face2scene_cli.stages.mapnet import mapnet_tiny
-    from face2scene_cli.stages.scene import scene_tiny
-    from face2scene_cli.train.scene import _ckpt_modules, _load_warm
+    from face2scene_cli.research.train.scene import _ckpt_modules, _load_warm
+    from face2scene_cli.restorers.scene import scene_tiny
 
     torch.manual_seed(0)
     old = _ckpt_modules(scene_tiny(), mapnet_tiny(cross_attention_dim=16))
@@ -155,7 +155,10 @@ def test_code_condition_needs_dropout_and_fadex(tmp_path: Path) -> None:
 
 
 def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
-    from face2scene_cli.evaluate import (
+    from face2scene_cli.archs.mapnet import mapnet_tiny
+    from face2scene_cli.faces.detect import create_detector
+    from face2scene_cli.pipelines.restore import DegradationReader
+    from face2scene_cli.research.eval.scene import (
         EvalConfig,
         EvalModels,
         degraded_items,
@@ -163,12 +166,9 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
         targets,
         to_markdown,
     )
-    from face2scene_cli.faces.detect import create_detector
-    from face2scene_cli.pipeline import DegradationReader
-    from face2scene_cli.sample_data import package_photos
-    from face2scene_cli.stages.face_restore import BlindFaceRestorer
-    from face2scene_cli.stages.mapnet import mapnet_tiny
-    from face2scene_cli.stages.scene import RestoreSettings, scene_tiny
+    from face2scene_cli.research.sample_data import package_photos
+    from face2scene_cli.restorers.face.base import BlindFaceRestorer
+    from face2scene_cli.restorers.scene import RestoreSettings, scene_tiny
 
     photos = [(p.name, p.path) for p in package_photos() if p.name == "skimage/astronaut"]
     if not photos:

@@ -96,7 +96,7 @@ def _face(box: Any, score: float, landmarks: Any, landmarks68: Any = None) -> De
 
 
 class MTCNNDetector(FaceDetector):
-    """Our MTCNN cascade (``face2scene_cli.faces.mtcnn``) with the ``mtcnn`` zoo weights.
+    """Our MTCNN cascade (``face2scene_cli.faces.backends.mtcnn``) with the ``mtcnn`` zoo weights.
 
     Args:
         min_face: smallest face kept (pixels, shorter box side); also the smallest face the
@@ -128,7 +128,7 @@ class MTCNNDetector(FaceDetector):
         super().__init__(min_face=min_face, max_faces=max_faces)
         import torch
 
-        from face2scene_cli.faces.mtcnn import MTCNN
+        from face2scene_cli.faces.backends.mtcnn import MTCNN
 
         if not 0.0 <= score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must be in [0, 1], got {score_threshold}")

@@ -7,9 +7,9 @@
   warning);
 * ``refs/*.jpg`` -- one person, named after the folder.
 
-Files are recognised as images by content (:func:`face2scene_cli.imageio.sniff_format`),
+Files are recognised as images by content (:func:`face2scene_cli.io.images.sniff_format`),
 hidden files and folders are skipped, and images are decoded upright
-(:func:`face2scene_cli.imageio.read_image`). In each reference photo the detector's largest
+(:func:`face2scene_cli.io.images.read_image`). In each reference photo the detector's largest
 face (box area x score) is kept, aligned (a PNG crop) and embedded.
 
 The index lives in the cache, never inside the refs folder (inputs are never modified)::
@@ -53,7 +53,7 @@ from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.faces.identity import as_rgb8
 from face2scene_cli.hashing import json_sha256
-from face2scene_cli.imageio import (
+from face2scene_cli.io.images import (
     Image,
     atomic_write_bytes,
     encode_image,

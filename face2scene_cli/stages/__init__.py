@@ -1,1 +1,0 @@
-"""The restoration stages: face restorers (Stage I), FaDeX and MapNet (degradation oracle)."""

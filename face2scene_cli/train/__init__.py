@@ -1,1 +1,0 @@
-"""Training of f2s networks (FaDeX now; the scene restorer later)."""
