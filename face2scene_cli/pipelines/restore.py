@@ -157,6 +157,13 @@ class Face2ScenePipeline:
     def models(self) -> list[dict[str, str]]:
         return self._models
 
+    def warnings(self) -> list[str]:
+        """The reference gallery's warnings (files skipped, photos without a usable face, the
+        same photo under two people), each prefixed with ``--refs``: once per run, as
+        ``f2s faces`` shows them."""
+        gallery = self.finder.gallery
+        return [f"--refs {w}" for w in gallery.warnings] if gallery is not None else []
+
     def _gallery_key(self) -> str | None:
         """sha256 of the reference photos (path + content), the encoder and ``refs_k``: the
         references a face gets, and so its Stage I output, depend on them."""

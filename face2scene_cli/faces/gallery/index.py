@@ -39,6 +39,7 @@ from face2scene_cli.faces.gallery.scan import (
     GalleryWarning,
     RefFile,
     RefsError,
+    describe_warnings,
     scan_refs,
 )
 from face2scene_cli.faces.identity import as_rgb8
@@ -205,10 +206,10 @@ class GalleryIndex:
         index_dir = gallery_dir(refs_dir, cache_dir)
         check_outside(index_dir, refs_dir)
         if not files:
+            skipped = f"; {len(warnings)} file(s) skipped: {describe_warnings(warnings)}"
             raise RefsError(
                 f"no reference photos in {refs_dir}: expected refs/<person>/*.jpg (several "
-                "people) or refs/*.jpg (one person)"
-                + (f"; {len(warnings)} file(s) skipped: {warnings[0]}" if warnings else "")
+                "people) or refs/*.jpg (one person)" + (skipped if warnings else "")
             )
         models = models_key(detector, aligner, encoder, detect_max_side)
         crop_key = json_sha256(models)[:8]
@@ -288,8 +289,7 @@ class GalleryIndex:
         if not gallery.references:
             raise RefsError(
                 f"no usable face in the {len(files)} reference photo(s) in {refs_dir}: "
-                + "; ".join(str(w) for w in warnings[:3])
-                + (f" (and {len(warnings) - 3} more)" if len(warnings) > 3 else "")
+                + describe_warnings(warnings)
             )
         logger.debug(
             "gallery %s: %d refs, %d people, reused %d, computed %d, removed %d (%.2fs)",

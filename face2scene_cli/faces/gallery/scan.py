@@ -14,13 +14,14 @@ hidden files and folders are skipped, and every skipped file gets a :class:`Gall
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.images import sniff_format
 
-__all__ = ["GalleryWarning", "RefFile", "RefsError", "scan_refs"]
+__all__ = ["GalleryWarning", "RefFile", "RefsError", "describe_warnings", "scan_refs"]
 
 
 class RefsError(ConfigError):
@@ -37,6 +38,11 @@ class GalleryWarning:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def describe_warnings(warnings: Sequence[GalleryWarning]) -> str:
+    """Every warning on one line, ``; ``-separated (an error names each skipped file)."""
+    return "; ".join(str(w) for w in warnings)
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,8 @@ def scan_refs(refs_dir: Path) -> tuple[str, list[RefFile], list[GalleryWarning]]
                 dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
                 found += [Path(dirpath) / f for f in sorted(filenames) if not _hidden(f)]
             people[entry.name] = found
-        elif entry.is_file():
-            top_files.append(entry)
+        elif entry.is_file() or (entry.is_symlink() and not entry.exists()):
+            top_files.append(entry)  # a dangling link is warned about as unreadable
 
     def images(paths: list[Path]) -> list[Path]:
         kept = []
