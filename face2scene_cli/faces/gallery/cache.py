@@ -25,8 +25,9 @@ import numpy as np
 
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.faces.gallery.scan import GalleryWarning, RefsError
+from face2scene_cli.faces.identity import as_rgb8
 from face2scene_cli.hashing import json_sha256
-from face2scene_cli.io.images import atomic_write_bytes
+from face2scene_cli.io.images import atomic_write_bytes, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ __all__ = [
     "gallery_dir",
     "model_sha256",
     "models_key",
+    "read_crop",
     "read_index",
     "write_cache_file",
     "write_index",
@@ -234,6 +236,11 @@ def write_index(
                     p.unlink()
                 except OSError as e:
                     logger.debug("cannot remove stale crop %s: %s", p, e)
+
+
+def read_crop(path: Path) -> np.ndarray:
+    """An aligned crop from the cache, (S, S, 3) uint8 RGB."""
+    return as_rgb8(read_image(path).pixels)
 
 
 def face_to_json(face: DetectedFace) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from face2scene_cli.faces.gallery.cache import (
     gallery_dir,
     model_sha256,
     models_key,
+    read_crop,
     read_index,
     write_cache_file,
     write_index,
@@ -70,7 +71,7 @@ class Aligner(Protocol):
 
 @dataclass
 class GalleryStats:
-    """What the last :meth:`Gallery.build` did with the reference files.
+    """What the last :meth:`GalleryIndex.build` did with the reference files.
 
     Attributes:
         reused: files whose cached result (face, crop, embedding, or "no face") was reused.
@@ -97,7 +98,7 @@ class ReferenceFace:
         crop_path: the aligned crop (PNG) in the gallery cache.
         crop_landmarks: (5, 2) float32 landmarks in crop pixels, when the aligner gives them.
         pose: pose proxies of ``face``.
-        row: the embedding's row in :attr:`Gallery.embeddings`.
+        row: the embedding's row in :attr:`GalleryIndex.embeddings`.
     """
 
     path: str
@@ -111,7 +112,7 @@ class ReferenceFace:
 
     def crop(self) -> np.ndarray:
         """The aligned crop, (S, S, 3) uint8 RGB, read from the cache."""
-        return as_rgb8(read_image(self.crop_path).pixels)
+        return read_crop(self.crop_path)
 
 
 class GalleryIndex:

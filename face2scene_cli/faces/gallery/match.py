@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from face2scene_cli.faces.base import DetectedFace
+from face2scene_cli.faces.gallery.cache import read_crop
 from face2scene_cli.faces.gallery.index import GalleryIndex
 from face2scene_cli.faces.gallery.pose import PoseWeights, face_pose, pose_distance
-from face2scene_cli.faces.identity import as_rgb8
-from face2scene_cli.io.images import read_image
 
 __all__ = ["Gallery", "Match", "Reference"]
 
@@ -52,7 +51,7 @@ class Reference:
 
     def crop(self) -> np.ndarray:
         """The aligned crop, (S, S, 3) uint8 RGB, read from the cache."""
-        return as_rgb8(read_image(self.crop_path).pixels)
+        return read_crop(self.crop_path)
 
 
 @dataclass(frozen=True)
