@@ -256,6 +256,8 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
         raise typer.Exit(ExitCode.USAGE)
     # Ray workers build their own job; locally it is built before the progress bar starts.
     job: ImageJob | None = job_factory() if batch_cfg.engine == "local" else None
+    for warning in job.warnings() if job is not None else []:
+        diag("warning", warning, log)
     jsonl = _open_jsonl(log.report_jsonl)
     try:
         with ProgressObserver(plan, log, jsonl) as observer, StopFlag().installed() as stop:
@@ -266,6 +268,9 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     finally:
         if jsonl not in (None, sys.stdout):
             jsonl.close()
+    if job is None:  # the Ray job was built on the cluster: its warnings come with the summary
+        for warning in summary.warnings[len(plan.warnings) :]:
+            diag("warning", warning, log)
     _print_summary(summary, plan, log, time.perf_counter() - started)
     raise typer.Exit(summary.exit_code)
 

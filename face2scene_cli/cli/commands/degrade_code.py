@@ -14,7 +14,7 @@ from face2scene_cli.engine.report import display_path
 from face2scene_cli.errors import ExitCode, F2SError
 
 if TYPE_CHECKING:
-    from face2scene_cli.pipelines.restore import ImageDegradation
+    from face2scene_cli.pipelines.reading import ImageDegradation
 
 
 def degrade_code(

@@ -79,7 +79,7 @@ def faces(
     from face2scene_cli.engine.local import find_images
     from face2scene_cli.faces.align import FaceAligner
     from face2scene_cli.io.images import read_image
-    from face2scene_cli.pipelines.restore import FaceFinder
+    from face2scene_cli.pipelines.reading import FaceFinder
 
     finder = FaceFinder.from_settings(cfg, FaceAligner(size=cfg.face_size))
     gallery = finder.gallery
