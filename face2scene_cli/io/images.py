@@ -44,6 +44,7 @@ __all__ = [
     "EXTENSIONS",
     "OUTPUT_FORMATS",
     "TEMP_GLOB",
+    "TEMP_MARK",
     "Image",
     "atomic_write_bytes",
     "encode_image",
@@ -64,7 +65,8 @@ TEMP_GLOB = ".*.f2s-tmp-*"
 """Glob matching the hidden temp files :func:`atomic_write_bytes` creates (stale ones may be
 deleted on resume)."""
 
-_TEMP_MARK = ".f2s-tmp-"
+TEMP_MARK = ".f2s-tmp-"
+"""What follows the target's name in a temp file's name (``.<name>.f2s-tmp-<pid>-<hex>``)."""
 
 # Our own, clearer pixel limit replaces Pillow's DecompressionBombWarning/Error (whose default,
 # ~89 MP warn / ~179 MP error, is below ours and whose message does not name --max-pixels).
@@ -945,7 +947,7 @@ def _encode_tiff(px: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: byt
 
 
 def _temp_name(path: Path) -> str:
-    suffix = f"{_TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    suffix = f"{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
     name = path.name
     # keep the temp name within the usual 255-byte limit even for very long target names
     while len(os.fsencode(f".{name}{suffix}")) > 255 and name:

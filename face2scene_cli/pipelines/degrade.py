@@ -22,7 +22,7 @@ from face2scene_cli.degradations.sampling import (
     image_seed,
 )
 from face2scene_cli.degradations.second_order import SecondOrderConfig
-from face2scene_cli.engine.local import LoadedImage, Processed
+from face2scene_cli.engine.job import LoadedImage, Processed
 from face2scene_cli.errors import F2SError
 from face2scene_cli.io.images import from_tensor, to_tensor
 

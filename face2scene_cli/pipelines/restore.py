@@ -24,7 +24,7 @@ import torch
 from face2scene_cli.archs.fadex import FaDeX, load_fadex
 from face2scene_cli.config import FaceSettings, RestoreConfig
 from face2scene_cli.degradations.estimate import Estimate
-from face2scene_cli.engine.local import ExtraOutput, LoadedImage, Processed
+from face2scene_cli.engine.job import ExtraOutput, LoadedImage, Processed
 from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.faces.align import (
     AlignedFace,
