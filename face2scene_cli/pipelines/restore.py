@@ -39,7 +39,8 @@ from face2scene_cli.faces.gallery import Gallery, Match, Reference
 from face2scene_cli.faces.identity import create_identity_encoder
 from face2scene_cli.faces.paste import paste_faces
 from face2scene_cli.hashing import json_sha256
-from face2scene_cli.io.images import Image, from_tensor, to_tensor
+from face2scene_cli.io.images import Image
+from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.restorers.face.base import FACE_RESTORERS, FaceRestorer, create_face_restorer
 from face2scene_cli.restorers.scene import SceneRestorer, load_scene_restorer
 from face2scene_cli.zoo import ModelInfo, require_model
