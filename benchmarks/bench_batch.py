@@ -26,7 +26,7 @@ from PIL import Image
 
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
-from face2scene_cli.io.images import from_tensor, to_tensor
+from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.research import sample_data
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -52,7 +52,7 @@ from face2scene_cli.faces.detect import (  # noqa: E402
     MTCNNDetector,
     insightface_detector_file,
 )
-from face2scene_cli.io.images import from_tensor, to_tensor  # noqa: E402
+from face2scene_cli.io.tensors import from_tensor, to_tensor  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMING_KEYS = ("ms_per_1mp_median", "ms_per_1mp_p90", "ms_one_face_1mp_median")

@@ -55,7 +55,8 @@ def bench_input(megapixels: float, photo: Path | None = None) -> np.ndarray:
 
     from face2scene_cli.degradations.record import PRESETS
     from face2scene_cli.degradations.sampling import apply, image_generator
-    from face2scene_cli.io.images import read_image, to_tensor
+    from face2scene_cli.io.images import read_image
+    from face2scene_cli.io.tensors import to_tensor
     from face2scene_cli.research.sample_data import package_photos
 
     if photo is None:
@@ -89,7 +90,7 @@ def _peaks(device: str) -> dict[str, float]:
 def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) -> dict[str, Any]:
     """Stage times (median over ``repeats`` passes, after a warm-up pass below 4 MP) on one
     size, NLM on the same input, peak memory."""
-    from face2scene_cli.io.images import to_tensor
+    from face2scene_cli.io.tensors import to_tensor
     from face2scene_cli.pipelines.restore import Face2ScenePipeline
 
     lq = bench_input(megapixels, photo)
@@ -185,7 +186,7 @@ def random_turbo(configs: Path) -> torch.nn.Module:
 def run_turbo(device: str, configs: Path, photo: Path | None) -> dict[str, Any]:
     """The SD-Turbo-architecture restorer (one 512 px tile), our scene restorer and NLM on the
     same 0.25 MP input, timed in this process (wall and CPU seconds)."""
-    from face2scene_cli.io.images import to_tensor
+    from face2scene_cli.io.tensors import to_tensor
     from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 
     lq = bench_input(0.25, photo)

@@ -42,7 +42,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_restore import bench_input
 
-    from face2scene_cli.io.images import to_tensor
+    from face2scene_cli.io.tensors import to_tensor
     from face2scene_cli.pipelines.restore import Face2ScenePipeline
 
     started = time.perf_counter()

@@ -15,17 +15,30 @@ from face2scene_cli.engine.report import REPORT_SUFFIX, SUMMARY_NAME, is_summary
 
 REPORT_VALIDATOR = jsonschema.Draft202012Validator(load_schema("report"))
 SUMMARY_VALIDATOR = jsonschema.Draft202012Validator(load_schema("summary"))
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def run_f2s(
-    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 120, **kwargs: Any
+    *args: str | Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    fault: str | None = None,
+    **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``f2s`` in a fresh process, as a user or a cron job would (stdout not a TTY)."""
+    """Run ``f2s`` in a fresh process, as a user or a cron job would (stdout not a TTY);
+    ``fault`` (``exit-after:N`` | ``signal-after:N`` | ``crash-on:REL``, see :mod:`faults`)
+    makes the engine in that process die or be signalled at that point."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("F2S_")}
     full_env["F2S_DATA_DIR"] = os.environ.get("F2S_DATA_DIR", "")
     full_env.update(env or {})
+    entry = ["face2scene_cli"]
+    if fault is not None:  # tests/ on the path for ``python -m faults``
+        entry = ["faults", fault]
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [TESTS, os.environ.get("PYTHONPATH")])
+        )
     return subprocess.run(
-        [sys.executable, "-m", "face2scene_cli", *map(str, args)],
+        [sys.executable, "-m", *entry, *map(str, args)],
         capture_output=True,
         text=True,
         env=full_env,

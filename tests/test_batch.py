@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from face2scene_cli.cli.app import app
 from face2scene_cli.config import BatchConfig
-from face2scene_cli.engine.local import output_lock, plan_inputs
+from face2scene_cli.engine.lock import output_lock
+from face2scene_cli.engine.plan import plan_inputs
 from face2scene_cli.errors import ConfigError
 
 PARAMETRIC = ("--noise-sigma", "5", "--blur-sigma", "0.8")
@@ -200,7 +201,7 @@ def test_crash_then_resume_finishes_every_image_once(small_photo_dir: Path, tmp_
         "mixed",
         "--batch-size",
         "2",
-        env={"F2S_FAULT": "exit-after:11"},
+        fault="exit-after:11",
     )
     assert crashed.returncode == 137, crashed.stderr
     done_before = {p: p.stat() for p in out.rglob("*.png")}
@@ -239,7 +240,7 @@ def test_sigterm_finishes_in_flight_and_exits_143(small_photo_dir: Path, tmp_pat
         "noise15",
         "--batch-size",
         "1",
-        env={"F2S_FAULT": "signal-after:3"},
+        fault="signal-after:3",
     )
     assert res.returncode == 143, res.stderr
     summary = summary_of(out)

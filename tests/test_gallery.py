@@ -41,7 +41,8 @@ from face2scene_cli.faces.identity import (
     as_rgb8,
     create_identity_encoder,
 )
-from face2scene_cli.io.images import from_tensor, read_image, to_tensor
+from face2scene_cli.io.images import read_image
+from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.research.sample_data import package_photos
 
 CROP_SIZE = 128  # aligned reference crops; small keeps the PNG writes cheap

@@ -1,4 +1,4 @@
-"""Tests for face2scene_cli.io.images: every input is generated in tmp_path (no external photos)."""
+"""Tests for face2scene_cli.io (images, tensors): every input is generated in tmp_path."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import fnmatch
 import io
 import os
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -27,12 +29,11 @@ from face2scene_cli.io.images import (
     atomic_write_bytes,
     encode_image,
     format_for,
-    from_tensor,
     read_image,
     sniff_format,
-    to_tensor,
     write_image,
 )
+from face2scene_cli.io.tensors import from_tensor, to_tensor
 
 FORMATS = ("png", "jpg", "webp", "tiff")
 DATE = "2021:06:05 04:03:02"
@@ -771,3 +772,11 @@ def test_tensor_roundtrip_exact(dtype: type) -> None:
 def test_from_tensor_clips_and_handles_nan() -> None:
     t = torch.tensor([[[[-0.5, 0.5, 1.7, float("nan")]]]])
     assert from_tensor(t, np.uint8)[0, :, 0].tolist() == [0, 128, 255, 0]
+
+
+def test_reading_and_writing_images_imports_no_torch() -> None:
+    """Only io.tensors needs torch: decoding, encoding and the engine's planning stay light."""
+    modules = "face2scene_cli.io.images, face2scene_cli.engine.plan, face2scene_cli.engine.lock"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 import ray
-from helpers import reports_in, summary_of, temp_files
+from faults import inject_into_ray_workers
+from helpers import TESTS, reports_in, summary_of, temp_files
 from PIL import Image
 from typer.testing import CliRunner
 
 from face2scene_cli.cli.app import app
 from face2scene_cli.config import Shard
-from face2scene_cli.engine.local import output_lock
+from face2scene_cli.engine.lock import output_lock
 from face2scene_cli.engine.report import summary_name
 from face2scene_cli.errors import ConfigError
 
@@ -26,8 +28,13 @@ PARAMETRIC = ("--noise-sigma", "5", "--blur-sigma", "0.8")
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Any:
-    """One local Ray with 2 CPUs for every test of this file (loopback only)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    """One local Ray with 2 CPUs for every test of this file (loopback only); its workers
+    inherit ``tests/`` on ``PYTHONPATH`` so they can import :mod:`faults`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
+        )
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
 
@@ -119,16 +126,17 @@ def test_ray_restore_matches_local_restore(
 
 
 def test_ray_worker_crash_is_retried_without_losing_or_redoing_images(
-    ray_cluster: Any, small_photo_dir: Path, tmp_path: Path
+    ray_cluster: Any, small_photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fault hook kills each worker once after its 3rd image: Ray restarts it and retries
-    the batch, which finds the images the dead worker wrote and does not write them again."""
+    """Each worker is killed once after its 3rd image: Ray restarts it and retries the batch,
+    which finds the images the dead worker wrote and does not write them again."""
+    inject_into_ray_workers(monkeypatch, "exit-after:3")
     src, out = tmp_path / "in", tmp_path / "out"
     inputs = _tiles(small_photo_dir, src, 12)
     jsonl = tmp_path / "reports.jsonl"
     res = f2s(
         "degrade", src, "--out", out, *PARAMETRIC, "--engine", "ray", "--workers", "2",
-        "-b", "2", "--report-jsonl", jsonl, env={"F2S_FAULT": "exit-after:3"},
+        "-b", "2", "--report-jsonl", jsonl,
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     summary = summary_of(out)
@@ -149,15 +157,16 @@ def test_ray_worker_crash_is_retried_without_losing_or_redoing_images(
 
 
 def test_ray_poison_image_is_reported_failed(
-    ray_cluster: Any, small_photo_dir: Path, tmp_path: Path
+    ray_cluster: Any, small_photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An image that kills its worker every time is tried a bounded number of times, then
     reported failed; the rest of its batch is done."""
+    inject_into_ray_workers(monkeypatch, "crash-on:a/img01.png")
     src, out = tmp_path / "in", tmp_path / "out"
     _tiles(small_photo_dir, src, 4)
     res = f2s(
         "degrade", src, "--out", out, *PARAMETRIC, "--engine", "ray", "--workers", "1",
-        "-b", "4", env={"F2S_FAULT": "crash-on:a/img01.png"},
+        "-b", "4",
     )  # fmt: skip
     assert res.exit_code == 1, res.output
     reports = {r["input"]["relative_path"]: r for r in reports_in(out).values()}

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
-from face2scene_cli.io.images import from_tensor, to_tensor
+from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.research.metrics import psnr
 from face2scene_cli.research.sample_data import package_photos
 

@@ -24,7 +24,8 @@ from face2scene_cli.degradations.sampling import apply, image_generator
 from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.io.images import Image as F2SImage
-from face2scene_cli.io.images import from_tensor, read_image, to_tensor, write_image
+from face2scene_cli.io.images import read_image, write_image
+from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.pipelines.reading import DegradationReader, warp_reference
 from face2scene_cli.pipelines.restore import resolve_face_restorer
 from face2scene_cli.research.sample_data import package_photos

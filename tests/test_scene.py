@@ -13,7 +13,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from face2scene_cli.archs.mapnet import mapnet_tiny
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.io.images import read_image, to_tensor
+from face2scene_cli.io.images import read_image
+from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.research.metrics import psnr_torch
 from face2scene_cli.restorers.scene import (
     ChannelAffine,

@@ -43,7 +43,8 @@ from face2scene_cli.engine.report import RunSummary, display_path, summary_name
 from face2scene_cli.errors import ExitCode, F2SError
 
 if TYPE_CHECKING:
-    from face2scene_cli.engine.local import ImageJob, ItemEvent, Plan
+    from face2scene_cli.engine.job import ImageJob, ItemEvent
+    from face2scene_cli.engine.plan import Plan
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 logger = logging.getLogger(__name__)
@@ -243,7 +244,8 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     models load.
     """
     from face2scene_cli.engine import ray as ray_engine
-    from face2scene_cli.engine.local import StopFlag, plan_inputs, run_batch
+    from face2scene_cli.engine.local import StopFlag, run_batch
+    from face2scene_cli.engine.plan import plan_inputs
 
     started = time.perf_counter()
     if batch_cfg.engine == "ray":

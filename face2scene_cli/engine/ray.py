@@ -29,18 +29,10 @@ from typing import Any
 import numpy as np
 
 from face2scene_cli.config import BatchConfig
-from face2scene_cli.engine.local import (
-    BatchRun,
-    ImageJob,
-    ItemEvent,
-    Observer,
-    Plan,
-    WorkItem,
-    fault_hook,
-    locked_output,
-    remove_stale_temp_files,
-    write_summary,
-)
+from face2scene_cli.engine.job import ImageJob, ItemEvent, Observer
+from face2scene_cli.engine.local import BatchRun, write_summary
+from face2scene_cli.engine.lock import locked_output, remove_stale_temp_files
+from face2scene_cli.engine.plan import Plan, WorkItem
 from face2scene_cli.engine.report import ImageReport, RunInfo, RunSummary
 from face2scene_cli.errors import F2SError, NotAvailableError
 
@@ -100,7 +92,6 @@ class _Worker:
         out: Any,
         cfg: BatchConfig,
         run_info: RunInfo,
-        fault: tuple[str, str] | None,
     ) -> None:
         import ray
         import torch
@@ -111,12 +102,10 @@ class _Worker:
         with warnings.catch_warnings():  # Ray deprecates a property this one reads, not it
             warnings.simplefilter("ignore", DeprecationWarning)
             self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
-        if self.restarted and fault and fault[0] != "crash-on":
-            fault = None  # exit-after/signal-after fire once per worker, not after its restart
         self.events: list[ItemEvent] = []
         plan = Plan(items=self.items, out=out)
         stop = lambda: None  # noqa: E731  # the driver stops the run
-        self.run = BatchRun(plan, job_factory(), cfg, self.events.append, stop, run_info, fault)
+        self.run = BatchRun(plan, job_factory(), cfg, self.events.append, stop, run_info)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -199,7 +188,6 @@ def _execute(
         "out": plan.out,
         "cfg": cfg,
         "run_info": run_info,
-        "fault": fault_hook(),
     }
     stats = {"workers": _worker_count(ray, cfg), "worker_restarts": 0, "recovered": 0}
     restarted: set[str] = set()

@@ -1,5 +1,8 @@
 """Image reading and writing for f2s: decode any supported photo into an upright numpy array plus
-its metadata (EXIF, ICC, XMP), and encode it back atomically.
+its metadata (EXIF, ICC, XMP), and encode it back atomically. Torch-free (tensors:
+:mod:`face2scene_cli.io.tensors`); the pixel conversions, metadata handling and per-format
+encoders behind it live in :mod:`~face2scene_cli.io.pixels`, :mod:`~face2scene_cli.io.metadata`
+and :mod:`~face2scene_cli.io.encoders`.
 
 What it guarantees:
 
@@ -20,51 +23,66 @@ import errno
 import io
 import logging
 import os
-import re
 import secrets
 import stat
 import struct
 import warnings as _warnings
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image as PILImage
-from PIL import ImageCms, ImageFile, UnidentifiedImageError
+from PIL import ImageFile, UnidentifiedImageError
 
 from face2scene_cli.config import DEFAULT_MAX_PIXELS
 from face2scene_cli.errors import F2SError, ImageDecodeError, ImageTooLargeError, InputError
+from face2scene_cli.io.encoders import encode_jpeg, encode_png, encode_tiff, encode_webp
+from face2scene_cli.io.metadata import (
+    DECODE_ERRORS,
+    exif_of,
+    matching_icc,
+    orientation_of,
+    patch_orientation,
+    safe_exif,
+    xmp_of,
+    xmp_reset_orientation,
+)
+from face2scene_cli.io.pixels import (
+    CV2DecodeFailed,
+    apply_orientation,
+    check_png_chunks,
+    collapse_gray,
+    decode_cv2,
+    needs_cv2,
+    pixels_from_pil,
+    stored_size,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "EXTENSIONS",
-    "OUTPUT_FORMATS",
     "TEMP_GLOB",
+    "TEMP_MARK",
     "Image",
     "atomic_write_bytes",
     "encode_image",
     "format_for",
-    "from_tensor",
     "read_image",
     "sniff_format",
-    "to_tensor",
     "write_image",
 ]
 
 EXTENSIONS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 """Output format name -> file extension."""
 
-OUTPUT_FORMATS: tuple[str, ...] = tuple(EXTENSIONS)
-
 TEMP_GLOB = ".*.f2s-tmp-*"
 """Glob matching the hidden temp files :func:`atomic_write_bytes` creates (stale ones may be
 deleted on resume)."""
 
-_TEMP_MARK = ".f2s-tmp-"
+TEMP_MARK = ".f2s-tmp-"
+"""What follows the target's name in a temp file's name (``.<name>.f2s-tmp-<pid>-<hex>``)."""
 
 # Our own, clearer pixel limit replaces Pillow's DecompressionBombWarning/Error (whose default,
 # ~89 MP warn / ~179 MP error, is below ours and whose message does not name --max-pixels).
@@ -74,46 +92,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _JPEG_MAX_SIDE = 65_535
 _WEBP_MAX_SIDE = 16_383
-_JPEG_MAX_APP1 = 65_533  # bytes of payload in one APP1 marker (EXIF incl. "Exif\0\0")
-_JPEG_MAX_XMP = 65_533 - 29
-_EXIF_PREFIX = b"Exif\x00\x00"
-_ORIENTATION = 0x0112
-
-# EXIF tags worth carrying out of a TIFF file's IFD0 (everything else there describes the TIFF's
-# own strips/compression and would corrupt a different file).
-_TIFF_EXIF_KEEP = (
-    270,  # ImageDescription
-    271,  # Make
-    272,  # Model
-    274,  # Orientation
-    282,  # XResolution
-    283,  # YResolution
-    296,  # ResolutionUnit
-    305,  # Software
-    306,  # DateTime
-    315,  # Artist
-    33432,  # Copyright
-)
-_EXIF_SUB_IFDS = (0x8769, 0x8825)  # Exif IFD, GPS IFD
-
-# Everything a decoder (Pillow, cv2, zlib, struct) raises on bad input. Deliberately not Exception.
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    struct.error,
-    zlib.error,
-    IndexError,
-    KeyError,
-    TypeError,
-    ZeroDivisionError,
-    OverflowError,
-    MemoryError,
-    PILImage.DecompressionBombError,
-    ImageCms.PyCMSError,
-    cv2.error,
-)
 
 
 @dataclass
@@ -322,7 +300,7 @@ def read_image(
                 image = _decode(im, data, fmt)
         except F2SError:
             raise
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             raise ImageDecodeError(_decode_reason(e, fmt, data)) from e
     for w in caught:
         text = " ".join(str(w.message).split())
@@ -341,15 +319,11 @@ def _decode_reason(e: BaseException, fmt: str, data: bytes) -> str:
         return "not enough memory to decode the image"
     if isinstance(e, UnidentifiedImageError):
         return f"corrupt {fmt} file (header not recognised)"
-    if isinstance(e, _CV2DecodeFailed):
+    if isinstance(e, CV2DecodeFailed):
         if fmt == "PNG" and b"IEND" not in data[-12:]:
             return "truncated image data (the file is incomplete)"
         return f"corrupt {fmt} data (16-bit decoder failed)"
     return f"corrupt {fmt} data: {text}" if text else f"corrupt {fmt} data"
-
-
-class _CV2DecodeFailed(OSError):
-    """cv2.imdecode returned nothing."""
 
 
 def _decode(im: PILImage.Image, data: bytes, fmt: str) -> Image:
@@ -358,7 +332,7 @@ def _decode(im: PILImage.Image, data: bytes, fmt: str) -> Image:
 
     try:
         n_frames = int(getattr(im, "n_frames", 1))
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         n_frames = 0
     if n_frames > 1:
         warns.append(f"multi-frame file: used frame 1 of {n_frames}")
@@ -368,26 +342,26 @@ def _decode(im: PILImage.Image, data: bytes, fmt: str) -> Image:
         im.seek(0)
 
     icc = im.info.get("icc_profile") or None
-    xmp = _xmp_of(im)
-    exif, orientation = _exif_of(im, source_format, warns)
+    xmp = xmp_of(im)
+    exif, orientation = exif_of(im, source_format, warns)
 
     # Some decoders apply the orientation themselves (Pillow >= 11 does for TIFF, OpenCV does
     # for TIFF even with IMREAD_UNCHANGED); whatever they do, it must happen exactly once.
-    if _needs_cv2(im, data, source_format):
+    if needs_cv2(im, data, source_format):
         cv_data = data
         if source_format == "TIFF" and orientation != 1:
             # hand OpenCV a copy with Orientation=1 so it leaves the pixels as stored
-            cv_data = _patch_orientation(data) or data
+            cv_data = patch_orientation(data) or data
         if source_format == "PNG":
-            _check_png_chunks(data)  # libpng would print its complaints to stderr
-        pixels = _decode_cv2(cv_data, warns)
-        stored_w, stored_h = _stored_size(im, data, source_format)
+            check_png_chunks(data)  # libpng would print its complaints to stderr
+        pixels = decode_cv2(cv_data, warns)
+        stored_w, stored_h = stored_size(im, data, source_format)
         if pixels.shape[:2] == (stored_h, stored_w):
             pass  # as stored: orientation still to apply
         elif orientation in (5, 6, 7, 8) and pixels.shape[:2] == (stored_w, stored_h):
             orientation = 1  # the decoder rotated it already
         else:
-            raise _CV2DecodeFailed(
+            raise CV2DecodeFailed(
                 f"decoded size {pixels.shape[1]}x{pixels.shape[0]} does not match the "
                 f"header's {stored_w}x{stored_h}"
             )
@@ -395,16 +369,16 @@ def _decode(im: PILImage.Image, data: bytes, fmt: str) -> Image:
             warns.append("gray+alpha stored as RGBA")
     else:
         im.load()
-        if orientation != 1 and _orientation_of(im) != orientation:
+        if orientation != 1 and orientation_of(im) != orientation:
             orientation = 1  # Pillow applied it while loading (and dropped the tag)
-        pixels, icc = _pixels_from_pil(im, icc, warns)
+        pixels, icc = pixels_from_pil(im, icc, warns)
 
-    pixels = _apply_orientation(pixels, orientation)
+    pixels = apply_orientation(pixels, orientation)
     if source_format == "WEBP":
-        pixels = _collapse_gray(pixels, icc)
-    icc = _matching_icc(icc, pixels.shape[2], warns)
+        pixels = collapse_gray(pixels, icc)
+    icc = matching_icc(icc, pixels.shape[2], warns)
     if xmp is not None:
-        xmp = _xmp_reset_orientation(xmp)
+        xmp = xmp_reset_orientation(xmp)
     return Image(
         pixels=pixels,
         source_format=source_format,
@@ -413,325 +387,6 @@ def _decode(im: PILImage.Image, data: bytes, fmt: str) -> Image:
         xmp=xmp,
         warnings=warns,
     )
-
-
-def _stored_size(im: PILImage.Image, data: bytes, fmt: str) -> tuple[int, int]:
-    """(width, height) of the pixels as stored, before any orientation."""
-    if fmt == "PNG":
-        return struct.unpack(">II", data[16:24])
-    tags = getattr(im, "tag_v2", None)
-    if tags is not None and isinstance(tags.get(256), int) and isinstance(tags.get(257), int):
-        return int(tags[256]), int(tags[257])
-    return im.size
-
-
-def _orientation_of(im: PILImage.Image) -> int:
-    try:
-        return int(im.getexif().get(_ORIENTATION, 1) or 1)
-    except _DECODE_ERRORS:
-        return 1
-
-
-def _xmp_of(im: PILImage.Image) -> bytes | None:
-    xmp = im.info.get("xmp")
-    if not xmp:
-        xmp = im.info.get("XML:com.adobe.xmp")
-    if not xmp:
-        return None
-    if isinstance(xmp, tuple) and len(xmp) == 1:  # some TIFF writers wrap it in a 1-tuple
-        xmp = xmp[0]
-    if isinstance(xmp, str):
-        xmp = xmp.encode("utf-8")
-    try:
-        return bytes(xmp) or None
-    except (TypeError, ValueError):  # not byte-like: ignore rather than fail the image
-        return None
-
-
-def _exif_of(im: PILImage.Image, fmt: str, warns: list[str]) -> tuple[bytes | None, int]:
-    """(EXIF bytes to carry with Orientation=1, orientation to apply to the pixels)."""
-    try:
-        parsed = im.getexif()
-        orientation = int(parsed.get(_ORIENTATION, 1) or 1)
-    except _DECODE_ERRORS:
-        warns.append("EXIF data is corrupt: ignored (orientation not applied)")
-        return None, 1
-    if orientation not in range(1, 9):
-        orientation = 1
-    raw = im.info.get("exif")
-    try:
-        if isinstance(raw, bytes) and raw:
-            exif = _exif_normalize(raw)
-        elif fmt == "TIFF":
-            exif = _exif_allowlisted(parsed)
-        elif "Raw profile type exif" in im.info and len(parsed):  # ImageMagick PNG text chunk
-            exif = _exif_normalize(parsed.tobytes())
-        else:
-            exif = None
-    except _DECODE_ERRORS:
-        warns.append("EXIF data could not be carried over (corrupt)")
-        exif = None
-    return exif, orientation
-
-
-def _exif_allowlisted(src: PILImage.Exif) -> bytes | None:
-    """EXIF from a TIFF's IFD0, without the tags that describe the TIFF file itself."""
-    out = PILImage.Exif()
-    for tag in _TIFF_EXIF_KEEP:
-        if tag in src:
-            out[tag] = src[tag]
-    for tag in _EXIF_SUB_IFDS:
-        if tag in src:
-            sub = src.get_ifd(tag)
-            if sub:
-                out.get_ifd(tag).update(sub)
-    if not (set(out) - {_ORIENTATION}):  # nothing worth carrying
-        return None
-    if _ORIENTATION in out:
-        out[_ORIENTATION] = 1
-    raw = out.tobytes()
-    return raw if raw.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + raw
-
-
-def _exif_normalize(raw: bytes) -> bytes | None:
-    """b"Exif\\0\\0" + TIFF bytes with Orientation set to 1 (patched in place when possible, so
-    maker notes and offsets survive byte-exact); None when the data is not EXIF at all."""
-    tiff = raw[len(_EXIF_PREFIX) :] if raw.startswith(_EXIF_PREFIX) else raw
-    if len(tiff) < 8:
-        return None
-    patched = _patch_orientation(tiff)
-    if patched is None:  # unusual layout: let Pillow re-serialise it
-        exif = PILImage.Exif()
-        exif.load(_EXIF_PREFIX + tiff)
-        if _ORIENTATION in exif:
-            exif[_ORIENTATION] = 1
-        patched = exif.tobytes()[len(_EXIF_PREFIX) :]
-    return _EXIF_PREFIX + patched
-
-
-def _patch_orientation(tiff: bytes) -> bytes | None:
-    """Set IFD0 Orientation to 1 in TIFF-structured EXIF; None if the layout is unexpected."""
-    if tiff[:4] == b"II*\x00":
-        end = "<"
-    elif tiff[:4] == b"MM\x00*":
-        end = ">"
-    else:
-        return None
-    (offset,) = struct.unpack(end + "I", tiff[4:8])
-    if offset + 2 > len(tiff):
-        return None
-    (count,) = struct.unpack(end + "H", tiff[offset : offset + 2])
-    for i in range(count):
-        pos = offset + 2 + 12 * i
-        if pos + 12 > len(tiff):
-            return None
-        tag, typ, n = struct.unpack(end + "HHI", tiff[pos : pos + 8])
-        if tag == _ORIENTATION:
-            if typ != 3 or n != 1:  # must be one SHORT
-                return None
-            buf = bytearray(tiff)
-            buf[pos + 8 : pos + 10] = struct.pack(end + "H", 1)
-            return bytes(buf)
-    return tiff
-
-
-_XMP_ORIENT_ATTR = re.compile(rb'(tiff:Orientation\s*=\s*["\'])[0-9]+(["\'])')
-_XMP_ORIENT_ELEM = re.compile(rb"(<tiff:Orientation>)\s*[0-9]+\s*(</tiff:Orientation>)")
-
-
-def _xmp_reset_orientation(xmp: bytes) -> bytes:
-    xmp = _XMP_ORIENT_ATTR.sub(rb"\g<1>1\g<2>", xmp)
-    return _XMP_ORIENT_ELEM.sub(rb"\g<1>1\g<2>", xmp)
-
-
-def _needs_cv2(im: PILImage.Image, data: bytes, fmt: str) -> bool:
-    """16-bit colour PNG/TIFF: Pillow would truncate these to 8 bits."""
-    if fmt == "PNG":
-        return data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 4, 6)
-    if fmt == "TIFF" and im.mode in ("RGB", "RGBA", "RGBX", "RGBa", "LA"):
-        bits = getattr(im, "tag_v2", {}).get(258)
-        if isinstance(bits, int):
-            bits = (bits,)
-        return bool(bits) and any(b == 16 for b in bits)
-    return False
-
-
-def _check_png_chunks(data: bytes) -> None:
-    """Walk the PNG chunks up to IEND checking lengths and CRCs (cheap: no decompression)."""
-    view = memoryview(data)
-    pos = 8
-    while True:
-        if pos + 12 > len(data):
-            raise ImageDecodeError("truncated image data (the file is incomplete)")
-        length, kind = struct.unpack(">I4s", view[pos : pos + 8])
-        end = pos + 12 + length
-        if end > len(data):
-            raise ImageDecodeError("truncated image data (the file is incomplete)")
-        (crc,) = struct.unpack(">I", view[end - 4 : end])
-        if zlib.crc32(view[pos + 4 : end - 4]) & 0xFFFFFFFF != crc:
-            name = kind.decode("latin-1") if kind.isalpha() else "a"
-            raise ImageDecodeError(f"corrupt PNG data (checksum error in {name} chunk)")
-        if kind == b"IEND":
-            return
-        pos = end
-
-
-def _decode_cv2(data: bytes, warns: list[str]) -> np.ndarray:
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        # IMREAD_UNCHANGED keeps 16 bits and alpha and ignores EXIF orientation (applied later).
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-    if arr is None or arr.size == 0:
-        raise _CV2DecodeFailed("cv2 could not decode the image")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    elif arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-    elif arr.shape[2] == 4:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
-    else:
-        raise _CV2DecodeFailed(f"unexpected channel count {arr.shape[2]}")
-    if arr.dtype not in (np.uint8, np.uint16):
-        arr = _to_uint16(arr, warns)
-    return np.ascontiguousarray(arr)
-
-
-def _pixels_from_pil(
-    im: PILImage.Image, icc: bytes | None, warns: list[str]
-) -> tuple[np.ndarray, bytes | None]:
-    """Pillow image (any mode) -> (H, W, C) uint8/uint16, and the ICC profile that now applies."""
-    mode = im.mode
-    has_key = "transparency" in im.info
-    if mode in ("RGB", "RGBA", "L") and not (has_key and mode != "RGBA"):
-        arr = np.asarray(im)
-    elif mode in ("RGB", "L"):  # tRNS colour key
-        arr = np.asarray(im.convert("RGBA"))
-        warns.append("transparent colour key converted to an alpha channel")
-    elif mode == "1":
-        arr = np.asarray(im.convert("L"))
-    elif mode.startswith("I;16"):
-        arr = np.asarray(im).astype(np.uint16)
-    elif mode in ("I", "F"):
-        arr = _to_uint16(np.asarray(im), warns)
-    elif mode in ("LA", "La"):
-        arr = np.asarray(im.convert("RGBA"))
-        warns.append("gray+alpha stored as RGBA")
-    elif mode in ("P", "PA"):
-        arr = _palette_pixels(im, warns)
-    elif mode == "CMYK":
-        arr, icc = _cmyk_pixels(im, icc, warns)
-    elif mode in ("RGBa", "RGBX"):
-        arr = np.asarray(im.convert("RGBA" if mode == "RGBa" else "RGB"))
-    else:  # YCbCr, LAB, HSV, exotic modes
-        arr = np.asarray(im.convert("RGB"))
-        warns.append(f"{mode} converted to RGB")
-        icc = None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return np.ascontiguousarray(arr), icc
-
-
-def _palette_pixels(im: PILImage.Image, warns: list[str]) -> np.ndarray:
-    transparent = im.mode == "PA" or "transparency" in im.info
-    if not transparent:
-        palette = im.getpalette("RGB")
-        if palette:
-            pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-            if (pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all():
-                warns.append("palette converted to gray")
-                return np.asarray(im.convert("L"))
-    warns.append("palette converted to RGBA" if transparent else "palette converted to RGB")
-    return np.asarray(im.convert("RGBA" if transparent else "RGB"))
-
-
-def _cmyk_pixels(
-    im: PILImage.Image, icc: bytes | None, warns: list[str]
-) -> tuple[np.ndarray, bytes | None]:
-    if icc and _icc_space(icc) == b"CMYK":
-        try:
-            srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            out = ImageCms.profileToProfile(im, src, srgb, outputMode="RGB")
-            if out is not None:
-                warns.append("CMYK converted to RGB (sRGB, using the embedded ICC profile)")
-                return np.asarray(out), srgb.tobytes()
-        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-            pass
-    warns.append("CMYK converted to RGB (approximate colours; CMYK ICC profile dropped)")
-    return np.asarray(im.convert("RGB")), None
-
-
-def _to_uint16(arr: np.ndarray, warns: list[str]) -> np.ndarray:
-    """32-bit int/float samples -> uint16 (floats in [0, 1] are scaled, others clipped)."""
-    if arr.dtype.kind == "f":
-        a = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=65535.0, neginf=0.0)
-        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-        if lo >= 0.0 and hi <= 1.0:
-            a = a * 65535.0
-        warns.append("32-bit float image converted to 16-bit")
-        return np.clip(np.rint(a), 0, 65535).astype(np.uint16)
-    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
-    if lo < 0 or hi > 65535:
-        warns.append("32-bit integer image clipped to 16-bit")
-    return np.clip(arr, 0, 65535).astype(np.uint16)
-
-
-def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """Same transforms as PIL.ImageOps.exif_transpose, on an (H, W, C) array."""
-    if orientation == 2:
-        out = pixels[:, ::-1]
-    elif orientation == 3:
-        out = pixels[::-1, ::-1]
-    elif orientation == 4:
-        out = pixels[::-1]
-    elif orientation == 5:
-        out = pixels.transpose(1, 0, 2)
-    elif orientation == 6:
-        out = np.rot90(pixels, -1)
-    elif orientation == 7:
-        out = pixels[::-1, ::-1].transpose(1, 0, 2)
-    elif orientation == 8:
-        out = np.rot90(pixels, 1)
-    else:
-        return pixels
-    return np.ascontiguousarray(out)
-
-
-def _collapse_gray(pixels: np.ndarray, icc: bytes | None) -> np.ndarray:
-    """WebP has no gray mode: an RGB WebP whose channels agree within 2 levels (what lossy
-    encoding of a gray image gives) is turned back into 1 channel."""
-    if pixels.shape[2] != 3 or (icc and _icc_space(icc) != b"GRAY"):
-        return pixels
-    p = pixels.astype(np.int16)
-    sample = p[::7, ::7]
-    for q in (sample, p):
-        if np.abs(q[..., 0] - q[..., 1]).max() > 2 or np.abs(q[..., 2] - q[..., 1]).max() > 2:
-            return pixels
-    gray = np.rint(pixels.mean(axis=2, keepdims=True))
-    return gray.astype(pixels.dtype)
-
-
-def _icc_space(icc: bytes) -> bytes:
-    return icc[16:20] if len(icc) >= 20 else b""
-
-
-def _matching_icc(icc: bytes | None, channels: int, warns: list[str] | None) -> bytes | None:
-    """Drop an ICC profile whose colour space does not describe `channels`-channel pixels."""
-    if not icc:
-        return None
-    space = _icc_space(icc)
-    ok = space == b"GRAY" if channels == 1 else space == b"RGB "
-    if ok:
-        return icc
-    if warns is not None:
-        warns.append(
-            f"ICC profile dropped (it is for {space.decode('latin-1').strip() or 'unknown'} "
-            f"data, the pixels are {'gray' if channels == 1 else 'RGB'})"
-        )
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -784,168 +439,23 @@ def encode_image(image: Image, fmt: str, quality: int = 95) -> bytes:
             f"{name.upper()} cannot store images over {limit} px a side (image is {w}x{h}); "
             "choose png or tiff"
         )
-    exif = _safe_exif(image.exif)
-    xmp = _xmp_reset_orientation(image.xmp) if image.xmp else None
+    exif = safe_exif(image.exif)
+    xmp = xmp_reset_orientation(image.xmp) if image.xmp else None
     try:
         if name == "png":
-            return _encode_png(px, image.icc_profile, exif, xmp)
+            return encode_png(px, image.icc_profile, exif, xmp)
         if name == "jpg":
-            return _encode_jpeg(px, int(quality), image.icc_profile, exif, xmp)
+            return encode_jpeg(px, int(quality), image.icc_profile, exif, xmp)
         if name == "webp":
-            return _encode_webp(px, int(quality), image.icc_profile, exif, xmp)
-        return _encode_tiff(px, image.icc_profile, exif, xmp)
+            return encode_webp(px, int(quality), image.icc_profile, exif, xmp)
+        return encode_tiff(px, image.icc_profile, exif, xmp)
     except (OSError, ValueError, TypeError, RuntimeError, struct.error, cv2.error) as e:
         reason = " ".join(str(e).split())
         raise F2SError(f"cannot encode {name.upper()}: {reason}") from e
 
 
-def _safe_exif(exif: bytes | None) -> bytes | None:
-    """EXIF with Orientation=1, or None when it is missing or too broken to rewrite (a bad
-    EXIF blob must not cost the user the output image)."""
-    if not exif:
-        return None
-    try:
-        return _exif_normalize(exif)
-    except _DECODE_ERRORS:
-        logger.debug("dropping EXIF that cannot be parsed (%d bytes)", len(exif))
-        return None
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))
-        + kind
-        + payload
-        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-    )
-
-
-def _encode_png(px: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: bytes | None) -> bytes:
-    # OpenCV's encoder with zlib level 1 + Z_RLE is ~1.5x faster than Pillow's (adaptive row
-    # filters) and handles 16-bit colour; metadata chunks are spliced in after IHDR.
-    channels = px.shape[2]
-    if channels == 1:
-        arr = px[:, :, 0]
-    elif channels == 3:
-        arr = cv2.cvtColor(px, cv2.COLOR_RGB2BGR)
-    else:
-        arr = cv2.cvtColor(px, cv2.COLOR_RGBA2BGRA)
-    params = [
-        cv2.IMWRITE_PNG_COMPRESSION,
-        1,
-        cv2.IMWRITE_PNG_STRATEGY,
-        cv2.IMWRITE_PNG_STRATEGY_RLE,
-    ]
-    ok, buf = cv2.imencode(".png", arr, params)
-    if not ok:
-        raise OSError("the PNG encoder failed")
-    png = buf.tobytes()
-    chunks = []
-    icc = _matching_icc(icc, channels, None)
-    if icc:
-        chunks.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
-    if exif:
-        chunks.append(_png_chunk(b"eXIf", exif[len(_EXIF_PREFIX) :]))
-    if xmp:
-        chunks.append(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp))
-    if not chunks:
-        return png
-    if png[8:16] != b"\x00\x00\x00\x0dIHDR":
-        raise OSError("unexpected PNG layout from the encoder")
-    return png[:33] + b"".join(chunks) + png[33:]
-
-
-def _to_uint8(px: np.ndarray) -> np.ndarray:
-    if px.dtype == np.uint8:
-        return px
-    return ((px.astype(np.uint32) + 128) // 257).astype(np.uint8)
-
-
-def _flatten_alpha(px8: np.ndarray) -> np.ndarray:
-    """RGBA uint8 -> RGB composited onto white."""
-    rgb = px8[:, :, :3].astype(np.uint16)
-    alpha = px8[:, :, 3:4].astype(np.uint16)
-    out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
-    return out.astype(np.uint8)
-
-
-def _encode_jpeg(
-    px: np.ndarray, quality: int, icc: bytes | None, exif: bytes | None, xmp: bytes | None
-) -> bytes:
-    px8 = _to_uint8(px)
-    if px8.shape[2] == 4:
-        px8 = _flatten_alpha(px8)
-    pil = PILImage.fromarray(px8[:, :, 0] if px8.shape[2] == 1 else px8)
-    kwargs: dict[str, object] = {"quality": quality}
-    icc = _matching_icc(icc, px8.shape[2], None)
-    if icc:
-        kwargs["icc_profile"] = icc
-    if exif and len(exif) <= _JPEG_MAX_APP1:
-        kwargs["exif"] = exif
-    if xmp and len(xmp) <= _JPEG_MAX_XMP:
-        kwargs["xmp"] = xmp
-    out = io.BytesIO()
-    pil.save(out, "JPEG", **kwargs)
-    return out.getvalue()
-
-
-def _encode_webp(
-    px: np.ndarray, quality: int, icc: bytes | None, exif: bytes | None, xmp: bytes | None
-) -> bytes:
-    px8 = _to_uint8(px)
-    if px8.shape[2] == 1:
-        px8 = np.repeat(px8, 3, axis=2)
-    pil = PILImage.fromarray(px8)
-    # method 2: ~2x faster than Pillow's default 4 at 1 MP, same size within a few %.
-    kwargs: dict[str, object] = {"quality": quality, "method": 2, "alpha_quality": 100}
-    icc = _matching_icc(icc, 3, None)
-    if icc:
-        kwargs["icc_profile"] = icc
-    if exif:
-        kwargs["exif"] = exif[len(_EXIF_PREFIX) :]
-    if xmp:
-        kwargs["xmp"] = xmp
-    out = io.BytesIO()
-    pil.save(out, "WEBP", **kwargs)
-    return out.getvalue()
-
-
-def _encode_tiff(px: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: bytes | None) -> bytes:
-    channels = px.shape[2]
-    if px.dtype == np.uint16 and channels != 1:
-        code = cv2.COLOR_RGB2BGR if channels == 3 else cv2.COLOR_RGBA2BGRA
-        params = [cv2.IMWRITE_TIFF_COMPRESSION, cv2.IMWRITE_TIFF_COMPRESSION_ADOBE_DEFLATE]
-        ok, buf = cv2.imencode(".tiff", cv2.cvtColor(px, code), params)
-        if not ok:
-            raise OSError("the TIFF encoder failed")
-        return buf.tobytes()
-    pil = PILImage.fromarray(px[:, :, 0] if channels == 1 else px)
-    tags = PILImage.Exif()
-    if exif:
-        try:
-            src = PILImage.Exif()
-            src.load(exif)
-            allowed = _exif_allowlisted(src)
-            if allowed:
-                tags.load(allowed)
-        except _DECODE_ERRORS:
-            logger.debug("dropping EXIF that cannot be rewritten as TIFF tags")
-            tags = PILImage.Exif()
-    if xmp:
-        tags[700] = xmp
-    # Uncompressed: Pillow only writes the Exif/GPS sub-IFDs (DateTimeOriginal, GPS) with its
-    # own writer; with libtiff (deflate, lzw) they fail to save.
-    kwargs: dict[str, object] = {"compression": "raw", "exif": tags}
-    icc = _matching_icc(icc, channels, None)
-    if icc:
-        kwargs["icc_profile"] = icc
-    out = io.BytesIO()
-    pil.save(out, "TIFF", **kwargs)
-    return out.getvalue()
-
-
 def _temp_name(path: Path) -> str:
-    suffix = f"{_TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    suffix = f"{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
     name = path.name
     # keep the temp name within the usual 255-byte limit even for very long target names
     while len(os.fsencode(f".{name}{suffix}")) > 255 and name:
@@ -991,41 +501,3 @@ def write_image(path: Path, image: Image, fmt: str, quality: int = 95) -> int:
     data = encode_image(image, fmt, quality)
     atomic_write_bytes(Path(path), data)
     return len(data)
-
-
-# --------------------------------------------------------------------------------------------
-# tensors
-
-
-def _max_value(dtype: np.dtype) -> float:
-    if dtype == np.uint8:
-        return 255.0
-    if dtype == np.uint16:
-        return 65535.0
-    raise ValueError(f"dtype must be uint8 or uint16, got {dtype}")
-
-
-def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """(H, W, C) uint8/uint16 -> (1, C, H, W) float32 in [0, 1], channel order kept."""
-    if pixels.ndim != 3:
-        raise ValueError(f"pixels must have shape (H, W, C), got {pixels.shape}")
-    scale = np.float32(1.0 / _max_value(pixels.dtype))
-    arr = pixels.transpose(2, 0, 1).astype(np.float32, order="C")
-    arr *= scale
-    return torch.from_numpy(arr).unsqueeze(0)
-
-
-def from_tensor(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    """(1, C, H, W) or (C, H, W) float in [0, 1] -> (H, W, C) uint8/uint16, rounded and clipped
-    (NaN -> 0)."""
-    dt = np.dtype(dtype)
-    max_value = _max_value(dt)
-    if t.dim() == 4:
-        if t.shape[0] != 1:
-            raise ValueError(f"expected a batch of 1, got shape {tuple(t.shape)}")
-        t = t[0]
-    if t.dim() != 3:
-        raise ValueError(f"expected (1, C, H, W) or (C, H, W), got shape {tuple(t.shape)}")
-    t = t.detach().to(device="cpu", dtype=torch.float32)
-    t = torch.nan_to_num(t, nan=0.0).clamp_(0.0, 1.0).mul_(max_value).round_()
-    return np.ascontiguousarray(t.permute(1, 2, 0).numpy().astype(dt))

@@ -22,9 +22,9 @@ from face2scene_cli.degradations.sampling import (
     image_seed,
 )
 from face2scene_cli.degradations.second_order import SecondOrderConfig
-from face2scene_cli.engine.local import LoadedImage, Processed
+from face2scene_cli.engine.job import LoadedImage, Processed
 from face2scene_cli.errors import F2SError
-from face2scene_cli.io.images import from_tensor, to_tensor
+from face2scene_cli.io.tensors import from_tensor, to_tensor
 
 # Bump when an algorithm change alters outputs, so resumed runs redo stale images.
 ALGORITHM_VERSION = 1

@@ -32,7 +32,7 @@ from face2scene_cli.faces.base import DetectedFace, FaceDetector
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.faces.gallery import Gallery, Match, Reference
 from face2scene_cli.faces.identity import create_identity_encoder
-from face2scene_cli.io.images import to_tensor
+from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.restorers.face.base import FaceRestorer
 
 # FaDeX reads native crops of at least this side; smaller faces take more context around them.

@@ -21,14 +21,15 @@ import torch
 
 from face2scene_cli.archs.fadex import load_fadex
 from face2scene_cli.config import RestoreConfig
-from face2scene_cli.engine.local import ExtraOutput, LoadedImage, Processed
+from face2scene_cli.engine.job import ExtraOutput, LoadedImage, Processed
 from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.faces.align import FaceAligner, estimate_similarity, ffhq_template
 from face2scene_cli.faces.base import DetectedFace
 from face2scene_cli.faces.detect import resolve_detector_name
 from face2scene_cli.faces.paste import paste_faces
 from face2scene_cli.hashing import json_sha256
-from face2scene_cli.io.images import Image, from_tensor, to_tensor
+from face2scene_cli.io.images import Image
+from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.pipelines.reading import (
     DegradationReader,
     FaceDegradation,

@@ -42,7 +42,7 @@ def degrade_code(
 
     [bold]Examples[/bold]: f2s degrade-code img.jpg · f2s degrade-code ./photos --json
     """
-    from face2scene_cli.engine.local import find_images, relative_key
+    from face2scene_cli.engine.plan import find_images, relative_key
     from face2scene_cli.io.images import read_image
     from face2scene_cli.pipelines.restore import Face2ScenePipeline
 

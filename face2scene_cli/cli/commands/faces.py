@@ -76,7 +76,7 @@ def faces(
     if show_config:
         print_config(cfg)
         return
-    from face2scene_cli.engine.local import find_images
+    from face2scene_cli.engine.plan import find_images
     from face2scene_cli.faces.align import FaceAligner
     from face2scene_cli.io.images import read_image
     from face2scene_cli.pipelines.reading import FaceFinder

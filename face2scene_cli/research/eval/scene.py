@@ -51,7 +51,8 @@ from face2scene_cli.degradations.sampling import DegradationDistribution, apply,
 from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.faces.detect import as_rgb_uint8
-from face2scene_cli.io.images import atomic_write_bytes, read_image, to_tensor
+from face2scene_cli.io.images import atomic_write_bytes, read_image
+from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.pipelines.reading import DegradationReader
 from face2scene_cli.research.metrics import psnr, ssim_map, ssim_map_mean
 from face2scene_cli.restorers.scene import SceneRestorer
@@ -769,7 +770,8 @@ Face2Scene: restores the whole photo, conditioned on the degradation read off a 
 
 
 def _photo_tensor(name: str) -> torch.Tensor:
-    from face2scene_cli.io.images import read_image, to_tensor
+    from face2scene_cli.io.images import read_image
+    from face2scene_cli.io.tensors import to_tensor
     from face2scene_cli.research.sample_data import all_photos
 
     for p in all_photos():
