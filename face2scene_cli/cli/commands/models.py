@@ -204,7 +204,6 @@ def analyze(
         Path,
         typer.Option(
             "--splits",
-            exists=True,
             dir_okay=False,
             rich_help_panel=SCENE,
             help="The split manifest whose VAL photos are evaluated.",
