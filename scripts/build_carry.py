@@ -6,8 +6,8 @@ The device machine (see DEVELOPERS.md / the device tool's README) has Python 3.1
 
 ``build`` (here, with network access to PyPI):
 
-* ``carry/wheels/``: py3.12 wheels of what the device lacks (diffusers and importlib_metadata,
-  pure-Python, ``pip download --no-deps``);
+* ``carry/wheels/``: py3.12 wheels of what the device lacks (diffusers, importlib_metadata and
+  the command line's typer / click / rich / pydantic, ``pip download --no-deps``);
 * ``carry/shard/``: a slice of a training cache (pre-degraded uint8 regions, their face-sized
   LQ / blind-restored crops, degradation records and cached FaDeX maps when present), sized
   so the whole call stays under the limit (``--shard-index`` picks another slice for the
@@ -48,7 +48,23 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_MIB = 64.0
 PART_MIB = 15.0
-WHEELS = ("diffusers", "importlib_metadata")
+#: What the device lacks: diffusers, and the f2s command line (``python3 -m face2scene_cli``).
+WHEELS = (
+    "diffusers",
+    "importlib_metadata",
+    "typer",
+    "click",
+    "rich",
+    "markdown_it_py",
+    "mdurl",
+    "pygments",
+    "shellingham",
+    "annotated_doc",
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "typing_inspection",
+)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 

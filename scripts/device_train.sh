@@ -5,7 +5,7 @@
 # `carry: ["carry"]`); models/scene-embedded and models/fadex-s travel with the working tree.
 # Writes <= 8 files of <= 15 MiB to $OUT; merge them here with
 #   python scripts/build_carry.py merge <files_at>
-# then score with `python -m face2scene_cli.research.eval.scene --model runs/scene-gpu/export` before
+# then score with `f2s models analyze runs/scene-gpu/export` before
 # replacing the shipped weights. Works with the device's Python 3.12 + torch 2.11.
 set -euo pipefail
 MINUTES=${1:-7}
@@ -16,8 +16,8 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 CONDITION=$(cat carry/condition)
 INIT=()
 if [ -f models/scene-embedded/scene.json ]; then INIT=(--set train.init_from=models/scene-embedded); fi
-python3 -m face2scene_cli.research.train.scene --config configs/scene.yaml \
-  --set data.cache_from=carry/shard --set train.device=cuda --set "train.max_minutes=$MINUTES" \
+python3 -m face2scene_cli train scene --config configs/scene.yaml \
+  --set data.cache_from=carry/shard --device cuda --wall-limit "$MINUTES" \
   --set "train.condition=$CONDITION" --set train.batch=64 --set train.crop=128 \
   --set train.threads=8 --set train.warmup_steps=50 --set val.enabled=false \
   --set logging.run_dir=/tmp/scene-run --set logging.export_to=/tmp/scene-export \

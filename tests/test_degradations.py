@@ -568,8 +568,8 @@ def test_training_configs_share_the_block(tmp_path: Path) -> None:
     import yaml
 
     from face2scene_cli.research.train.data import FADEX_DEGRADATIONS
-    from face2scene_cli.research.train.fadex import load_train_config
-    from face2scene_cli.research.train.scene import SCENE_DEGRADATIONS, load_scene_config
+    from face2scene_cli.research.train.fadex_config import load_train_config
+    from face2scene_cli.research.train.scene_config import SCENE_DEGRADATIONS, load_scene_config
 
     root = Path(__file__).resolve().parent.parent / "configs"
     assert load_train_config(root / "fadex.yaml").data.degradation == FADEX_DEGRADATIONS

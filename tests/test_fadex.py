@@ -25,17 +25,15 @@ from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.degradations.second_order import SecondOrderConfig, sample_second_order
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
 from face2scene_cli.research.train.data import degradation_labels, load_splits
-from face2scene_cli.research.train.fadex import (
+from face2scene_cli.research.train.fadex import supcon_loss, warm_start
+from face2scene_cli.research.train.fadex_config import load_train_config
+from face2scene_cli.research.train.fadex_eval import (
     FIG3_OPERATORS,
-    _load_checkpoint,
-    _save_checkpoint,
     build_val_set,
     evaluate_fadex,
-    load_train_config,
     plot_fig3,
-    supcon_loss,
-    warm_start,
 )
 from face2scene_cli.restorers.face.base import BlindFaceRestorer
 from face2scene_cli.zoo import require_model
@@ -175,13 +173,13 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         opt.zero_grad()
         m(lq, hq).noise_sigma.sum().backward()
         opt.step()
-    _save_checkpoint(tmp_path / "ck", m, opt, {"step": 2, "wall_s": 1.0})
+    save_checkpoint(tmp_path / "ck", m, opt, {"step": 2, "wall_s": 1.0})
     assert not list(tmp_path.glob("ck/*.pt")) and not list(tmp_path.glob("ck/*.pkl"))
     expected_rand = torch.rand(3)
     m2 = _tiny(9).train()
     opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
     torch.manual_seed(123)
-    meta = _load_checkpoint(tmp_path / "ck", m2, opt2)
+    meta = load_checkpoint(tmp_path / "ck", m2, opt2)
     assert meta["step"] == 2
     assert torch.equal(torch.rand(3), expected_rand)
     for p, q in zip(m.parameters(), m2.parameters(), strict=True):

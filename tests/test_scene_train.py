@@ -12,12 +12,8 @@ import yaml
 from face2scene_cli.archs.fadex import FaDeX, fadex_tiny
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
-from face2scene_cli.research.train.scene import (
-    DataSection,
-    load_scene_config,
-    restoration_loss,
-    train_scene,
-)
+from face2scene_cli.research.train.scene import restoration_loss, train_scene
+from face2scene_cli.research.train.scene_config import DataSection, load_scene_config
 from face2scene_cli.restorers.scene import SceneRestorer
 from face2scene_cli.zoo import read_model_info, verify_model, write_metadata
 
@@ -116,7 +112,7 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     # resume continues the step count
-    cfg = load_scene_config(cfg_path, train={"steps": 3})
+    cfg = load_scene_config(cfg_path, {"train.steps": 3})
     assert train_scene(cfg, resume=True)["steps"] == 3
     # the export is a verified zoo folder that records the FaDeX it was trained with
     info = read_model_info(tmp_path / "export")
@@ -132,18 +128,18 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
 def test_warm_start_adds_a_refinement_and_refuses_other_mismatches(tmp_path: Path) -> None:
     from face2scene_cli.archs.mapnet import mapnet_tiny
     from face2scene_cli.errors import ConfigError
-    from face2scene_cli.research.train.scene import _ckpt_modules, _load_warm
+    from face2scene_cli.research.train.scene import load_warm, scene_modules
     from face2scene_cli.restorers.scene import scene_tiny
 
     torch.manual_seed(0)
-    old = _ckpt_modules(scene_tiny(), mapnet_tiny(cross_attention_dim=16))
-    new = _ckpt_modules(scene_tiny(refine_channels=8), mapnet_tiny(cross_attention_dim=16))
-    _load_warm(new, old.state_dict(), tmp_path)
+    old = scene_modules(scene_tiny(), mapnet_tiny(cross_attention_dim=16))
+    new = scene_modules(scene_tiny(refine_channels=8), mapnet_tiny(cross_attention_dim=16))
+    load_warm(new, old.state_dict(), tmp_path)
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():  # the zero-initialised refinement starts where the old net was
         assert torch.equal(new["net"](x), old["net"](x))
     with pytest.raises(ConfigError, match="does not fit"):
-        _load_warm(old, new.state_dict(), tmp_path)
+        load_warm(old, new.state_dict(), tmp_path)
 
 
 def test_code_condition_needs_dropout_and_fadex(tmp_path: Path) -> None:
@@ -158,14 +154,9 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
     from face2scene_cli.archs.mapnet import mapnet_tiny
     from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.pipelines.reading import DegradationReader
-    from face2scene_cli.research.eval.scene import (
-        EvalConfig,
-        EvalModels,
-        degraded_items,
-        evaluate,
-        targets,
-        to_markdown,
-    )
+    from face2scene_cli.research.eval.items import EvalConfig, degraded_items
+    from face2scene_cli.research.eval.scene import EvalModels, evaluate
+    from face2scene_cli.research.eval.tables import targets, to_markdown
     from face2scene_cli.research.sample_data import package_photos
     from face2scene_cli.restorers.face.base import BlindFaceRestorer
     from face2scene_cli.restorers.scene import RestoreSettings, scene_tiny

@@ -61,7 +61,8 @@ COMMANDS: dict[str, CommandEntry] = {
         "List the faces in photos: box, score, matched person, similarity, chosen references.",
     ),
     "models": CommandEntry(
-        "face2scene_cli.cli.commands.models:app", "List and verify the shipped models."
+        "face2scene_cli.cli.commands.models:app",
+        "List, verify and analyze the shipped models.",
     ),
     "report": CommandEntry(
         "face2scene_cli.cli.commands.report:app", "Work with run reports and summaries."
@@ -84,6 +85,10 @@ COMMANDS: dict[str, CommandEntry] = {
     "eval": CommandEntry(
         "face2scene_cli.cli.commands.evaluate:evaluate",
         "Score every restorer side by side on the same degraded photos.",
+    ),
+    "eval-faces": CommandEntry(
+        "face2scene_cli.cli.commands.eval_faces:eval_faces",
+        "Measure blind vs reference-guided face restoration on the shipped people photos.",
     ),
 }
 """Every ``f2s`` command. A test checks each summary against the loaded command's help."""

@@ -6,13 +6,15 @@ layer can tell "not given" from a value: defaults < ``--config`` file < environm
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from face2scene_cli.config import ENGINES, OUTPUT_FORMATS
+from face2scene_cli.errors import ConfigError
 
 IO = "Input / output"
 RUN = "Run"
@@ -285,6 +287,55 @@ RunDir = Annotated[
         "--run-dir", rich_help_panel=TRAIN_RUN, help="Override logging.run_dir.", show_default=False
     ),
 ]
+WallLimit = Annotated[
+    float | None,
+    typer.Option(
+        "--wall-limit",
+        min=0.1,
+        rich_help_panel=TRAIN_RUN,
+        metavar="MINUTES",
+        help="Stop cleanly after this many minutes of wall clock (checkpoint, validation); "
+        "the learning-rate decay follows the limit.",
+        show_default=False,
+    ),
+]
+Set = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        rich_help_panel=TRAIN_RUN,
+        metavar="SECTION.KEY=VALUE",
+        help="Override one config key with a YAML value (repeatable), e.g. --set "
+        "val.every_steps=250; the named flags win over it.",
+        show_default=False,
+    ),
+]
+ComputeThreads = Annotated[
+    int, typer.Option("--threads", min=1, rich_help_panel=TRAIN_RUN, help="torch CPU threads.")
+]
+
+
+def parse_set(items: list[str] | None, flags: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """``--set`` items ``KEY=VALUE`` as ``{KEY: yaml.safe_load(VALUE)}`` (a later item wins),
+    then ``flags`` (config key -> a named flag's value, None = not given) over them.
+
+    Raises:
+        ConfigError: an item without ``=`` or a key, or a value that is not YAML.
+    """
+    import yaml
+
+    found: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            found[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not YAML ({err})") from err
+    found.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return found
+
 
 Tile = Annotated[
     int | None,

@@ -108,6 +108,13 @@ def configure_logging(debug: bool) -> None:
     )
 
 
+def research_logging() -> None:
+    """Training and evaluation runs last long: their progress (the ``research`` package's
+    INFO logs) goes to stderr, other libraries' at WARNING."""
+    configure_logging(False)
+    logging.getLogger("face2scene_cli.research").setLevel(logging.INFO)
+
+
 # Command parameters named differently from the settings field they set.
 _PARAM_ALIASES = {"fmt": "format"}
 

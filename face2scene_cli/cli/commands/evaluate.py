@@ -13,7 +13,15 @@ from face2scene_cli.cli import options as o
 from face2scene_cli.cli.runner import configure_logging, diag, step_progress
 from face2scene_cli.config import BatchConfig
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.research.eval import scene as ev
+from face2scene_cli.research.eval.items import (
+    EvalConfig,
+    degraded_items,
+    find_images,
+    paired_items,
+)
+from face2scene_cli.research.eval.scene import evaluate as run_evaluation
+from face2scene_cli.research.eval.scene import load_models
+from face2scene_cli.research.eval.tables import write_results
 
 DATA = "Data"
 RUN = "Run"
@@ -70,7 +78,7 @@ def evaluate(
             rich_help_panel=DATA,
             help="Area-downscale clean photos to this long side first (0 = keep).",
         ),
-    ] = ev.EvalConfig.long_side,
+    ] = EvalConfig.long_side,
     seed: o.Seed = None,
     nlm_h: Annotated[
         list[int] | None,
@@ -110,12 +118,12 @@ def evaluate(
     paired = (data / "clean").is_dir() and (data / "degraded").is_dir()
     if paired and (preset or second_order):
         raise ConfigError(f"{data} is a paired folder: --preset / --second-order do not apply")
-    cfg = ev.EvalConfig(
+    cfg = EvalConfig(
         long_side=0 if paired else long_side,
-        presets=tuple(preset) if preset is not None else ev.EvalConfig.presets,
-        second_order=ev.EvalConfig.second_order if second_order is None else second_order,
+        presets=tuple(preset) if preset is not None else EvalConfig.presets,
+        second_order=EvalConfig.second_order if second_order is None else second_order,
         seed=seed or 0,
-        nlm_h=tuple(nlm_h) if nlm_h else ev.EvalConfig.nlm_h,
+        nlm_h=tuple(nlm_h) if nlm_h else EvalConfig.nlm_h,
         tile=tile,
     )
     out = out or data.with_name(data.name + "_eval")
@@ -123,17 +131,17 @@ def evaluate(
     torch.set_num_threads(n)
     cv2.setNumThreads(n)
     if paired:
-        items = ev.paired_items(data)
+        items = paired_items(data)
     else:
-        found = [p for p in ev.find_images(data) if out.resolve() not in p.resolve().parents]
+        found = [p for p in find_images(data) if out.resolve() not in p.resolve().parents]
         sources = [(p.relative_to(data).as_posix(), p) for p in found]
         if not sources:
             raise ConfigError(f"{data}: no images found")
-        items = ev.degraded_items(sources, cfg)
-    models = ev.load_models(load_scene_restorer(scene_model), detector, min_face)
+        items = degraded_items(sources, cfg)
+    models = load_models(load_scene_restorer(scene_model), detector, min_face)
     with step_progress(3 * len(items), quiet) as tick:
-        result = ev.evaluate(items, models, cfg, nlm_cache=out / "nlm-cache.json", progress=tick)
-    paths = ev.write_results(out, result)
+        result = run_evaluation(items, models, cfg, nlm_cache=out / "nlm-cache.json", progress=tick)
+    paths = write_results(out, result)
     typer.echo((out / "results.md").read_text(encoding="utf-8"), nl=False)
     if not quiet:
         diag("info", f"{len(items)} items -> " + ", ".join(str(p) for p in paths))

@@ -1,4 +1,4 @@
-"""``f2s models list|verify``: the model zoo and its integrity."""
+"""``f2s models list|verify|fetch|analyze``: the model zoo, its integrity, its scores."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from face2scene_cli.cli.options import Json
-from face2scene_cli.cli.runner import cli_errors
+from face2scene_cli.cli.runner import cli_errors, research_logging
 from face2scene_cli.errors import ConfigError, ExitCode
 from face2scene_cli.external import fetch_insightface_pack
-from face2scene_cli.zoo import ModelInfo, list_models, models_dir, verify_model
+from face2scene_cli.zoo import ModelInfo, list_models, models_dir, require_model, verify_model
 
 app = typer.Typer(
-    help="List and verify the shipped models.", no_args_is_help=True, rich_markup_mode="rich"
+    help="List, verify and analyze the shipped models.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
 stdout = Console(highlight=False)
 
@@ -127,10 +129,30 @@ def fetch(
     typer.echo(f"insightface pack ready in {folder}")
 
 
+SCENE = "Scene model"
+
+
+def _resolve(name: str) -> ModelInfo:
+    """The verified model NAME: a model folder when NAME is a directory (a training run's
+    export), else a zoo model."""
+    folder = Path(name)
+    if folder.is_dir():
+        if not (folder / "metadata.json").is_file():
+            raise ConfigError(
+                f"{folder}: no metadata.json; analyze reads a model folder (a zoo model or a "
+                "training run's export), not a checkpoint"
+            )
+        return require_model(folder.name, folder.parent)
+    return require_model(name)
+
+
 @app.command("analyze")
 @cli_errors
 def analyze(
-    name: Annotated[str, typer.Argument(help="A FaDeX model of the zoo.")] = "fadex-s",
+    name: Annotated[
+        str,
+        typer.Argument(help="A zoo model (FaDeX or scene) or a model folder (a run's export)."),
+    ] = "fadex-s",
     config: Annotated[
         Path,
         typer.Option(
@@ -138,35 +160,143 @@ def analyze(
             "-c",
             exists=True,
             dir_okay=False,
-            help="Training YAML whose val section and split define the held-out set.",
+            help="FaDeX: training YAML whose val section and split define the held-out set.",
         ),
     ] = Path("configs/fadex.yaml"),
     out: Annotated[
-        Path, typer.Option("--out", "-o", file_okay=False, help="Where the table and plot go.")
-    ] = Path("fadex-analysis"),
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            file_okay=False,
+            help="Where table.json (and FaDeX's fig3.png) go. "
+            "[default: fadex-analysis, or runs/eval-scene for a scene model]",
+            show_default=False,
+        ),
+    ] = None,
     json_output: Json = False,
+    card: Annotated[
+        bool,
+        typer.Option("--card", rich_help_panel=SCENE, help="Write the model card (README.md) too."),
+    ] = False,
+    speed: Annotated[
+        bool,
+        typer.Option(
+            "--speed", rich_help_panel=SCENE, help="Only time the restorer on a real photo."
+        ),
+    ] = False,
+    photo: Annotated[
+        str, typer.Option("--photo", rich_help_panel=SCENE, help="--speed: the sample photo.")
+    ] = "mate/storm",
+    megapixels: Annotated[
+        float,
+        typer.Option(
+            "--megapixels",
+            min=0.0,
+            rich_help_panel=SCENE,
+            help="--speed: resize the photo to this many megapixels first (0 = keep).",
+        ),
+    ] = 0.0,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, rich_help_panel=SCENE, help="--speed: runs timed.")
+    ] = 3,
+    splits: Annotated[
+        Path,
+        typer.Option(
+            "--splits",
+            dir_okay=False,
+            rich_help_panel=SCENE,
+            help="The split manifest whose VAL photos are evaluated.",
+        ),
+    ] = Path("data/splits.yaml"),
+    long_side: Annotated[
+        int | None,
+        typer.Option(
+            "--long-side",
+            min=0,
+            rich_help_panel=SCENE,
+            help="Area-downscale the VAL photos to this long side (0 = keep). [default: 512]",
+            show_default=False,
+        ),
+    ] = None,
+    nlm_cache: Annotated[
+        Path,
+        typer.Option(
+            "--nlm-cache",
+            dir_okay=False,
+            rich_help_panel=SCENE,
+            help="NLM scores kept between runs (keyed by the images' content).",
+        ),
+    ] = Path("runs/eval-nlm-cache.json"),
+    threads: Annotated[
+        int, typer.Option("--threads", min=1, rich_help_panel=SCENE, help="torch/OpenCV threads.")
+    ] = 2,
 ) -> None:
-    """The paper's Fig. 3 on held-out crops: do codes capture degradation, not content?
+    """Score a model on held-out photos: FaDeX's Fig. 3 check, or a scene model's card.
 
-    Degrades the held-out photos of the split with 8 clearly different operators, restores
-    the crops with the blind restorer and compares FaDeX's codes: mean cosine for the same
-    degradation on different images (target >= 0.85) and mean |cosine| for the same image
-    under different degradations (target <= 0.15), plus estimate errors per degradation type.
-    Writes fig3.png and table.json to --out.
+    What runs follows the model's task (its metadata).
+
+    FaDeX, the paper's Fig. 3 (do codes capture degradation, not content?): the held-out
+    photos of the split under 8 clearly different operators, restored blind; mean cosine of
+    the codes for the same degradation on different images (target >= 0.85) and mean
+    |cosine| for the same image under different degradations (target <= 0.15), plus the
+    estimate errors per degradation type. Writes fig3.png and table.json to --out.
+
+    A scene model, the model card's evaluation: the VAL photos under the f2s eval
+    degradations, every variant scored, the targets and the tile check. The Markdown table
+    goes to stdout, table.json to --out, the card (README.md) to the model folder with --card.
     """
+    from face2scene_cli.research.train.fadex_export import FADEX_TASK
+    from face2scene_cli.research.train.scene_export import SCENE_TASK
+
+    info = _resolve(name)
+    if info.task == FADEX_TASK:
+        given = [flag for flag, on in (("--card", card), ("--speed", speed)) if on]
+        if given:
+            raise ConfigError(f"{' and '.join(given)}: for a scene model; {name} is a FaDeX")
+        _analyze_fadex(info, config, out or Path("fadex-analysis"), json_output)
+        return
+    if info.task != SCENE_TASK:
+        raise ConfigError(
+            f"{name}: task {info.task!r}; analyze knows FaDeX ({FADEX_TASK!r}) and scene "
+            f"models ({SCENE_TASK!r})"
+        )
+    import cv2
+    import torch
+
+    from face2scene_cli.io.images import atomic_write_bytes
+    from face2scene_cli.research.eval import scene_card
+    from face2scene_cli.restorers.scene import load_scene_restorer
+
+    research_logging()
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    restorer = load_scene_restorer(info.folder.name, root=info.folder.parent)
+    if speed:
+        typer.echo(json.dumps(scene_card.speed_check(restorer, photo, megapixels, repeats)))
+        return
+    doc, markdown = scene_card.card_evaluation(restorer, splits, long_side, nlm_cache)
+    out = out or Path("runs/eval-scene")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "table.json", (json.dumps(doc, indent=1) + "\n").encode())
+    if card:
+        from face2scene_cli.research.eval.tables import write_card
+
+        write_card(info.folder, markdown)
+    typer.echo(json.dumps(doc, indent=2) if json_output else markdown, nl=json_output)
+
+
+def _analyze_fadex(info: ModelInfo, config: Path, out: Path, json_output: bool) -> None:
+    """Fig. 3 and the estimate errors of the FaDeX ``info`` on the held-out crops of
+    ``config``'s split: fig3.png and table.json to ``out``, the summary (or table) on stdout."""
     from face2scene_cli.archs.fadex import load_fadex
     from face2scene_cli.research.train.data import load_splits
-    from face2scene_cli.research.train.fadex import (
-        build_val_set,
-        evaluate_fadex,
-        load_train_config,
-        plot_fig3,
-    )
+    from face2scene_cli.research.train.fadex_config import load_train_config
+    from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, plot_fig3
 
     cfg = load_train_config(config)
-    table = evaluate_fadex(
-        load_fadex(name), build_val_set(cfg, load_splits(Path(cfg.data.splits))["val"])
-    )
+    model = load_fadex(info.folder.name, info.folder.parent)
+    table = evaluate_fadex(model, build_val_set(cfg, load_splits(Path(cfg.data.splits))["val"]))
     table = {k: v for k, v in table.items() if k != "crop_sources"}
     out.mkdir(parents=True, exist_ok=True)
     plot_fig3(table, out / "fig3.png")

@@ -1,4 +1,4 @@
-"""``f2s train fadex``: train FaDeX from a YAML config (see ``configs/fadex.yaml``)."""
+"""``f2s train fadex|fadex-heads|scene``: train f2s networks from YAML configs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from face2scene_cli.cli import options as o
 from face2scene_cli.cli.commands.train_scene import train_scene
-from face2scene_cli.cli.runner import cli_errors
+from face2scene_cli.cli.runner import cli_errors, research_logging
 
 app = typer.Typer(help="Train f2s networks from YAML configs.", no_args_is_help=True)
 
@@ -48,31 +48,22 @@ def train_fadex(
             show_default=False,
         ),
     ] = None,
-    wall_limit: Annotated[
-        float | None,
-        typer.Option(
-            "--wall-limit",
-            min=1,
-            rich_help_panel=o.TRAIN_RUN,
-            help="Stop after this many minutes (the LR schedule follows the limit).",
-            show_default=False,
-        ),
-    ] = None,
+    wall_limit: o.WallLimit = None,
+    sets: o.Set = None,
 ) -> None:
     """Train FaDeX (SupCon + regression) on crops of the training photos; best-validation
     weights go to RUN_DIR/best, the table to RUN_DIR/best/val_table.json."""
-    from face2scene_cli.research.train.fadex import load_train_config
     from face2scene_cli.research.train.fadex import train_fadex as run
+    from face2scene_cli.research.train.fadex_config import load_train_config
 
-    cfg = load_train_config(config)
-    if steps is not None:
-        cfg = cfg.replace("train", steps=steps)
-    if device is not None:
-        cfg = cfg.replace("train", device=device.value)
-    if run_dir is not None:
-        cfg = cfg.replace("logging", run_dir=str(run_dir))
-    if init_from is not None:
-        cfg = cfg.replace("network", init_from=str(init_from))
+    flags = {
+        "train.steps": steps,
+        "train.device": device.value if device else None,
+        "logging.run_dir": str(run_dir) if run_dir else None,
+        "network.init_from": str(init_from) if init_from else None,
+    }
+    cfg = load_train_config(config, o.parse_set(sets, flags))
+    research_logging()
     result = run(cfg, resume=resume, wall_limit_s=None if wall_limit is None else wall_limit * 60)
     summary = (result.best_table or {}).get("summary", {})
     typer.echo(
@@ -122,15 +113,29 @@ def train_fadex_heads(
         float | None,
         typer.Option("--align-weight", min=0.0, help="(1 - cos)^2 weight [default: 2]."),
     ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            rich_help_panel=o.TRAIN_RUN,
+            metavar="KEY=VALUE",
+            help="Override one heads setting with a YAML value (repeatable), e.g. --set "
+            "views=4; the named flags win over it.",
+            show_default=False,
+        ),
+    ] = None,
+    threads: o.ComputeThreads = 1,
 ) -> None:
     """Retrain FaDeX's code and regression heads on its frozen encoder (cached descriptors);
     the weights go to RUN_DIR/heads-<time>, with their table on crops of TRAINING photos."""
+    from face2scene_cli.research.train.data import config_section
     from face2scene_cli.research.train.fadex_heads import HeadsConfig, run_heads
 
-    given = {"groups": groups, "steps": steps, "orth_weight": orth_weight}
-    given["align_weight"] = align_weight
-    hc = HeadsConfig(**{k: v for k, v in given.items() if v is not None})
-    typer.echo(json.dumps(run_heads(config, source, run_dir, hc), indent=2))
+    flags = {"groups": groups, "steps": steps, "orth_weight": orth_weight}
+    flags["align_weight"] = align_weight
+    hc = config_section(HeadsConfig, o.parse_set(sets, flags), "the heads settings")
+    research_logging()
+    typer.echo(json.dumps(run_heads(config, source, run_dir, hc, threads), indent=2))
 
 
 app.command("scene")(train_scene)

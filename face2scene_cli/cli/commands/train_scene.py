@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from face2scene_cli.cli import options as o
-from face2scene_cli.cli.runner import cli_errors
+from face2scene_cli.cli.runner import cli_errors, diag, research_logging
 
 
 class Condition(str, Enum):
@@ -41,36 +41,32 @@ def train_scene(
             help="Warm-start from a run's checkpoint folder (e.g. the blind phase).",
         ),
     ] = None,
+    wall_limit: o.WallLimit = None,
     minutes: Annotated[
         float | None,
-        typer.Option(
-            "--minutes",
-            min=0.1,
-            rich_help_panel=o.TRAIN_RUN,
-            show_default=False,
-            help="Override train.max_minutes (wall clock, cache building included).",
-        ),
+        typer.Option("--minutes", min=0.1, hidden=True, help="Deprecated: --wall-limit."),
     ] = None,
     device: o.TrainingDevice = None,
     run_dir: o.RunDir = None,
+    sets: o.Set = None,
 ) -> None:
     """Train MapNet + the scene network on degraded crops of the training photos; the best
     validation weights are exported to logging.export_to (a model folder with metadata and
-    card). Touch RUN_DIR/STOP to end a run cleanly."""
-    from face2scene_cli.research.train.scene import load_scene_config
+    card). --wall-limit sets train.max_minutes (cache building included). Touch RUN_DIR/STOP
+    to end a run cleanly."""
     from face2scene_cli.research.train.scene import train_scene as run
+    from face2scene_cli.research.train.scene_config import load_scene_config
 
-    train: dict[str, object] = {}
-    if condition is not None:
-        train["condition"] = condition.value
-    if init_from is not None:
-        train["init_from"] = str(init_from)
     if minutes is not None:
-        train["max_minutes"] = minutes
-    if device is not None:
-        train["device"] = device.value
-    overrides: dict[str, dict[str, object]] = {"train": train}
-    if run_dir is not None:
-        overrides["logging"] = {"run_dir": str(run_dir)}
-    result = run(load_scene_config(config, **overrides), resume=resume)
-    typer.echo(json.dumps(result, indent=2))
+        diag("warning", "--minutes is deprecated for train scene: use --wall-limit")
+        wall_limit = minutes if wall_limit is None else wall_limit
+    flags = {
+        "train.condition": condition.value if condition else None,
+        "train.init_from": str(init_from) if init_from else None,
+        "train.max_minutes": wall_limit,
+        "train.device": device.value if device else None,
+        "logging.run_dir": str(run_dir) if run_dir else None,
+    }
+    cfg = load_scene_config(config, o.parse_set(sets, flags))
+    research_logging()
+    typer.echo(json.dumps(run(cfg, resume=resume), indent=2))

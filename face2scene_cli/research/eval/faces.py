@@ -20,19 +20,16 @@ face mask (:func:`face2scene_cli.faces.paste.face_mask` > 0.5), and the dlib ide
 distance between the restored and the ground-truth face (lower is closer; 0.6 is dlib's
 same-person threshold).
 
-    python -m face2scene_cli.research.eval.faces            # table on stdout
-    python -m face2scene_cli.research.eval.faces --json out.json
+    f2s eval-faces                    # table on stdout
+    f2s eval-faces --json out.json    # and the rows and tables as JSON
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -63,7 +60,7 @@ __all__ = [
     "degrade_photo",
     "evaluate",
     "format_table",
-    "main",
+    "run",
     "self_references",
     "summarise",
 ]
@@ -350,31 +347,19 @@ def format_table(table: dict[str, dict[str, float]], key: str) -> str:
     return head + "\n".join(lines) + notes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m face2scene_cli.research.eval.faces [--json PATH] [--no-identity-gate]``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the rows and tables here")
-    parser.add_argument("--size", type=int, default=512, help="aligned face size (px)")
-    parser.add_argument(
-        "--ablation", action="store_true", help="also run ref-guided without its identity gate"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(1)
-    cases, refs = build_cases(create_detector("auto"), FaceAligner(args.size))
+def run(size: int = 512, ablation: bool = False) -> dict[str, Any]:
+    """The whole measurement (``f2s eval-faces``): cases from the shipped people photos,
+    faces aligned at ``size`` px, the reference-guided restorer (and, with ``ablation``, the
+    same without its identity gate) against blind.
+
+    Returns:
+        ``{"rows": evaluate(...) rows, "tables": {restorer key: summarise(...)}}``.
+    """
+    cases, refs = build_cases(create_detector("auto"), FaceAligner(size))
     restorers = {"ref-guided": create_face_restorer("ref-guided")}
-    if args.ablation:
+    if ablation:
         restorers["ref-guided (no identity gate)"] = create_face_restorer(
             "ref-guided", identity=None
         )
     rows = evaluate(cases, refs, restorers)
-    tables = {key: summarise(rows, key) for key in restorers}
-    for key, table in tables.items():
-        sys.stdout.write(format_table(table, key) + "\n\n")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "tables": tables}, indent=1, default=float))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return {"rows": rows, "tables": {key: summarise(rows, key) for key in restorers}}

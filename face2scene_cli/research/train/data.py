@@ -31,6 +31,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,12 @@ __all__ = [
     "PhotoBank",
     "config_section",
     "degradation_labels",
+    "dlib_faces",
     "group_worker",
     "load_splits",
     "make_group",
+    "read_training_yaml",
+    "rgb_float",
     "write_splits",
 ]
 
@@ -202,8 +206,9 @@ def load_splits(path: Path, *, verify: bool = True) -> dict[str, list[Photo]]:
 # content
 
 
-def _rgb_float(path: Path) -> np.ndarray:
-    """float32 (H, W, C) in [0, 1], C in {1, 3} (alpha dropped; equal RGB channels -> 1)."""
+def rgb_float(path: Path) -> np.ndarray:
+    """A photo as float32 (H, W, C) in [0, 1], C in {1, 3} (alpha dropped; equal RGB channels
+    -> 1), the form the trainers' samples are cut from."""
     px = read_image(path).pixels
     scale = 65535.0 if px.dtype == np.uint16 else 255.0
     a = px.astype(np.float32) / scale
@@ -216,8 +221,9 @@ def _rgb_float(path: Path) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _dlib_faces(img: np.ndarray) -> list[tuple[float, float, float]]:
-    """(cx, cy, size) of dlib HOG faces; [] when dlib is not importable."""
+def dlib_faces(img: np.ndarray) -> list[tuple[float, float, float]]:
+    """(cx, cy, size) of dlib HOG faces in a float (H, W, C) image, where the trainers centre
+    face crops; [] when dlib is not importable."""
     if importlib.util.find_spec("dlib") is None:
         return []
     import dlib
@@ -246,7 +252,7 @@ class PhotoBank:
     def __init__(self, photos: list[Photo], base_long_side: tuple[int, ...], min_side: int):
         self.bases: list[_Base] = []
         for photo in photos:
-            img = _rgb_float(photo.path)
+            img = rgb_float(photo.path)
             h, w = img.shape[:2]
             versions = [img]
             if max(h, w) > base_long_side[0]:
@@ -259,7 +265,7 @@ class PhotoBank:
             for v in versions:
                 if min(v.shape[:2]) < min_side:
                     continue
-                faces = _dlib_faces(v) if photo.people else []
+                faces = dlib_faces(v) if photo.people else []
                 self.bases.append(_Base(photo.name, np.ascontiguousarray(v), faces))
         if not self.bases:
             raise ConfigError(f"no photo is at least {min_side} px on its short side")
@@ -409,3 +415,44 @@ def config_section(cls: type, data: Any, name: str) -> Any:
         return cls(**clean)
     except TypeError as err:
         raise ConfigError(f"{name}: {err}") from err
+
+
+def read_training_yaml(
+    path: Path, sections: Iterable[str], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A training YAML (``yaml.safe_load``) with ``overrides`` applied, for the config loaders.
+
+    Args:
+        path: the YAML file (sections, plus an optional top-level ``name``).
+        sections: the section names the config knows.
+        overrides: ``{"section.key": value}`` (values already parsed), applied over the file.
+
+    Raises:
+        ConfigError: the file is unreadable or not YAML, or has an unknown section; an
+            override is not ``section.key`` of a known section (named). Unknown keys are left
+            to :func:`config_section`, which names them.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    known = set(sections)
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - known - {"name"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in known or not key:
+            raise ConfigError(
+                f"override {dotted!r}: expected section.key, the section one of "
+                f"{', '.join(sorted(known))}"
+            )
+        part = doc.get(section) or {}
+        if not isinstance(part, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping, got {part!r}")
+        doc[section] = {**part, key: value}
+    return doc

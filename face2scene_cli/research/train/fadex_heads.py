@@ -21,8 +21,8 @@ What changes against the first release of ``fadex-s``:
   and resolution loss as one Gaussian sigma), which a crop can show, instead of the optical
   blur alone, which it cannot tell from a down-then-up resampling.
 
-``f2s train fadex-heads --from models/fadex-s --run-dir runs/fadex-heads`` (or
-``python -m face2scene_cli.research.train.fadex_heads``); :func:`export_heads` releases the result.
+``f2s train fadex-heads --from models/fadex-s --run-dir runs/fadex-heads [--set key=value]``;
+:func:`export_heads` releases the result.
 """
 
 from __future__ import annotations
@@ -41,14 +41,9 @@ from torch import Tensor
 
 from face2scene_cli.archs.fadex import FaDeX
 from face2scene_cli.research.train.data import PhotoBank, load_splits, make_group
-from face2scene_cli.research.train.fadex import (
-    FaDeXTrainConfig,
-    build_val_set,
-    evaluate_fadex,
-    regression_loss,
-    supcon_loss,
-    val_score,
-)
+from face2scene_cli.research.train.fadex import regression_loss, supcon_loss
+from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig, load_train_config
+from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, val_score
 from face2scene_cli.restorers.face.base import BlindFaceRestorer
 
 __all__ = [
@@ -308,8 +303,6 @@ def run_heads(
     """Groups -> cached descriptors -> heads, for the FaDeX in ``source``; the retrained model
     goes to ``run_dir/heads-<time>`` with ``result.json`` (its table on crops of TRAINING
     photos, so the held-out photos stay untouched until the release)."""
-    from face2scene_cli.research.train.fadex import load_train_config
-
     torch.set_num_threads(threads)
     cfg = load_train_config(config)
     splits = load_splits(Path(cfg.data.splits))
@@ -353,7 +346,6 @@ def export_heads(trained: Path, dest: Path, config: Path) -> dict[str, Any]:
     (training stages extended with this one, ``encoder_sha256``); the model card's text is
     edited by hand from the returned table.
     """
-    from face2scene_cli.research.train.fadex import load_train_config
     from face2scene_cli.zoo import write_metadata
 
     model = FaDeX.from_pretrained(str(trained), use_safetensors=True, low_cpu_mem_usage=False)
@@ -393,27 +385,3 @@ def export_heads(trained: Path, dest: Path, config: Path) -> dict[str, Any]:
         dest, meta, ["config.json", "diffusion_pytorch_model.safetensors", "val_table.json"]
     )
     return table
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m face2scene_cli.research.train.fadex_heads --config configs/fadex.yaml
-    --from models/fadex-s --run-dir runs/fadex-heads [--set key=value]``."""
-    import argparse
-
-    import yaml
-
-    ap = argparse.ArgumentParser(prog="python -m face2scene_cli.research.train.fadex_heads")
-    ap.add_argument("--config", type=Path, default=Path("configs/fadex.yaml"))
-    ap.add_argument("--from", dest="src", type=Path, default=Path("models/fadex-s"))
-    ap.add_argument("--run-dir", type=Path, default=Path("runs/fadex-heads"))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--set", action="append", default=[], help="HeadsConfig key=YAML value")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    hc = HeadsConfig(**{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
-    print(json.dumps(run_heads(args.config, args.src, args.run_dir, hc, args.threads)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,18 +1,18 @@
 """Training of the Stage II scene restorer + MapNet (``f2s train scene --config ...``).
 
 FaDeX is frozen; MapNet and the scene network train jointly. The config is BasicSR-style YAML
-(``data`` / ``network`` / ``train`` / ``val`` / ``logging``, :class:`SceneTrainConfig`).
+(``data`` / ``network`` / ``train`` / ``val`` / ``logging``,
+:class:`~face2scene_cli.research.train.scene_config.SceneTrainConfig`).
 
-Data (:func:`build_cache`): regions of the TRAIN photos of ``data/splits.yaml`` (the FaDeX
-split, reused) degraded once by ``data.degradation`` (a
+Data (:mod:`~face2scene_cli.research.train.scene_data`): regions of the TRAIN photos of
+``data/splits.yaml`` (the FaDeX split, reused) degraded once by ``data.degradation`` (a
 :class:`~face2scene_cli.degradations.sampling.DegradationDistribution`: a mix of the named
 presets, a parametric grid (blur -> downscale and back -> noise -> JPEG with random values)
-and Real-ESRGAN's second-order pipeline);
-stored as uint8 (so JPEG is never re-encoded per step). From the SAME degraded region a
-face-sized crop (centred on a dlib face in people photos) is cut at native resolution and
-restored by :class:`BlindFaceRestorer`, as at inference; FaDeX's map Z of that (LQ, HQ) pair is
-cached per sample once FaDeX's weights exist (:func:`cache_codes`). Each step draws random
-sub-crops (+ flips / 90° turns) of cached regions.
+and Real-ESRGAN's second-order pipeline); stored as uint8 (so JPEG is never re-encoded per
+step). From the SAME degraded region a face-sized crop (centred on a dlib face in people
+photos) is cut at native resolution and restored by :class:`BlindFaceRestorer`, as at
+inference; FaDeX's map Z of that (LQ, HQ) pair is cached per sample once FaDeX's weights
+exist. Each step draws random sub-crops (+ flips / 90° turns) of cached regions.
 
 Conditioning: ``train.condition`` is ``blind`` (every sample gets MapNet's null tokens; usable
 before FaDeX exists) or ``code`` (MapNet(Z) tokens, replaced by the null tokens with
@@ -25,307 +25,49 @@ L1 of FFT amplitudes. An EMA of the weights is what validation and export use.
 Run folder: ``config.yaml``, ``data_manifest.json``, ``cache/`` (degraded regions, codes),
 ``log.jsonl``, ``val.jsonl``, ``checkpoint/`` (weights, EMA, optimizer, step, wall time, RNG
 states; safetensors + JSON, no pickle), ``result.json``. The best validation weights are
-exported to ``logging.export_to`` (a model folder with metadata and card) whenever the
-validation score improves over the previous export.
+exported to ``logging.export_to`` (a model folder with metadata and card,
+:mod:`~face2scene_cli.research.train.scene_export`) whenever the validation score improves
+over the previous export.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as dt
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from face2scene_cli.archs.mapnet import MapNet
-from face2scene_cli.degradations.record import Degradation
-from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.research.metrics import psnr_torch, ssim_torch
-from face2scene_cli.research.train.data import (
-    PhotoBank,
-    _dlib_faces,
-    config_section,
-    load_splits,
+from face2scene_cli.research.metrics import ssim_torch
+from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
+from face2scene_cli.research.train.data import load_splits
+from face2scene_cli.research.train.scene_config import SceneTrainConfig, TrainSection
+from face2scene_cli.research.train.scene_data import (
+    build_cache,
+    build_val_items,
+    cache_codes,
+    evaluate_items,
+    load_cache,
+    save_cache,
 )
+from face2scene_cli.research.train.scene_export import export_model
 from face2scene_cli.restorers.face.base import BlindFaceRestorer
-from face2scene_cli.restorers.scene import (
-    RestoreSettings,
-    SceneRestorer,
-    create_scene_net,
-)
+from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, create_scene_net
 
-__all__ = [
-    "SCENE_DEGRADATIONS",
-    "SceneTrainConfig",
-    "build_cache",
-    "cache_codes",
-    "load_scene_config",
-    "restoration_loss",
-    "train_scene",
-]
+__all__ = ["load_warm", "restoration_loss", "scene_modules", "train_scene"]
 
 logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------
-# config
-
-
-#: The scene restorer's degradations (``data.degradation`` of ``configs/scene*.yaml``).
-SCENE_DEGRADATIONS = DegradationDistribution(
-    mix=(0.3, 0.45, 0.25),
-    p_noise=0.8,
-    noise_range=(0.0, 30.0),
-    p_blur=0.5,
-    blur_range=(0.3, 2.5),
-    p_downscale=0.2,
-    downscale_range=(1.2, 3.0),
-    resize_back=True,
-    p_jpeg=0.5,
-    jpeg_range=(25, 95),
-)
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """``data``: where samples come from and how they are cached; ``degradation`` is the
-    shared degradation block (keys it leaves out keep :data:`SCENE_DEGRADATIONS`' values)."""
-
-    splits: str = "data/splits.yaml"
-    region: int = 160  # degraded region side (uint8 cache)
-    face_crop: int = 96  # FaDeX crop side, cut from the same degraded region
-    samples: int = 2400
-    p_face: float = 0.5  # face-centred regions in people photos
-    degradation: DegradationDistribution = SCENE_DEGRADATIONS
-    base_long_side: tuple[int, ...] = (1024, 640)
-    seed: int = 0
-    cache_from: str | None = None  # a prebuilt cache folder (e.g. a carried shard)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.degradation, DegradationDistribution):
-            dist = DegradationDistribution.from_dict(
-                self.degradation, "data.degradation", SCENE_DEGRADATIONS
-            )
-            object.__setattr__(self, "degradation", dist)
-
-
-@dataclass(frozen=True)
-class NetworkSection:
-    """``network``: scene variant (+ overrides), MapNet overrides, FaDeX zoo name."""
-
-    variant: str = "scene-embedded"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    mapnet: dict[str, Any] = field(default_factory=dict)
-    fadex: str = "fadex-s"
-    color_fix: str = "none"
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    """``train``: optimisation and conditioning."""
-
-    condition: str = "blind"  # blind | code
-    cond_dropout: float = 0.25
-    batch: int = 16
-    crop: int = 96
-    lr: float = 3e-4
-    lr_schedule: str = "constant"  # constant | cosine (to lr_min over steps or wall time)
-    lr_min: float = 1e-5
-    warmup_steps: int = 100
-    ema: float = 0.995
-    steps: int = 100000
-    max_minutes: float = 60.0
-    deadline_utc: str | None = None  # "HH:MM" today (UTC): stop before it
-    w_ssim: float = 0.2
-    w_grad: float = 0.1
-    w_fft: float = 0.02
-    grad_clip: float = 1.0
-    seed: int = 0
-    threads: int = 2
-    device: str = "cpu"
-    init_from: str | None = None  # checkpoint folder to warm-start weights from
-
-
-@dataclass(frozen=True)
-class ValSection:
-    """``val``: validation on the VAL photos (long side ``long_side``)."""
-
-    enabled: bool = True  # False where the val photos are absent (GPU carry runs)
-    every_s: float = 600.0
-    long_side: int = 384
-    presets: tuple[str, ...] = ("noise15", "blur-noise", "mixed")
-    second_order_seeds: tuple[int, ...] = (7,)
-    face_crop: int = 96
-
-
-@dataclass(frozen=True)
-class LoggingSection:
-    """``logging``: run folder, checkpoint cadence, export target."""
-
-    run_dir: str = "runs/scene-embedded"
-    checkpoint_every_s: float = 300.0
-    log_every: int = 10
-    export_to: str | None = "models/scene-embedded"
-    export_half: bool = True  # store the exported weights in float16
-
-
-@dataclass(frozen=True)
-class SceneTrainConfig:
-    """The whole training config (YAML sections of the same names)."""
-
-    name: str = "scene-embedded"
-    data: DataSection = DataSection()
-    network: NetworkSection = NetworkSection()
-    train: TrainSection = TrainSection()
-    val: ValSection = ValSection()
-    logging: LoggingSection = LoggingSection()
-
-    def __post_init__(self) -> None:
-        t = self.train
-        if t.condition not in ("blind", "code"):
-            raise ConfigError(f"train.condition must be blind or code, got {t.condition!r}")
-        if t.condition == "code" and t.cond_dropout < 0.2:
-            raise ConfigError(f"train.cond_dropout must be >= 0.2, got {t.cond_dropout}")
-        if t.crop > self.data.region:
-            raise ConfigError(f"train.crop ({t.crop}) > data.region ({self.data.region})")
-        if self.data.face_crop > self.data.region or self.data.face_crop % 8:
-            raise ConfigError(
-                f"data.face_crop must be a multiple of 8 <= data.region, got {self.data.face_crop}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def load_scene_config(path: Path, **overrides: dict[str, Any]) -> SceneTrainConfig:
-    """Read the YAML config (``yaml.safe_load``); ``overrides`` = ``{section: {key: value}}``."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from err
-    for sec, changes in overrides.items():
-        doc.setdefault(sec, {}).update(changes)
-    known = {"name", "data", "network", "train", "val", "logging"}
-    if set(doc) - known:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(set(doc) - known))}")
-    return SceneTrainConfig(
-        name=str(doc.get("name", "scene-embedded")),
-        data=config_section(DataSection, doc.get("data"), "data"),
-        network=config_section(NetworkSection, doc.get("network"), "network"),
-        train=config_section(TrainSection, doc.get("train"), "train"),
-        val=config_section(ValSection, doc.get("val"), "val"),
-        logging=config_section(LoggingSection, doc.get("logging"), "logging"),
-    )
-
-
-# ------------------------------------------------------------------------------------------
-# degradations and the sample cache
-
-
-def _degrade(x: Tensor, degradation: Degradation) -> Tensor:
-    r"""``degradation`` applied to :math:`(1, C, H, W)` in [0, 1], quantised to 8-bit levels
-    (a decoded photo); same size (the trainers' degradations resize back)."""
-    return (apply(x, degradation).clamp(0, 1) * 255).round() / 255
-
-
-def _u8(x: Tensor) -> Tensor:
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def _face_box(
-    faces: list[tuple[float, float, float]], h: int, w: int, s: int, rng: np.random.Generator
-) -> tuple[int, int]:
-    """Top-left of an ``s`` crop: on a face when one is inside, else at random."""
-    for cx, cy, _ in faces:
-        if 0 <= cx < w and 0 <= cy < h:
-            y0 = round(min(max(cy - s / 2, 0), h - s))
-            x0 = round(min(max(cx - s / 2, 0), w - s))
-            return y0, x0
-    return int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-
-
-def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer) -> dict[str, Any]:
-    """Degraded training regions and their face-sized (LQ, blind-restored) crops.
-
-    Returns:
-        ``{"lq", "clean": (N, 3, R, R) uint8, "face_lq", "face_hq": (N, 3, F, F) uint8,
-        "degradations": [Degradation.to_dict()] * N}``; gray photos are replicated to 3 channels.
-    """
-    rng = np.random.default_rng(cfg.seed)
-    bank = PhotoBank(photos, cfg.base_long_side, cfg.region)
-    r, f = cfg.region, cfg.face_crop
-    lq = torch.empty(cfg.samples, 3, r, r, dtype=torch.uint8)
-    clean = torch.empty_like(lq)
-    face_lq = torch.empty(cfg.samples, 3, f, f, dtype=torch.uint8)
-    face_hq = torch.empty_like(face_lq)
-    degs = []
-    for i in range(cfg.samples):
-        base = bank.bases[int(rng.integers(len(bank.bases)))]
-        img = base.image
-        h, w = img.shape[:2]
-        if base.faces and rng.random() < cfg.p_face:
-            cx, cy, _ = base.faces[int(rng.integers(len(base.faces)))]
-            y0 = int(min(max(cy - r / 2 + rng.uniform(-0.25, 0.25) * r, 0), h - r))
-            x0 = int(min(max(cx - r / 2 + rng.uniform(-0.25, 0.25) * r, 0), w - r))
-            faces = [(cx - x0, cy - y0, 0.0)]
-        else:
-            y0, x0 = int(rng.integers(0, h - r + 1)), int(rng.integers(0, w - r + 1))
-            faces = []
-        x = torch.from_numpy(np.ascontiguousarray(img[y0 : y0 + r, x0 : x0 + r]))
-        x = x.permute(2, 0, 1)[None].float()
-        deg = cfg.degradation.sample(rng)
-        y = _degrade(x, deg)
-        fy, fx = _face_box(faces, r, r, f, rng)
-        crop = y[..., fy : fy + f, fx : fx + f]
-        hq = restorer.restore(crop).hq
-        lq[i], clean[i] = _u8(y[0]).expand(3, r, r), _u8(x[0]).expand(3, r, r)
-        face_lq[i], face_hq[i] = _u8(crop[0]).expand(3, f, f), _u8(hq[0]).expand(3, f, f)
-        degs.append(deg.to_dict())
-        if (i + 1) % 200 == 0:
-            logger.info("cache: %d / %d samples", i + 1, cfg.samples)
-    return {"lq": lq, "clean": clean, "face_lq": face_lq, "face_hq": face_hq, "degradations": degs}
-
-
-def save_cache(folder: Path, cache: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: cache[k] for k in ("lq", "clean", "face_lq", "face_hq")},
-        str(folder / "samples.safetensors"),
-    )
-    (folder / "degradations.json").write_text(json.dumps(cache["degradations"]), encoding="utf-8")
-
-
-def load_cache(folder: Path) -> dict[str, Any]:
-    cache: dict[str, Any] = dict(load_file(str(folder / "samples.safetensors")))
-    cache["degradations"] = json.loads((folder / "degradations.json").read_text(encoding="utf-8"))
-    return cache
-
-
-@torch.inference_mode()
-def cache_codes(
-    fadex: torch.nn.Module, face_lq: Tensor, face_hq: Tensor, batch: int = 64
-) -> Tensor:
-    r"""FaDeX maps Z for cached uint8 face pairs :math:`(N, 3, F, F)` -> :math:`(N, C_z, F/8, F/8)`
-    float16 (FaDeX is frozen, so Z is computed once)."""
-    out = []
-    for i in range(0, face_lq.shape[0], batch):
-        a = face_lq[i : i + batch].float() / 255
-        b = face_hq[i : i + batch].float() / 255
-        out.append(fadex(a, b).z.half())
-    return torch.cat(out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,105 +97,16 @@ def restoration_loss(
 
 
 # ------------------------------------------------------------------------------------------
-# validation
+# checkpoints, schedule, batches
 
 
-@dataclass
-class ValItem:
-    name: str
-    degradation: str
-    clean: Tensor  # (1, 3, H, W) float
-    lq: Tensor
-    face_lq: Tensor  # (1, 3, F, F)
-    face_hq: Tensor
-    face_clean: Tensor
-    z: Tensor | None = None
-
-
-def _long_side(x: Tensor, side: int) -> Tensor:
-    h, w = x.shape[-2:]
-    if max(h, w) <= side:
-        return x
-    f = side / max(h, w)
-    return F.interpolate(x, size=(round(h * f), round(w * f)), mode="area")
-
-
-def build_val_items(
-    photos: list[Any], cfg: ValSection, restorer: BlindFaceRestorer
-) -> list[ValItem]:
-    """The VAL photos (area-downscaled to ``long_side``, 8-bit), each under every preset and
-    second-order seed, with a face-sized crop (dlib face, else the centre) of the degraded
-    image restored blind."""
-    from face2scene_cli.research.train.data import _rgb_float
-
-    items = []
-    for photo in photos:
-        arr = _rgb_float(photo.path)
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float()
-        x = (_long_side(x, cfg.long_side).clamp(0, 1) * 255).round() / 255
-        x = x.expand(1, 3, *x.shape[2:]).contiguous()
-        h, w = x.shape[-2:]
-        s = min(cfg.face_crop, h, w) // 8 * 8
-        faces = _dlib_faces(x[0].permute(1, 2, 0).numpy()) if photo.people else []
-        degs = [(n, Degradation.from_preset(n, 11)) for n in cfg.presets]
-        second_order = DegradationDistribution(mix=(0.0, 0.0, 1.0))
-        for seed in cfg.second_order_seeds:
-            sample = second_order.sample(torch.Generator().manual_seed(seed))
-            degs.append((f"second-order-{seed}", sample))
-        for dname, deg in degs:
-            y = _degrade(x, deg)
-            rng = np.random.default_rng(0)
-            fy, fx = (h - s) // 2, (w - s) // 2
-            if faces:
-                fy, fx = _face_box(faces, h, w, s, rng)
-            crop = y[..., fy : fy + s, fx : fx + s]
-            hq = restorer.restore(crop).hq
-            clean_crop = x[..., fy : fy + s, fx : fx + s]
-            items.append(ValItem(photo.name, dname, x, y, crop, hq, clean_crop))
-    return items
-
-
-def evaluate_items(
-    restorer: SceneRestorer, items: list[ValItem], mode: str, tile: int | None = None
-) -> dict[str, Any]:
-    """PSNR/SSIM (RGB, 8-bit, whole image) of ``mode`` (``input``, ``blind`` or ``code``)
-    per item, and per degradation means."""
-    rows = []
-    for it in items:
-        if mode == "input":
-            out = it.lq
-        else:
-            tokens = None
-            if mode == "code":
-                if it.z is None or restorer.mapnet is None:
-                    raise ConfigError("code mode needs FaDeX maps and a MapNet")
-                tokens = restorer.mapnet(it.z.float()).tokens
-            out = restorer.restore(it.lq, tokens, tile=tile)
-        q = (out.clamp(0, 1) * 255).round() / 255
-        rows.append(
-            {
-                "image": it.name,
-                "degradation": it.degradation,
-                "psnr": float(psnr_torch(q, it.clean)[0]),
-                "ssim": float(ssim_torch(q, it.clean)[0]),
-            }
-        )
-    means: dict[str, dict[str, float]] = {}
-    for d in sorted({r["degradation"] for r in rows}):
-        sel = [r for r in rows if r["degradation"] == d]
-        means[d] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "ssim")}
-    return {"rows": rows, "means": means}
-
-
-# ------------------------------------------------------------------------------------------
-# checkpoints (the FaDeX trainer's no-pickle format, reused)
-
-
-def _ckpt_modules(net: torch.nn.Module, mapnet: MapNet) -> torch.nn.ModuleDict:
+def scene_modules(net: torch.nn.Module, mapnet: MapNet) -> torch.nn.ModuleDict:
+    """The scene network and its MapNet as one module (``net.*``, ``mapnet.*``): what the
+    checkpoints, the EMA and warm starts hold."""
     return torch.nn.ModuleDict({"net": net, "mapnet": mapnet})
 
 
-def _load_warm(model: torch.nn.Module, state: dict[str, Tensor], src: Path) -> None:
+def load_warm(model: torch.nn.Module, state: dict[str, Tensor], src: Path) -> None:
     """Warm start from ``state``; only the layers of a newly added full-resolution refinement
     or its token modulation (``net.refine*``, zero-initialised) may be missing from it."""
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -510,61 +163,6 @@ def _batch(
     clean = torch.stack(cls).float() / 255
     z = None if codes is None else codes[torch.from_numpy(idx)].float()
     return lq, clean, z
-
-
-def export_model(
-    folder: Path,
-    net: torch.nn.Module,
-    mapnet: MapNet,
-    config: SceneTrainConfig,
-    info: dict[str, Any],
-    half: bool = True,
-) -> list[str]:
-    """Write the release folder: weights and configs (``save_pretrained``), ``scene.json``,
-    ``metadata.json`` (``trained_with`` the FaDeX sha256; every file pinned, configs included)
-    and ``training.json``; the model card is written by
-    :func:`face2scene_cli.research.eval.scene.write_card`."""
-    from face2scene_cli.zoo import write_metadata
-
-    kind = "sd-turbo" if config.network.variant.startswith("sd-turbo") else "embedded"
-    settings = RestoreSettings(
-        kind=kind, color_fix=config.network.color_fix, fadex=config.network.fadex
-    )
-    files = SceneRestorer(copy.deepcopy(net), settings, copy.deepcopy(mapnet)).save_pretrained(
-        folder, half=half
-    )
-    (folder / "training.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    from face2scene_cli.research.eval.scene import write_card
-
-    val = info.get("val", {})
-    lines = [
-        "Training-time validation (EMA weights; VAL photos at long side "
-        f"{config.val.long_side} px; PSNR dB / SSIM, RGB uint8):",
-        "",
-        "| degradation | input | " + " | ".join(m for m in ("blind", "code") if m in val) + " |",
-        "|---|---|" + "---|" * sum(m in val for m in ("blind", "code")),
-    ]
-    for deg, base in info.get("val_input", {}).items():
-        cells = [f"{base['psnr']:.2f} / {base['ssim']:.3f}"]
-        cells += [
-            f"{val[m][deg]['psnr']:.2f} / {val[m][deg]['ssim']:.3f}"
-            for m in ("blind", "code")
-            if m in val
-        ]
-        lines.append(f"| {deg} | " + " | ".join(cells) + " |")
-    write_card(folder, "\n".join(lines) + "\n")
-    meta = {
-        "name": config.name,  # not the folder's: a run may export elsewhere
-        "version": "1",
-        "task": "scene restoration (Stage II), conditioned on MapNet degradation tokens",
-        "licence": "Apache-2.0",
-        "source": "trained here",
-        "input": {"range": [0, 1], "channels": "RGB (gray replicated)", "any_size": True},
-        "trained_with": info.get("trained_with", {}),
-        "training": {k: info[k] for k in ("steps", "wall_s", "hardware", "phases") if k in info},
-    }
-    write_metadata(folder, meta, [*files, "scene.json", "training.json"])
-    return files
 
 
 # ------------------------------------------------------------------------------------------
@@ -661,8 +259,8 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     device = torch.device(tc.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but CUDA is not available")
-    model = _ckpt_modules(net, mapnet)
-    ema = _ckpt_modules(
+    model = scene_modules(net, mapnet)
+    ema = scene_modules(
         create_scene_net(config.network.variant, **config.network.overrides),
         MapNet.from_config(mapnet.config),
     )
@@ -675,10 +273,8 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     )
     step, wall_before, best, phases = 0, 0.0, -math.inf, []
     ckpt = run / "checkpoint"
-    from face2scene_cli.research.train.fadex import _load_checkpoint, _save_checkpoint
-
     if resume:
-        meta = _load_checkpoint(ckpt, model, opt)
+        meta = load_checkpoint(ckpt, model, opt)
         ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         step, wall_before, best = int(meta["step"]), float(meta["wall_s"]), float(meta["best"])
         phases = list(meta.get("phases", []))
@@ -687,7 +283,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         src = Path(tc.init_from)
         if (src / "scene.json").is_file():  # a model folder (e.g. the shipped weights)
             loaded = SceneRestorer.from_pretrained(src)
-            state = _ckpt_modules(loaded.net, loaded.mapnet).state_dict()
+            state = scene_modules(loaded.net, loaded.mapnet).state_dict()
             done = json.loads((src / "training.json").read_text(encoding="utf-8"))["phases"]
             prev = {
                 "step": done[-1]["steps"],
@@ -698,8 +294,8 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         else:  # a run's checkpoint folder
             state = load_file(str(src / "ema.safetensors"))
             prev = json.loads((src / "state.json").read_text(encoding="utf-8"))
-        _load_warm(model, state, src)
-        _load_warm(ema, state, src)
+        load_warm(model, state, src)
+        load_warm(ema, state, src)
         phases = [
             *prev.get("phases", []),
             {
@@ -738,7 +334,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
             "condition": tc.condition,
             "fadex": fadex_sha,
         }
-        _save_checkpoint(ckpt, model, opt, state)
+        save_checkpoint(ckpt, model, opt, state)
         save_file(
             {k: v.contiguous() for k, v in ema.state_dict().items()}, str(ckpt / "ema.safetensors")
         )
@@ -850,32 +446,3 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     }
     (run / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m face2scene_cli.research.train.scene --config configs/scene.yaml [--resume]``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m face2scene_cli.research.train.scene")
-    ap.add_argument("--config", type=Path, default=Path("configs/scene.yaml"))
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        help="section.key=YAML value, e.g. train.condition=code",
-    )
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    overrides: dict[str, dict[str, Any]] = {}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        sec, _, key = k.partition(".")
-        overrides.setdefault(sec, {})[key] = yaml.safe_load(v)
-    result = train_scene(load_scene_config(args.config, **overrides), resume=args.resume)
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -37,7 +37,7 @@ below, with no held-out set: in the sweep (a prototype of this code, no identity
 replacement (1, 1) gained more with self-derived references (+1.9 dB on average) but lost up
 to 0.65 dB on a face with a mirrored reference alone.
 
-Measured with ``python -m face2scene_cli.research.eval.faces`` (README, "Stage I"; 11 faces of the
+Measured with ``f2s eval-faces`` (README, "Stage I"; 11 faces of the
 shipped photos x 4 degradations, 512 px): with self-derived references (an optimistic
 setting) face PSNR +0.89 dB over blind on average, never lower, dlib distance to the ground
 truth 0.380 -> 0.352; with a *mirrored* self-reference only, +0.09 dB and 0.380 -> 0.374;

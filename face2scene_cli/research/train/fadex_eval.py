@@ -1,0 +1,350 @@
+"""FaDeX's held-out evaluation: the Fig. 3 check and the per-type regression table.
+
+:func:`build_val_set` degrades fixed held-out regions with the Fig. 3 operators
+(:data:`FIG3_OPERATORS`) and the regression grids; :func:`evaluate_fadex` turns a model's
+codes and estimates on them into the table (:func:`val_score` ranks checkpoints by it);
+:func:`table_markdown` and :func:`plot_fig3` show it (model card, ``f2s models analyze``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from face2scene_cli.archs.fadex import FaDeX
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import apply
+from face2scene_cli.research.train.data import PhotoBank
+from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig
+from face2scene_cli.restorers.face.base import BlindFaceRestorer, FaceRestorer
+
+__all__ = [
+    "FIG3_OPERATORS",
+    "TARGETS",
+    "ValSet",
+    "build_val_set",
+    "evaluate_fadex",
+    "plot_fig3",
+    "table_markdown",
+    "val_score",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _op(**values: Any) -> Degradation:
+    """A parametric operator (downscales are resized back, as in training)."""
+    return Degradation("parametric", resize_back=True, **values)
+
+
+#: The Fig. 3 operator set: clearly different degradations (name -> operator).
+FIG3_OPERATORS: dict[str, Degradation] = {
+    "noise5": _op(noise_sigma=5.0),
+    "noise15": _op(noise_sigma=15.0),
+    "noise30": _op(noise_sigma=30.0),
+    "blur1": _op(blur_sigma_px=1.0),
+    "blur2.5": _op(blur_sigma_px=2.5),
+    "jpeg20": _op(jpeg_quality=20),
+    "jpeg50": _op(jpeg_quality=50),
+    "mix": _op(blur_sigma_px=1.5, noise_sigma=10.0, jpeg_quality=40),
+}
+#: The per-type regression grids.
+GRID_NOISE = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
+GRID_BLUR = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+GRID_JPEG: tuple[int | None, ...] = (20, 30, 40, 50, 60, 70, 80, 90, 95, None)
+#: Targets of the issue (model card).
+TARGETS = {
+    "same_degradation_cos": (">=", 0.85),
+    "same_content_abs_cos": ("<=", 0.15),
+    "noise_mae": ("<=", 2.0),
+    "jpeg_quality_mae": ("<=", 8.0),
+    "blur_mae": ("<=", 0.4),
+}
+
+
+@dataclass
+class ValSet:
+    """Held-out (LQ, HQ) pairs: ``fig3[name]`` and ``grid[type][value]`` -> (lq, hq) uint8
+    :math:`(N, 3, S, S)`; ``sources`` names each crop's photo."""
+
+    fig3: dict[str, tuple[Tensor, Tensor]]
+    grid: dict[str, dict[str, tuple[Tensor, Tensor]]]
+    sources: list[str]
+    restorer: str
+
+
+def _val_regions(cfg: FaDeXTrainConfig, photos: list[Any]) -> tuple[list[np.ndarray], list[str]]:
+    s = cfg.val.crop + cfg.data.margin
+    bank = PhotoBank(photos, cfg.data.base_long_side, s)
+    rng = np.random.default_rng(cfg.val.seed)
+    regions, names = [], []
+    # one face-centred region per base with faces first, then random regions
+    for b in bank.bases:
+        if b.faces and len(regions) < cfg.val.crops // 2:
+            cx, cy, _ = b.faces[0]
+            h, w = b.image.shape[:2]
+            x0 = min(max(int(cx - s / 2), 0), w - s)
+            y0 = min(max(int(cy - s / 2), 0), h - s)
+            regions.append(b.image[y0 : y0 + s, x0 : x0 + s])
+            names.append(b.name + "#face")
+    while len(regions) < cfg.val.crops:
+        regions.append(bank.region(rng, s, 0.0))
+        names.append("region")
+    return regions, names
+
+
+def build_val_set(
+    cfg: FaDeXTrainConfig, photos: list[Any], restorer: FaceRestorer | None = None
+) -> ValSet:
+    """Degrade fixed held-out regions with the Fig. 3 operators and the grids, crop them at a
+    fixed random offset (random JPEG grid phase) and restore them with ``restorer``
+    (default :class:`BlindFaceRestorer`): the HQ input is always the restored crop here."""
+    restorer = restorer or BlindFaceRestorer()
+    regions, names = _val_regions(cfg, photos)
+    s, m = cfg.val.crop, cfg.data.margin
+    rng = np.random.default_rng(cfg.val.seed + 1)
+    offsets = [(int(rng.integers(0, m)), int(rng.integers(0, m))) for _ in regions]
+
+    def run(op: Degradation, salt: int) -> tuple[Tensor, Tensor]:
+        lqs = []
+        for i, region in enumerate(regions):
+            x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None]
+            gen = torch.Generator().manual_seed(cfg.val.seed * 1000 + salt * 100 + i)
+            y = apply(x, op, gen)
+            oy, ox = offsets[i]
+            lq = (y[..., oy : oy + s, ox : ox + s] * 255).round().to(torch.uint8)
+            lqs.append(lq.expand(1, 3, s, s) if lq.shape[1] == 1 else lq)
+        lq = torch.cat(lqs)
+        hq = (restorer.restore(lq.float() / 255).hq * 255).round().to(torch.uint8)
+        return lq, hq
+
+    fig3 = {name: run(op, i) for i, (name, op) in enumerate(FIG3_OPERATORS.items())}
+    grid: dict[str, dict[str, tuple[Tensor, Tensor]]] = {"noise": {}, "blur": {}, "jpeg": {}}
+    for v in GRID_NOISE:
+        grid["noise"][f"{v:g}"] = run(_op(noise_sigma=v), 10 + int(v))
+    for v in GRID_BLUR:
+        grid["blur"][f"{v:g}"] = run(_op(blur_sigma_px=v), 50 + int(v * 10))
+    for q in GRID_JPEG:
+        grid["jpeg"]["none" if q is None else str(q)] = run(_op(jpeg_quality=q), 90 + (q or 0))
+    return ValSet(fig3=fig3, grid=grid, sources=names, restorer=restorer.method)
+
+
+@torch.inference_mode()
+def _run_model(model: FaDeX, lq: Tensor, hq: Tensor, batch: int = 32) -> Any:
+    device = next(model.parameters()).device
+    outs = []
+    for i in range(0, lq.shape[0], batch):
+        a = lq[i : i + batch].to(device).float() / 255
+        b = hq[i : i + batch].to(device).float() / 255
+        outs.append(model(a, b))
+    keys = ("code", "noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality", "jpeg_probability")
+    return {k: torch.cat([getattr(o, k) for o in outs]).cpu() for k in keys}
+
+
+def evaluate_fadex(model: FaDeX, val: ValSet) -> dict[str, Any]:
+    """The validation table: the Fig. 3 check and per-type regression errors.
+
+    Returns a JSON-serialisable dict:
+
+    * ``fig3.same_degradation_cos``: mean cosine between codes of the same operator on
+      different crops (all pairs, all operators); ``fig3.same_content_abs_cos``: mean
+      absolute cosine between codes of the same crop under different operators;
+      ``fig3.matrix``: operator x operator mean cosine (diagonal without self-pairs).
+    * ``noise``/``blur``/``jpeg``: per grid value the mean estimate and absolute error, and
+      the MAE over the grid (noise in /255, blur in px, JPEG quality over the compressed
+      levels, ``jpeg_probability`` mean for ``none`` and the detection accuracy at 0.5).
+    """
+    model.eval()
+    codes = {name: _run_model(model, *pair)["code"] for name, pair in val.fig3.items()}
+    names = list(codes)
+    n = next(iter(codes.values())).shape[0]
+    matrix: dict[str, dict[str, float]] = {}
+    same_deg = []
+    for a in names:
+        matrix[a] = {}
+        for b in names:
+            c = codes[a] @ codes[b].T
+            if a == b:
+                off = c[~torch.eye(n, dtype=torch.bool)]
+                matrix[a][b] = float(off.mean())
+                same_deg.append(off)
+            else:
+                matrix[a][b] = float(c.mean())
+    cross = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            cross.append((codes[a] * codes[b]).sum(1).abs())
+    table: dict[str, Any] = {
+        "fig3": {
+            "operators": {k: op.to_dict() for k, op in FIG3_OPERATORS.items()},
+            "same_degradation_cos": float(torch.cat(same_deg).mean()),
+            "same_content_abs_cos": float(torch.cat(cross).mean()),
+            "matrix": matrix,
+            "crops": n,
+        }
+    }
+    for kind, key, unit in (("noise", "noise_sigma", "/255"), ("blur", "blur_sigma_px", "px")):
+        rows, errs = {}, []
+        for v, pair in val.grid[kind].items():
+            est = _run_model(model, *pair)[key]
+            err = (est - float(v)).abs()
+            errs.append(err)
+            rows[v] = {"mean": float(est.mean()), "mae": float(err.mean())}
+        table[kind] = {"unit": unit, "mae": float(torch.cat(errs).mean()), "levels": rows}
+    rows, errs, prob_none, acc = {}, [], 0.0, []
+    for v, pair in val.grid["jpeg"].items():
+        o = _run_model(model, *pair)
+        if v == "none":
+            prob_none = float(o["jpeg_probability"].mean())
+            acc.append(o["jpeg_probability"] < 0.5)
+            rows[v] = {"jpeg_probability": prob_none}
+            continue
+        err = (o["jpeg_quality"] - float(v)).abs()
+        errs.append(err)
+        acc.append(o["jpeg_probability"] >= 0.5)
+        rows[v] = {
+            "mean": float(o["jpeg_quality"].mean()),
+            "mae": float(err.mean()),
+            "jpeg_probability": float(o["jpeg_probability"].mean()),
+        }
+    table["jpeg"] = {
+        "unit": "quality",
+        "mae": float(torch.cat(errs).mean()),
+        "none_jpeg_probability": prob_none,
+        "detection_accuracy": float(torch.cat(acc).float().mean()),
+        "levels": rows,
+    }
+    table["summary"] = {
+        "same_degradation_cos": table["fig3"]["same_degradation_cos"],
+        "same_content_abs_cos": table["fig3"]["same_content_abs_cos"],
+        "noise_mae": table["noise"]["mae"],
+        "blur_mae": table["blur"]["mae"],
+        "jpeg_quality_mae": table["jpeg"]["mae"],
+        "jpeg_detection_accuracy": table["jpeg"]["detection_accuracy"],
+    }
+    table["targets_met"] = {
+        k: (table["summary"][k] >= t if op == ">=" else table["summary"][k] <= t)
+        for k, (op, t) in TARGETS.items()
+    }
+    table["hq_from"] = val.restorer
+    table["crop_sources"] = val.sources
+    return table
+
+
+def val_score(table: dict[str, Any]) -> float:
+    """One number to pick the best checkpoint (lower is better): the mean of each target
+    metric divided by its target (cosines as ``(1 - cos) / 0.15`` and ``|cos| / 0.15``)."""
+    s = table["summary"]
+    parts = [
+        (1.0 - s["same_degradation_cos"]) / 0.15,
+        s["same_content_abs_cos"] / 0.15,
+        s["noise_mae"] / 2.0,
+        s["jpeg_quality_mae"] / 8.0,
+        s["blur_mae"] / 0.4,
+    ]
+    return float(np.mean(parts))
+
+
+# ------------------------------------------------------------------------------------------
+# reports
+
+
+def table_markdown(table: dict[str, Any]) -> str:
+    """The held-out table of :func:`evaluate_fadex` as Markdown (the model card's): targets met
+    or missed, the per-level estimates and the Fig. 3 matrix."""
+    s, met = table["summary"], table["targets_met"]
+    ok = {True: "met", False: "**missed**"}
+    lines = [
+        "| metric | value | target | status |",
+        "|---|---|---|---|",
+        f"| same degradation / different content: mean cosine | {s['same_degradation_cos']:.3f}"
+        f" | >= 0.85 | {ok[met['same_degradation_cos']]} |",
+        f"| same content / different degradation: mean abs cosine | "
+        f"{s['same_content_abs_cos']:.3f} | <= 0.15 | {ok[met['same_content_abs_cos']]} |",
+        f"| noise sigma MAE (/255), grid 0-30 | {s['noise_mae']:.2f} | <= 2 | "
+        f"{ok[met['noise_mae']]} |",
+        f"| blur sigma MAE (px), grid 0.5-3 | {s['blur_mae']:.3f} | <= 0.4 | "
+        f"{ok[met['blur_mae']]} |",
+        f"| JPEG quality MAE, grid 20-95 | {s['jpeg_quality_mae']:.2f} | <= 8 | "
+        f"{ok[met['jpeg_quality_mae']]} |",
+        f"| JPEG present/absent accuracy (p >= 0.5) | {s['jpeg_detection_accuracy']:.3f} | - | - |",
+    ]
+    per = [
+        "",
+        "Per level (mean estimate, MAE):",
+        "",
+        "| type | level | mean estimate | MAE |",
+        "|---|---|---|---|",
+    ]
+    for kind in ("noise", "blur", "jpeg"):
+        for level, row in table[kind]["levels"].items():
+            if "mean" in row:
+                per.append(f"| {kind} | {level} | {row['mean']:.2f} | {row['mae']:.2f} |")
+            else:
+                p = row["jpeg_probability"]
+                per.append(f"| {kind} | none | jpeg_probability {p:.2f} | - |")
+    names = list(table["fig3"]["matrix"])
+    fig = [
+        "",
+        "Fig. 3 matrix (mean cosine between operators; diagonal = different crops):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for a in names:
+        fig.append(
+            f"| {a} | " + " | ".join(f"{table['fig3']['matrix'][a][b]:.2f}" for b in names) + " |"
+        )
+    return "\n".join(lines + per + fig)
+
+
+def plot_fig3(table: dict[str, Any], path: Path, cell: int = 56) -> Path:
+    """Draw the Fig. 3 check as a PNG (PIL only): the operator x operator cosine matrix as a
+    heat map (red = 1, white = 0, blue = -1) with the two summary numbers underneath."""
+    from PIL import Image, ImageDraw
+
+    matrix = table["fig3"]["matrix"]
+    names = list(matrix)
+    n = len(names)
+    left, top = 90, 90
+    w, h = left + n * cell + 20, top + n * cell + 70
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    for i, a in enumerate(names):
+        draw.text((8, top + i * cell + cell // 2 - 5), a, fill="black")
+        draw.text((left + i * cell + 4, top - 18 - 12 * (i % 2)), a, fill="black")
+        for j, b in enumerate(names):
+            v = max(-1.0, min(1.0, float(matrix[a][b])))
+            c = (
+                (255, int(255 * (1 - v)), int(255 * (1 - v)))
+                if v >= 0
+                else (int(255 * (1 + v)), int(255 * (1 + v)), 255)
+            )
+            x0, y0 = left + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 2, y0 + cell - 2], fill=c)
+            draw.text((x0 + 10, y0 + cell // 2 - 6), f"{v:.2f}", fill="black")
+    s = table["fig3"]
+    draw.text(
+        (8, 10), "FaDeX codes: mean cosine (diagonal: same operator, different crops)", fill="black"
+    )
+    draw.text(
+        (8, top + n * cell + 12),
+        f"same degradation / different content: {s['same_degradation_cos']:.3f} (target >= 0.85)",
+        fill="black",
+    )
+    draw.text(
+        (8, top + n * cell + 32),
+        f"same content / different degradation |cos|: {s['same_content_abs_cos']:.3f} "
+        f"(target <= 0.15)",
+        fill="black",
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path

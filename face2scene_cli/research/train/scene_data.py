@@ -1,0 +1,233 @@
+"""The scene trainer's data: the degraded sample cache and the validation items.
+
+:func:`build_cache` degrades regions of the TRAIN photos once (uint8, so JPEG is never
+re-encoded per step) and cuts a face-sized crop from the same degraded region, restored blind
+as at inference; :func:`cache_codes` adds FaDeX's maps. :func:`build_val_items` and
+:func:`evaluate_items` are the training-time validation on the VAL photos.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from face2scene_cli.degradations.record import Degradation
+from face2scene_cli.degradations.sampling import DegradationDistribution, apply
+from face2scene_cli.errors import ConfigError
+from face2scene_cli.research.metrics import psnr_torch, ssim_torch
+from face2scene_cli.research.train.data import PhotoBank, dlib_faces, rgb_float
+from face2scene_cli.research.train.scene_config import DataSection, ValSection
+from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.scene import SceneRestorer
+
+__all__ = [
+    "ValItem",
+    "build_cache",
+    "build_val_items",
+    "cache_codes",
+    "evaluate_items",
+    "load_cache",
+    "save_cache",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------
+# degradations and the sample cache
+
+
+def _degrade(x: Tensor, degradation: Degradation) -> Tensor:
+    r"""``degradation`` applied to :math:`(1, C, H, W)` in [0, 1], quantised to 8-bit levels
+    (a decoded photo); same size (the trainers' degradations resize back)."""
+    return (apply(x, degradation).clamp(0, 1) * 255).round() / 255
+
+
+def _u8(x: Tensor) -> Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _face_box(
+    faces: list[tuple[float, float, float]], h: int, w: int, s: int, rng: np.random.Generator
+) -> tuple[int, int]:
+    """Top-left of an ``s`` crop: on a face when one is inside, else at random."""
+    for cx, cy, _ in faces:
+        if 0 <= cx < w and 0 <= cy < h:
+            y0 = round(min(max(cy - s / 2, 0), h - s))
+            x0 = round(min(max(cx - s / 2, 0), w - s))
+            return y0, x0
+    return int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+
+
+def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer) -> dict[str, Any]:
+    """Degraded training regions and their face-sized (LQ, blind-restored) crops.
+
+    Returns:
+        ``{"lq", "clean": (N, 3, R, R) uint8, "face_lq", "face_hq": (N, 3, F, F) uint8,
+        "degradations": [Degradation.to_dict()] * N}``; gray photos are replicated to 3 channels.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    bank = PhotoBank(photos, cfg.base_long_side, cfg.region)
+    r, f = cfg.region, cfg.face_crop
+    lq = torch.empty(cfg.samples, 3, r, r, dtype=torch.uint8)
+    clean = torch.empty_like(lq)
+    face_lq = torch.empty(cfg.samples, 3, f, f, dtype=torch.uint8)
+    face_hq = torch.empty_like(face_lq)
+    degs = []
+    for i in range(cfg.samples):
+        base = bank.bases[int(rng.integers(len(bank.bases)))]
+        img = base.image
+        h, w = img.shape[:2]
+        if base.faces and rng.random() < cfg.p_face:
+            cx, cy, _ = base.faces[int(rng.integers(len(base.faces)))]
+            y0 = int(min(max(cy - r / 2 + rng.uniform(-0.25, 0.25) * r, 0), h - r))
+            x0 = int(min(max(cx - r / 2 + rng.uniform(-0.25, 0.25) * r, 0), w - r))
+            faces = [(cx - x0, cy - y0, 0.0)]
+        else:
+            y0, x0 = int(rng.integers(0, h - r + 1)), int(rng.integers(0, w - r + 1))
+            faces = []
+        x = torch.from_numpy(np.ascontiguousarray(img[y0 : y0 + r, x0 : x0 + r]))
+        x = x.permute(2, 0, 1)[None].float()
+        deg = cfg.degradation.sample(rng)
+        y = _degrade(x, deg)
+        fy, fx = _face_box(faces, r, r, f, rng)
+        crop = y[..., fy : fy + f, fx : fx + f]
+        hq = restorer.restore(crop).hq
+        lq[i], clean[i] = _u8(y[0]).expand(3, r, r), _u8(x[0]).expand(3, r, r)
+        face_lq[i], face_hq[i] = _u8(crop[0]).expand(3, f, f), _u8(hq[0]).expand(3, f, f)
+        degs.append(deg.to_dict())
+        if (i + 1) % 200 == 0:
+            logger.info("cache: %d / %d samples", i + 1, cfg.samples)
+    return {"lq": lq, "clean": clean, "face_lq": face_lq, "face_hq": face_hq, "degradations": degs}
+
+
+def save_cache(folder: Path, cache: dict[str, Any]) -> None:
+    """Write :func:`build_cache`'s output to ``folder`` (safetensors + JSON, no pickle)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: cache[k] for k in ("lq", "clean", "face_lq", "face_hq")},
+        str(folder / "samples.safetensors"),
+    )
+    (folder / "degradations.json").write_text(json.dumps(cache["degradations"]), encoding="utf-8")
+
+
+def load_cache(folder: Path) -> dict[str, Any]:
+    """Read what :func:`save_cache` wrote (e.g. a carried shard, ``data.cache_from``)."""
+    cache: dict[str, Any] = dict(load_file(str(folder / "samples.safetensors")))
+    cache["degradations"] = json.loads((folder / "degradations.json").read_text(encoding="utf-8"))
+    return cache
+
+
+@torch.inference_mode()
+def cache_codes(
+    fadex: torch.nn.Module, face_lq: Tensor, face_hq: Tensor, batch: int = 64
+) -> Tensor:
+    r"""FaDeX maps Z for cached uint8 face pairs :math:`(N, 3, F, F)` -> :math:`(N, C_z, F/8, F/8)`
+    float16 (FaDeX is frozen, so Z is computed once)."""
+    out = []
+    for i in range(0, face_lq.shape[0], batch):
+        a = face_lq[i : i + batch].float() / 255
+        b = face_hq[i : i + batch].float() / 255
+        out.append(fadex(a, b).z.half())
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass
+class ValItem:
+    """One validation image under one degradation: the clean and degraded image, the
+    face-sized crop (degraded, blind-restored, clean) and its FaDeX map once computed."""
+
+    name: str
+    degradation: str
+    clean: Tensor  # (1, 3, H, W) float
+    lq: Tensor
+    face_lq: Tensor  # (1, 3, F, F)
+    face_hq: Tensor
+    face_clean: Tensor
+    z: Tensor | None = None
+
+
+def _long_side(x: Tensor, side: int) -> Tensor:
+    h, w = x.shape[-2:]
+    if max(h, w) <= side:
+        return x
+    f = side / max(h, w)
+    return F.interpolate(x, size=(round(h * f), round(w * f)), mode="area")
+
+
+def build_val_items(
+    photos: list[Any], cfg: ValSection, restorer: BlindFaceRestorer
+) -> list[ValItem]:
+    """The VAL photos (area-downscaled to ``long_side``, 8-bit), each under every preset and
+    second-order seed, with a face-sized crop (dlib face, else the centre) of the degraded
+    image restored blind."""
+    items = []
+    for photo in photos:
+        arr = rgb_float(photo.path)
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float()
+        x = (_long_side(x, cfg.long_side).clamp(0, 1) * 255).round() / 255
+        x = x.expand(1, 3, *x.shape[2:]).contiguous()
+        h, w = x.shape[-2:]
+        s = min(cfg.face_crop, h, w) // 8 * 8
+        faces = dlib_faces(x[0].permute(1, 2, 0).numpy()) if photo.people else []
+        degs = [(n, Degradation.from_preset(n, 11)) for n in cfg.presets]
+        second_order = DegradationDistribution(mix=(0.0, 0.0, 1.0))
+        for seed in cfg.second_order_seeds:
+            sample = second_order.sample(torch.Generator().manual_seed(seed))
+            degs.append((f"second-order-{seed}", sample))
+        for dname, deg in degs:
+            y = _degrade(x, deg)
+            rng = np.random.default_rng(0)
+            fy, fx = (h - s) // 2, (w - s) // 2
+            if faces:
+                fy, fx = _face_box(faces, h, w, s, rng)
+            crop = y[..., fy : fy + s, fx : fx + s]
+            hq = restorer.restore(crop).hq
+            clean_crop = x[..., fy : fy + s, fx : fx + s]
+            items.append(ValItem(photo.name, dname, x, y, crop, hq, clean_crop))
+    return items
+
+
+def evaluate_items(
+    restorer: SceneRestorer, items: list[ValItem], mode: str, tile: int | None = None
+) -> dict[str, Any]:
+    """PSNR/SSIM (RGB, 8-bit, whole image) of ``mode`` (``input``, ``blind`` or ``code``)
+    per item, and per degradation means."""
+    rows = []
+    for it in items:
+        if mode == "input":
+            out = it.lq
+        else:
+            tokens = None
+            if mode == "code":
+                if it.z is None or restorer.mapnet is None:
+                    raise ConfigError("code mode needs FaDeX maps and a MapNet")
+                tokens = restorer.mapnet(it.z.float()).tokens
+            out = restorer.restore(it.lq, tokens, tile=tile)
+        q = (out.clamp(0, 1) * 255).round() / 255
+        rows.append(
+            {
+                "image": it.name,
+                "degradation": it.degradation,
+                "psnr": float(psnr_torch(q, it.clean)[0]),
+                "ssim": float(ssim_torch(q, it.clean)[0]),
+            }
+        )
+    means: dict[str, dict[str, float]] = {}
+    for d in sorted({r["degradation"] for r in rows}):
+        sel = [r for r in rows if r["degradation"] == d]
+        means[d] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "ssim")}
+    return {"rows": rows, "means": means}
