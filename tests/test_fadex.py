@@ -25,8 +25,9 @@ from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.degradations.second_order import SecondOrderConfig, sample_second_order
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
-from face2scene_cli.research.train.data import degradation_labels, load_splits
+from face2scene_cli.research.train.data import degradation_labels
 from face2scene_cli.research.train.fadex import supcon_loss, warm_start
 from face2scene_cli.research.train.fadex_config import load_train_config
 from face2scene_cli.research.train.fadex_eval import (

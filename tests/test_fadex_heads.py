@@ -14,7 +14,7 @@ from skimage import data as skdata
 
 from face2scene_cli.archs.fadex import NUM_EDGE, FaDeX, edge_widths, fadex_tiny
 from face2scene_cli.degradations.ops import gaussian_blur
-from face2scene_cli.research.train.data import load_splits
+from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.fadex_config import load_train_config
 from face2scene_cli.research.train.fadex_heads import (
     HeadsConfig,

@@ -99,7 +99,7 @@ def export(
 ) -> None:
     """Copy one split's photos into a folder (e.g. for f2s eval FOLDER), verified by sha256."""
     from face2scene_cli.io.images import atomic_write_bytes
-    from face2scene_cli.research.train.data import load_splits
+    from face2scene_cli.research.splits import load_splits
 
     photos = load_splits(splits).get(split)
     if photos is None:

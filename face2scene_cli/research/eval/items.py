@@ -166,6 +166,6 @@ def paired_items(folder: Path) -> list[EvalItem]:
 
 def val_sources(splits: Path = Path("data/splits.yaml")) -> list[tuple[str, Path]]:
     """``(name, path)`` of the VAL photos of the split manifest."""
-    from face2scene_cli.research.train.data import load_splits
+    from face2scene_cli.research.splits import load_splits
 
     return [(p.name, p.path) for p in load_splits(splits)["val"]]

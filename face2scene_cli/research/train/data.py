@@ -44,9 +44,8 @@ import yaml
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.hashing import file_sha256
 from face2scene_cli.io.images import read_image
-from face2scene_cli.research.sample_data import Photo, all_photos
+from face2scene_cli.research.sample_data import Photo
 from face2scene_cli.restorers.face.base import BlindFaceRestorer
 
 __all__ = [
@@ -58,26 +57,14 @@ __all__ = [
     "degradation_labels",
     "dlib_faces",
     "group_worker",
-    "load_splits",
     "make_group",
     "read_training_yaml",
     "rgb_float",
-    "write_splits",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: The photos held out for validation (whole photos; two of them show people).
-DEFAULT_VAL = (
-    "skimage/astronaut",
-    "opencv/messi5",
-    "skimage/coffee",
-    "mate/storm",
-    "opencv/fruits",
-    "opencv/building",
-)
-
-
 #: FaDeX's operators (``data.degradation`` of ``configs/fadex.yaml``): 20 % second order.
 FADEX_DEGRADATIONS = DegradationDistribution(
     mix=(0.0, 0.8, 0.2),
@@ -142,64 +129,6 @@ class DataConfig:
 
 # ------------------------------------------------------------------------------------------
 # splits
-
-
-def write_splits(path: Path, val_names: tuple[str, ...] = DEFAULT_VAL) -> dict[str, Any]:
-    """Write the split manifest: every available photo with its source, sha256 and split."""
-    photos = all_photos()
-    names = {p.name for p in photos}
-    missing = [n for n in val_names if n not in names]
-    if missing:
-        raise ConfigError(f"validation photos not available: {', '.join(missing)}")
-    entries = []
-    for p in photos:
-        entries.append(
-            {
-                "name": p.name,
-                "source": p.source,
-                "file": p.path.name,
-                "people": p.people,
-                "sha256": p.sha256 or file_sha256(p.path),
-                "split": "val" if p.name in val_names else "train",
-            }
-        )
-    doc = {
-        "description": "FaDeX photo split: whole photos, never tune on val.",
-        "photos": entries,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return doc
-
-
-def load_splits(path: Path, *, verify: bool = True) -> dict[str, list[Photo]]:
-    """The photos of each split, matched by name to :func:`all_photos` and checked by sha256.
-
-    Returns:
-        ``{"train": [...], "val": [...]}``; photos of the manifest that are not available
-        here are left out (logged), a sha256 mismatch raises ConfigError.
-    """
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the split manifest ({err.strerror})") from err
-    by_name = {p.name: p for p in all_photos()}
-    out: dict[str, list[Photo]] = {"train": [], "val": []}
-    for e in doc.get("photos", []):
-        photo = by_name.get(e["name"])
-        if photo is None:
-            logger.warning("split photo %s is not available here; skipped", e["name"])
-            continue
-        if verify:
-            digest = photo.sha256 or file_sha256(photo.path)
-            if digest != e["sha256"]:
-                raise ConfigError(
-                    f"{photo.path}: sha256 {digest[:12]}…, split manifest says {e['sha256'][:12]}…"
-                )
-        if e["split"] not in out:
-            raise ConfigError(f"{path}: split must be train or val, got {e['split']!r}")
-        out[e["split"]].append(photo)
-    return out
 
 
 # ------------------------------------------------------------------------------------------

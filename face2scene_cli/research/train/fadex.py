@@ -39,8 +39,9 @@ from torch import Tensor
 
 from face2scene_cli.archs.fadex import BLUR_SCALE, JPEG_SCALE, NOISE_SCALE, FaDeX, create_fadex
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
-from face2scene_cli.research.train.data import Group, group_worker, load_splits
+from face2scene_cli.research.train.data import Group, group_worker
 from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig, TrainSettings
 from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, val_score
 

@@ -40,7 +40,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from face2scene_cli.archs.fadex import FaDeX
-from face2scene_cli.research.train.data import PhotoBank, load_splits, make_group
+from face2scene_cli.research.splits import load_splits
+from face2scene_cli.research.train.data import PhotoBank, make_group
 from face2scene_cli.research.train.fadex import regression_loss, supcon_loss
 from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig, load_train_config
 from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, val_score

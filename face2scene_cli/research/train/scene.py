@@ -50,8 +50,8 @@ from torch import Tensor
 from face2scene_cli.archs.mapnet import MapNet
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.metrics import ssim_torch
+from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
-from face2scene_cli.research.train.data import load_splits
 from face2scene_cli.research.train.scene_config import SceneTrainConfig, TrainSection
 from face2scene_cli.research.train.scene_data import (
     build_cache,

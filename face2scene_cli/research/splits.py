@@ -1,0 +1,48 @@
+"""The photo split manifest ``data/splits.yaml``: which real photos train and which validate.
+
+Whole photos are split (never crops of one photo on both sides), each pinned by sha256; only
+photos listed there are ever used for training, validation or test.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+
+from face2scene_cli.errors import ConfigError
+from face2scene_cli.hashing import file_sha256
+from face2scene_cli.research.sample_data import Photo, all_photos
+
+logger = logging.getLogger(__name__)
+
+
+def load_splits(path: Path, *, verify: bool = True) -> dict[str, list[Photo]]:
+    """The photos of each split, matched by name to :func:`all_photos` and checked by sha256.
+
+    Returns:
+        ``{"train": [...], "val": [...]}``; photos of the manifest that are not available
+        here are left out (logged), a sha256 mismatch raises ConfigError.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the split manifest ({err.strerror})") from err
+    by_name = {p.name: p for p in all_photos()}
+    out: dict[str, list[Photo]] = {"train": [], "val": []}
+    for e in doc.get("photos", []):
+        photo = by_name.get(e["name"])
+        if photo is None:
+            logger.warning("split photo %s is not available here; skipped", e["name"])
+            continue
+        if verify:
+            digest = photo.sha256 or file_sha256(photo.path)
+            if digest != e["sha256"]:
+                raise ConfigError(
+                    f"{photo.path}: sha256 {digest[:12]}…, split manifest says {e['sha256'][:12]}…"
+                )
+        if e["split"] not in out:
+            raise ConfigError(f"{path}: split must be train or val, got {e['split']!r}")
+        out[e["split"]].append(photo)
+    return out
