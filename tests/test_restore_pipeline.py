@@ -17,7 +17,6 @@ from helpers import reports_in, run_f2s, summary_of
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from face2scene_cli.archs.fadex import load_fadex
 from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
@@ -33,6 +32,7 @@ from face2scene_cli.pipelines.restore import (
 from face2scene_cli.research.sample_data import package_photos
 from face2scene_cli.restorers.face import base as face_restore
 from face2scene_cli.restorers.face.base import BlindFaceRestorer, FaceRestorer, RestoredFaces
+from face2scene_cli.restorers.loading import load_fadex
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from face2scene_cli.archs.fadex import FaDeX, load_fadex
+from face2scene_cli.archs.fadex import FaDeX
 from face2scene_cli.config import FaceSettings, RestoreConfig
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.engine.local import ExtraOutput, LoadedImage, Processed
@@ -41,6 +41,7 @@ from face2scene_cli.faces.paste import paste_faces
 from face2scene_cli.hashing import json_sha256
 from face2scene_cli.io.images import Image, from_tensor, to_tensor
 from face2scene_cli.restorers.face.base import FACE_RESTORERS, FaceRestorer, create_face_restorer
+from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import SceneRestorer, load_scene_restorer
 from face2scene_cli.zoo import ModelInfo, require_model
 
@@ -589,12 +590,12 @@ class Face2ScenePipeline:
             )
         t1 = time.perf_counter()
         tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
-        retries = self.scene.fallbacks
+        retries = self.scene.fp32_retries
         restored = self.scene.restore(
             to_tensor(colour), tokens, tile=tile, precision=precision, scale=cfg.scale
         )
         scene_run = {"tile": tile, "precision": precision}
-        scene_run["fp32_retries"] = self.scene.fallbacks - retries
+        scene_run["fp32_retries"] = self.scene.fp32_retries - retries
         out = from_tensor(restored, colour.dtype)
         t2 = time.perf_counter()
         timings.update({"mapnet": t1 - t0, "scene": t2 - t1})

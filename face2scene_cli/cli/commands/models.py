@@ -154,7 +154,6 @@ def analyze(
     under different degradations (target <= 0.15), plus estimate errors per degradation type.
     Writes fig3.png and table.json to --out.
     """
-    from face2scene_cli.archs.fadex import load_fadex
     from face2scene_cli.research.train.data import load_splits
     from face2scene_cli.research.train.fadex import (
         build_val_set,
@@ -162,6 +161,7 @@ def analyze(
         load_train_config,
         plot_fig3,
     )
+    from face2scene_cli.restorers.loading import load_fadex
 
     cfg = load_train_config(config)
     table = evaluate_fadex(

@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from face2scene_cli.archs.mapnet import MapNet
+from face2scene_cli.archs.scene_net import create_scene_net
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
@@ -61,11 +62,7 @@ from face2scene_cli.research.train.data import (
     load_splits,
 )
 from face2scene_cli.restorers.face.base import BlindFaceRestorer
-from face2scene_cli.restorers.scene import (
-    RestoreSettings,
-    SceneRestorer,
-    create_scene_net,
-)
+from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer
 
 __all__ = [
     "SCENE_DEGRADATIONS",
@@ -573,7 +570,8 @@ def export_model(
 
 def _fadex(name: str) -> tuple[torch.nn.Module | None, str | None, int]:
     """(frozen FaDeX or None, its zoo sha256, Z channels)."""
-    from face2scene_cli.archs.fadex import create_fadex, load_fadex
+    from face2scene_cli.archs.fadex import create_fadex
+    from face2scene_cli.restorers.loading import load_fadex
     from face2scene_cli.zoo import models_dir, require_model
 
     folder = models_dir() / name
