@@ -37,7 +37,7 @@ from face2scene_cli.research.train.fadex import (
     supcon_loss,
     warm_start,
 )
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.zoo import require_model
 
 REPO = Path(__file__).resolve().parent.parent

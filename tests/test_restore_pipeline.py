@@ -29,9 +29,10 @@ from face2scene_cli.pipelines.restore import (
     resolve_face_restorer,
     warp_reference,
 )
+from face2scene_cli.registry import KINDS
 from face2scene_cli.research.sample_data import package_photos
-from face2scene_cli.restorers.face import base as face_restore
-from face2scene_cli.restorers.face.base import BlindFaceRestorer, FaceRestorer, RestoredFaces
+from face2scene_cli.restorers.face.base import FaceRestorer, RestoredFaces
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.restorers.loading import load_fadex
 
 runner = CliRunner()
@@ -93,7 +94,7 @@ def test_each_face_gets_its_own_persons_references(
     two_people, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restorer, agree, reason
 ) -> None:
     photo, refs = two_people
-    monkeypatch.setitem(face_restore.FACE_RESTORERS, "recording", RecordingRestorer)
+    monkeypatch.setitem(KINDS["face_restorer"].builtins, "recording", RecordingRestorer)
     monkeypatch.setattr(RecordingRestorer, "agree", agree)
     monkeypatch.setattr(RecordingRestorer, "calls", [])
     out = tmp_path / "out"
@@ -144,9 +145,9 @@ def test_references_are_warped_into_the_native_crop_by_the_landmarks() -> None:
 
 
 def test_auto_face_restorer_follows_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(face_restore.FACE_RESTORERS, "ref-guided", raising=False)
+    monkeypatch.delitem(KINDS["face_restorer"].builtins, "ref-guided", raising=False)
     assert resolve_face_restorer("auto", with_references=True) == "blind"
-    monkeypatch.setitem(face_restore.FACE_RESTORERS, "ref-guided", RecordingRestorer)
+    monkeypatch.setitem(KINDS["face_restorer"].builtins, "ref-guided", RecordingRestorer)
     assert resolve_face_restorer("auto", with_references=True) == "ref-guided"
     assert resolve_face_restorer("auto", with_references=False) == "blind"
     assert resolve_face_restorer("blind", with_references=True) == "blind"

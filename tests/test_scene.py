@@ -13,10 +13,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from face2scene_cli.archs.layers import ChannelAffine, LocalGroupNorm
 from face2scene_cli.archs.mapnet import mapnet_tiny
-from face2scene_cli.archs.scene_net import EmbeddedSceneNet, create_scene_net, scene_tiny
+from face2scene_cli.archs.scene_net import EmbeddedSceneNet, scene_tiny
 from face2scene_cli.archs.turbo import TurboSceneNet
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.images import read_image, to_tensor
+from face2scene_cli.registry import create
 from face2scene_cli.research.metrics import psnr_torch
 from face2scene_cli.restorers.color import adain_color_fix, wavelet_color_fix
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer
@@ -75,7 +76,7 @@ def test_config_errors_name_the_values() -> None:
     with pytest.raises(ConfigError, match="divisible by norm_num_groups"):
         EmbeddedSceneNet(block_out_channels=(10, 20), norm_num_groups=8)
     with pytest.raises(ConfigError, match="unknown scene network 'nope'"):
-        create_scene_net("nope")
+        create("scene_net", "nope")
     with pytest.raises(ConfigError, match="color_fix"):
         RestoreSettings(color_fix="lab")
 

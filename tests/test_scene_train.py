@@ -168,7 +168,7 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
         to_markdown,
     )
     from face2scene_cli.research.sample_data import package_photos
-    from face2scene_cli.restorers.face.base import BlindFaceRestorer
+    from face2scene_cli.restorers.face.blind import BlindFaceRestorer
     from face2scene_cli.restorers.scene import RestoreSettings
 
     photos = [(p.name, p.path) for p in package_photos() if p.name == "skimage/astronaut"]

@@ -18,7 +18,7 @@ from face2scene_cli.archs.mapnet import mapnet_tiny
 from face2scene_cli.archs.scene_net import scene_tiny
 from face2scene_cli.cli.app import app
 from face2scene_cli.errors import ExitCode, ModelIntegrityError
-from face2scene_cli.faces.detect import MTCNNDetector
+from face2scene_cli.faces.backends.mtcnn import MTCNNDetector
 from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 from face2scene_cli.zoo import (

@@ -23,13 +23,10 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
 from face2scene_cli.archs.layers import N_TOKENS, NORMS, TokenConditioner, check_lq, localize_norms
-from face2scene_cli.archs.turbo import TurboSceneNet
 from face2scene_cli.errors import ConfigError
 
 __all__ = [
-    "SCENE_VARIANTS",
     "EmbeddedSceneNet",
-    "create_scene_net",
     "scene_embedded",
     "scene_tiny",
 ]
@@ -269,18 +266,3 @@ def scene_tiny(**overrides: Any) -> EmbeddedSceneNet:
         "prompt_tokens": 2,
     }
     return EmbeddedSceneNet(**{**cfg, **overrides})
-
-
-SCENE_VARIANTS = {"scene-embedded": scene_embedded, "scene-tiny": scene_tiny}
-
-
-def create_scene_net(name: str, **overrides: Any) -> nn.Module:
-    """``scene-embedded``, ``scene-tiny`` or ``sd-turbo`` (needs ``base=``); a ``.tag`` suffix
-    is ignored. Raises ConfigError on an unknown name."""
-    arch = name.split(".", 1)[0]
-    if arch == "sd-turbo":
-        return TurboSceneNet(**overrides)
-    if arch not in SCENE_VARIANTS:
-        known = ", ".join([*SCENE_VARIANTS, "sd-turbo"])
-        raise ConfigError(f"unknown scene network {name!r}; known: {known}")
-    return SCENE_VARIANTS[arch](**overrides)

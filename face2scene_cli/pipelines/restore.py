@@ -40,7 +40,8 @@ from face2scene_cli.faces.identity import create_identity_encoder
 from face2scene_cli.faces.paste import paste_faces
 from face2scene_cli.hashing import json_sha256
 from face2scene_cli.io.images import Image, from_tensor, to_tensor
-from face2scene_cli.restorers.face.base import FACE_RESTORERS, FaceRestorer, create_face_restorer
+from face2scene_cli.registry import create, is_registered
+from face2scene_cli.restorers.face.base import FaceRestorer
 from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import SceneRestorer, load_scene_restorer
 from face2scene_cli.zoo import ModelInfo, require_model
@@ -398,7 +399,8 @@ def resolve_face_restorer(name: str, with_references: bool) -> str:
     is registered and references are given, else ``blind``; other names are kept."""
     if name != "auto":
         return name
-    return "ref-guided" if with_references and "ref-guided" in FACE_RESTORERS else "blind"
+    usable = with_references and is_registered("face_restorer", "ref-guided", builtin_only=True)
+    return "ref-guided" if usable else "blind"
 
 
 def blind_reason(found: FoundFace, used: int | None, refs_given: bool) -> str | None:
@@ -488,7 +490,9 @@ class Face2ScenePipeline:
                 f"{scene_model} was trained on the codes of {scene.settings.fadex}, not {fadex}"
             )
         refs_given = cfg.refs is not None
-        restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, refs_given))
+        restorer: FaceRestorer = create(
+            "face_restorer", resolve_face_restorer(cfg.face_restorer, refs_given)
+        )
         finder = FaceFinder.from_settings(cfg, device=cfg.device)
         reader = DegradationReader(
             load_fadex(fadex), restorer, device=cfg.device, batch_size=batch_size

@@ -817,7 +817,7 @@ def load_models(
     from face2scene_cli.errors import NotAvailableError
     from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.faces.identity import create_identity_encoder
-    from face2scene_cli.restorers.face.base import BlindFaceRestorer
+    from face2scene_cli.restorers.face.blind import BlindFaceRestorer
     from face2scene_cli.restorers.loading import load_fadex
 
     reader = DegradationReader(load_fadex(scene.settings.fadex), BlindFaceRestorer(), device)

@@ -46,7 +46,7 @@ from face2scene_cli.errors import ConfigError
 from face2scene_cli.hashing import file_sha256
 from face2scene_cli.io.images import read_image
 from face2scene_cli.research.sample_data import Photo, all_photos
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
     "FADEX_DEGRADATIONS",

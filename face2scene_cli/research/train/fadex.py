@@ -50,7 +50,8 @@ from face2scene_cli.research.train.data import (
     group_worker,
     load_splits,
 )
-from face2scene_cli.restorers.face.base import BlindFaceRestorer, FaceRestorer
+from face2scene_cli.restorers.face.base import FaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
     "FIG3_OPERATORS",

@@ -49,7 +49,7 @@ from face2scene_cli.research.train.fadex import (
     supcon_loss,
     val_score,
 )
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
     "FeatureSet",

@@ -50,10 +50,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from face2scene_cli.archs.mapnet import MapNet
-from face2scene_cli.archs.scene_net import create_scene_net
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.registry import create
 from face2scene_cli.research.metrics import psnr_torch, ssim_torch
 from face2scene_cli.research.train.data import (
     PhotoBank,
@@ -61,7 +61,7 @@ from face2scene_cli.research.train.data import (
     config_section,
     load_splits,
 )
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer
 
 __all__ = [
@@ -644,7 +644,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     # 2. networks, optimizer, EMA
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
-    net = create_scene_net(config.network.variant, **config.network.overrides)
+    net = create("scene_net", config.network.variant, **config.network.overrides)
     ctx_dim = int(net.cond.token_dim)
     mapnet = MapNet(
         **{
@@ -661,7 +661,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         raise ConfigError("train.device is cuda but CUDA is not available")
     model = _ckpt_modules(net, mapnet)
     ema = _ckpt_modules(
-        create_scene_net(config.network.variant, **config.network.overrides),
+        create("scene_net", config.network.variant, **config.network.overrides),
         MapNet.from_config(mapnet.config),
     )
     ema.load_state_dict(model.state_dict())
