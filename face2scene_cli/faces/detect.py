@@ -125,7 +125,7 @@ DETECTOR_CHOICES: tuple[str, ...] = ("auto", *DETECTORS)
 
 def resolve_detector_name(name: str = "auto") -> str:
     """The backend ``name`` stands for (``auto`` -> insightface when its pack is on disk,
-    else :data:`OFFLINE_DEFAULT`).
+    else :data:`OFFLINE_DEFAULT`; a built-in or a detector plugin's name is kept).
 
     Raises:
         ConfigError: an unknown name (the message lists the choices).
@@ -134,7 +134,7 @@ def resolve_detector_name(name: str = "auto") -> str:
         has_pack = insightface_detector_file() is not None
         usable = has_pack and importlib.util.find_spec("insightface") is not None
         return "insightface" if usable else OFFLINE_DEFAULT
-    if name not in DETECTORS and not is_registered("detector", name):
+    if not is_registered("detector", name):
         raise ConfigError(
             f"unknown face detector {name!r}; choose one of {', '.join(DETECTOR_CHOICES)}"
         )
@@ -147,7 +147,8 @@ def create_detector(
     """Build a face detector by name.
 
     Args:
-        name: one of :data:`DETECTOR_CHOICES`.
+        name: one of :data:`DETECTOR_CHOICES`, or a detector plugin's name
+            (:mod:`face2scene_cli.registry`).
         min_face: smallest face kept, in pixels (shorter box side), >= 1.
         max_faces: keep at most this many faces per image (most confident first), or None.
         device: torch / onnxruntime device (dlib always runs on the CPU).
