@@ -58,6 +58,10 @@ class Shard:
         return int.from_bytes(digest[:8], "big") % self.count == self.index
 
 
+# Upper bounds that keep a typo (threads: 100000) from exhausting the machine's threads.
+_MOST = {"threads": 1024, "io_workers": 256, "batch_size": 4096, "workers": 4096}
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchConfig:
     """Settings of the batch engine shared by every command that walks files.
@@ -116,6 +120,9 @@ class BatchConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        for name, most in _MOST.items():
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name} must be <= {most}, got {getattr(self, name)}")
 
     @property
     def shard_spec(self) -> Shard | None:
@@ -146,12 +153,11 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
 
 
 def file_section(data: dict[str, Any], command: str, cls: type[Any]) -> dict[str, Any]:
-    """The keys of ``cls`` set by the file: top-level keys, overridden by the command's section."""
+    """The keys of ``cls`` set by the file: top-level keys, overridden by the command's section
+    (which :func:`check_file_keys` has checked is a mapping)."""
     names = {f.name for f in dataclasses.fields(cls)}
     merged = {_key(k): v for k, v in data.items() if not isinstance(v, dict) and _key(k) in names}
     section = data.get(command) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"config section {command!r} must be a mapping")
     merged.update({_key(k): v for k, v in section.items() if _key(k) in names})
     return merged
 
@@ -160,6 +166,11 @@ def check_file_keys(data: dict[str, Any], command: str, classes: list[type[Any]]
     """Refuse keys that no settings class of the command knows (typos must not pass silently)."""
     known = {f.name for cls in classes for f in dataclasses.fields(cls)}
     top = {_key(k) for k, v in data.items() if not isinstance(v, dict)}
+    if not isinstance(data.get(command) or {}, dict):
+        raise ConfigError(
+            f"config section {command!r} must be a mapping of settings, "
+            f"got {type(data[command]).__name__} {data[command]!r}"
+        )
     section = {_key(k) for k in (data.get(command) or {})}
     unknown = sorted((top | section) - known)
     if unknown:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -106,6 +108,43 @@ def test_config_errors_are_usage_errors(tmp_path: Path, small_photo_dir: Path) -
     assert res.exit_code == 2 and "cannot be combined" in res.output
     res = runner.invoke(app, ["degrade", str(small_photo_dir), "--preset", "nope"])
     assert res.exit_code == 2 and "unknown preset" in res.output
+    for section in ("5", "[1, 2]"):  # a section that is not a mapping of settings
+        cfg.write_text(f"degrade: {section}\n")
+        res = runner.invoke(app, ["degrade", str(small_photo_dir), "--config", str(cfg)])
+        assert res.exit_code == 2 and "section 'degrade' must be a mapping" in res.output
+    res = runner.invoke(app, ["degrade", str(small_photo_dir)], env={"F2S_THREADS": "100000"})
+    assert res.exit_code == 2 and "threads must be <= 1024" in res.output
+
+
+def test_ctrl_c_while_a_command_loads_exits_130_without_traceback(
+    small_photo_dir: Path, tmp_path: Path
+) -> None:
+    # f2s eval loads its models and scores for many seconds: interrupt it early.
+    cmd = [sys.executable, "-m", "face2scene_cli", "eval", str(small_photo_dir)]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "eval")], stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "f2s: interrupted" in err
+
+
+def test_control_characters_in_file_names_cannot_forge_log_lines(
+    small_photo_dir: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "odd"
+    photos.mkdir()
+    source = next(p for p in small_photo_dir.rglob("*.png"))
+    forged = "x.png\nf2s: 99 done, 0 skipped, 0 failed of 99\x1b[31m.png"
+    shutil.copyfile(source, photos / forged)
+    (photos / "broken\r\x1b[2K.png").write_bytes(b"not a png")
+    res = run_f2s("degrade", photos, "--out", tmp_path / "out", "--preset", "noise15")
+    assert res.returncode == 1  # the broken file
+    assert "\x1b" not in res.stderr and "\r" not in res.stderr
+    assert not any(line.startswith("f2s: 99 done") for line in res.stderr.splitlines())
+    assert "x.png\\nf2s: 99 done" in res.stderr and "broken\\r\\x1b[2K.png" in res.stderr
 
 
 def test_jsonl_stream_and_plain_progress(small_photo_dir: Path, tmp_path: Path) -> None:

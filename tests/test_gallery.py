@@ -478,6 +478,16 @@ def test_refs_errors(tmp_path: Path, detector, aligner, encoder) -> None:
         Gallery.build(faceless, detector, aligner, encoder, cache_dir=tmp_path / "c")
     with pytest.raises(RefsError, match="no gallery index"):
         Gallery.open(tmp_path / "other", encoder, cache_dir=tmp_path / "c")
+    skipped = tmp_path / "skipped"  # issue 17 case 8: the error names every skipped file
+    skipped.mkdir()
+    (skipped / "notes.txt").write_text("not a photo")
+    (skipped / "passwd.jpg").symlink_to(skipped / "notes.txt")
+    (skipped / "gone.png").symlink_to(tmp_path / "missing.png")
+    with pytest.raises(RefsError, match="3 file") as err:
+        Gallery.build(skipped, detector, aligner, encoder, cache_dir=tmp_path / "c")
+    assert "gone.png: cannot read the file" in str(err.value)
+    assert "notes.txt: not an image" in str(err.value)
+    assert "passwd.jpg: not an image" in str(err.value)
 
 
 # ------------------------------------------------------------------------------- references

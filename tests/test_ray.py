@@ -98,17 +98,24 @@ def test_ray_engine_matches_local_engine(
 def test_ray_restore_matches_local_restore(
     ray_cluster: Any, small_photo_dir: Path, tmp_path: Path
 ) -> None:
-    """``f2s restore`` (faces, models loaded by the worker) gives the local engine's results."""
-    people = tmp_path / "people"
+    """``f2s restore`` (faces, models loaded by the worker) gives the local engine's results;
+    the gallery's warnings are reported once per run (not per worker or batch) by both."""
+    people, refs = tmp_path / "people", tmp_path / "refs"
     people.mkdir()
+    refs.mkdir()
     for name in ("t1.jpg", "astronaut.png"):
         (people / name).write_bytes((small_photo_dir / name).read_bytes())
-    restore = ("restore", people, "--threads", "1")
+    (refs / "astronaut.png").write_bytes((small_photo_dir / "astronaut.png").read_bytes())
+    (refs / "notes.txt").write_text("not a photo")
+    restore = ("restore", people, "--refs", refs, "--threads", "1", "-b", "1")
     assert f2s(*restore, "--out", tmp_path / "local").exit_code == 0
     res = f2s(*restore, "--out", tmp_path / "ray", "--engine", "ray", "--workers", "1")
     assert res.exit_code == 0, res.output
     _assert_same_results(tmp_path / "local", tmp_path / "ray")
     assert any(r["faces"] for r in reports_in(tmp_path / "ray").values())
+    assert res.stderr.count("warning: --refs notes.txt: not an image, skipped") == 1
+    for out in ("local", "ray"):
+        assert summary_of(tmp_path / out)["warnings"] == ["--refs notes.txt: not an image, skipped"]
 
 
 def test_ray_worker_crash_is_retried_without_losing_or_redoing_images(

@@ -24,11 +24,8 @@ from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.io.images import Image as F2SImage
 from face2scene_cli.io.images import from_tensor, read_image, to_tensor, write_image
-from face2scene_cli.pipelines.restore import (
-    DegradationReader,
-    resolve_face_restorer,
-    warp_reference,
-)
+from face2scene_cli.pipelines.reading import DegradationReader, warp_reference
+from face2scene_cli.pipelines.restore import resolve_face_restorer
 from face2scene_cli.registry import KINDS
 from face2scene_cli.research.sample_data import package_photos
 from face2scene_cli.restorers.face.base import FaceRestorer, RestoredFaces
@@ -122,6 +119,34 @@ def test_each_face_gets_its_own_persons_references(
     ref = next(r for r in given if r)[0]
     assert ref.shape == crop_shape[1:]  # moved into the native crop's geometry
     assert float(ref.min()) >= 0.0 and float(ref.max()) <= 1.0 and float(ref.std()) > 0.05
+
+
+def test_gallery_warnings_reach_stderr_and_the_summary_once(two_people, tmp_path: Path) -> None:
+    """Issue 17 case 8: what ``f2s faces`` warns about a gallery, ``f2s restore`` says too, once
+    per run (two batches here): a ref linked outside the refs folder (not an image), an
+    unreadable ref, the same photo under two people."""
+    photo, refs = two_people
+    outside = tmp_path / "passwd"
+    outside.write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (refs / "eileen" / "passwd.jpg").symlink_to(outside)
+    (refs / "eileen" / "gone.png").symlink_to(tmp_path / "missing.png")
+    (refs / "twin").mkdir()
+    (refs / "twin" / "flip.png").write_bytes((refs / "eileen" / "flip.png").read_bytes())
+    (photo.parent / "again.png").write_bytes(photo.read_bytes())
+    out = tmp_path / "out"
+    args = ["restore", str(photo.parent), "--refs", str(refs), "--out", str(out), "-b", "1"]
+    res = runner.invoke(app, [*args, "--face-restorer", "blind"])
+    assert res.exit_code == 0, res.output
+    expected = [
+        "eileen/gone.png: cannot read the file",
+        "eileen/passwd.jpg: not an image",
+        "twin/flip.png: the same photo as eileen/flip.png",
+    ]
+    lines = [line for line in res.stderr.splitlines() if line.startswith("f2s: warning:")]
+    warnings = summary_of(out)["warnings"]
+    for text in expected:
+        assert sum(text in line for line in lines) == 1, res.stderr
+        assert sum(text in w for w in warnings) == 1, warnings
 
 
 def test_references_are_warped_into_the_native_crop_by_the_landmarks() -> None:

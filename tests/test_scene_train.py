@@ -158,7 +158,7 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
     from face2scene_cli.archs.mapnet import mapnet_tiny
     from face2scene_cli.archs.scene_net import scene_tiny
     from face2scene_cli.faces.detect import create_detector
-    from face2scene_cli.pipelines.restore import DegradationReader
+    from face2scene_cli.pipelines.reading import DegradationReader
     from face2scene_cli.research.eval.scene import (
         EvalConfig,
         EvalModels,

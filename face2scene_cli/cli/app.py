@@ -7,6 +7,8 @@ only ``commands/restore.py``, which keeps torch, cv2 and the models out until th
 from __future__ import annotations
 
 import importlib
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from face2scene_cli import __version__
+from face2scene_cli.errors import ExitCode
 
 EPILOG = """[bold]Examples[/bold]
 
@@ -154,6 +157,14 @@ def _main(
     """face2scene: batch restoration of photos of people."""
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    print("f2s: interrupted", file=sys.stderr, flush=True)
+    raise SystemExit(ExitCode.INTERRUPTED)
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. Ctrl-C while a command loads, or in a command that does not walk
+    files, exits 130 with one line and no traceback (a batch run installs its own handler
+    that finishes the file in flight)."""
+    signal.signal(signal.SIGINT, _interrupted)
     app()

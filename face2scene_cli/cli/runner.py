@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,21 @@ if TYPE_CHECKING:
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 logger = logging.getLogger(__name__)
 
+# C0/C1 controls, DEL and the Unicode marks that reorder or hide text (bidi overrides, ZWSP).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``, ``\\u202e``), so a
+    file name can neither forge a log line nor colour the terminal (JSON output escapes them
+    by itself)."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
+
+
+def say(text: str) -> None:
+    """One line on stderr, control characters escaped."""
+    print(printable(text), file=sys.stderr, flush=True)
+
 
 def cli_errors(command: Callable[..., None]) -> Callable[..., None]:
     """Turn an F2SError raised by a command into one stderr line and its exit code.
@@ -61,7 +77,7 @@ def cli_errors(command: Callable[..., None]) -> Callable[..., None]:
         except F2SError as err:
             if kwargs.get("debug") or os.environ.get("F2S_DEBUG", "").lower() in ("1", "true"):
                 logger.error("traceback", exc_info=True)
-            print(f"f2s: error: {err}", file=sys.stderr, flush=True)
+            say(f"f2s: error: {err}")
             raise typer.Exit(int(err.exit_code)) from None
 
     return wrapper
@@ -189,25 +205,15 @@ class ProgressObserver:
             self.progress.advance(self.task)
             if event.status == "failed":
                 self.progress.console.print(
-                    f"[red]failed[/red] {path}: {error.get('message')}",
-                    markup=True,
-                    highlight=False,
+                    Text.assemble(("failed", "red"), printable(f" {path}: {error.get('message')}"))
                 )
             return
         if event.status == "failed":
-            print(
-                f"f2s: [{event.index}/{event.total}] failed {path}: {error.get('message')}",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"f2s: [{event.index}/{event.total}] failed {path}: {error.get('message')}")
         elif not self.log.quiet:
             seconds = (report.run.get("timings") or {}).get("total") if report else None
             took = f" ({seconds:.2f} s)" if seconds is not None else ""
-            print(
-                f"f2s: [{event.index}/{event.total}] {event.status} {path}{took}",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"f2s: [{event.index}/{event.total}] {event.status} {path}{took}")
 
 
 @contextlib.contextmanager
@@ -250,6 +256,8 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
         raise typer.Exit(ExitCode.USAGE)
     # Ray workers build their own job; locally it is built before the progress bar starts.
     job: ImageJob | None = job_factory() if batch_cfg.engine == "local" else None
+    for warning in job.warnings() if job is not None else []:
+        diag("warning", warning, log)
     jsonl = _open_jsonl(log.report_jsonl)
     try:
         with ProgressObserver(plan, log, jsonl) as observer, StopFlag().installed() as stop:
@@ -260,6 +268,9 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     finally:
         if jsonl not in (None, sys.stdout):
             jsonl.close()
+    if job is None:  # the Ray job was built on the cluster: its warnings come with the summary
+        for warning in summary.warnings[len(plan.warnings) :]:
+            diag("warning", warning, log)
     _print_summary(summary, plan, log, time.perf_counter() - started)
     raise typer.Exit(summary.exit_code)
 
@@ -278,7 +289,7 @@ def diag(level: str, message: str, log: LogOptions | None = None) -> None:
     if log.log_json:
         print(json.dumps({"event": level, "message": message}), file=sys.stderr, flush=True)
     elif level != "warning" or not log.quiet:
-        print(f"f2s: {level}: {message}", file=sys.stderr, flush=True)
+        say(f"f2s: {level}: {message}")
 
 
 def _print_summary(summary: RunSummary, plan: Plan, log: LogOptions, seconds: float) -> None:
@@ -306,10 +317,8 @@ def _print_summary(summary: RunSummary, plan: Plan, log: LogOptions, seconds: fl
             log,
         )
     if not log.quiet:
-        print(
+        say(
             f"f2s: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed "
             f"of {c['total']} in {seconds:.1f} s -> {summary.out} "
-            f"(summary: {display_path(plan.out / summary_name(plan.shard))})",
-            file=sys.stderr,
-            flush=True,
+            f"(summary: {display_path(plan.out / summary_name(plan.shard))})"
         )

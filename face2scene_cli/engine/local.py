@@ -530,6 +530,11 @@ class ImageJob(Protocol):
         """Models used, as ``{"name", "sha256"}``."""
         ...
 
+    def warnings(self) -> list[str]:
+        """Warnings about the run as a whole (e.g. reference photos skipped), reported once
+        per run (stderr and the run summary), not per image."""
+        ...
+
     def process(self, batch: list[LoadedImage], seed: int) -> list[Processed | F2SError]:
         """Outputs for a batch, one per input, in order; an F2SError marks one failed image."""
         ...
@@ -904,7 +909,7 @@ class BatchRun:
             out=display_path(self.plan.out),
             counts=dict(self.counts),
             failures=self.failures,
-            warnings=self.plan.warnings,
+            warnings=[*self.plan.warnings, *self.job.warnings()],  # the planner's, then the job's
             settings_hash=self.hash,
             settings=self.settings,
             models=self.job.models(),

@@ -66,18 +66,23 @@ def require_ray() -> Any:
 
 
 class JobInfo:
-    """A job's name, device, settings and models, as the driver sees a job that runs on the
-    workers (it never processes images)."""
+    """A job's name, device, settings, models and warnings, as the driver sees a job that runs
+    on the workers (it never processes images). Built once per run: the workers' own copies of
+    the job never report their warnings."""
 
     def __init__(self, job: ImageJob) -> None:
         self.command, self.device = job.command, job.device
         self._settings, self._models = job.settings(), job.models()
+        self._warnings = job.warnings()
 
     def settings(self) -> dict[str, Any]:
         return self._settings
 
     def models(self) -> list[dict[str, str]]:
         return self._models
+
+    def warnings(self) -> list[str]:
+        return self._warnings
 
 
 def _describe(job_factory: Callable[[], ImageJob]) -> JobInfo:

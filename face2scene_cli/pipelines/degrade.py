@@ -52,6 +52,10 @@ class DegradePipeline:
             "params": self.fixed.to_dict() if self.fixed else self.distribution.to_dict(),
         }
 
+    def warnings(self) -> list[str]:
+        """Always empty: degrading reads no setup files that could be skipped."""
+        return []
+
     def degradation(self, seed: int, key: str) -> Degradation:
         """The degradation of the image ``key``: the fixed one with the noise seed
         ``image_seed(seed, key)``, or a second-order sample drawn from that seed."""

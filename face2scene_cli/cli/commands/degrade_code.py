@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from face2scene_cli.cli import options as o
-from face2scene_cli.cli.runner import configure_logging, diag
+from face2scene_cli.cli.runner import configure_logging, diag, printable
 from face2scene_cli.config import DEFAULT_MAX_PIXELS, Shard
 from face2scene_cli.engine.report import display_path
 from face2scene_cli.errors import ExitCode, F2SError
 
 if TYPE_CHECKING:
-    from face2scene_cli.pipelines.restore import ImageDegradation
+    from face2scene_cli.pipelines.reading import ImageDegradation
 
 
 def degrade_code(
@@ -115,7 +115,7 @@ def _print(entry: dict[str, Any]) -> None:
     if entry["error"]:
         return
     deg = entry["degradation"]
-    name = entry["relative_path"]
+    name = printable(entry["relative_path"])
     if deg is None:
         typer.echo(f"{name}: no usable face")
         return

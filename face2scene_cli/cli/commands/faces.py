@@ -9,9 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from face2scene_cli.cli import options as o
-from face2scene_cli.cli.runner import configure_logging, diag, load_settings, print_config
+from face2scene_cli.cli.runner import (
+    configure_logging,
+    diag,
+    load_settings,
+    print_config,
+    printable,
+)
 from face2scene_cli.config import FacesConfig
 from face2scene_cli.engine.report import display_path
 from face2scene_cli.errors import ExitCode, F2SError
@@ -72,7 +79,7 @@ def faces(
     from face2scene_cli.engine.local import find_images
     from face2scene_cli.faces.align import FaceAligner
     from face2scene_cli.io.images import read_image
-    from face2scene_cli.pipelines.restore import FaceFinder
+    from face2scene_cli.pipelines.reading import FaceFinder
 
     finder = FaceFinder.from_settings(cfg, FaceAligner(size=cfg.face_size))
     gallery = finder.gallery
@@ -132,21 +139,21 @@ def _print_table(results: list[dict[str, Any]]) -> None:
     table = Table("image", "#", "box (x0,y0,x1,y1)", "score", "person", "similarity", "references")
     for entry in results:
         if entry["error"]:
-            table.add_row(
-                entry["input"], "-", f"[red]{entry['error']['message']}[/red]", "", "", "", ""
-            )
+            message = Text(printable(entry["error"]["message"]), style="red")
+            table.add_row(Text(printable(entry["input"])), "-", message, "", "", "", "")
             continue
+        name = Text(printable(entry["relative_path"]))
         if not entry["faces"]:
-            table.add_row(entry["relative_path"], "-", "no face", "", "", "", "")
+            table.add_row(name, "-", "no face", "", "", "", "")
         for i, face in enumerate(entry["faces"]):
             sim = face["similarity"]
             table.add_row(
-                entry["relative_path"] if i == 0 else "",
+                name if i == 0 else "",
                 str(i),
                 ", ".join(f"{v:.0f}" for v in face["box"]),
                 f"{face['score']:.2f}",
-                face["person"] or "unknown",
+                Text(printable(face["person"] or "unknown")),
                 "-" if sim is None else f"{sim:.3f}",
-                ", ".join(face["references"]) or "-",
+                Text(printable(", ".join(face["references"]) or "-")),
             )
     stdout.print(table)

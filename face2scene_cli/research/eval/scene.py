@@ -52,7 +52,7 @@ from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.faces.detect import as_rgb_uint8
 from face2scene_cli.io.images import atomic_write_bytes, read_image, to_tensor
-from face2scene_cli.pipelines.restore import DegradationReader
+from face2scene_cli.pipelines.reading import DegradationReader
 from face2scene_cli.research.metrics import psnr, ssim_map, ssim_map_mean
 from face2scene_cli.restorers.scene import SceneRestorer
 

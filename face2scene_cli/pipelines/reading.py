@@ -1,0 +1,383 @@
+"""Reading photos before restoring them: whose faces they show, and how they are degraded.
+
+:class:`FaceFinder` detects faces, aligns them and (with a reference gallery) says whose they
+are and which references suit them; :class:`DegradationReader` restores the face crops of a
+batch of images (Stage I), runs FaDeX on the (degraded, restored) pairs and aggregates each
+image's faces into one degradation estimate. ``Face2ScenePipeline.from_pretrained``
+(:mod:`face2scene_cli.pipelines.restore`) assembles them; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from face2scene_cli.archs.fadex import FaDeX
+from face2scene_cli.config import FaceSettings
+from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.faces.align import (
+    AlignedFace,
+    FaceAligner,
+    estimate_similarity,
+    ffhq_template,
+    native_crop,
+)
+from face2scene_cli.faces.base import DetectedFace, FaceDetector
+from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
+from face2scene_cli.faces.gallery import Gallery, Match, Reference
+from face2scene_cli.faces.identity import create_identity_encoder
+from face2scene_cli.io.images import to_tensor
+from face2scene_cli.restorers.face.base import FaceRestorer
+
+# FaDeX reads native crops of at least this side; smaller faces take more context around them.
+MIN_CROP_SIDE = 64
+
+
+@dataclass
+class FoundFace:
+    """One face of an image: where it is, its aligned crop, and whose it is."""
+
+    face: DetectedFace
+    aligned: AlignedFace | None = None
+    match: Match | None = None
+    references: list[Reference] = field(default_factory=list)
+
+    def to_report(self) -> dict[str, Any]:
+        """The report schema's ``faces[]`` entry."""
+        entry = self.face.to_report()
+        entry["person"] = self.match.person if self.match else None
+        entry["similarity"] = round(self.match.similarity, 4) if self.match else None
+        entry["references"] = [r.path for r in self.references]
+        return entry
+
+
+class FaceFinder:
+    """Detect -> align -> match to the gallery -> choose references, for one image at a time.
+
+    Args:
+        detector: the face detector.
+        aligner: makes aligned crops (None: no crops, e.g. for listing only).
+        gallery: the reference gallery (None: every face is "unknown").
+        refs_k: references chosen per matched face.
+        unique_identities: a person appears at most once per photo.
+    """
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        aligner: FaceAligner | None = None,
+        gallery: Gallery | None = None,
+        refs_k: int = 3,
+        unique_identities: bool = True,
+    ) -> None:
+        self.detector = detector
+        self.aligner = aligner
+        self.gallery = gallery
+        self.refs_k = refs_k
+        self.unique_identities = unique_identities
+
+    @classmethod
+    def from_settings(
+        cls, settings: FaceSettings, aligner: FaceAligner | None = None, device: str = "cpu"
+    ) -> FaceFinder:
+        """The detector, identity encoder and reference gallery ``settings`` name.
+
+        Args:
+            aligner: makes aligned crops (None: none; the gallery aligns with the default).
+            device: where the detector runs.
+        """
+        detector = create_detector(settings.detector, settings.min_face, settings.max_faces, device)
+        gallery = None
+        if settings.refs is not None:
+            encoder = create_identity_encoder(settings.identity)
+            gallery = Gallery.build(settings.refs, detector, aligner or FaceAligner(), encoder)
+        return cls(detector, aligner, gallery, refs_k=settings.refs_k)
+
+    def find(self, pixels: np.ndarray) -> list[FoundFace]:
+        """Faces of one image, most confident first.
+
+        Args:
+            pixels: (H, W, C) uint8/uint16 pixels, C in {1, 3, 4} (as read by imageio).
+        """
+        rgb = as_rgb_uint8(pixels)
+        faces = self.detector.detect([rgb])[0]
+        found = [FoundFace(face) for face in faces]
+        if self.aligner is not None:
+            for item in found:
+                item.aligned = self.aligner.align(pixels, item.face)
+        if self.gallery is not None and faces:
+            matches = self.gallery.match_faces(rgb, faces, unique=self.unique_identities)
+            for item, match in zip(found, matches, strict=True):
+                item.match = match
+                if match.person is not None and match.embedding is not None:
+                    item.references = self.gallery.best_references(
+                        match.embedding, item.face, match.person, k=self.refs_k
+                    )
+        return found
+
+
+@dataclass
+class FaceDegradation:
+    """One face's Stage I result and FaDeX's reading of it.
+
+    Attributes:
+        index: the face's position in the list given to :meth:`DegradationReader.read_batch`.
+        face: the detected face.
+        code: (D,) unit vector.
+        estimates: FaDeX's :class:`Estimate` for this face.
+        weight: restorer confidence x detection score x size factor, in (0, 1].
+        crop_box: ``(x0, y0, x1, y1)`` of ``lq``/``hq`` in source pixels (inside the photo).
+        restorer: the Stage I method, e.g. ``blind-nlm/1``.
+        references_used: how many references shaped ``hq`` (None: the restorer reads none).
+        lq: (1, C, h, w) float [0, 1] the native crop; hq: Stage I's output, same shape.
+        z: FaDeX's map (1, C_z, h/8, w/8).
+    """
+
+    index: int
+    face: DetectedFace
+    code: np.ndarray
+    estimates: Estimate
+    weight: float
+    crop_box: tuple[int, int, int, int]
+    restorer: str
+    references_used: int | None
+    lq: torch.Tensor = field(repr=False)
+    hq: torch.Tensor = field(repr=False)
+    z: torch.Tensor = field(repr=False)
+
+
+@dataclass
+class ImageDegradation:
+    """One image's degradation: per face, and aggregated over faces (None without faces)."""
+
+    faces: list[FaceDegradation]
+    restorer: str
+    code: np.ndarray | None = None
+    estimates: Estimate | None = None
+
+    @property
+    def source(self) -> str:
+        """``face`` when read off faces, ``blind`` when the image had no usable face."""
+        return "face" if self.faces else "blind"
+
+    def to_report(self) -> dict[str, Any] | None:
+        """The report schema's ``degradation`` field (None without faces)."""
+        if self.estimates is None or self.code is None:
+            return None
+        return {
+            "code": [round(float(v), 5) for v in self.code],
+            **self.estimates.to_report(),
+            "source": self.source,
+        }
+
+
+@dataclass
+class _Crop:
+    """A face crop on its way through Stage I and FaDeX (one image of a batch)."""
+
+    image: int
+    index: int
+    face: DetectedFace
+    box: tuple[int, int, int, int]
+    lq: torch.Tensor  # (C, h, w)
+    references: list[torch.Tensor] | None
+    confidence: float = 0.0
+    references_used: int | None = None
+
+
+class DegradationReader:
+    """Reads images' degradation off their faces (Stage I restorer + FaDeX), a batch at a time.
+
+    For each face a native-resolution square crop (no resampling: noise, blur and the JPEG
+    grid stay as in the photo) is restored by ``restorer``; FaDeX reads the (crop, restored)
+    pair. Crops of the same size are restored and read together, ``batch_size`` at a time,
+    across all images of a batch. An image's estimate is the weighted mean over its faces,
+    weights = restorer confidence x detection score x min(1, face size / 64 px).
+
+    Args:
+        fadex: the degradation extractor (eval mode).
+        restorer: the Stage I face restorer (blind baseline or reference-based).
+        device: where FaDeX runs.
+        margin: context around the face box in the crop (fraction of the box side).
+        batch_size: crops per Stage I / FaDeX call.
+    """
+
+    def __init__(
+        self,
+        fadex: FaDeX,
+        restorer: FaceRestorer,
+        device: str = "cpu",
+        margin: float = 0.25,
+        batch_size: int = 8,
+    ) -> None:
+        self.fadex = fadex.to(device).eval()
+        self.restorer = restorer
+        self.device = device
+        self.margin = margin
+        self.batch_size = max(1, batch_size)
+
+    def read(
+        self,
+        pixels: np.ndarray,
+        faces: list[DetectedFace],
+        references: list[list[torch.Tensor]] | None = None,
+    ) -> ImageDegradation:
+        """The degradation of one image from its ``faces`` (see :meth:`read_batch`)."""
+        return self.read_batch([(pixels, faces, references)])[0][0]
+
+    @torch.inference_mode()
+    def read_batch(
+        self,
+        images: Sequence[tuple[np.ndarray, list[DetectedFace], list[list[torch.Tensor]] | None]],
+    ) -> tuple[list[ImageDegradation], dict[str, float]]:
+        """The degradation of each image of a batch.
+
+        Args:
+            images: per image, its pixels (H, W, C) uint8/uint16 with C in {1, 3, 4} (alpha is
+                ignored), its faces, and per face the reference crops (C, Hr, Wr) float in
+                [0, 1] handed to the Stage I restorer (None: no reference gallery).
+
+        Returns:
+            One :class:`ImageDegradation` per image, and the seconds spent in ``stage1`` and
+            ``fadex`` over the whole batch. Faces whose crop has a side under 16 px are left
+            out.
+        """
+        crops = [
+            crop
+            for i, (pixels, faces, refs) in enumerate(images)
+            for crop in self._crops(i, pixels, faces, refs)
+        ]
+        groups: dict[tuple[int, ...], list[_Crop]] = {}
+        for crop in crops:
+            groups.setdefault(tuple(crop.lq.shape), []).append(crop)
+        chunks = [
+            group[k : k + self.batch_size]
+            for group in groups.values()
+            for k in range(0, len(group), self.batch_size)
+        ]
+        t0 = time.perf_counter()
+        restored = [self._restore(chunk) for chunk in chunks]
+        t1 = time.perf_counter()
+        readings: list[list[FaceDegradation]] = [[] for _ in images]
+        for chunk, hq in zip(chunks, restored, strict=True):
+            for crop, reading in zip(chunk, self._fadex(chunk, hq), strict=True):
+                readings[crop.image].append(reading)
+        t2 = time.perf_counter()
+        results = [
+            _aggregate(sorted(r, key=lambda f: f.index), self.restorer.method) for r in readings
+        ]
+        return results, {"stage1": t1 - t0, "fadex": t2 - t1}
+
+    def _crops(
+        self,
+        image: int,
+        pixels: np.ndarray,
+        faces: list[DetectedFace],
+        references: list[list[torch.Tensor]] | None,
+    ) -> list[_Crop]:
+        colour = pixels[..., :3] if pixels.shape[-1] == 4 else pixels
+        crops = []
+        for index, face in enumerate(faces):
+            margin = max(self.margin, (MIN_CROP_SIDE / max(face.size, 1.0) - 1) / 2)
+            crop = native_crop(colour, face, margin=margin)
+            x0, y0, x1, y1 = crop.valid
+            if min(x1 - x0, y1 - y0) < 16:
+                continue
+            lq = to_tensor(np.ascontiguousarray(crop.crop[y0:y1, x0:x1]))[0]
+            box = (crop.box[0] + x0, crop.box[1] + y0, crop.box[0] + x1, crop.box[1] + y1)
+            refs = None
+            if references is not None and self.restorer.uses_references:
+                refs = [warp_reference(r, face, box) for r in references[index]]
+            crops.append(_Crop(image, index, face, box, lq, refs))
+        return crops
+
+    def _restore(self, chunk: list[_Crop]) -> torch.Tensor:
+        """Stage I on crops of one size: (B, C, h, w) in [0, 1]; fills each crop's
+        ``confidence`` and ``references_used``."""
+        refs = None
+        if any(c.references is not None for c in chunk):
+            refs = [_as_channels(c.references or [], c.lq.shape[0]) for c in chunk]
+        out = self.restorer.restore(torch.stack([c.lq for c in chunk]), refs)
+        used = out.references_used
+        for j, crop in enumerate(chunk):
+            crop.confidence = float(out.confidence[j])
+            crop.references_used = None if used is None else int(used[j])
+        return out.hq.detach().float().cpu().clamp(0.0, 1.0)
+
+    def _fadex(self, chunk: list[_Crop], hq: torch.Tensor) -> list[FaceDegradation]:
+        lq = torch.stack([c.lq for c in chunk])
+        out = self.fadex(lq.to(self.device), hq.to(self.device))
+        estimates = out.estimates()
+        readings = []
+        for j, c in enumerate(chunk):
+            weight = c.confidence * c.face.score * min(1.0, c.face.size / 64.0)
+            readings.append(
+                FaceDegradation(
+                    index=c.index,
+                    face=c.face,
+                    code=out.code[j].float().cpu().numpy(),
+                    estimates=estimates[j],
+                    weight=max(weight, 1e-6),
+                    crop_box=c.box,
+                    restorer=self.restorer.method,
+                    references_used=c.references_used,
+                    lq=lq[j : j + 1],
+                    hq=hq[j : j + 1],
+                    z=out.z[j : j + 1].cpu(),
+                )
+            )
+        return readings
+
+
+def warp_reference(
+    ref: torch.Tensor, face: DetectedFace, box: tuple[int, int, int, int]
+) -> torch.Tensor:
+    r"""A FFHQ-aligned reference crop moved into a native crop's geometry by the landmarks.
+
+    Args:
+        ref: :math:`(C, S, S)` float in [0, 1], aligned to :func:`ffhq_template` (S).
+        face: the degraded face (its 5 landmarks, in photo pixels).
+        box: ``(x0, y0, x1, y1)`` of the native crop in photo pixels.
+
+    Returns:
+        :math:`(C, y1 - y0, x1 - x0)` float in [0, 1]: the reference at the face's position,
+        scale and rotation in the crop (edge-replicated outside the reference).
+    """
+    size = ref.shape[-1]
+    lm = np.asarray(face.landmarks, np.float64) - np.array(box[:2], np.float64)
+    m = estimate_similarity(ffhq_template(size), lm)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    img = ref.permute(1, 2, 0).numpy().astype(np.float32)
+    if scale < 1.0:  # shrink with area averaging first: warpAffine alone would alias
+        side = max(16, round(size * scale))
+        img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+        m = m @ np.diag([size / side, size / side, 1.0])
+    w, h = box[2] - box[0], box[3] - box[1]
+    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return torch.from_numpy(out.reshape(h, w, -1)).permute(2, 0, 1).clamp(0.0, 1.0)
+
+
+def _as_channels(refs: list[torch.Tensor], channels: int) -> list[torch.Tensor]:
+    """Reference crops (3, H, W) with the LQ crop's channel count (BT.601 luma for gray)."""
+    if channels == 3:
+        return refs
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    return [(r * luma).sum(0, keepdim=True) for r in refs]
+
+
+def _aggregate(readings: list[FaceDegradation], restorer: str) -> ImageDegradation:
+    """The image's code and estimates: the weighted mean over its faces."""
+    result = ImageDegradation(faces=readings, restorer=restorer)
+    if readings:
+        w = np.array([r.weight for r in readings], dtype=np.float64)
+        w = w / w.sum()
+        code = np.sum([wi * r.code for wi, r in zip(w, readings, strict=True)], axis=0)
+        result.code = (code / max(np.linalg.norm(code), 1e-12)).astype(np.float32)
+        result.estimates = Estimate.mean([r.estimates for r in readings], list(w))
+    return result
