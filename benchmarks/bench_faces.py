@@ -45,11 +45,11 @@ sys.path.insert(0, str(ROOT))
 from face2scene_cli import sample_data  # noqa: E402
 from face2scene_cli.degradations.record import PRESETS, Degradation  # noqa: E402
 from face2scene_cli.degradations.sampling import apply, image_generator  # noqa: E402
+from face2scene_cli.faces.backends.dlib import DlibDetector  # noqa: E402
+from face2scene_cli.faces.backends.insightface import InsightFaceDetector  # noqa: E402
+from face2scene_cli.faces.backends.mtcnn import MTCNNDetector  # noqa: E402
 from face2scene_cli.faces.base import DetectedFace, FaceDetector  # noqa: E402
 from face2scene_cli.faces.detect import (  # noqa: E402
-    DlibDetector,
-    InsightFaceDetector,
-    MTCNNDetector,
     insightface_detector_file,
 )
 from face2scene_cli.io.tensors import from_tensor, to_tensor  # noqa: E402

@@ -9,7 +9,7 @@ baseline) on the same input. Each size runs in a fresh process (``--one``), so i
 (and on CUDA its peak GPU memory) is its own.
 
 At 0.25 MP only (a 512x512 input), also in a fresh process: the SD-Turbo architecture
-one-step restorer (:class:`~face2scene_cli.restorers.scene.TurboSceneNet`: VAE encoder + UNet +
+one-step restorer (:class:`~face2scene_cli.archs.turbo.TurboSceneNet`: VAE encoder + UNet +
 VAE decoder with LoRA) built with RANDOM weights from the diffusers configs in
 ``benchmarks/sd-turbo-architecture/`` (cost only: its output means nothing).
 
@@ -165,7 +165,7 @@ def random_turbo(configs: Path) -> torch.nn.Module:
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from face2scene_cli.restorers.scene import TurboSceneNet
+    from face2scene_cli.archs.turbo import TurboSceneNet
 
     base = Path(tempfile.mkdtemp(prefix="f2s-turbo-"))
     for sub in ("vae", "unet"):

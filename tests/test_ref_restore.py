@@ -16,10 +16,11 @@ from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.detect import create_detector
 from face2scene_cli.faces.paste import face_mask
 from face2scene_cli.io.images import read_image
+from face2scene_cli.registry import create
 from face2scene_cli.research import sample_data
 from face2scene_cli.research.eval.faces import degrade_photo, self_references
 from face2scene_cli.research.metrics import psnr
-from face2scene_cli.restorers.face.base import BlindFaceRestorer, create_face_restorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.restorers.face.ref_guided import RefGuidedFaceRestorer
 
 SIZE = 256
@@ -124,7 +125,7 @@ def test_gray_crops(case: dict, restorer: RefGuidedFaceRestorer) -> None:
 
 
 def test_registry_and_bad_input(case: dict) -> None:
-    r = create_face_restorer("ref-guided", identity=None)
+    r = create("face_restorer", "ref-guided", identity=None)
     assert isinstance(r, RefGuidedFaceRestorer) and r.identity is None
     with pytest.raises(ValueError, match="one list per crop"):
         r.restore(case["lq"], [[], []])

@@ -17,7 +17,6 @@ from helpers import reports_in, run_f2s, summary_of
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from face2scene_cli.archs.fadex import load_fadex
 from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
@@ -28,9 +27,11 @@ from face2scene_cli.io.images import read_image, write_image
 from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.pipelines.reading import DegradationReader, warp_reference
 from face2scene_cli.pipelines.restore import resolve_face_restorer
+from face2scene_cli.registry import KINDS
 from face2scene_cli.research.sample_data import package_photos
-from face2scene_cli.restorers.face import base as face_restore
-from face2scene_cli.restorers.face.base import BlindFaceRestorer, FaceRestorer, RestoredFaces
+from face2scene_cli.restorers.face.base import FaceRestorer, RestoredFaces
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
+from face2scene_cli.restorers.loading import load_fadex
 
 runner = CliRunner()
 
@@ -91,7 +92,7 @@ def test_each_face_gets_its_own_persons_references(
     two_people, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restorer, agree, reason
 ) -> None:
     photo, refs = two_people
-    monkeypatch.setitem(face_restore.FACE_RESTORERS, "recording", RecordingRestorer)
+    monkeypatch.setitem(KINDS["face_restorer"].builtins, "recording", RecordingRestorer)
     monkeypatch.setattr(RecordingRestorer, "agree", agree)
     monkeypatch.setattr(RecordingRestorer, "calls", [])
     out = tmp_path / "out"
@@ -170,9 +171,9 @@ def test_references_are_warped_into_the_native_crop_by_the_landmarks() -> None:
 
 
 def test_auto_face_restorer_follows_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(face_restore.FACE_RESTORERS, "ref-guided", raising=False)
+    monkeypatch.delitem(KINDS["face_restorer"].builtins, "ref-guided", raising=False)
     assert resolve_face_restorer("auto", with_references=True) == "blind"
-    monkeypatch.setitem(face_restore.FACE_RESTORERS, "ref-guided", RecordingRestorer)
+    monkeypatch.setitem(KINDS["face_restorer"].builtins, "ref-guided", RecordingRestorer)
     assert resolve_face_restorer("auto", with_references=True) == "ref-guided"
     assert resolve_face_restorer("auto", with_references=False) == "blind"
     assert resolve_face_restorer("blind", with_references=True) == "blind"

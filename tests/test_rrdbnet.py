@@ -23,15 +23,11 @@ import pytest
 import torch
 from PIL import Image
 
-from face2scene_cli.archs.rrdbnet import (
-    RRDBNet,
-    load_realesrgan,
-    rrdbnet_tiny,
-    upscale_image,
-)
+from face2scene_cli.archs.rrdbnet import RRDBNet, rrdbnet_tiny, upscale_image
 from face2scene_cli.errors import ConfigError, ModelIntegrityError
 from face2scene_cli.hashing import file_sha256
 from face2scene_cli.research.metrics import psnr
+from face2scene_cli.restorers.loading import load_realesrgan
 from face2scene_cli.zoo import models_dir, write_metadata
 
 ROOT = Path(__file__).resolve().parent.parent

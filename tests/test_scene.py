@@ -11,25 +11,18 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from face2scene_cli.archs.layers import ChannelAffine, LocalGroupNorm
 from face2scene_cli.archs.mapnet import mapnet_tiny
+from face2scene_cli.archs.scene_net import EmbeddedSceneNet, scene_tiny
+from face2scene_cli.archs.turbo import TurboSceneNet
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.images import read_image
 from face2scene_cli.io.tensors import to_tensor
+from face2scene_cli.registry import create
 from face2scene_cli.research.metrics import psnr_torch
-from face2scene_cli.restorers.scene import (
-    ChannelAffine,
-    EmbeddedSceneNet,
-    LocalGroupNorm,
-    RestoreSettings,
-    SceneRestorer,
-    TurboSceneNet,
-    adain_color_fix,
-    blend_window,
-    create_scene_net,
-    scene_tiny,
-    tile_starts,
-    wavelet_color_fix,
-)
+from face2scene_cli.restorers.color import adain_color_fix, wavelet_color_fix
+from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer
+from face2scene_cli.restorers.tiling import blend_window, tile_starts
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
@@ -84,7 +77,7 @@ def test_config_errors_name_the_values() -> None:
     with pytest.raises(ConfigError, match="divisible by norm_num_groups"):
         EmbeddedSceneNet(block_out_channels=(10, 20), norm_num_groups=8)
     with pytest.raises(ConfigError, match="unknown scene network 'nope'"):
-        create_scene_net("nope")
+        create("scene_net", "nope")
     with pytest.raises(ConfigError, match="color_fix"):
         RestoreSettings(color_fix="lab")
 
@@ -157,11 +150,11 @@ def test_low_precision_nan_falls_back_to_fp32(tiny_restorer, astronaut) -> None:
 
     handle = tiny_restorer.net.unet.conv_in.register_forward_hook(poison)
     try:
-        before = tiny_restorer.fallbacks
+        before = tiny_restorer.fp32_retries
         out = tiny_restorer.restore(x, None, precision="bf16")
     finally:
         handle.remove()
-    assert tiny_restorer.fallbacks == before + 1
+    assert tiny_restorer.fp32_retries == before + 1
     assert torch.isfinite(out).all()
     assert torch.allclose(out, ref, atol=1e-5)
 

@@ -127,9 +127,9 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
 
 def test_warm_start_adds_a_refinement_and_refuses_other_mismatches(tmp_path: Path) -> None:
     from face2scene_cli.archs.mapnet import mapnet_tiny
+    from face2scene_cli.archs.scene_net import scene_tiny
     from face2scene_cli.errors import ConfigError
     from face2scene_cli.research.train.scene import load_warm, scene_modules
-    from face2scene_cli.restorers.scene import scene_tiny
 
     torch.manual_seed(0)
     old = scene_modules(scene_tiny(), mapnet_tiny(cross_attention_dim=16))
@@ -152,14 +152,15 @@ def test_code_condition_needs_dropout_and_fadex(tmp_path: Path) -> None:
 
 def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
     from face2scene_cli.archs.mapnet import mapnet_tiny
+    from face2scene_cli.archs.scene_net import scene_tiny
     from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.pipelines.reading import DegradationReader
     from face2scene_cli.research.eval.items import EvalConfig, degraded_items
     from face2scene_cli.research.eval.scene import EvalModels, evaluate
     from face2scene_cli.research.eval.tables import targets, to_markdown
     from face2scene_cli.research.sample_data import package_photos
-    from face2scene_cli.restorers.face.base import BlindFaceRestorer
-    from face2scene_cli.restorers.scene import RestoreSettings, scene_tiny
+    from face2scene_cli.restorers.face.blind import BlindFaceRestorer
+    from face2scene_cli.restorers.scene import RestoreSettings
 
     photos = [(p.name, p.path) for p in package_photos() if p.name == "skimage/astronaut"]
     if not photos:

@@ -13,17 +13,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from face2scene_cli.archs.fadex import fadex_tiny, load_fadex
+from face2scene_cli.archs.fadex import fadex_tiny
 from face2scene_cli.archs.mapnet import mapnet_tiny
+from face2scene_cli.archs.scene_net import scene_tiny
 from face2scene_cli.cli.app import app
 from face2scene_cli.errors import ExitCode, ModelIntegrityError
-from face2scene_cli.faces.detect import MTCNNDetector
-from face2scene_cli.restorers.scene import (
-    RestoreSettings,
-    SceneRestorer,
-    load_scene_restorer,
-    scene_tiny,
-)
+from face2scene_cli.faces.backends.mtcnn import MTCNNDetector
+from face2scene_cli.restorers.loading import load_fadex
+from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 from face2scene_cli.zoo import (
     METADATA_NAME,
     models_dir,

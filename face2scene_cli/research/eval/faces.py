@@ -6,7 +6,7 @@ fixed seeds), the degraded face is detected and aligned (FFHQ frame), and the cl
 warped with the *same* transform (scaled to the clean photo) to give a pixel-registered
 ground-truth face. Each degraded face is restored three ways:
 
-* ``blind``: :class:`~face2scene_cli.restorers.face.base.BlindFaceRestorer`;
+* ``blind``: :class:`~face2scene_cli.restorers.face.blind.BlindFaceRestorer`;
 * ``self-refs``: the reference-guided restorer with references made from the *clean* photo
   (:func:`self_references`: mirrored and unmirrored copies with rotation, scale, shift and
   colour jitter, re-detected and re-aligned). There are no second photos of these people
@@ -43,14 +43,11 @@ from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.faces.identity import DlibResNetEncoder
 from face2scene_cli.faces.paste import face_mask
 from face2scene_cli.io.images import read_image
+from face2scene_cli.registry import create
 from face2scene_cli.research import sample_data
 from face2scene_cli.research.metrics import psnr
-from face2scene_cli.restorers.face.base import (
-    BlindFaceRestorer,
-    FaceRestorer,
-    RestoredFaces,
-    create_face_restorer,
-)
+from face2scene_cli.restorers.face.base import FaceRestorer, RestoredFaces
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.restorers.face.ref_guided import aligned_face_box, to_rgb8
 
 __all__ = [
@@ -256,7 +253,7 @@ def evaluate(
     """One row per case: ``(face PSNR dB, identity distance, references used)`` of the blind
     restorer and, per restorer in ``restorers``, with self-derived references (``self``), with
     the mirrored ones only (``mirrored``) and with each other person's (``wrong``: a list)."""
-    blind = _LastBlind(create_face_restorer("blind"))
+    blind = _LastBlind(create("face_restorer", "blind"))
     for restorer in restorers.values():
         if isinstance(getattr(restorer, "blind", None), BlindFaceRestorer):
             restorer.blind = blind
@@ -356,10 +353,10 @@ def run(size: int = 512, ablation: bool = False) -> dict[str, Any]:
         ``{"rows": evaluate(...) rows, "tables": {restorer key: summarise(...)}}``.
     """
     cases, refs = build_cases(create_detector("auto"), FaceAligner(size))
-    restorers = {"ref-guided": create_face_restorer("ref-guided")}
+    restorers = {"ref-guided": create("face_restorer", "ref-guided")}
     if ablation:
-        restorers["ref-guided (no identity gate)"] = create_face_restorer(
-            "ref-guided", identity=None
+        restorers["ref-guided (no identity gate)"] = create(
+            "face_restorer", "ref-guided", identity=None
         )
     rows = evaluate(cases, refs, restorers)
     return {"rows": rows, "tables": {key: summarise(rows, key) for key in restorers}}

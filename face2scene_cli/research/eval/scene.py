@@ -380,11 +380,11 @@ def load_models(
     """Everything :func:`evaluate` runs around ``scene``: its FaDeX (zoo, verified) with the
     Stage I restorer, a face detector and the dlib identity encoder (None when dlib or its
     models are missing: no identity distance)."""
-    from face2scene_cli.archs.fadex import load_fadex
     from face2scene_cli.errors import NotAvailableError
     from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.faces.identity import create_identity_encoder
-    from face2scene_cli.restorers.face.base import BlindFaceRestorer
+    from face2scene_cli.restorers.face.blind import BlindFaceRestorer
+    from face2scene_cli.restorers.loading import load_fadex
 
     reader = DegradationReader(load_fadex(scene.settings.fadex), BlindFaceRestorer(), device)
     try:

@@ -46,7 +46,7 @@ from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.images import read_image
 from face2scene_cli.research.sample_data import Photo
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
     "FADEX_DEGRADATIONS",

@@ -22,7 +22,8 @@ from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.research.train.data import PhotoBank
 from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig
-from face2scene_cli.restorers.face.base import BlindFaceRestorer, FaceRestorer
+from face2scene_cli.restorers.face.base import FaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
     "FIG3_OPERATORS",

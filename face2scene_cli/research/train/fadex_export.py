@@ -24,7 +24,7 @@ from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.data import PhotoBank, make_group
 from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig, load_train_config
 from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, table_markdown
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = ["FADEX_TASK", "estimate_code_center", "export_fadex", "load_run_weights"]
 

@@ -45,7 +45,7 @@ from face2scene_cli.research.train.data import PhotoBank, make_group
 from face2scene_cli.research.train.fadex import regression_loss, supcon_loss
 from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig, load_train_config
 from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, val_score
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
     "FeatureSet",

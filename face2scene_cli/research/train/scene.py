@@ -49,6 +49,7 @@ from torch import Tensor
 
 from face2scene_cli.archs.mapnet import MapNet
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.registry import create
 from face2scene_cli.research.metrics import ssim_torch
 from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
@@ -62,8 +63,8 @@ from face2scene_cli.research.train.scene_data import (
     save_cache,
 )
 from face2scene_cli.research.train.scene_export import export_model
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
-from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, create_scene_net
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
+from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer
 
 __all__ = ["load_warm", "restoration_loss", "scene_modules", "train_scene"]
 
@@ -171,7 +172,8 @@ def _batch(
 
 def _fadex(name: str) -> tuple[torch.nn.Module | None, str | None, int]:
     """(frozen FaDeX or None, its zoo sha256, Z channels)."""
-    from face2scene_cli.archs.fadex import create_fadex, load_fadex
+    from face2scene_cli.archs.fadex import create_fadex
+    from face2scene_cli.restorers.loading import load_fadex
     from face2scene_cli.zoo import models_dir, require_model
 
     folder = models_dir() / name
@@ -244,7 +246,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     # 2. networks, optimizer, EMA
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
-    net = create_scene_net(config.network.variant, **config.network.overrides)
+    net = create("scene_net", config.network.variant, **config.network.overrides)
     ctx_dim = int(net.cond.token_dim)
     mapnet = MapNet(
         **{
@@ -261,7 +263,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         raise ConfigError("train.device is cuda but CUDA is not available")
     model = scene_modules(net, mapnet)
     ema = scene_modules(
-        create_scene_net(config.network.variant, **config.network.overrides),
+        create("scene_net", config.network.variant, **config.network.overrides),
         MapNet.from_config(mapnet.config),
     )
     ema.load_state_dict(model.state_dict())

@@ -26,7 +26,7 @@ from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.metrics import psnr_torch, ssim_torch
 from face2scene_cli.research.train.data import PhotoBank, dlib_faces, rgb_float
 from face2scene_cli.research.train.scene_config import DataSection, ValSection
-from face2scene_cli.restorers.face.base import BlindFaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.restorers.scene import SceneRestorer
 
 __all__ = [

@@ -56,12 +56,8 @@ from torch import Tensor
 from face2scene_cli.errors import NotAvailableError
 from face2scene_cli.faces.base import DetectedFace, IdentityEncoder
 from face2scene_cli.faces.identity import DlibResNetEncoder, as_rgb8
-from face2scene_cli.restorers.face.base import (
-    BlindFaceRestorer,
-    FaceRestorer,
-    RestoredFaces,
-    check_crops,
-)
+from face2scene_cli.restorers.face.base import FaceRestorer, RestoredFaces, check_crops
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = ["RefGuidedFaceRestorer", "aligned_face_box", "to_rgb8"]
 
