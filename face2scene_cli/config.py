@@ -390,3 +390,24 @@ class DegradeConfig:
         if any(v is not None for v in (self.blur_sigma, self.noise_sigma, self.jpeg_quality)):
             return "parametric"
         return "second-order"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate on and how (defaults: ``f2s eval``'s and the model card's).
+
+    Attributes:
+        long_side: clean photos are area-downscaled to this long side (0 = keep the size).
+        presets: named degradations (:data:`face2scene_cli.degradations.record.PRESETS`).
+        second_order: how many seeded second-order samples (the same ones for every image).
+        seed: base seed of the degradations.
+        nlm_h: the NLM strengths searched.
+        tile: the scene restorer's tile side (None = automatic).
+    """
+
+    long_side: int = 512
+    presets: tuple[str, ...] = ("noise15", "blur-noise", "mixed")
+    second_order: int = 1
+    seed: int = 0
+    nlm_h: tuple[int, ...] = tuple(range(3, 26, 2))
+    tile: int | None = None

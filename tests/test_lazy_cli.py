@@ -52,6 +52,7 @@ def test_importing_the_cli_imports_no_heavy_library() -> None:
         ("faces", "--help"),
         ("degrade-code", "--help"),
         ("degrade", "--help"),
+        ("eval", "--help"),
         ("models", "--help"),
         ("report", "merge", "--help"),
         ("train", "scene", "--help"),

@@ -4,6 +4,7 @@ config file and environment set the face options too, and reports say what was u
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,20 @@ def test_from_pretrained_refuses_a_fadex_the_scene_model_was_not_trained_with() 
 
     with pytest.raises(ConfigError, match="trained on the codes of"):
         Face2ScenePipeline.from_pretrained(fadex="another-fadex", detector="mtcnn")
+
+
+def test_from_pretrained_takes_a_model_folder_verified_by_its_metadata(tmp_path: Path) -> None:
+    from face2scene_cli.errors import ModelIntegrityError
+    from face2scene_cli.zoo import models_dir
+
+    folder = tmp_path / "runs" / "export"
+    shutil.copytree(models_dir() / "scene-embedded", folder)
+    pipe = Face2ScenePipeline.from_pretrained(str(folder), detector="mtcnn")
+    assert [m["name"] for m in pipe.models()] == ["mtcnn", "fadex-s", "scene-embedded"]
+    assert pipe.settings()["scene_model"] == str(folder)
+    (folder / "scene.json").write_text("{}")  # the folder's own metadata pins it
+    with pytest.raises(ModelIntegrityError):
+        Face2ScenePipeline.from_pretrained(str(folder), detector="mtcnn")
 
 
 @pytest.fixture

@@ -153,9 +153,10 @@ def test_code_condition_needs_dropout_and_fadex(tmp_path: Path) -> None:
 def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
     from face2scene_cli.archs.mapnet import mapnet_tiny
     from face2scene_cli.archs.scene_net import scene_tiny
+    from face2scene_cli.config import EvalConfig
     from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.pipelines.reading import DegradationReader
-    from face2scene_cli.research.eval.items import EvalConfig, degraded_items
+    from face2scene_cli.research.eval.items import degraded_items
     from face2scene_cli.research.eval.scene import EvalModels, evaluate
     from face2scene_cli.research.eval.tables import targets, to_markdown
     from face2scene_cli.research.sample_data import package_photos

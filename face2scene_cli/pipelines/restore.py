@@ -117,7 +117,8 @@ class Face2ScenePipeline:
         """Load and assemble every stage: the only place a restore pipeline is put together.
 
         Args:
-            scene_model: zoo name of the scene restorer; None = a pipeline that only reads
+            scene_model: zoo name of the scene restorer, or a model folder (a training run's
+                export, verified by its own metadata); None = a pipeline that only reads
                 degradations (:meth:`read_degradations`, ``f2s degrade-code``).
             fadex: zoo name of the FaDeX that reads the code; None = the one the scene model
                 was trained with (any other is refused: the scene model reads only its codes).
@@ -130,7 +131,10 @@ class Face2ScenePipeline:
             missing or its files do not match their metadata.
         """
         cfg = RestoreConfig(**settings, **({"scene_model": scene_model} if scene_model else {}))
-        scene = load_scene_restorer(scene_model, device=cfg.device) if scene_model else None
+        scene_ref = _zoo_ref(scene_model) if scene_model else None
+        scene = None
+        if scene_ref is not None:
+            scene = load_scene_restorer(scene_ref[0], device=cfg.device, root=scene_ref[1])
         fadex = fadex or (scene.settings.fadex if scene else None)
         if fadex is None:
             raise ConfigError("a pipeline without a scene model needs fadex= to read codes")
@@ -146,10 +150,10 @@ class Face2ScenePipeline:
         reader = DegradationReader(
             load_fadex(fadex), restorer, device=cfg.device, batch_size=batch_size
         )
-        names = [fadex, *([scene_model] if scene_model else [])]
+        refs = [(fadex, None), *([scene_ref] if scene_ref else [])]
         if resolve_detector_name(cfg.detector) == "mtcnn":
-            names.insert(0, "mtcnn")
-        return cls(cfg, finder, reader, scene, [require_model(n) for n in names])
+            refs.insert(0, ("mtcnn", None))
+        return cls(cfg, finder, reader, scene, [require_model(*r) for r in refs])
 
     def settings(self) -> dict[str, Any]:
         """Every :class:`RestoreConfig` field, with ``refs`` replaced by a hash of the
@@ -411,3 +415,12 @@ def aligned_face_pairs(
         lq, hq = aligner.align(colour, f.face).crop, aligner.align(canvas, f.face).crop
         pairs.append((lq.reshape(size, size, -1), hq.reshape(size, size, -1)))
     return pairs
+
+
+def _zoo_ref(model: str) -> tuple[str, Path | None]:
+    """``(name, root)`` for :func:`~face2scene_cli.zoo.require_model`: a zoo name as is, a
+    model folder (holding a ``metadata.json``) as its name in its parent folder."""
+    folder = Path(model)
+    if (folder / "metadata.json").is_file():
+        return folder.name, folder.parent
+    return model, None

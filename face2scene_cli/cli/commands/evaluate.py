@@ -5,23 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import cv2
-import torch
 import typer
 
 from face2scene_cli.cli import options as o
 from face2scene_cli.cli.runner import configure_logging, diag, step_progress
-from face2scene_cli.config import BatchConfig
+from face2scene_cli.config import BatchConfig, EvalConfig
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.research.eval.items import (
-    EvalConfig,
-    degraded_items,
-    find_images,
-    paired_items,
-)
-from face2scene_cli.research.eval.scene import evaluate as run_evaluation
-from face2scene_cli.research.eval.scene import load_models
-from face2scene_cli.research.eval.tables import write_results
 
 DATA = "Data"
 RUN = "Run"
@@ -112,7 +101,13 @@ def evaluate(
     [bold]Examples[/bold]: f2s eval ./clean --out ./eval --preset noise15 --second-order 0 ·
     f2s eval ./pairs --out ./eval (pairs/clean/*, pairs/degraded/*)
     """
-    from face2scene_cli.restorers.scene import load_scene_restorer
+    import cv2
+    import torch
+
+    from face2scene_cli.research.eval.items import degraded_items, find_images, paired_items
+    from face2scene_cli.research.eval.scene import evaluate as run_evaluation
+    from face2scene_cli.research.eval.scene import load_models
+    from face2scene_cli.research.eval.tables import write_results
 
     configure_logging(debug)
     paired = (data / "clean").is_dir() and (data / "degraded").is_dir()
@@ -138,7 +133,7 @@ def evaluate(
         if not sources:
             raise ConfigError(f"{data}: no images found")
         items = degraded_items(sources, cfg)
-    models = load_models(load_scene_restorer(scene_model), detector, min_face)
+    models = load_models(scene_model, detector, min_face)
     with step_progress(3 * len(items), quiet) as tick:
         result = run_evaluation(items, models, cfg, nlm_cache=out / "nlm-cache.json", progress=tick)
     paths = write_results(out, result)

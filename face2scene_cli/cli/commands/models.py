@@ -271,11 +271,11 @@ def analyze(
     research_logging()
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
-    restorer = load_scene_restorer(info.folder.name, root=info.folder.parent)
     if speed:
+        restorer = load_scene_restorer(info.folder.name, root=info.folder.parent)
         typer.echo(json.dumps(scene_card.speed_check(restorer, photo, megapixels, repeats)))
         return
-    doc, markdown = scene_card.card_evaluation(restorer, splits, long_side, nlm_cache)
+    doc, markdown = scene_card.card_evaluation(str(info.folder), splits, long_side, nlm_cache)
     out = out or Path("runs/eval-scene")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "table.json", (json.dumps(doc, indent=1) + "\n").encode())

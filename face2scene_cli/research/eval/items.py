@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from face2scene_cli.config import EvalConfig
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution, apply, image_seed
 from face2scene_cli.errors import ConfigError, F2SError, InputError
@@ -24,7 +25,6 @@ from face2scene_cli.io.tensors import to_tensor
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "EvalConfig",
     "EvalItem",
     "degrade_item",
     "degraded_items",
@@ -37,27 +37,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """What to evaluate on and how (defaults: ``f2s eval``'s and the model card's).
-
-    Attributes:
-        long_side: clean photos are area-downscaled to this long side (0 = keep the size).
-        presets: named degradations (:data:`face2scene_cli.degradations.record.PRESETS`).
-        second_order: how many seeded second-order samples (the same ones for every image).
-        seed: base seed of the degradations.
-        nlm_h: the NLM strengths searched.
-        tile: the scene restorer's tile side (None = automatic).
-    """
-
-    long_side: int = 512
-    presets: tuple[str, ...] = ("noise15", "blur-noise", "mixed")
-    second_order: int = 1
-    seed: int = 0
-    nlm_h: tuple[int, ...] = tuple(range(3, 26, 2))
-    tile: int | None = None
 
 
 @dataclass

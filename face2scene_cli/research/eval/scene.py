@@ -42,13 +42,14 @@ import cv2
 import numpy as np
 import torch
 
+from face2scene_cli.config import EvalConfig
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.io.images import atomic_write_bytes
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.pipelines.reading import DegradationReader
-from face2scene_cli.research.eval.items import EvalConfig, EvalItem
+from face2scene_cli.research.eval.items import EvalItem
 from face2scene_cli.research.metrics import psnr, ssim_map, ssim_map_mean
 from face2scene_cli.restorers.scene import SceneRestorer
 
@@ -375,21 +376,27 @@ def evaluate(
 
 
 def load_models(
-    scene: SceneRestorer, detector: str = "auto", min_face: int = 20, device: str = "cpu"
+    scene_model: str, detector: str = "auto", min_face: int = 20, device: str = "cpu"
 ) -> EvalModels:
-    """Everything :func:`evaluate` runs around ``scene``: its FaDeX (zoo, verified) with the
-    Stage I restorer, a face detector and the dlib identity encoder (None when dlib or its
-    models are missing: no identity distance)."""
+    """Everything :func:`evaluate` runs, from the restore pipeline's factory: the scene model
+    (a zoo name or a model folder), its FaDeX with the blind Stage I restorer, the face
+    detector, and the dlib identity encoder (None when dlib or its models are missing: no
+    identity distance)."""
     from face2scene_cli.errors import NotAvailableError
-    from face2scene_cli.faces.detect import create_detector
     from face2scene_cli.faces.identity import create_identity_encoder
-    from face2scene_cli.restorers.face.blind import BlindFaceRestorer
-    from face2scene_cli.restorers.loading import load_fadex
+    from face2scene_cli.pipelines.restore import Face2ScenePipeline
 
-    reader = DegradationReader(load_fadex(scene.settings.fadex), BlindFaceRestorer(), device)
+    pipe = Face2ScenePipeline.from_pretrained(
+        scene_model,
+        face_restorer="blind",
+        detector=detector,
+        min_face=min_face,
+        device=device,
+        batch_size=8,
+    )
     try:
         identity: IdentityEncoder | None = create_identity_encoder("dlib")
     except NotAvailableError as err:
         logger.warning("no identity distance: %s", err)
         identity = None
-    return EvalModels(scene, reader, create_detector(detector, min_face, device=device), identity)
+    return EvalModels(pipe.scene, pipe.reader, pipe.finder.detector, identity)

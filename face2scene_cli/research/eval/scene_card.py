@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from face2scene_cli.config import EvalConfig
 from face2scene_cli.errors import InputError
 from face2scene_cli.io.images import read_image
 from face2scene_cli.io.tensors import to_tensor
-from face2scene_cli.research.eval.items import EvalConfig, degraded_items, val_sources
+from face2scene_cli.research.eval.items import degraded_items, val_sources
 from face2scene_cli.research.eval.scene import evaluate, load_models
 from face2scene_cli.research.eval.tables import targets, to_markdown
 from face2scene_cli.research.metrics import psnr_torch
@@ -94,14 +95,14 @@ def tile_check(restorer: SceneRestorer, x: torch.Tensor, tile: int = 192) -> dic
 
 
 def card_evaluation(
-    restorer: SceneRestorer,
+    scene_model: str,
     splits: Path = Path("data/splits.yaml"),
     long_side: int | None = None,
     nlm_cache: Path | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """The model card's numbers for ``restorer``: the evaluation on the VAL photos of
-    ``splits`` (the default :class:`EvalConfig`, but ``long_side`` when given), its targets
-    and the tile check.
+    """The model card's numbers for ``scene_model`` (a zoo name or model folder): the evaluation on
+    the VAL photos of ``splits`` (the default :class:`EvalConfig`, but ``long_side`` when given),
+    its targets and the tile check.
 
     Returns:
         The JSON-able document (the evaluation table with ``targets`` and ``tiles``) and its
@@ -109,9 +110,10 @@ def card_evaluation(
     """
     cfg = EvalConfig() if long_side is None else EvalConfig(long_side=long_side)
     items = degraded_items(val_sources(splits), cfg)
-    table = evaluate(items, load_models(restorer), cfg, nlm_cache=nlm_cache).table
+    models = load_models(scene_model)
+    table = evaluate(items, models, cfg, nlm_cache=nlm_cache).table
     checks = targets(table)
-    tiles = tile_check(restorer, photo_tensor(TILE_PHOTO))
+    tiles = tile_check(models.scene, photo_tensor(TILE_PHOTO))
     checks.append(
         {
             "target": "tiles: PSNR(tiled at 192 px, whole) >= 40 dB (astronaut)",
