@@ -27,6 +27,7 @@ import secrets
 import stat
 import struct
 import warnings as _warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -221,11 +222,11 @@ def _looks_like_text(sample: bytes) -> bool:
 # reading
 
 
-def _read_file(path: Path) -> bytes:
-    """Read a regular file fully; every OS failure becomes an InputError."""
+@contextlib.contextmanager
+def _input_errors(path: Path) -> Iterator[None]:
+    """Turn an OS failure while opening or reading ``path`` into the InputError a user reads."""
     try:
-        # O_NONBLOCK: opening a FIFO must not hang the batch; it is rejected just below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        yield
     except FileNotFoundError as e:
         if os.path.islink(path):
             raise InputError("broken symlink (its target does not exist)") from e
@@ -236,21 +237,23 @@ def _read_file(path: Path) -> bytes:
         raise InputError("is a directory, not an image file") from e
     except OSError as e:
         raise InputError(_os_reason(e)) from e
+
+
+def _read_file(path: Path) -> bytes:
+    """Read a regular file fully; every OS failure becomes an InputError."""
+    with _input_errors(path):
+        # O_NONBLOCK: opening a FIFO must not hang the batch; it is rejected just below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError("is a directory, not an image file")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError("not a regular file (device, FIFO or socket)")
-        with os.fdopen(fd, "rb", closefd=True) as fh:
-            fd = -1
-            return fh.read()
-    except PermissionError as e:
-        raise InputError("permission denied") from e
-    except IsADirectoryError as e:
-        raise InputError("is a directory, not an image file") from e
-    except OSError as e:
-        raise InputError(_os_reason(e)) from e
+        with _input_errors(path):
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise InputError("is a directory, not an image file")
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError("not a regular file (device, FIFO or socket)")
+            with os.fdopen(fd, "rb", closefd=True) as fh:
+                fd = -1
+                return fh.read()
     finally:
         if fd >= 0:
             os.close(fd)
