@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from face2scene_cli.degradations.ops import jpeg_compress
+from face2scene_cli.degradations.jpeg import jpeg_compress
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.research.metrics import psnr

@@ -20,7 +20,8 @@ from face2scene_cli.archs.fadex import (
     prepare_pair,
 )
 from face2scene_cli.degradations.estimate import Estimate
-from face2scene_cli.degradations.ops import gaussian_blur, jpeg_compress, resize
+from face2scene_cli.degradations.jpeg import jpeg_compress
+from face2scene_cli.degradations.ops import gaussian_blur, resize
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.degradations.second_order import SecondOrderConfig, sample_second_order

@@ -19,7 +19,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from face2scene_cli.degradations.ops import dct_kron, jpeg_quant_tables
+from face2scene_cli.degradations.jpeg import dct_kron, jpeg_quant_tables
 
 __all__ = ["JpegTrace", "trace_jpeg"]
 

@@ -35,13 +35,8 @@ from face2scene_cli.degradations.checks import (
     real,
     value_range,
 )
-from face2scene_cli.degradations.ops import (
-    add_gaussian_noise,
-    check_image,
-    gaussian_blur,
-    jpeg_compress,
-    resize,
-)
+from face2scene_cli.degradations.jpeg import jpeg_compress
+from face2scene_cli.degradations.ops import add_gaussian_noise, check_image, gaussian_blur, resize
 from face2scene_cli.degradations.record import MODES, PRESETS, Degradation
 from face2scene_cli.degradations.second_order import (
     Draw,

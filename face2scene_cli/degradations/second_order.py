@@ -30,6 +30,7 @@ from face2scene_cli.degradations.checks import (
     real,
     value_range,
 )
+from face2scene_cli.degradations.jpeg import jpeg_compress
 from face2scene_cli.degradations.ops import (
     add_gaussian_noise,
     add_poisson_noise,
@@ -37,7 +38,6 @@ from face2scene_cli.degradations.ops import (
     check_image,
     gaussian_kernel2d,
     generalized_gaussian_kernel2d,
-    jpeg_compress,
     plateau_kernel2d,
     resize,
     sinc_kernel2d,
