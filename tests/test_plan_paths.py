@@ -140,3 +140,18 @@ def test_an_old_output_folder_inside_the_inputs_is_skipped(
     assert summary["counts"]["done"] == 1
     (warning,) = [w for w in summary["warnings"] if "output folder" in w]
     assert str(src / "old") in warning and str(src / "old") in res.stderr
+
+
+def test_a_glob_skips_old_output_folders_below_its_prefix(
+    small_photo_dir: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "in"
+    (src / "old" / "sub").mkdir(parents=True)
+    _photo(small_photo_dir).save(src / "ok.png")
+    _photo(small_photo_dir).save(src / "old" / "sub" / "ok.png")
+    (src / "old" / "f2s-summary.json").write_text("{}")
+    plan = plan_inputs([str(src / "**" / "*.png")], BatchConfig(out=tmp_path / "out"))
+    assert [i.relative.as_posix() for i in plan.items] == ["ok.png"]
+    assert len([w for w in plan.warnings if str(src / "old") in w]) == 1
+    named = plan_inputs([src / "old" / "sub" / "ok.png"], BatchConfig(out=tmp_path / "o2"))
+    assert len(named.items) == 1  # a file named on the command line is always an input

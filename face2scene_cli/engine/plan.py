@@ -147,9 +147,12 @@ def _collect(
     """Walk the sources; dedupe by real path; relative paths against ``rel_root``."""
     images: list[InputImage] = []
     seen: set[str] = set()
-    for path, _, explicit in sources:
+    markers: dict[Path, str | None] = {}  # folder -> its f2s output marker, for glob matches
+    for path, root, explicit in sources:
         if explicit and out_real and os.path.realpath(path).startswith(out_real + os.sep):
             warnings.append(f"skipped {display_path(path)}: it is inside the output folder")
+            continue
+        if explicit and _below_output_folder(path, root, markers, warnings):
             continue
         if explicit:
             found = [_candidate(path, explicit=True)]
@@ -236,10 +239,7 @@ def _walk(
                 continue
             marker = _output_marker(sub)
             if marker is not None:
-                warnings.append(
-                    f"skipped folder {display_path(sub)}: an f2s output folder (it holds "
-                    f"{marker}); its outputs are not inputs"
-                )
+                warnings.append(_output_folder_warning(sub, marker))
                 continue
             try:
                 st = os.stat(sub)
@@ -272,6 +272,30 @@ def _output_marker(folder: str) -> str | None:
         if os.path.isfile(os.path.join(folder, name)):
             return name
     return None
+
+
+def _output_folder_warning(folder: str | Path, marker: str) -> str:
+    return (
+        f"skipped folder {display_path(folder)}: an f2s output folder (it holds {marker}); "
+        "its outputs are not inputs"
+    )
+
+
+def _below_output_folder(
+    path: Path, root: Path, markers: dict[Path, str | None], warnings: list[str]
+) -> bool:
+    """Whether a glob match lies in an f2s output folder below the pattern's fixed prefix
+    ``root`` (a file named on the command line has no folder below it); warns once a folder."""
+    for folder in path.parents:
+        if folder == root or root not in folder.parents:
+            return False
+        if folder not in markers:
+            markers[folder] = marker = _output_marker(str(folder))
+            if marker is not None:
+                warnings.append(_output_folder_warning(folder, marker))
+        if markers[folder] is not None:
+            return True
+    return False
 
 
 def _candidate(path: Path, explicit: bool) -> InputImage | None:
