@@ -298,8 +298,9 @@ class BatchRun:
 
     def _finish(self, item: WorkItem, report: ImageReport) -> None:
         try:
-            item.report.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(item.report, report.to_json().encode())
+            if item.report is not None:  # None: refused by the planner, named in the summary only
+                item.report.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(item.report, report.to_json().encode())
         except OSError as err:
             report.status = "failed"
             report.error = {

@@ -18,11 +18,9 @@ from pathlib import Path
 
 from face2scene_cli.config import Shard
 from face2scene_cli.engine.plan import Plan, WorkItem
-from face2scene_cli.engine.report import display_path
+from face2scene_cli.engine.report import LOCK_NAME, display_path
 from face2scene_cli.errors import LockError
 from face2scene_cli.io.images import TEMP_GLOB, TEMP_MARK
-
-LOCK_NAME = ".f2s.lock"
 
 
 @contextmanager
@@ -112,7 +110,7 @@ def remove_stale_temp_files(out: Path, items: list[WorkItem] | None = None) -> i
     with ``items`` (a shard's), only the temp files of their outputs and reports."""
     targets = None
     if items is not None:
-        targets = {str(p) for item in items for p in (item.output, item.report)}
+        targets = {str(p) for item in items for p in (item.output, item.report) if p is not None}
     removed = 0
     for dirpath, _, filenames in os.walk(out):
         for name in filenames:

@@ -3,37 +3,46 @@
 The walk finds images by content (and by extension, so an unreadable photo is reported, not
 skipped), skips hidden entries, the output folder and symlink loops, and gives each image a
 relative path: its place in the output tree, the key that seeds it and picks its shard.
+Output names are unique case-insensitively and never leave the output folder; photos f2s cannot
+decode (HEIC, AVIF) and old f2s output folders inside the inputs are named in warnings.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import os
 import stat
+import unicodedata
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from face2scene_cli.config import BatchConfig, Shard
-from face2scene_cli.engine.report import REPORT_SUFFIX, display_path
+from face2scene_cli.engine.report import LOCK_NAME, REPORT_SUFFIX, SUMMARY_NAME, display_path
 from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.io.images import EXTENSIONS, format_for, sniff_format
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
 )
+# Image types a folder may hold that f2s cannot decode: named in a warning, not skipped silently.
+UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".hif", ".avif"})
 _SNIFF_BYTES = 32
 
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One input image and where its output and report go."""
+    """One input image and where its output and report go (both None when the planner refused
+    the image: its output would leave the output folder or take another image's name; it fails
+    with no report, named in the summary)."""
 
     source: Path
     relative: Path  # mirrored under the output folder; also the per-image seed key
-    output: Path
-    report: Path
+    output: Path | None
+    report: Path | None
     format: str  # resolved output format: png | jpg | webp | tiff
     error: F2SError | None = None  # a problem found while walking (unreadable, symlink loop)
 
@@ -112,7 +121,7 @@ def plan_inputs(inputs: Sequence[str | Path], cfg: BatchConfig) -> Plan:
     warnings: list[str] = []
     images = _collect(sources, rel_root, out_real, cfg.recursive, warnings)
     input_reals = {os.path.realpath(img.path) for img in images}
-    items = _assign_outputs(images, out, cfg.format, input_reals)
+    items = _assign_outputs(images, out, out_real, cfg.format, input_reals)
     shard = cfg.shard_spec
     # Outputs are named over every input first, so a shard writes what an unsharded run would.
     mine = [item for item in items if shard.contains(item.key)] if shard else items
@@ -138,9 +147,12 @@ def _collect(
     """Walk the sources; dedupe by real path; relative paths against ``rel_root``."""
     images: list[InputImage] = []
     seen: set[str] = set()
-    for path, _, explicit in sources:
+    markers: dict[Path, str | None] = {}  # folder -> its f2s output marker, for glob matches
+    for path, root, explicit in sources:
         if explicit and out_real and os.path.realpath(path).startswith(out_real + os.sep):
             warnings.append(f"skipped {display_path(path)}: it is inside the output folder")
+            continue
+        if explicit and _below_output_folder(path, root, markers, warnings):
             continue
         if explicit:
             found = [_candidate(path, explicit=True)]
@@ -216,6 +228,7 @@ def _walk(
     def on_error(err: OSError) -> None:
         warnings.append(f"cannot list {display_path(err.filename)}: {err.strerror}")
 
+    unsupported: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=True):
         kept = []
         for name in sorted(dirnames):
@@ -223,6 +236,10 @@ def _walk(
             if name.startswith(".") or not recursive:
                 continue
             if os.path.realpath(sub) == out_real:
+                continue
+            marker = _output_marker(sub)
+            if marker is not None:
+                warnings.append(_output_folder_warning(sub, marker))
                 continue
             try:
                 st = os.stat(sub)
@@ -236,8 +253,49 @@ def _walk(
             kept.append(name)
         dirnames[:] = kept
         for name in sorted(filenames):
-            if not name.startswith("."):
-                yield _candidate(Path(dirpath, name), explicit=False)
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() in UNSUPPORTED_SUFFIXES:
+                unsupported.append(display_path(os.path.join(dirpath, name)))
+                continue
+            yield _candidate(Path(dirpath, name), explicit=False)
+    if unsupported:
+        warnings.append(
+            f"skipped {len(unsupported)} file(s) not supported (HEIC/HEIF/AVIF; convert to "
+            f"JPEG/PNG): {', '.join(unsupported)}"
+        )
+
+
+def _output_marker(folder: str) -> str | None:
+    """The file that marks ``folder`` as an f2s output folder (its summary or lock), if any."""
+    for name in (SUMMARY_NAME, LOCK_NAME):
+        if os.path.isfile(os.path.join(folder, name)):
+            return name
+    return None
+
+
+def _output_folder_warning(folder: str | Path, marker: str) -> str:
+    return (
+        f"skipped folder {display_path(folder)}: an f2s output folder (it holds {marker}); "
+        "its outputs are not inputs"
+    )
+
+
+def _below_output_folder(
+    path: Path, root: Path, markers: dict[Path, str | None], warnings: list[str]
+) -> bool:
+    """Whether a glob match lies in an f2s output folder below the pattern's fixed prefix
+    ``root`` (a file named on the command line has no folder below it); warns once a folder."""
+    for folder in path.parents:
+        if folder == root or root not in folder.parents:
+            return False
+        if folder not in markers:
+            markers[folder] = marker = _output_marker(str(folder))
+            if marker is not None:
+                warnings.append(_output_folder_warning(folder, marker))
+        if markers[folder] is not None:
+            return True
+    return False
 
 
 def _candidate(path: Path, explicit: bool) -> InputImage | None:
@@ -270,35 +328,76 @@ def os_error_reason(err: OSError) -> str:
 
 
 def _assign_outputs(
-    candidates: list[InputImage], out: Path, fmt_option: str, input_reals: set[str]
+    candidates: list[InputImage], out: Path, out_real: str, fmt_option: str, input_reals: set[str]
 ) -> list[WorkItem]:
-    """Output paths: ``<out>/<relative dir>/<stem><ext>``; same-stem siblings get the source
-    extension in the name (``a_jpg.png``, ``a_png.png``) so they cannot collide."""
-    planned: list[tuple[InputImage, str, Path]] = []
-    for cand in candidates:
-        fmt = format_for(fmt_option, cand.source_format or "PNG")
-        planned.append(
-            (cand, fmt, out / cand.relative.parent / (cand.relative.stem + EXTENSIONS[fmt]))
-        )
-    counts: dict[Path, int] = {}
-    for _, _, target in planned:
-        counts[target] = counts.get(target, 0) + 1
+    """Output paths ``<out>/<relative dir>/<stem><ext>``, unique case-insensitively.
+
+    Inputs whose names fold to one output (``a.jpg``, ``a.png``; ``b.jpg``, ``b.JPG``) get the
+    source extension in the name (``a_jpg.png``, ``a_png.png``); one whose name is still taken
+    (by an input named so, or by case alone) adds a hash of its relative path
+    (``b_jpg_1a2b3c.png``); one taken even then fails. Plain names are claimed first, then in
+    relative-path order, so reruns name every image the same. An output that would land
+    outside ``out`` (``..`` after a wildcard, a symlink in the output tree) is refused.
+    """
+    formats = [format_for(fmt_option, c.source_format or "PNG") for c in candidates]
+    plain = [
+        c.relative.parent / (c.relative.stem + EXTENSIONS[f])
+        for c, f in zip(candidates, formats, strict=True)
+    ]
+    shared = Counter(_folded(p) for p in plain)
+    owners: dict[str, InputImage] = {}  # folded output path -> the input that writes it
+    targets: dict[int, Path | F2SError] = {}
+    for i in sorted(range(len(candidates)), key=lambda i: shared[_folded(plain[i])] > 1):
+        cand, ext = candidates[i], EXTENSIONS[formats[i]]
+        escape = _escape_error(cand, out / plain[i], out_real)
+        if escape is not None:
+            targets[i] = escape
+            continue
+        names = [plain[i]]
+        if shared[_folded(plain[i])] > 1:
+            named = f"{cand.relative.stem}_{cand.relative.suffix.lstrip('.').lower() or 'noext'}"
+            digest = hashlib.sha256(relative_key(cand.relative).encode()).hexdigest()[:6]
+            parent = cand.relative.parent
+            names = [parent / f"{named}{ext}", parent / f"{named}_{digest}{ext}"]
+        free = next((n for n in names if _folded(n) not in owners), None)
+        if free is None:
+            other = owners[_folded(names[-1])]
+            targets[i] = InputError(
+                f"its output name {display_path(names[-1])} is taken by the output of "
+                f"{display_path(other.path)} (names must differ case-insensitively); rename one"
+            )
+            continue
+        owners[_folded(free)] = cand
+        targets[i] = out / free
     items = []
-    for cand, fmt, target in planned:
-        if counts[target] > 1:
-            src_ext = cand.relative.suffix.lstrip(".").lower() or "noext"
-            target = target.with_name(f"{cand.relative.stem}_{src_ext}{EXTENSIONS[fmt]}")
-        error = cand.error
+    for i, cand in enumerate(candidates):
+        target, error = targets[i], cand.error
+        if isinstance(target, F2SError):
+            items.append(WorkItem(cand.path, cand.relative, None, None, formats[i], target))
+            continue
         if error is None and os.path.realpath(target) in input_reals:
             error = InputError(f"output {display_path(target)} would overwrite an input file")
-        items.append(
-            WorkItem(
-                source=cand.path,
-                relative=cand.relative,
-                output=target,
-                report=target.with_name(target.name + REPORT_SUFFIX),
-                format=fmt,
-                error=error,
-            )
-        )
+        report = target.with_name(target.name + REPORT_SUFFIX)
+        items.append(WorkItem(cand.path, cand.relative, target, report, formats[i], error))
     return items
+
+
+def _folded(relative: Path) -> str:
+    """An output path as a case- and normalization-insensitive file system would compare it."""
+    return unicodedata.normalize("NFC", relative_key(relative)).casefold()
+
+
+def _escape_error(cand: InputImage, target: Path, out_real: str) -> InputError | None:
+    """Why ``target`` (or its report), resolved, would lie outside the output folder; None
+    when both lie inside it."""
+    report = target.with_name(target.name + REPORT_SUFFIX)
+    if all(os.path.realpath(p).startswith(out_real + os.sep) for p in (target, report)):
+        return None
+    if os.pardir in cand.relative.parts:
+        why = "its path leaves the input folder (a '..' after a wildcard)"
+    else:
+        why = "a symlink in the output folder points elsewhere"
+    return InputError(
+        f"refused: its output {display_path(os.path.normpath(target))} would be outside "
+        f"--out: {why}; name it by a path inside the inputs"
+    )

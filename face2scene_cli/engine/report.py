@@ -21,6 +21,7 @@ from face2scene_cli.errors import ConfigError
 SCHEMA_VERSION = "1.0"
 REPORT_SUFFIX = ".json"
 SUMMARY_NAME = "f2s-summary.json"
+LOCK_NAME = ".f2s.lock"  # the output folder's lock file (engine.lock)
 SHARD_SUMMARY_GLOB = "f2s-summary.shard-*-of-*.json"
 
 
