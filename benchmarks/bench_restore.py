@@ -13,6 +13,12 @@ one-step restorer (:class:`~face2scene_cli.archs.turbo.TurboSceneNet`: VAE encod
 VAE decoder with LoRA) built with RANDOM weights from the diffusers configs in
 ``benchmarks/sd-turbo-architecture/`` (cost only: its output means nothing).
 
+Real-ESRGAN x4plus (torch, the shipped ``realesrgan-x4plus`` as ``f2s restore --scene-model
+realesrgan-x4plus`` runs it: tiled x4, fp32 on CPU), in a fresh process too, on a small
+centre crop of the 0.25 MP input (``--realesrgan-side``, default 128x128, so 512x512 out;
+it costs about 45 s per output MP on 2 CPU cores): seconds, and seconds per output and per
+input megapixel.
+
 Times are wall seconds and, beside them, this process's CPU seconds (``time.process_time``,
 all its threads): on a machine shared with other jobs the CPU seconds are the stable number.
 Writes ``benchmarks/results/restore.json`` (or ``--out``) and prints Markdown tables
@@ -46,6 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (0.25, 1.0, 4.0, 12.0)
 TURBO_CONFIGS = Path(__file__).resolve().parent / "sd-turbo-architecture"
 STAGES = ("detect", "degradation", "tokens", "scene")
+REALESRGAN_SIDE = 128
 
 
 def bench_input(megapixels: float, photo: Path | None = None) -> np.ndarray:
@@ -213,6 +220,41 @@ def run_turbo(device: str, configs: Path, photo: Path | None) -> dict[str, Any]:
     }
 
 
+def run_realesrgan(device: str, side: int, photo: Path | None) -> dict[str, Any]:
+    """Real-ESRGAN x4plus (the scene restorer ``--scene-model realesrgan-x4plus`` builds) on
+    the centre ``side`` x ``side`` crop of the 0.25 MP input, at x4: wall and CPU seconds
+    (the better of 1 pass on CPU, 3 on CUDA after a warm-up), per output and input MP."""
+    from face2scene_cli.io.tensors import to_tensor
+    from face2scene_cli.restorers.upscaler import load_upscale_restorer
+
+    lq = bench_input(0.25, photo)
+    o = (lq.shape[0] - side) // 2
+    x = to_tensor(np.ascontiguousarray(lq[o : o + side, o : o + side]))
+    sr = load_upscale_restorer(device=device)
+    tile, precision = sr.run_settings()
+    if device != "cpu":
+        sr.restore(x, scale=4)  # warm-up (kernels, autotuning)
+    runs = []
+    for _ in range(1 if device == "cpu" else 3):
+        t0 = _clock(device)
+        sr.restore(x, scale=4)
+        t1 = _clock(device)
+        runs.append({"wall": round(t1[0] - t0[0], 4), "cpu": round(t1[1] - t0[1], 4)})
+    best = min(runs, key=lambda r: r["wall"])
+    mp_in = side * side / 1e6
+    return {
+        "input": [side, side],
+        "output": [4 * side, 4 * side],
+        "tile": tile,
+        "precision": precision,
+        "s": best,
+        "s_per_output_mp": round(best["wall"] / (16 * mp_in), 2),
+        "cpu_s_per_output_mp": round(best["cpu"] / (16 * mp_in), 2),
+        "s_per_input_mp": round(best["wall"] / mp_in, 1),
+        **{k: round(v, 1) for k, v in _peaks(device).items()},
+    }
+
+
 def _child(args: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -302,6 +344,19 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{t['peak_rss_mib']:.0f} MiB"
             + (f", peak GPU {t['peak_gpu_mib']:.0f} MiB." if cuda else "."),
         ]
+    r = result.get("realesrgan")
+    if r:
+        (w, h), (ow, oh) = r["input"], r["output"]
+        lines += [
+            "",
+            f"Real-ESRGAN x4plus (torch, `--scene-model realesrgan-x4plus`, {r['precision']}, "
+            f"tile {r['tile']}), {w}x{h} crop of the same input to {ow}x{oh}: "
+            f"{r['s']['wall']:.2f} s wall ({r['s']['cpu']:.2f} s CPU), "
+            f"**{r['s_per_output_mp']:.1f} s per output MP** ({r['cpu_s_per_output_mp']:.1f} CPU "
+            f"s), {r['s_per_input_mp']:.0f} s per input MP; peak RSS "
+            f"{r['peak_rss_mib']:.0f} MiB"
+            + (f", peak GPU {r['peak_gpu_mib']:.0f} MiB." if cuda else "."),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -314,22 +369,32 @@ def main() -> None:
     ap.add_argument("--photo", type=Path, help="input photo (default insightface's t1.jpg)")
     ap.add_argument("--turbo-configs", type=Path, default=TURBO_CONFIGS)
     ap.add_argument("--no-turbo", action="store_true")
+    ap.add_argument(
+        "--realesrgan-side",
+        type=int,
+        default=REALESRGAN_SIDE,
+        help=f"side of the input crop Real-ESRGAN x4plus is timed on [{REALESRGAN_SIDE}]",
+    )
+    ap.add_argument("--no-realesrgan", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "restore.json")
     ap.add_argument("--markdown-from", type=Path, help="print the tables of a results JSON")
     ap.add_argument("--one", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--turbo", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--realesrgan", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.markdown_from:
         print(to_markdown(json.loads(args.markdown_from.read_text())))
         return
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    if args.one is not None or args.turbo:
+    if args.one is not None or args.turbo or args.realesrgan:
         import cv2
 
         cv2.setNumThreads(threads)
         if args.turbo:
             result = run_turbo(args.device, args.turbo_configs, args.photo)
+        elif args.realesrgan:
+            result = run_realesrgan(args.device, args.realesrgan_side, args.photo)
         else:
             repeats = args.repeats if args.one < 4 else 1
             result = run_one(args.one, args.device, repeats, args.photo)
@@ -363,6 +428,9 @@ def main() -> None:
     if not args.no_turbo:
         turbo_args = ["--turbo", *common, "--turbo-configs", str(args.turbo_configs)]
         result["turbo"] = _child(turbo_args)
+    if not args.no_realesrgan:
+        sr_args = ["--realesrgan", *common, "--realesrgan-side", str(args.realesrgan_side)]
+        result["realesrgan"] = _child(sr_args)
     result["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())

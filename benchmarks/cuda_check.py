@@ -7,7 +7,10 @@ On a real photo degraded with the ``noise15`` preset (seed 0), long side ``--lon
 3. device fp16 and bf16 (autocast) vs device fp32 (PSNR >= 40 dB and >= 35 dB; tile batches
    re-run in fp32 because of NaN/Inf are counted);
 4. device tiled (192 px) vs whole image (PSNR >= 40 dB);
-5. device run twice (max abs difference <= 1e-5).
+5. device run twice (max abs difference <= 1e-5);
+6. Real-ESRGAN x4plus (``--scene-model realesrgan-x4plus``) on a 128 px crop at x4: CPU fp32
+   vs device fp32 (>= 50 dB), device fp16 vs fp32 (>= 40 dB, fp32 re-runs counted), device
+   tiled (64 px) vs whole (>= 40 dB).
 
 Writes a JSON ``{"checks": [{"check", "value", "threshold", "pass"}], ...}`` to ``--out`` and
 exits 1 when a check fails. ``--device cpu`` runs the same code on the CPU (a dry run).
@@ -30,6 +33,27 @@ from face2scene_cli.research.metrics import psnr_torch
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(psnr_torch(a.clamp(0, 1), b.clamp(0, 1))[0])
+
+
+def _check_realesrgan(x: torch.Tensor, device: str, check: Any) -> None:
+    """Step 6: Real-ESRGAN x4plus on the centre 128 px crop of ``x``, at x4."""
+    from face2scene_cli.restorers.upscaler import load_upscale_restorer
+
+    h, w = x.shape[-2:]
+    crop = x[..., (h - 128) // 2 : (h + 128) // 2, (w - 128) // 2 : (w + 128) // 2]
+    sr_cpu, sr = load_upscale_restorer(device="cpu"), load_upscale_restorer(device=device)
+    out32 = sr.restore(crop, precision="fp32", scale=4)
+    check(
+        "realesrgan: PSNR(CPU fp32, device fp32) dB",
+        _psnr(sr_cpu.restore(crop, precision="fp32", scale=4), out32),
+        50.0,
+    )
+    before = sr.fp32_retries
+    low = sr.restore(crop, precision="fp16", scale=4)
+    check("realesrgan: PSNR(device fp16, device fp32) dB", _psnr(low, out32), 40.0)
+    check("realesrgan: fp16 tile batches re-run in fp32", sr.fp32_retries - before, 0, False)
+    tiled = sr.restore(crop, tile=64, precision="fp32", scale=4)
+    check("realesrgan: PSNR(tiled 64 px, whole) dB", _psnr(tiled, out32), 40.0)
 
 
 def main() -> int:
@@ -106,6 +130,7 @@ def main() -> int:
     whole = scene_d.restore(x, None, tile=-(-side // m) * m, precision="fp32")
     tiled = scene_d.restore(x, None, tile=192, precision="fp32")
     check("tiles: PSNR(tiled 192 px, whole) dB", _psnr(tiled, whole), 40.0)
+    _check_realesrgan(x, args.device, check)
     result = {
         "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,

@@ -310,9 +310,11 @@ class RestoreConfig(FaceSettings):
         blind: ignore faces; restore with MapNet's null tokens.
         tile: tile side in px (None = automatic from free memory).
         precision: fp32 | fp16 | bf16 (None = fp32 on CPU, fp16 on CUDA).
-        scale: 1, 2 or 4 (bicubic upscaling before restoring).
+        scale: 1, 2 or 4, the output's size over the input's (scene-embedded: bicubic
+            upscaling before restoring; realesrgan-x4plus: its x4 output area-resized).
         device: cpu | cuda | cuda:N | mps.
-        scene_model: zoo name of the scene restorer.
+        scene_model: zoo name (or model folder) of the scene restorer: ``scene-embedded``
+            (conditioned on the faces' code) or ``realesrgan-x4plus`` (blind x4 upscaler).
         face_restorer: Stage I restorer by name; ``auto`` = ``ref-guided`` when it is
             available and references are given, else ``blind``.
         paste_faces: blend the Stage I faces into the restored photo.

@@ -39,7 +39,8 @@ from face2scene_cli.pipelines.reading import (
 from face2scene_cli.registry import create, is_registered
 from face2scene_cli.restorers.face.base import FaceRestorer
 from face2scene_cli.restorers.loading import load_fadex
-from face2scene_cli.restorers.scene import SceneRestorer, load_scene_restorer
+from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
+from face2scene_cli.restorers.upscaler import UPSCALER_TASK, UpscaleRestorer, load_upscale_restorer
 from face2scene_cli.zoo import ModelInfo, require_model
 
 
@@ -94,7 +95,7 @@ class Face2ScenePipeline:
         config: RestoreConfig,
         finder: FaceFinder,
         reader: DegradationReader,
-        scene: SceneRestorer | None,
+        scene: SceneRestorer | UpscaleRestorer | None,
         models: list[ModelInfo],
     ) -> None:
         self.config = config
@@ -118,10 +119,15 @@ class Face2ScenePipeline:
 
         Args:
             scene_model: zoo name of the scene restorer, or a model folder (a training run's
-                export, verified by its own metadata); None = a pipeline that only reads
-                degradations (:meth:`read_degradations`, ``f2s degrade-code``).
+                export, verified by its own metadata); a model whose metadata ``task`` is
+                ``super-resolution-x4`` (``realesrgan-x4plus``) runs as a blind
+                :class:`~face2scene_cli.restorers.upscaler.UpscaleRestorer`; None = a
+                pipeline that only reads degradations (:meth:`read_degradations`,
+                ``f2s degrade-code``).
             fadex: zoo name of the FaDeX that reads the code; None = the one the scene model
-                was trained with (any other is refused: the scene model reads only its codes).
+                was trained with (any other is refused: the scene model reads only its codes);
+                with a blind upscaler FaDeX only reads the report's estimate (default
+                ``fadex-s``).
             batch_size: face crops per Stage I / FaDeX call.
             **settings: the other :class:`~face2scene_cli.config.RestoreConfig` fields
                 (``detector``, ``device``, ``precision``, ``refs``, ``face_restorer``, ...).
@@ -132,16 +138,18 @@ class Face2ScenePipeline:
         """
         cfg = RestoreConfig(**settings, **({"scene_model": scene_model} if scene_model else {}))
         scene_ref = _zoo_ref(scene_model) if scene_model else None
-        scene = None
-        if scene_ref is not None:
+        scene: SceneRestorer | UpscaleRestorer | None = None
+        if scene_ref is not None and require_model(*scene_ref).task == UPSCALER_TASK:
+            scene = load_upscale_restorer(scene_ref[0], device=cfg.device, root=scene_ref[1])
+            fadex = fadex or RestoreSettings.fadex
+        elif scene_ref is not None:
             scene = load_scene_restorer(scene_ref[0], device=cfg.device, root=scene_ref[1])
-        fadex = fadex or (scene.settings.fadex if scene else None)
+        wanted = scene.code_fadex if scene else None
+        fadex = fadex or wanted
         if fadex is None:
             raise ConfigError("a pipeline without a scene model needs fadex= to read codes")
-        if scene is not None and fadex != scene.settings.fadex:
-            raise ConfigError(
-                f"{scene_model} was trained on the codes of {scene.settings.fadex}, not {fadex}"
-            )
+        if wanted is not None and fadex != wanted:
+            raise ConfigError(f"{scene_model} was trained on the codes of {wanted}, not {fadex}")
         refs_given = cfg.refs is not None
         restorer: FaceRestorer = create(
             "face_restorer", resolve_face_restorer(cfg.face_restorer, refs_given)
@@ -245,7 +253,7 @@ class Face2ScenePipeline:
         cfg = self.config
         image = loaded.image
         colour, alpha = _split_alpha(image.pixels)
-        use_faces = bool(reading.faces) and not cfg.blind
+        use_faces = bool(reading.faces) and not cfg.blind and self.scene.code_fadex is not None
         t0 = time.perf_counter()
         tokens = None
         if use_faces:
@@ -274,9 +282,18 @@ class Face2ScenePipeline:
             image.with_pixels(out),
             self._fields(found, reading, use_faces) | {"scene": scene_run},
             timings,
-            [] if reading.faces else ["no usable face: restored in blind mode"],
+            self._blind_warnings(reading),
             extras,
         )
+
+    def _blind_warnings(self, reading: ImageDegradation) -> list[str]:
+        """Why the scene restorer ran blind on an image (nothing when its code was used)."""
+        if self.scene.code_fadex is None:
+            return [
+                f"{self.config.scene_model} takes no degradation code: the scene was restored "
+                "blind (the faces' degradation is estimated for the report only)"
+            ]
+        return [] if reading.faces else ["no usable face: restored in blind mode"]
 
     def _fields(
         self, found: list[FoundFace], reading: ImageDegradation, use_faces: bool
@@ -296,7 +313,7 @@ class Face2ScenePipeline:
             ("noise_sigma", "blur_sigma_px", "jpeg_quality", "downscale"), None
         ) | {"code": []}
         if not use_faces:
-            degradation["source"] = "blind"  # the scene restorer ran on its null tokens
+            degradation["source"] = "blind"  # null tokens, or a restorer that reads no code
         return {"faces": faces, "degradation": degradation}
 
     def _extras(

@@ -195,6 +195,11 @@ class SceneRestorer:
         return max(2 * m, side)
 
     @property
+    def code_fadex(self) -> str:
+        """Zoo name of the FaDeX whose codes it reads (the one it was trained with)."""
+        return self.settings.fadex
+
+    @property
     def tile_batch(self) -> int:
         """Tiles per network call."""
         return self.settings.tile_batch or (4 if self.device.type == "cuda" else 2)

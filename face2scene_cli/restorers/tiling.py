@@ -50,12 +50,15 @@ def run_tiled(
     multiple: int,
     overlap: int | None,
     batch: int,
+    out_scale: int = 1,
+    context: int = 0,
 ) -> Tensor:
     r"""Run ``run`` over overlapping tiles of ``x`` and blend the results.
 
     Args:
-        run: maps a CPU tile batch :math:`(N, 3, T_h, T_w)` to a CPU float32 result of the
-            same shape (N <= ``batch``).
+        run: maps a CPU tile batch :math:`(N, 3, T_h + 2c, T_w + 2c)` to a CPU float32
+            result :math:`(N, 3, s(T_h + 2c), s(T_w + 2c))` (N <= ``batch``; s =
+            ``out_scale``, c = ``context``).
         x: :math:`(1, 3, H, W)` float32 on the CPU.
         tile: tile side in px, a multiple of ``multiple``; an image side smaller than it is
             padded (reflect, replicate when too small) to a multiple of ``multiple`` instead.
@@ -63,9 +66,13 @@ def run_tiled(
         overlap: px shared by neighbouring tiles (None: an eighth of the tile, at least 32;
             at most half the tile).
         batch: tiles per ``run`` call.
+        out_scale: s, the output's size over the input's (4 for an x4 upscaler).
+        context: c, input px of context around every tile, cut from the image (mirrored,
+            ``reflect``, at its border; at most the image side - 1) and cropped off the
+            result again, as the realesrgan-ncnn runtime pads its tiles.
 
     Returns:
-        :math:`(1, 3, H, W)` float32 on the CPU.
+        :math:`(1, 3, sH, sW)` float32 on the CPU.
     """
     m = multiple
     h, w = x.shape[2:]
@@ -75,20 +82,25 @@ def run_tiled(
     mode = "reflect" if ph < h and pw < w else "replicate"
     xp = F.pad(x, (0, pw, 0, ph), mode=mode) if ph or pw else x
     hp, wp = xp.shape[2:]
+    c = max(0, min(context, hp - 1, wp - 1))
+    xc = F.pad(xp, (c, c, c, c), mode="reflect") if c else xp
+    s = out_scale
     ov = max(32, tile // 8) if overlap is None else int(overlap)
     ys, xs = tile_starts(hp, th, min(ov, th // 2)), tile_starts(wp, tw, min(ov, tw // 2))
-    acc = torch.zeros(1, 3, hp, wp)
-    wsum = torch.zeros(1, 1, hp, wp)
+    acc = torch.zeros(1, 3, hp * s, wp * s)
+    wsum = torch.zeros(1, 1, hp * s, wp * s)
     boxes = [(y, xx) for y in ys for xx in xs]
     for i in range(0, len(boxes), batch):
         chunk = boxes[i : i + batch]
-        tiles = torch.cat([xp[..., y : y + th, xx : xx + tw] for y, xx in chunk])
+        tiles = torch.cat([xc[..., y : y + th + 2 * c, xx : xx + tw + 2 * c] for y, xx in chunk])
         res = run(tiles)
+        if c:
+            res = res[..., c * s : (c + th) * s, c * s : (c + tw) * s]
         for j, (y, xx) in enumerate(chunk):
-            oy, ox = min(ov, th // 2), min(ov, tw // 2)
-            wy = blend_window(th, oy if len(ys) > 1 else 0, y == ys[0], y == ys[-1])
-            wx = blend_window(tw, ox if len(xs) > 1 else 0, xx == xs[0], xx == xs[-1])
+            oy, ox = min(ov, th // 2) * s, min(ov, tw // 2) * s
+            wy = blend_window(th * s, oy if len(ys) > 1 else 0, y == ys[0], y == ys[-1])
+            wx = blend_window(tw * s, ox if len(xs) > 1 else 0, xx == xs[0], xx == xs[-1])
             wt = wy[:, None] * wx[None, :]
-            acc[..., y : y + th, xx : xx + tw] += res[j] * wt
-            wsum[..., y : y + th, xx : xx + tw] += wt
-    return (acc / wsum)[..., :h, :w]
+            acc[..., y * s : (y + th) * s, xx * s : (xx + tw) * s] += res[j] * wt
+            wsum[..., y * s : (y + th) * s, xx * s : (xx + tw) * s] += wt
+    return (acc / wsum)[..., : h * s, : w * s]

@@ -68,7 +68,21 @@ def restore(
             "--scale",
             envvar="F2S_SCALE",
             rich_help_panel=RES,
-            help="1, 2 or 4: upscale (bicubic) before restoring. [default: 1]",
+            help="1, 2 or 4: the output's size over the input's (scene-embedded: bicubic "
+            "upscaling before restoring; realesrgan-x4plus: its x4 output area-resized). "
+            "[default: 1]",
+            show_default=False,
+        ),
+    ] = None,
+    scene_model: Annotated[
+        str | None,
+        typer.Option(
+            "--scene-model",
+            envvar="F2S_SCENE_MODEL",
+            rich_help_panel=RES,
+            help="Scene restorer (zoo name or model folder): scene-embedded (ours, "
+            "conditioned on the faces' degradation code) or realesrgan-x4plus (Real-ESRGAN, "
+            "blind, slow on CPU). [default: scene-embedded]",
             show_default=False,
         ),
     ] = None,
