@@ -14,6 +14,7 @@ import torch
 from skimage import data as skdata
 
 from face2scene_cli.degradations import estimate as E
+from face2scene_cli.degradations import jpeg as J
 from face2scene_cli.degradations import ops as O
 from face2scene_cli.degradations import record as R
 from face2scene_cli.degradations import sampling as S
@@ -203,20 +204,20 @@ def test_downscale_is_antialiased() -> None:
 
 
 def test_jpeg_quant_tables_libjpeg() -> None:
-    luma, chroma = O.jpeg_quant_tables(50)
+    luma, chroma = J.jpeg_quant_tables(50)
     assert luma[0, 0] == 16 and luma[7, 7] == 99 and chroma[0, 0] == 17
-    luma, chroma = O.jpeg_quant_tables(75)  # scale 50: (16 * 50 + 50) // 100 = 8
+    luma, chroma = J.jpeg_quant_tables(75)  # scale 50: (16 * 50 + 50) // 100 = 8
     assert luma[0, 0] == 8 and chroma[7, 7] == 50
-    luma, _ = O.jpeg_quant_tables(10)  # scale 500
+    luma, _ = J.jpeg_quant_tables(10)  # scale 500
     assert luma[0, 0] == 80 and luma.max() == 255
-    luma, chroma = O.jpeg_quant_tables(100)
+    luma, chroma = J.jpeg_quant_tables(100)
     assert luma.max() == 1 and chroma.max() == 1
 
 
 def test_torch_jpeg_agrees_with_libjpeg(astro_u8: np.ndarray, astro: torch.Tensor) -> None:
     errors = []
     for q in (10, 30, 45, 70, 90):
-        ours = _to_u8(O.jpeg_compress(astro, q))
+        ours = _to_u8(J.jpeg_compress(astro, q))
         ref = _cv2_jpeg(astro_u8, q)
         agreement = _psnr(ours, ref)
         assert agreement > 33.0, (q, agreement)
@@ -230,19 +231,19 @@ def test_torch_jpeg_agrees_with_libjpeg(astro_u8: np.ndarray, astro: torch.Tenso
 def test_torch_jpeg_gray_and_odd_size(astro_u8: np.ndarray) -> None:
     gray = np.ascontiguousarray(astro_u8[:203, :301, 1])
     x = torch.from_numpy(gray)[None, None].float() / 255
-    ours = _to_u8(O.jpeg_compress(x, 50))[..., 0]
+    ours = _to_u8(J.jpeg_compress(x, 50))[..., 0]
     assert ours.shape == gray.shape
     assert _psnr(ours, _cv2_jpeg(gray, 50)) > 35.0
     rgb = np.ascontiguousarray(astro_u8[:203, :301])
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    assert _psnr(_to_u8(O.jpeg_compress(x, 50)), _cv2_jpeg(rgb, 50)) > 35.0
+    assert _psnr(_to_u8(J.jpeg_compress(x, 50)), _cv2_jpeg(rgb, 50)) > 35.0
 
 
 def test_jpeg_per_sample_quality(astro: torch.Tensor) -> None:
     x = astro[:, :, :64, :64].expand(3, 3, 64, 64)
-    y = O.jpeg_compress(x, torch.tensor([20.0, 50.0, 90.0]))
+    y = J.jpeg_compress(x, torch.tensor([20.0, 50.0, 90.0]))
     for i, q in enumerate((20, 50, 90)):
-        assert torch.equal(y[i : i + 1], O.jpeg_compress(x[i : i + 1], q))
+        assert torch.equal(y[i : i + 1], J.jpeg_compress(x[i : i + 1], q))
     err = [(y[i] - x[i]).abs().mean().item() for i in range(3)]
     assert err[0] > err[1] > err[2]
 
@@ -348,7 +349,7 @@ def test_gray_input_supported_everywhere(astro: torch.Tensor) -> None:
     assert O.resize(x, (20, 21), "area").shape == (1, 1, 20, 21)
     assert O.add_gaussian_noise(x, 5.0, g, gray=True).shape == x.shape
     assert O.add_poisson_noise(x, 1.0, g, gray=True).shape == x.shape
-    assert O.jpeg_compress(x, 40).shape == x.shape
+    assert J.jpeg_compress(x, 40).shape == x.shape
     cfg = SO.SecondOrderConfig()
     for seed in range(4):
         s = SO.sample_second_order(cfg, _gen(seed))
@@ -365,7 +366,7 @@ def test_bad_parameters_raise_config_error() -> None:
         (lambda: _param(downscale=float("nan")), "nan"),
         (lambda: R.Degradation.from_dict({"mode": "parametric", "noise": 3}), "noise"),
         (lambda: R.Degradation("blurry"), "blurry"),
-        (lambda: O.jpeg_compress(torch.rand(1, 3, 8, 8), 150), "150"),
+        (lambda: J.jpeg_compress(torch.rand(1, 3, 8, 8), 150), "150"),
         (lambda: O.gaussian_kernel2d(8, 1.0), "8"),
         (lambda: O.gaussian_kernel2d(7, -1.0), "-1.0"),
         (lambda: O.sinc_kernel2d(7, 4.0), "4.0"),
@@ -387,7 +388,7 @@ def test_shape_errors_are_clear() -> None:
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         S.apply(torch.rand(3, 8, 8), R.PRESETS["noise15"], _gen())
     with pytest.raises(ValueError, match="1 or 3 channels"):
-        O.jpeg_compress(torch.rand(1, 4, 8, 8), 50)
+        J.jpeg_compress(torch.rand(1, 4, 8, 8), 50)
     with pytest.raises(TypeError, match="floating"):
         O.gaussian_blur(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 1.0)
     with pytest.raises(ValueError, match="generator"):
@@ -655,8 +656,8 @@ def test_cuda_matches_cpu_shapes_and_runs() -> None:
     xc = x.cuda()
     y = S.apply(xc, R.PRESETS["mixed"], _gen(1))  # CPU generator seeds a CUDA one
     assert y.device.type == "cuda" and y.shape == x.shape
-    blur_cpu = O.jpeg_compress(O.gaussian_blur(x, 1.0), 45)
-    blur_gpu = O.jpeg_compress(O.gaussian_blur(xc, 1.0), 45).cpu()
+    blur_cpu = J.jpeg_compress(O.gaussian_blur(x, 1.0), 45)
+    blur_gpu = J.jpeg_compress(O.gaussian_blur(xc, 1.0), 45).cpu()
     assert (blur_cpu - blur_gpu).abs().mean() < 1e-3
     samples = SO.sample_second_order_batch(SO.SecondOrderConfig(), _gen(2), 2)
     z = SO.apply_second_order_batch(xc, samples)
