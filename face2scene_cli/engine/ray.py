@@ -142,6 +142,8 @@ def run_ray(
     Raises:
         NotAvailableError: Ray is not installed.
         LockError: another run holds the output folder (or this shard of it).
+        OutputFolderError: the output folder cannot be created, locked or written.
+        SummaryWriteError: the run finished, but its summary could not be written.
         F2SError: a worker cannot build the job (e.g. a missing model).
     """
     ray = require_ray()
