@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,9 @@ def test_disk_full_mid_run_fails_images_and_prints_the_summary(
         "total": 6, "done": done, "skipped": 0, "failed": 6 - done, "pending": 0,
     }  # fmt: skip
     assert all("No space left on device" in f["message"] for f in summary["failures"])
+
+    shutil.rmtree(out)
+    res = f2s("degrade", src, "--out", out, *DEGRADE, "--log-json")  # one JSON object a line
+    assert res.exit_code == 1, res.output
+    lines = [json.loads(line) for line in res.stderr.splitlines()]
+    assert lines[-2]["event"] == "run_summary" and lines[-2]["summary"]["exit_code"] == 1

@@ -280,7 +280,10 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     except SummaryWriteError as err:  # the fallback: the summary goes to stderr
         summary, written = err.summary, False
         diag("error", str(err), log)
-        print(summary.to_json(), end="", file=sys.stderr, flush=True)
+        text = summary.to_json()
+        if log.log_json:  # one JSON line, like every other event
+            text = json.dumps({"event": "run_summary", "summary": json.loads(text)}) + "\n"
+        print(text, end="", file=sys.stderr, flush=True)
     finally:
         if jsonl not in (None, sys.stdout):
             jsonl.close()
