@@ -198,7 +198,7 @@ def _settle_from_disk(run: BatchRun, plan: Plan, settled: set[int]) -> None:
     """After a stop: settle the items this run's workers finished but the driver never
     received (their report carries this run's id), so the summary matches the disk."""
     for i, item in enumerate(plan.items):
-        report = None if i in settled else read_report(item.report)
+        report = None if i in settled or item.report is None else read_report(item.report)
         if report and (report.get("run") or {}).get("run_id") == run.run_info.run_id:
             run.settled(ItemEvent(item, report["status"], ImageReport(**report), 0, 0, True))
 
