@@ -49,6 +49,13 @@ class LockError(F2SError):
     exit_code = ExitCode.LOCKED
 
 
+class OutputFolderError(F2SError):
+    """The output folder cannot be created, locked or written (read-only, full, no access);
+    found before any image is processed."""
+
+    exit_code = ExitCode.USAGE
+
+
 class NotAvailableError(F2SError):
     """A command or backend that this build does not provide (yet)."""
 

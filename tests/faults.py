@@ -6,6 +6,7 @@ one of:
 * ``exit-after:N``: ``os._exit(137)`` (what ``kill -9`` leaves behind) once this process has
   finished N images;
 * ``signal-after:N``: SIGTERM to this process once it has finished N images;
+* ``interrupt-after:N``: SIGINT (Ctrl-C) to this process once it has finished N images;
 * ``crash-on:REL``: ``os._exit(137)`` whenever the image with relative path REL reaches the
   compute stage (a poison image).
 
@@ -34,7 +35,8 @@ from face2scene_cli.errors import F2SError
 if TYPE_CHECKING:
     import pytest
 
-KINDS = ("exit-after", "signal-after", "crash-on")
+KINDS = ("exit-after", "signal-after", "interrupt-after", "crash-on")
+SIGNALS = {"signal-after": signal.SIGTERM, "interrupt-after": signal.SIGINT}
 KILLED = 137  # the exit status of a process killed by SIGKILL, as a shell reports it
 
 
@@ -47,9 +49,9 @@ class Fault:
 
     @classmethod
     def parse(cls, spec: str) -> Fault:
-        """``exit-after:N`` | ``signal-after:N`` | ``crash-on:REL``."""
+        """``exit-after:N`` | ``signal-after:N`` | ``interrupt-after:N`` | ``crash-on:REL``."""
         kind, _, arg = spec.partition(":")
-        counted = kind in ("exit-after", "signal-after")
+        counted = kind != "crash-on"
         if kind not in KINDS or not arg or (counted and not arg.isdigit()):
             raise ValueError(f"bad fault {spec!r}: expected one of {', '.join(KINDS)} with :ARG")
         return cls(kind, arg)
@@ -81,7 +83,7 @@ def _settled(run: BatchRun, event: ItemEvent) -> None:
         return
     if fault.kind == "exit-after":
         os._exit(KILLED)
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), SIGNALS[fault.kind])
 
 
 def _compute(run: BatchRun, batch: list[LoadedImage]) -> list[Processed | F2SError]:

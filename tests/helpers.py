@@ -26,7 +26,8 @@ def run_f2s(
     **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``f2s`` in a fresh process, as a user or a cron job would (stdout not a TTY);
-    ``fault`` (``exit-after:N`` | ``signal-after:N`` | ``crash-on:REL``, see :mod:`faults`)
+    ``fault`` (``exit-after:N`` | ``signal-after:N`` | ``interrupt-after:N`` |
+    ``crash-on:REL``, see :mod:`faults`)
     makes the engine in that process die or be signalled at that point."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("F2S_")}
     full_env["F2S_DATA_DIR"] = os.environ.get("F2S_DATA_DIR", "")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 import ray
 from faults import inject_into_ray_workers
-from helpers import TESTS, reports_in, summary_of, temp_files
+from helpers import TESTS, reports_in, run_f2s, summary_of, temp_files
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -178,6 +181,58 @@ def test_ray_poison_image_is_reported_failed(
     summary = summary_of(out)
     assert summary["counts"]["failed"] == 1 and summary["counts"]["done"] == 3
     assert summary["failures"][0]["path"].endswith("a/img01.png")
+
+
+def _ray_processes(temp_dir: str, wait: float = 10.0) -> list[str]:
+    """Command lines of the live processes of the Ray whose temp dir is ``temp_dir`` (once
+    ``wait`` s passed without them going)."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if temp_dir in cmdline:
+                found.append(cmdline)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "name"),
+    [
+        ("signal-after:4", 143, "SIGTERM"),
+        pytest.param("interrupt-after:4", 130, "SIGINT", marks=pytest.mark.slow),  # same path
+    ],
+)
+def test_ray_signal_stops_cleanly_with_a_summary_that_matches_the_disk(
+    small_photo_dir: Path, tmp_path: Path, fault: str, code: int, name: str
+) -> None:
+    """A run that starts its own Ray, signalled after 4 images: our handler (not Ray's) stops
+    it, exit 143/130 with no traceback or stack dump, the summary counts exactly the reports
+    its workers wrote, and the Ray processes it started are gone."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _tiles(small_photo_dir, src, 20)
+    ray_tmp = tempfile.mkdtemp(prefix="f2s-ray-", dir="/tmp")  # short: Ray's socket paths
+    try:
+        res = run_f2s(
+            "degrade", src, "--out", out, *PARAMETRIC, "--engine", "ray", "--workers", "1",
+            "--threads", "1", "-b", "1", env={"RAY_TMPDIR": ray_tmp}, fault=fault,
+        )  # fmt: skip
+        assert res.returncode == code, res.stderr[-4000:]
+        assert "Traceback" not in res.stderr and " received at time=" not in res.stderr
+        summary = summary_of(out)
+        assert summary["interrupted"] == name and summary["exit_code"] == code
+        counts, reports = summary["counts"], reports_in(out)
+        assert counts["done"] == len(reports) >= 4 and counts["failed"] == 0
+        assert counts["done"] + counts["pending"] == 20
+        assert {r["run"]["run_id"] for r in reports.values()} == {summary["run"]["run_id"]}
+        assert _ray_processes(ray_tmp) == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_shards_cover_every_image_once_and_merge(small_photo_dir: Path, tmp_path: Path) -> None:

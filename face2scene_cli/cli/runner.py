@@ -251,7 +251,8 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     models load.
     """
     from face2scene_cli.engine import ray as ray_engine
-    from face2scene_cli.engine.local import StopFlag, run_batch
+    from face2scene_cli.engine.local import StopFlag, SummaryWriteError, run_batch
+    from face2scene_cli.engine.lock import check_writable
     from face2scene_cli.engine.plan import plan_inputs
 
     started = time.perf_counter()
@@ -263,24 +264,33 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     if not plan.found:  # a shard may be empty: it still writes its (empty) summary
         diag("error", "no images found in the inputs", log)
         raise typer.Exit(ExitCode.USAGE)
+    check_writable(plan.out)
     # Ray workers build their own job; locally it is built before the progress bar starts.
     job: ImageJob | None = job_factory() if batch_cfg.engine == "local" else None
     for warning in job.warnings() if job is not None else []:
         diag("warning", warning, log)
     jsonl = _open_jsonl(log.report_jsonl)
+    written = True
     try:
         with ProgressObserver(plan, log, jsonl) as observer, StopFlag().installed() as stop:
             if job is None:
                 summary = ray_engine.run_ray(plan, job_factory, batch_cfg, observer, stop)
             else:
                 summary = run_batch(plan, job, batch_cfg, observer=observer, stop=stop)
+    except SummaryWriteError as err:  # the fallback: the summary goes to stderr
+        summary, written = err.summary, False
+        diag("error", str(err), log)
+        text = summary.to_json()
+        if log.log_json:  # one JSON line, like every other event
+            text = json.dumps({"event": "run_summary", "summary": json.loads(text)}) + "\n"
+        print(text, end="", file=sys.stderr, flush=True)
     finally:
         if jsonl not in (None, sys.stdout):
             jsonl.close()
     if job is None:  # the Ray job was built on the cluster: its warnings come with the summary
         for warning in summary.warnings[len(plan.warnings) :]:
             diag("warning", warning, log)
-    _print_summary(summary, plan, log, time.perf_counter() - started)
+    _print_summary(summary, plan, log, time.perf_counter() - started, written)
     raise typer.Exit(summary.exit_code)
 
 
@@ -301,7 +311,9 @@ def diag(level: str, message: str, log: LogOptions | None = None) -> None:
         say(f"f2s: {level}: {message}")
 
 
-def _print_summary(summary: RunSummary, plan: Plan, log: LogOptions, seconds: float) -> None:
+def _print_summary(
+    summary: RunSummary, plan: Plan, log: LogOptions, seconds: float, written: bool
+) -> None:
     c = summary.counts
     if log.log_json:
         print(
@@ -326,8 +338,8 @@ def _print_summary(summary: RunSummary, plan: Plan, log: LogOptions, seconds: fl
             log,
         )
     if not log.quiet:
+        where = display_path(plan.out / summary_name(plan.shard)) if written else "stderr, above"
         say(
             f"f2s: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed "
-            f"of {c['total']} in {seconds:.1f} s -> {summary.out} "
-            f"(summary: {display_path(plan.out / summary_name(plan.shard))})"
+            f"of {c['total']} in {seconds:.1f} s -> {summary.out} (summary: {where})"
         )

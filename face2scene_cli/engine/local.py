@@ -435,6 +435,8 @@ def run_batch(
 
     Raises:
         LockError: another run holds the output folder (or this shard of it).
+        OutputFolderError: the output folder cannot be created, locked or written.
+        SummaryWriteError: the run finished, but its summary could not be written.
     """
     import torch
 
@@ -446,8 +448,25 @@ def run_batch(
     return summary
 
 
+class SummaryWriteError(F2SError):
+    """The run finished but its summary could not be written (a full or read-only disk);
+    ``summary`` is the run's, its exit code at least 1, for the caller to show instead."""
+
+    def __init__(self, path: Path, err: OSError, summary: RunSummary) -> None:
+        super().__init__(f"cannot write the summary {display_path(path)}: {os_error_reason(err)}")
+        summary.exit_code = max(summary.exit_code, int(ExitCode.FAILED_FILES))
+        self.summary = summary
+
+
 def write_summary(plan: Plan, summary: RunSummary) -> Path:
-    """Write the run summary (``f2s-summary.json``, or the shard's) atomically; its path."""
+    """Write the run summary (``f2s-summary.json``, or the shard's) atomically; its path.
+
+    Raises:
+        SummaryWriteError: the summary cannot be written (it carries the summary).
+    """
     path = plan.out / summary_name(plan.shard)
-    atomic_write_bytes(path, summary.to_json().encode())
+    try:
+        atomic_write_bytes(path, summary.to_json().encode())
+    except OSError as err:
+        raise SummaryWriteError(path, err, summary) from None
     return path

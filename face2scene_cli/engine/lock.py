@@ -11,16 +11,44 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from face2scene_cli.config import Shard
-from face2scene_cli.engine.plan import Plan, WorkItem
+from face2scene_cli.engine.plan import Plan, WorkItem, os_error_reason
 from face2scene_cli.engine.report import LOCK_NAME, display_path
-from face2scene_cli.errors import LockError
+from face2scene_cli.errors import LockError, OutputFolderError
 from face2scene_cli.io.images import TEMP_GLOB, TEMP_MARK
+
+
+def cannot_write(out: Path, err: OSError) -> OutputFolderError:
+    """The error for an output folder that an OS call refused (``err``)."""
+    return OutputFolderError(f"cannot write --out {display_path(out)}: {os_error_reason(err)}")
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out``, open its lock file (without locking it) and write, fsync and delete a
+    small temp file in it, so a folder that cannot be created, locked or written (read-only,
+    full, not ours) is refused before any work.
+
+    Raises:
+        OutputFolderError: the folder cannot be created, locked or written (the reason named).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644))
+        fd, probe = tempfile.mkstemp(prefix=f".write-check{TEMP_MARK}", dir=out)
+        try:
+            os.write(fd, b"f2s")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise cannot_write(out, err) from None
 
 
 @contextmanager
@@ -34,8 +62,8 @@ def output_lock(out: Path, command: str, shard: Shard | None = None) -> Iterator
 
     Raises:
         LockError: another live process holds the lock (its pid, host and command are named).
+        OutputFolderError: the folder or its lock files cannot be created or written.
     """
-    out.mkdir(parents=True, exist_ok=True)
     info = json.dumps(
         {
             "pid": os.getpid(),
@@ -45,16 +73,23 @@ def output_lock(out: Path, command: str, shard: Shard | None = None) -> Iterator
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )
-    fds = [os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fds = [os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)]
+    except OSError as err:
+        raise cannot_write(out, err) from None
     try:
         if shard is None:
             _take_lock(fds[0], fcntl.LOCK_EX, out, _shard_holders(out))
-            _write_holder(fds[0], info)
+            _write_holder(fds[0], info, out)
         else:
             _take_lock(fds[0], fcntl.LOCK_SH, out)
-            fds.append(os.open(_shard_lock_path(out, shard), os.O_RDWR | os.O_CREAT, 0o644))
+            try:
+                fds.append(os.open(_shard_lock_path(out, shard), os.O_RDWR | os.O_CREAT, 0o644))
+            except OSError as err:
+                raise cannot_write(out, err) from None
             _take_lock(fds[1], fcntl.LOCK_EX, out)
-            _write_holder(fds[1], info)
+            _write_holder(fds[1], info, out)
             other = [h for n, h in _shard_holders(out, skip=shard).items() if n != shard.count]
             if other:  # checked after taking ours, so of two racing splits neither proceeds
                 raise LockError(
@@ -83,9 +118,12 @@ def _take_lock(fd: int, mode: int, out: Path, holders: dict[int, str] | None = N
         ) from None
 
 
-def _write_holder(fd: int, info: str) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, info.encode(), 0)
+def _write_holder(fd: int, info: str, out: Path) -> None:
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+    except OSError as err:
+        raise cannot_write(out, err) from None
 
 
 def _shard_holders(out: Path, skip: Shard | None = None) -> dict[int, str]:

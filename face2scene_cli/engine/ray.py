@@ -20,7 +20,9 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from face2scene_cli.engine.job import ImageJob, ItemEvent, Observer
 from face2scene_cli.engine.local import BatchRun, write_summary
 from face2scene_cli.engine.lock import locked_output, remove_stale_temp_files
 from face2scene_cli.engine.plan import Plan, WorkItem
-from face2scene_cli.engine.report import ImageReport, RunInfo, RunSummary
+from face2scene_cli.engine.report import ImageReport, RunInfo, RunSummary, read_report
 from face2scene_cli.errors import F2SError, NotAvailableError
 
 INSTALL_HINT = "pip install 'face2scene[ray]'"
@@ -142,34 +144,63 @@ def run_ray(
     Raises:
         NotAvailableError: Ray is not installed.
         LockError: another run holds the output folder (or this shard of it).
+        OutputFolderError: the output folder cannot be created, locked or written.
+        SummaryWriteError: the run finished, but its summary could not be written.
         F2SError: a worker cannot build the job (e.g. a missing model).
     """
     ray = require_ray()
     started = time.perf_counter()
-    if not ray.is_initialized():
-        # A Ray started here for this run alone skips the dashboard (CPU better spent on images).
-        local = {"include_dashboard": False} if cfg.ray_address is None else {}
-        ray.init(address=cfg.ray_address, logging_level=logging.WARNING, **local)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our observer reports progress
-    cpus, gpus = max(1, cfg.threads), cfg.gpus_per_worker
+    ours = not ray.is_initialized()  # a Ray started (or joined) here is shut down here
+    if ours:
+        _init(ray, cfg)
     try:
-        info = ray.get(
-            ray.remote(_describe).options(num_cpus=cpus, num_gpus=gpus).remote(job_factory)
-        )
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, F2SError):
-            raise err.cause from None
-        raise
-    run_info = RunInfo.new("ray", str(plan.shard) if plan.shard else None)
-    with locked_output(plan, info.command):
-        run = BatchRun(plan, info, cfg, observer, stop, run_info)  # type: ignore[arg-type]
-        stats, interrupted = _execute(ray, run, plan, job_factory, cfg, run_info)
-        if not interrupted:  # every worker is done: temp files left now are dead workers'
-            remove_stale_temp_files(plan.out, plan.items if plan.shard else None)
-        summary = run.summary(interrupted, time.perf_counter() - started)
-        summary.run.update(stats)
-        write_summary(plan, summary)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our observer reports progress
+        cpus, gpus = max(1, cfg.threads), cfg.gpus_per_worker
+        try:
+            info = ray.get(
+                ray.remote(_describe).options(num_cpus=cpus, num_gpus=gpus).remote(job_factory)
+            )
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, F2SError):
+                raise err.cause from None
+            raise
+        run_info = RunInfo.new("ray", str(plan.shard) if plan.shard else None)
+        with locked_output(plan, info.command):
+            run = BatchRun(plan, info, cfg, observer, stop, run_info)  # type: ignore[arg-type]
+            stats, interrupted, settled = _execute(ray, run, plan, job_factory, cfg, run_info)
+            if interrupted:
+                if ours:  # stops its workers before the disk is read
+                    ray.shutdown()
+                _settle_from_disk(run, plan, settled)
+            else:  # every worker is done: temp files left now are dead workers'
+                remove_stale_temp_files(plan.out, plan.items if plan.shard else None)
+            summary = run.summary(interrupted, time.perf_counter() - started)
+            summary.run.update(stats)
+            write_summary(plan, summary)
+    finally:
+        if ours:
+            ray.shutdown()
     return summary
+
+
+def _init(ray: Any, cfg: BatchConfig) -> None:
+    """Join ``cfg.ray_address`` or start Ray here, keeping the caller's SIGTERM handler
+    (``ray.init`` replaces it with a ``sys.exit``, which would kill the run mid-batch)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    # A Ray started here for this run alone skips the dashboard (CPU better spent on images).
+    local = {"include_dashboard": False} if cfg.ray_address is None else {}
+    ray.init(address=cfg.ray_address, logging_level=logging.WARNING, **local)
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _settle_from_disk(run: BatchRun, plan: Plan, settled: set[int]) -> None:
+    """After a stop: settle the items this run's workers finished but the driver never
+    received (their report carries this run's id), so the summary matches the disk."""
+    for i, item in enumerate(plan.items):
+        report = None if i in settled or item.report is None else read_report(item.report)
+        if report and (report.get("run") or {}).get("run_id") == run.run_info.run_id:
+            run.settled(ItemEvent(item, report["status"], ImageReport(**report), 0, 0, True))
 
 
 def _execute(
@@ -179,9 +210,9 @@ def _execute(
     job_factory: Callable[[], ImageJob],
     cfg: BatchConfig,
     run_info: RunInfo,
-) -> tuple[dict[str, int], str | None]:
+) -> tuple[dict[str, int], str | None, set[int]]:
     """Both passes; returns the pool's statistics (workers, restarts, images recovered from
-    dead workers) and the signal that stopped the run."""
+    dead workers), the signal that stopped the run and the indices of the items settled."""
     worker_args = {
         "job_factory": job_factory,
         "items": [ray.put(plan.items)],
@@ -191,12 +222,14 @@ def _execute(
     }
     stats = {"workers": _worker_count(ray, cfg), "worker_restarts": 0, "recovered": 0}
     restarted: set[str] = set()
+    settled: set[int] = set()
 
     def settle(rows: dict[str, Any]) -> None:
         columns = ("index", "status", "report", "recovered", "worker", "restarted")
         for i, status, text, recovered, worker, again in zip(
             *(rows[c] for c in columns), strict=True
         ):
+            settled.add(int(i))
             report = ImageReport(**json.loads(text)) if text else None
             run.settled(ItemEvent(plan.items[int(i)], status, report, 0, 0, bool(recovered)))
             stats["recovered"] += bool(recovered)
@@ -208,14 +241,14 @@ def _execute(
         lost = _second_pass(ray, lost, cfg, worker_args, stats["workers"], settle, run.stop)
     stats["worker_restarts"] = len(restarted)
     if run.stop():
-        return stats, run.stop()
+        return stats, run.stop(), settled
     error = F2SError(
         f"its worker died on each of the {TASK_RETRIES + 1} tries to process it alone "
         "(a crash while processing this image)"
     )
     for i in lost:
         run.write_failed(plan.items[i], error, {})
-    return stats, None
+    return stats, None, settled
 
 
 def _first_pass(
