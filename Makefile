@@ -39,6 +39,7 @@ eval: install testdata  ## f2s eval on the VAL photos of data/splits.yaml -> ben
 
 lint: install
 	$(BIN)/ruff check face2scene_cli tests benchmarks scripts
+	$(BIN)/lint-imports
 
 wheel: install
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist
