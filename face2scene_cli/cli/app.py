@@ -12,9 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Annotated
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from face2scene_cli import __version__
 from face2scene_cli.errors import ExitCode
@@ -94,7 +93,7 @@ COMMANDS: dict[str, CommandEntry] = {
 """Every ``f2s`` command. A test checks each summary against the loaded command's help."""
 
 
-def load_command(name: str) -> click.Command:
+def load_command(name: str) -> TyperCommand | TyperGroup:
     """Import command ``name`` and build its click command (F2SError -> one line + exit code)."""
     entry = COMMANDS[name]
     module_name, attribute = entry.target.split(":")
@@ -114,18 +113,18 @@ class LazyGroup(TyperGroup):
     """The top-level group: lists :data:`COMMANDS` from their summaries and imports a
     command's module only when that command is resolved (run or asked for its help)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | None:
         entry = COMMANDS.get(cmd_name)
         if entry is None:
             return None
-        return click.Command(cmd_name, help=entry.summary)  # for the listing only
+        return TyperCommand(cmd_name, help=entry.summary)  # for the listing only
 
     def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
+        self, ctx: typer.Context, args: list[str]
+    ) -> tuple[str | None, TyperCommand | TyperGroup | None, list[str]]:
         name, cmd, rest = super().resolve_command(ctx, args)
         return name, (load_command(name) if name in COMMANDS else cmd), rest
 
