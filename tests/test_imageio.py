@@ -175,12 +175,27 @@ def test_text_file_named_jpg(tmp_path: Path) -> None:
     assert "text" in str(err.value)
 
 
-def test_unknown_binary_and_heic_messages(tmp_path: Path) -> None:
+def test_unknown_binary_and_broken_heic_messages(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="not an image"):
         read_image(tmp_path / "x.jpg", data=bytes(range(256)) * 4)
-    heic = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64
-    with pytest.raises(ImageDecodeError, match="HEIC"):
+    heic = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64  # the header of one, nothing after
+    with pytest.raises(ImageDecodeError, match="corrupt HEIF"):
         read_image(tmp_path / "x.heic", data=heic)
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_avif_and_heic_decode(fmt: str, tmp_path: Path) -> None:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    rgb = _photo(48, 40)
+    data = _encoded(PILImage.fromarray(rgb), fmt, quality=95)
+    assert sniff_format(data) == fmt
+    image = read_image(tmp_path / "x", data=data)
+    assert image.pixels.shape == rgb.shape and image.pixels.dtype == np.uint8
+    error = image.pixels.astype(np.float64) - rgb
+    assert 10 * np.log10(255**2 / np.mean(error**2)) > 30
+    assert format_for("same", image.source_format) == "png"
 
 
 def test_corrupt_png_header(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 The walk finds images by content (and by extension, so an unreadable photo is reported, not
 skipped), skips hidden entries, the output folder and symlink loops, and gives each image a
 relative path: its place in the output tree, the key that seeds it and picks its shard.
-Output names are unique case-insensitively and never leave the output folder; photos f2s cannot
-decode (HEIC, AVIF) and old f2s output folders inside the inputs are named in warnings.
+Output names are unique case-insensitively and never leave the output folder; old f2s output
+folders inside the inputs are skipped with a warning naming them.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from face2scene_cli.io.images import EXTENSIONS, format_for, sniff_format
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
+    | {".avif", ".heic", ".heif", ".hif"}
 )
-# Image types a folder may hold that f2s cannot decode: named in a warning, not skipped silently.
-UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".hif", ".avif"})
 _SNIFF_BYTES = 32
 
 
@@ -228,7 +227,6 @@ def _walk(
     def on_error(err: OSError) -> None:
         warnings.append(f"cannot list {display_path(err.filename)}: {err.strerror}")
 
-    unsupported: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=True):
         kept = []
         for name in sorted(dirnames):
@@ -255,15 +253,7 @@ def _walk(
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            if Path(name).suffix.lower() in UNSUPPORTED_SUFFIXES:
-                unsupported.append(display_path(os.path.join(dirpath, name)))
-                continue
             yield _candidate(Path(dirpath, name), explicit=False)
-    if unsupported:
-        warnings.append(
-            f"skipped {len(unsupported)} file(s) not supported (HEIC/HEIF/AVIF; convert to "
-            f"JPEG/PNG): {', '.join(unsupported)}"
-        )
 
 
 def _output_marker(folder: str) -> str | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import logging
 import os
@@ -164,11 +165,26 @@ def _check_pixels(pixels: np.ndarray) -> None:
 # sniffing
 
 
+_AVIF_BRANDS = (b"avif", b"avis")
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevx", b"mif1", b"msf1")
+
+
+def _register_heif() -> None:
+    """Let Pillow open HEIC/HEIF (once; imported only when such a file is read)."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+
+
+_register_heif_once = functools.cache(_register_heif)
+
+
 def sniff_format(data: bytes) -> str | None:
     """Image type by content (magic bytes), not extension; None when not an image we read.
 
     Cheap: looks at the first 32 bytes only. Returns a Pillow format name: "JPEG", "PNG",
-    "TIFF", "WEBP", "BMP" or "GIF".
+    "TIFF", "WEBP", "BMP", "GIF", "AVIF" (Pillow's own decoder) or "HEIF" (phone photos,
+    through the ``pillow-heif`` plugin).
     """
     head = bytes(data[:32])
     if head[:3] == b"\xff\xd8\xff":
@@ -181,6 +197,10 @@ def sniff_format(data: bytes) -> str | None:
         return "WEBP"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
+    if head[4:8] == b"ftyp" and head[8:12] in _AVIF_BRANDS:
+        return "AVIF"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
     # "BM" alone is too weak (any text starting with "BM"): also require a known DIB header size.
     if head[:2] == b"BM" and len(head) >= 18:
         dib_size = struct.unpack("<I", head[14:18])[0]
@@ -191,19 +211,13 @@ def sniff_format(data: bytes) -> str | None:
 
 def _describe_unknown(data: bytes) -> str:
     head = bytes(data[:64])
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
-            return "HEIC/HEIF images are not supported; convert them to JPEG or PNG first"
-        if brand in (b"avif", b"avis"):
-            return "AVIF images are not supported; convert them to JPEG or PNG first"
     if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
         return "JPEG 2000 images are not supported"
     if head[:5] == b"%PDF-":
         return "not an image (this is a PDF file)"
     if _looks_like_text(bytes(data[:512])):
         return "not an image (the file contains text)"
-    return "not an image f2s can read (supported: JPEG, PNG, TIFF, WebP, BMP, GIF)"
+    return "not an image f2s can read (supported: JPEG, PNG, TIFF, WebP, BMP, GIF, AVIF, HEIC)"
 
 
 def _looks_like_text(sample: bytes) -> bool:
@@ -286,6 +300,8 @@ def read_image(
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageDecodeError(_describe_unknown(data))
+    if fmt == "HEIF":
+        _register_heif_once()
     # Re-asserted on every call in case other code changed Pillow's globals after import.
     PILImage.MAX_IMAGE_PIXELS = None
     ImageFile.LOAD_TRUNCATED_IMAGES = False
