@@ -253,7 +253,7 @@ class FaceSettings:
     """How faces are found and matched to a reference gallery (``f2s restore`` and ``f2s faces``).
 
     Attributes:
-        detector: ``auto`` | a detector name (``f2s doctor`` lists them).
+        detector: ``auto``, insightface, mtcnn, dlib or a registered detector plugin.
         min_face: ignore faces smaller than this (px, shorter box side).
         max_faces: keep at most this many faces per image (None = all).
         refs: reference photos, ``refs/<person>/*.jpg`` or ``refs/*.jpg`` (None = none).
