@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,7 +42,10 @@ __all__ = [
     "RestoreSettings",
     "SceneRestorer",
     "available_bytes",
+    "fitting_tile",
     "load_scene_restorer",
+    "resolve_precision",
+    "run_in_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +93,40 @@ def available_bytes(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError):
         return 4 << 30
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``precision`` checked against :data:`PRECISIONS`; None = fp16 on CUDA, else fp32."""
+    precision = precision or ("fp16" if device.type == "cuda" else "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def fitting_tile(bytes_per_pixel: int, batch: int, device: torch.device) -> int:
+    """Side (px) of the largest square tile whose batch of ``batch`` tiles, at
+    ``bytes_per_pixel`` of activations, fits a quarter of the device's free memory."""
+    budget = available_bytes(device) // 4
+    return int(math.sqrt(max(1, budget // (bytes_per_pixel * batch))))
+
+
+def run_in_precision(
+    run: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, bool]:
+    """``run(x)`` as float32, under autocast when ``dtype`` is fp16/bf16; a low-precision
+    output with NaN/Inf is computed again in fp32.
+
+    Returns:
+        The output, and whether it had to be re-run in fp32.
+    """
+    if dtype == torch.float32:
+        return run(x).float(), False
+    with torch.autocast(x.device.type, dtype=dtype):
+        out = run(x).float()
+    if bool(torch.isfinite(out).all()):
+        return out, False
+    logger.warning("non-finite output in %s; tile batch re-run in fp32", dtype)
+    return run(x).float(), True
 
 
 class SceneRestorer:
@@ -188,9 +226,7 @@ class SceneRestorer:
         """Largest tile (multiple of the net's multiple) whose batch fits a quarter of the free
         memory of the device, within [2 * multiple, max_tile]."""
         m = int(self.net.multiple)
-        bpp = self.BYTES_PER_PIXEL[self.settings.kind]
-        budget = available_bytes(self.device) // 4
-        side = int(math.sqrt(max(1, budget // (bpp * batch))))
+        side = fitting_tile(self.BYTES_PER_PIXEL[self.settings.kind], batch, self.device)
         side = min(self.settings.max_tile, side) // m * m
         return max(2 * m, side)
 
@@ -214,27 +250,14 @@ class SceneRestorer:
                 None = automatic from free memory.
             precision: ``fp32`` | ``fp16`` | ``bf16``; None = fp32 on CPU, fp16 on CUDA.
         """
-        precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
-        if precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-            )
+        precision = resolve_precision(precision, self.device)
         m = int(self.net.multiple)
         side = self.auto_tile(self.tile_batch) if tile is None else max(2 * m, int(tile) // m * m)
         return side, precision
 
-    def _run(self, x: Tensor, tokens: Tensor | None, dtype: torch.dtype) -> Tensor:
-        if dtype == torch.float32:
-            return self.net(x, tokens).float()
-        with torch.autocast(self.device.type, dtype=dtype):
-            return self.net(x, tokens).float()
-
     def _run_checked(self, x: Tensor, tokens: Tensor | None, dtype: torch.dtype) -> Tensor:
-        out = self._run(x, tokens, dtype)
-        if dtype != torch.float32 and not bool(torch.isfinite(out).all()):
-            self.fp32_retries += 1
-            logger.warning("non-finite output in %s; tile batch re-run in fp32", dtype)
-            out = self._run(x, tokens, torch.float32)
+        out, retried = run_in_precision(lambda t: self.net(t, tokens), x, dtype)
+        self.fp32_retries += retried
         return out
 
     @torch.inference_mode()

@@ -14,8 +14,6 @@ as Real-ESRGAN users run ``--outscale``.
 
 from __future__ import annotations
 
-import logging
-import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,12 +25,15 @@ from torch import Tensor
 from face2scene_cli.archs.rrdbnet import NCNN_PREPADDING, RRDBNet
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.restorers.loading import load_realesrgan
-from face2scene_cli.restorers.scene import PRECISIONS, available_bytes
+from face2scene_cli.restorers.scene import (
+    PRECISIONS,
+    fitting_tile,
+    resolve_precision,
+    run_in_precision,
+)
 from face2scene_cli.restorers.tiling import run_tiled
 
 __all__ = ["UPSCALER_TASK", "UpscaleRestorer", "load_upscale_restorer"]
-
-logger = logging.getLogger(__name__)
 
 #: The zoo ``task`` of models :class:`UpscaleRestorer` runs (``metadata.json``).
 UPSCALER_TASK = "super-resolution-x4"
@@ -80,29 +81,15 @@ class UpscaleRestorer:
                 quarter of the device's free memory, within [32, :attr:`MAX_TILE`].
             precision: ``fp32`` | ``fp16`` | ``bf16``; None = fp32 on CPU, fp16 on CUDA.
         """
-        precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
-        if precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-            )
+        precision = resolve_precision(precision, self.device)
         if tile is None:
-            budget = available_bytes(self.device) // 4
-            tile = int(math.sqrt(max(1, budget // (self.BYTES_PER_PIXEL * self.tile_batch))))
+            tile = fitting_tile(self.BYTES_PER_PIXEL, self.tile_batch, self.device)
             tile = min(self.MAX_TILE, tile)
         return max(32, int(tile)), precision
 
-    def _run(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        if dtype == torch.float32:
-            return self.net(x).sample.float()
-        with torch.autocast(self.device.type, dtype=dtype):
-            return self.net(x).sample.float()
-
     def _run_checked(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        out = self._run(x, dtype)
-        if dtype != torch.float32 and not bool(torch.isfinite(out).all()):
-            self.fp32_retries += 1
-            logger.warning("non-finite output in %s; tile batch re-run in fp32", dtype)
-            out = self._run(x, torch.float32)
+        out, retried = run_in_precision(lambda t: self.net(t).sample, x, dtype)
+        self.fp32_retries += retried
         return out
 
     @torch.inference_mode()
