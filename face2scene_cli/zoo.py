@@ -264,12 +264,13 @@ def unpinned_files(folder: Path, pinned: set[str]) -> list[str]:
     return found
 
 
-def require_model(name: str, root: Path | None = None) -> ModelInfo:
-    """The verified model ``name``; loaders call this before reading any weights.
+def find_model(name: str, root: Path | None = None) -> ModelInfo:
+    """Model ``name``'s metadata, its files not yet verified (for what the metadata says:
+    its task, or the name and sha256 of a model a loader has already verified).
 
     Raises:
         NotAvailableError: no such model in the zoo.
-        ModelIntegrityError: its files do not match the metadata.
+        ModelIntegrityError: its metadata is missing keys or not JSON.
     """
     root = root or models_dir()
     folder = root / name
@@ -278,7 +279,17 @@ def require_model(name: str, root: Path | None = None) -> ModelInfo:
         raise NotAvailableError(
             f"model {name!r} is not in the zoo at {root} (available: {', '.join(known) or 'none'})"
         )
-    info = read_model_info(folder)
+    return read_model_info(folder)
+
+
+def require_model(name: str, root: Path | None = None) -> ModelInfo:
+    """The verified model ``name``; loaders call this before reading any weights.
+
+    Raises:
+        NotAvailableError: no such model in the zoo.
+        ModelIntegrityError: its files do not match the metadata.
+    """
+    info = find_model(name, root)
     problems = verify_model(info)
     if problems:
         raise ModelIntegrityError(f"model {name!r} failed verification: {'; '.join(problems)}")

@@ -41,7 +41,7 @@ from face2scene_cli.restorers.face.base import FaceRestorer
 from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 from face2scene_cli.restorers.upscaler import UPSCALER_TASK, UpscaleRestorer, load_upscale_restorer
-from face2scene_cli.zoo import ModelInfo, require_model
+from face2scene_cli.zoo import ModelInfo, find_model
 
 
 def resolve_face_restorer(name: str, with_references: bool) -> str:
@@ -139,7 +139,7 @@ class Face2ScenePipeline:
         cfg = RestoreConfig(**settings, **({"scene_model": scene_model} if scene_model else {}))
         scene_ref = _zoo_ref(scene_model) if scene_model else None
         scene: SceneRestorer | UpscaleRestorer | None = None
-        if scene_ref is not None and require_model(*scene_ref).task == UPSCALER_TASK:
+        if scene_ref is not None and find_model(*scene_ref).task == UPSCALER_TASK:
             scene = load_upscale_restorer(scene_ref[0], device=cfg.device, root=scene_ref[1])
             fadex = fadex or RestoreSettings.fadex
         elif scene_ref is not None:
@@ -161,7 +161,8 @@ class Face2ScenePipeline:
         refs = [(fadex, None), *([scene_ref] if scene_ref else [])]
         if resolve_detector_name(cfg.detector) == "mtcnn":
             refs.insert(0, ("mtcnn", None))
-        return cls(cfg, finder, reader, scene, [require_model(*r) for r in refs])
+        # Each loader above verified its model's files; the report names them from metadata.
+        return cls(cfg, finder, reader, scene, [find_model(*r) for r in refs])
 
     def settings(self) -> dict[str, Any]:
         """Every :class:`RestoreConfig` field, with ``refs`` replaced by a hash of the
@@ -435,7 +436,7 @@ def aligned_face_pairs(
 
 
 def _zoo_ref(model: str) -> tuple[str, Path | None]:
-    """``(name, root)`` for :func:`~face2scene_cli.zoo.require_model`: a zoo name as is, a
+    """``(name, root)`` for :func:`~face2scene_cli.zoo.find_model`: a zoo name as is, a
     model folder (holding a ``metadata.json``) as its name in its parent folder."""
     folder = Path(model)
     if (folder / "metadata.json").is_file():
