@@ -267,8 +267,11 @@ class Face2ScenePipeline:
         restored = self.scene.restore(
             to_tensor(colour), tokens, tile=tile, precision=precision, scale=cfg.scale
         )
-        scene_run = {"tile": tile, "precision": precision}
-        scene_run["fp32_retries"] = self.scene.fp32_retries - retries
+        scene_run = {
+            "tile": tile,
+            "precision": precision,
+            "fp32_retries": self.scene.fp32_retries - retries,
+        }
         out = from_tensor(restored, colour.dtype)
         t2 = time.perf_counter()
         timings.update({"mapnet": t1 - t0, "scene": t2 - t1})

@@ -122,8 +122,6 @@ def degrade(
             "warning", "--scale is deprecated for degrade (it reads as upscaling): use --downscale"
         )
         downscale = scale if downscale is None else downscale
-    from face2scene_cli.pipelines.degrade import DegradePipeline
-
     batch_cfg, degrade_cfg = load_settings(
         "degrade", config, [BatchConfig, DegradeConfig], locals(), defaults={"format": "png"}
     )
@@ -131,4 +129,6 @@ def degrade(
         print_config(batch_cfg, degrade_cfg)
         return
     log = LogOptions.from_values(locals())
+    from face2scene_cli.pipelines.degrade import DegradePipeline
+
     run_files(inputs, lambda: DegradePipeline(degrade_cfg), batch_cfg, log)
