@@ -33,9 +33,10 @@ bench: install testdata  ## throughput benchmarks (not tests): degrade, then res
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_restore.py $(BENCH_FLAGS)
 
-eval: install testdata  ## f2s eval on the VAL photos of data/splits.yaml -> benchmarks/results/eval-val
-	$(BIN)/f2s data export val runs/val-photos
-	$(BIN)/f2s eval runs/val-photos --out benchmarks/results/eval-val $(EVAL_FLAGS)
+eval: install testdata  ## f2s eval on the TEST photos, standard and OOD suites -> benchmarks/results/eval-{test,ood} (~1 h on 2 cores)
+	$(BIN)/f2s data export test runs/test-photos
+	$(BIN)/f2s eval runs/test-photos --suite standard --out benchmarks/results/eval-test $(EVAL_FLAGS)
+	$(BIN)/f2s eval runs/test-photos --suite ood --out benchmarks/results/eval-ood $(EVAL_FLAGS)
 
 lint: install
 	$(BIN)/ruff check face2scene_cli tests benchmarks scripts

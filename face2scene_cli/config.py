@@ -394,22 +394,56 @@ class DegradeConfig:
         return "second-order"
 
 
+#: The variants ``f2s eval`` can run (:mod:`face2scene_cli.research.eval.scene`).
+EVAL_VARIANTS: tuple[str, ...] = (
+    "input",
+    "bicubic",
+    "nlm",
+    "usm",
+    "realesrgan",
+    "blind",
+    "code",
+    "upper",
+    "wrong",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """What to evaluate on and how (defaults: ``f2s eval``'s and the model card's).
 
     Attributes:
         long_side: clean photos are area-downscaled to this long side (0 = keep the size).
-        presets: named degradations (:data:`face2scene_cli.degradations.record.PRESETS`).
+        suite: ``standard`` (the presets) or ``ood`` (out of distribution), see
+            :mod:`face2scene_cli.research.eval.suites`.
+        presets: named degradations to run instead of the suite's (presets or OOD names).
         second_order: how many seeded second-order samples (the same ones for every image).
         seed: base seed of the degradations.
+        scale: the restorers' output size over the degraded image's (1, 2 or 4); above 1 the
+            degraded images are that much smaller and ``bicubic`` replaces ``input``.
+        variants: which of :data:`EVAL_VARIANTS` to run (``input`` / ``bicubic`` always).
         nlm_h: the NLM strengths searched.
+        usm_sigma, usm_amount: the unsharp-mask grid searched (amount 0 = the input).
         tile: the scene restorer's tile side (None = automatic).
     """
 
     long_side: int = 512
-    presets: tuple[str, ...] = ("noise15", "blur-noise", "mixed")
+    suite: str = "standard"
+    presets: tuple[str, ...] | None = None
     second_order: int = 1
     seed: int = 0
+    scale: int = 1
+    variants: tuple[str, ...] = EVAL_VARIANTS
     nlm_h: tuple[int, ...] = tuple(range(3, 26, 2))
+    usm_sigma: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+    usm_amount: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
     tile: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in EVAL_VARIANTS]
+        if unknown:
+            raise ConfigError(
+                f"unknown eval variant(s) {', '.join(unknown)}; known: {', '.join(EVAL_VARIANTS)}"
+            )
+        if self.scale not in (1, 2, 4):
+            raise ConfigError(f"scale must be 1, 2 or 4, got {self.scale}")

@@ -21,6 +21,7 @@ from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply, image_seed
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.research import sample_data
+from face2scene_cli.research.metrics import piq_metric
 
 # (photo, left, top, side): square crops around one face, resized to 112 px
 CROPS = {"skimage/astronaut": (110, 0, 240), "insightface/t1": (820, 0, 280)}
@@ -63,10 +64,35 @@ def _load(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def _usm(img: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    x = img.astype(np.float32)
+    soft = cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    return np.clip(np.rint(x + amount * (x - soft)), 0, 255).astype(np.uint8)
+
+
+def _sobel_energy(img: np.ndarray) -> float:
+    """mean(gx² + gy²) of the luma, 3x3 Sobel with a reflected border, in numpy."""
+    y = np.pad(_luma(img), 1, mode="reflect")
+    gx = (y[:-2, 2:] + 2 * y[1:-1, 2:] + y[2:, 2:]) - (y[:-2, :-2] + 2 * y[1:-1, :-2] + y[2:, :-2])
+    gy = (y[2:, :-2] + 2 * y[2:, 1:-1] + y[2:, 2:]) - (y[:-2, :-2] + 2 * y[:-2, 1:-1] + y[:-2, 2:])
+    return float(np.mean(gx**2 + gy**2))
+
+
+def _piq(module: str, name: str, a: np.ndarray, b: np.ndarray) -> float:
+    """piq's own metric function on two uint8 images."""
+    fn = piq_metric(module, name)
+    x, y = (torch.from_numpy(i.astype(np.float32) / 255).permute(2, 0, 1)[None] for i in (a, b))
+    return float(fn(x, y, data_range=1.0))
+
+
+USM_GRID = [(s, a) for s in (0.5, 1.0, 1.5, 2.0, 3.0) for a in (0.25, 0.5, 1.0, 1.5, 2.0)]
+
+
 def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     presets = ("noise15", "mixed")
     args = ["--second-order", "0", "--seed", str(SEED), "--nlm-h", "5", "--nlm-h", "15"]
+    args += ["--variants", "input,nlm,usm,blind,code,upper,wrong"]
     for p in presets:
         args += ["--preset", p]
     res = run_f2s("eval", clean_dir, "--out", out, "--quiet", "--threads", "1", *args)
@@ -77,6 +103,7 @@ def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path
     assert set(rows) == {(f"{n[-2:]}.png", p) for n in CROPS for p in presets}
 
     nlm_psnr: dict[tuple[str, int], list[float]] = {}
+    usm_psnr: dict[tuple[str, tuple[float, float]], list[float]] = {}
     for (image, preset), row in rows.items():
         clean = _load(clean_dir / image)
         # the degradation as documented: preset noise seeded by image_seed(seed, "name|preset")
@@ -104,8 +131,17 @@ def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path
         mask[max(0, math.floor(y0)) : math.ceil(y1), max(0, math.floor(x0)) : math.ceil(x1)] = True
         assert got["psnr_face"] == pytest.approx(_psnr(lq, clean, mask), abs=1e-3)
         assert got["psnr_rest"] == pytest.approx(_psnr(lq, clean, ~mask), abs=1e-3)
+        # piq's metrics and the sharpness ratio (MS-SSIM needs >= 161 px: None at 112)
+        assert got["ms_ssim"] is None
+        assert got["gmsd"] == pytest.approx(_piq("gmsd", "gmsd", lq, clean), abs=1e-5)
+        assert got["haarpsi"] == pytest.approx(_piq("haarpsi", "haarpsi", lq, clean), abs=1e-5)
+        ratio = _sobel_energy(lq) / _sobel_energy(clean)
+        assert got["sharpness"] == pytest.approx(ratio, rel=1e-6)
         for h in (5, 15):
             nlm_psnr.setdefault((preset, h), []).append(_psnr(_nlm(lq, h), clean))
+        for s, a in [*USM_GRID, (1.0, 0.0)]:
+            sharp = _usm(lq, s, a) if a else lq
+            usm_psnr.setdefault((preset, (s, a)), []).append(_psnr(sharp, clean))
         # FaDeX's error against the preset's own parameters
         truth = Degradation.from_preset(preset, image_seed(SEED, f"{image}|{preset}"))
         assert Degradation.from_dict(row["truth"]) == truth  # the applied record, replayable
@@ -114,7 +150,7 @@ def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path
             abs(row["estimate"]["noise_sigma"] - truth.noise_sigma)
         )
         assert row["wrong_from"] == next(p for p in presets if p != preset)
-        assert set(row["variants"]) == {"input", "nlm", "blind", "code", "upper", "wrong"}
+        assert set(row["variants"]) == {"input", "nlm", "usm", "blind", "code", "upper", "wrong"}
         assert 0 <= row["variants"]["code"]["identity_distance"] < 1.5
 
     for preset in presets:
@@ -122,6 +158,17 @@ def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path
         assert table["nlm_h"][preset] == best
         got = [r["variants"]["nlm"]["psnr"] for (_, p), r in rows.items() if p == preset]
         assert got == pytest.approx(nlm_psnr[(preset, best)], abs=1e-6)
+        grid = [(s, a) for (p, (s, a)) in usm_psnr if p == preset]
+        best_usm = max(grid, key=lambda k: np.mean(usm_psnr[(preset, k)]))
+        assert tuple(table["usm"][preset]) == best_usm
+        got = [r["variants"]["usm"]["psnr"] for (_, p), r in rows.items() if p == preset]
+        assert got == pytest.approx(usm_psnr[(preset, best_usm)], abs=1e-6)
+        # the restorer with the code read off the face: far above the input, and the other
+        # degradation's code (the control) must cost PSNR
+        by = table["by_degradation"][preset]
+        # (measured: noise15 +7.1 dB, wrong -1.6 dB; mixed +1.0 dB, wrong -0.7 dB)
+        assert by["code"]["psnr"] > by["input"]["psnr"] + {"noise15": 5.0, "mixed": 0.5}[preset]
+        assert by["wrong"]["psnr"] < by["code"]["psnr"] - 0.3
     mean_input = np.mean([r["variants"]["input"]["psnr"] for r in rows.values()])
     assert table["variants"]["input"]["psnr"] == pytest.approx(mean_input)
     assert table["variants"]["input"]["n"] == 4
@@ -130,8 +177,9 @@ def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path
         [r["variants"]["input"]["psnr"] for (_, p), r in rows.items() if p == "noise15"]
     )
     grid = _load(out / "grid-best.png")
-    assert grid.shape == (256 + 24, 7 * 256, 3)  # input, 5 variants, clean
-    assert (out / "grid-worst.png").is_file() and (out / "nlm-cache.json").is_file()
+    assert grid.shape == (256 + 24, 8 * 256, 3)  # input, 6 variants, clean
+    assert _load(out / "grid.png").shape == (2 * (160 + 24), 8 * 160, 3)  # a row per preset
+    assert (out / "grid-worst.png").is_file() and (out / "oracle-cache.json").is_file()
 
 
 def test_eval_paired_folder(clean_dir: Path, tmp_path: Path) -> None:
@@ -156,9 +204,21 @@ def test_eval_paired_folder(clean_dir: Path, tmp_path: Path) -> None:
     for key, row in rows.items():
         assert row["degradation"] == "paired" and row["estimate_error"] is None
         assert row["variants"]["input"]["psnr"] == pytest.approx(expected[key], abs=1e-6)
-        # one degradation per image: no wrong-code control
-        assert set(row["variants"]) == {"input", "nlm", "blind", "code", "upper"}
+        # one degradation per image: no wrong-code control; every other variant by default
+        assert set(row["variants"]) == {
+            *("input", "nlm", "usm", "realesrgan", "blind", "code", "upper")
+        }
     assert table["nlm_h"] == {"paired": 5}
+    # Real-ESRGAN x4plus as users run it (x4, area-resized back to x1), recomputed here
+    from face2scene_cli.restorers.upscaler import load_upscale_restorer
+
+    key = sorted(rows)[0]
+    clean = _load(pairs / "clean" / f"{key}.png")
+    lq = torch.from_numpy(_load(pairs / "degraded" / f"{key}.jpg").astype(np.float32) / 255)
+    y = load_upscale_restorer().restore(lq.permute(2, 0, 1)[None], scale=1)
+    ours = (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    got = rows[key]["variants"]["realesrgan"]["psnr"]
+    assert got == pytest.approx(_psnr(ours, clean), abs=1e-6)
 
 
 def test_eval_refuses_presets_on_a_paired_folder(tmp_path: Path) -> None:
@@ -167,3 +227,42 @@ def test_eval_refuses_presets_on_a_paired_folder(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["eval", str(tmp_path), "--preset", "mixed"])
     assert res.exit_code == ConfigError.exit_code
     assert "paired folder" in res.output
+
+
+def test_eval_scale_two_scores_bicubic_and_upscaled(clean_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--preset", "noise15", "--second-order", "0", "--scale", "2", "--nlm-h", "5"]
+    args += ["--variants", "bicubic,blind,code", "--seed", str(SEED)]
+    res = run_f2s("eval", clean_dir, "--out", out, "--quiet", "--threads", "1", *args)
+    assert res.returncode == 0, res.stderr
+    table = json.loads((out / "results.json").read_text())
+    assert table["config"]["scale"] == 2
+    for row in table["items"]:
+        clean = _load(clean_dir / row["image"])
+        assert row["size"] == [SIDE, SIDE] and set(row["variants"]) == {"bicubic", "blind", "code"}
+        # the low-resolution input: noise15 after a bicubic x2 downscale, as documented
+        g = torch.Generator().manual_seed(image_seed(SEED, f"{row['image']}|noise15"))
+        x = torch.from_numpy(clean * np.float32(1 / 255)).permute(2, 0, 1)[None]
+        low = Degradation("parametric", noise_sigma=15.0, downscale=2.0)
+        lq = (apply(x, low, g)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert lq.shape == (SIDE // 2, SIDE // 2, 3)
+        up = torch.nn.functional.interpolate(
+            torch.from_numpy(lq.astype(np.float32) / 255).permute(2, 0, 1)[None],
+            scale_factor=2,
+            mode="bicubic",
+            align_corners=False,
+        )
+        bicubic = (up[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        assert row["variants"]["bicubic"]["psnr"] == pytest.approx(_psnr(bicubic, clean), abs=1e-6)
+        assert row["truth"] is None
+    assert "| bicubic |" in res.stdout and "scale x2" in res.stdout
+
+
+def test_eval_refuses_unknown_variants_and_ood_upscaling(clean_dir: Path) -> None:
+    res = CliRunner().invoke(app, ["eval", str(clean_dir), "--variants", "input,magic"])
+    assert res.exit_code == ConfigError.exit_code and "magic" in res.output
+    res = CliRunner().invoke(app, ["eval", str(clean_dir), "--suite", "odd"])
+    assert res.exit_code == ConfigError.exit_code and "unknown suite" in res.output
+    args = ["eval", str(clean_dir), "--preset", "noise30", "--scale", "2"]
+    res = CliRunner().invoke(app, [*args, "--variants", "input"])
+    assert res.exit_code == ConfigError.exit_code and "scale 1 only" in res.output

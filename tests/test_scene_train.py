@@ -166,7 +166,8 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
     photos = [(p.name, p.path) for p in package_photos() if p.name == "skimage/astronaut"]
     if not photos:
         pytest.skip("scikit-image astronaut not available")
-    cfg = EvalConfig(long_side=192, second_order=0, nlm_h=(5, 15))
+    variants = ("input", "nlm", "usm", "blind", "code", "upper", "wrong")
+    cfg = EvalConfig(long_side=192, second_order=0, nlm_h=(5, 15), variants=variants)
     items = degraded_items(photos, cfg)
     torch.manual_seed(0)
     restorer = SceneRestorer(
@@ -174,11 +175,11 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
     )
     reader = DegradationReader(fadex_tiny().eval(), BlindFaceRestorer())
     models = EvalModels(restorer, reader, create_detector("mtcnn"))
-    cache = tmp_path / "nlm.json"
-    table = evaluate(items, models, cfg, nlm_cache=cache).table
+    cache = tmp_path / "oracles.json"
+    table = evaluate(items, models, cfg, oracle_cache=cache).table
     assert list(table["by_degradation"]) == ["noise15", "blur-noise", "mixed"]
     noise = table["by_degradation"]["noise15"]
-    assert set(noise) == {"input", "nlm", "blind", "code", "upper", "wrong"}
+    assert set(noise) == {"input", "nlm", "usm", "blind", "code", "upper", "wrong"}
     # NLM at its best h denoises sigma-15 noise; the untrained residual net is near the identity
     assert noise["nlm"]["psnr"] > noise["input"]["psnr"] + 1
     assert abs(noise["blind"]["psnr"] - noise["input"]["psnr"]) < 0.2

@@ -1,4 +1,5 @@
-"""Full-reference image quality metrics: PSNR and SSIM, on numpy images and torch batches.
+"""Full-reference image quality metrics: PSNR and SSIM, on numpy images and torch batches;
+piq's MS-SSIM, GMSD and HaarPSI; the sharpness ratio.
 
 Conventions (those of BasicSR's ``calculate_psnr`` / ``calculate_ssim``):
 
@@ -23,14 +24,34 @@ Conventions (those of BasicSR's ``calculate_psnr`` / ``calculate_ssim``):
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import sys
+from collections.abc import Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "psnr_torch", "rgb_to_y", "ssim", "ssim_map", "ssim_map_mean", "ssim_torch"]
+from face2scene_cli.errors import NotAvailableError
+
+__all__ = [
+    "MS_SSIM_MIN_SIDE",
+    "gradient_energy",
+    "perceptual_scores",
+    "piq_metric",
+    "psnr",
+    "psnr_torch",
+    "rgb_to_y",
+    "sharpness_ratio",
+    "ssim",
+    "ssim_map",
+    "ssim_map_mean",
+    "ssim_torch",
+]
 
 _WIN = 11
 _SIGMA = 1.5
@@ -247,3 +268,71 @@ def ssim_torch(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     s12 = filt(a * bb) - mu1 * mu2
     smap = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2))
     return smap.mean(dim=(2, 3)).mean(dim=1).float()
+
+
+# ------------------------------------------------------------------------------------------
+# piq's weight-free metrics, and the sharpness ratio
+
+#: piq's MS-SSIM (5 scales, 11 px window) needs both sides at least this long.
+MS_SSIM_MIN_SIDE = 161
+
+
+def piq_metric(module: str, name: str) -> Callable[..., Tensor]:
+    """``piq.<module>.<name>`` without running piq's package ``__init__``.
+
+    piq 0.8.0's ``__init__`` imports torchvision for its VGG / Inception metrics (LPIPS, DISTS,
+    FID, which download weights we never use), and the PyPI torchvision wheels are CUDA builds
+    that cannot load beside the CPU torch; so piq is installed with ``--no-deps`` (Makefile)
+    and only the modules of the weight-free metrics are imported.
+    """
+    if "piq" not in sys.modules:
+        spec = importlib.util.find_spec("piq")
+        if spec is None or spec.submodule_search_locations is None:
+            raise NotAvailableError(
+                "the perceptual metrics need piq: pip install --no-deps piq==0.8.0"
+            )
+        pkg = importlib.util.module_from_spec(spec)  # the package, its __init__ not run
+        sys.modules["piq"] = pkg
+    return getattr(importlib.import_module(f"piq.{module}"), name)
+
+
+def _as_batch(img: np.ndarray) -> Tensor:
+    a = torch.from_numpy(np.array(img, dtype=np.float32)) / 255.0
+    return (a[None, None] if a.ndim == 2 else a.permute(2, 0, 1)[None]).contiguous()
+
+
+def perceptual_scores(out: np.ndarray, clean: np.ndarray) -> dict[str, float | None]:
+    """piq's MS-SSIM, GMSD and HaarPSI of ``out`` vs ``clean``, both (H, W, 3) or (H, W) uint8.
+
+    Returns:
+        ``{"ms_ssim", "gmsd", "haarpsi"}``: MS-SSIM and HaarPSI in [0, 1], higher is better;
+        GMSD >= 0, lower is better. MS-SSIM is None when a side is shorter than
+        :data:`MS_SSIM_MIN_SIDE`.
+    """
+    if out.shape != clean.shape:
+        raise ValueError(f"images differ in shape: {out.shape} vs {clean.shape}")
+    x, y = _as_batch(out), _as_batch(clean)
+    scores: dict[str, float | None] = {"ms_ssim": None}
+    if min(out.shape[:2]) >= MS_SSIM_MIN_SIDE:
+        ms_ssim = piq_metric("ms_ssim", "multi_scale_ssim")
+        scores["ms_ssim"] = float(ms_ssim(x, y, data_range=1.0))
+    scores["gmsd"] = float(piq_metric("gmsd", "gmsd")(x, y, data_range=1.0))
+    scores["haarpsi"] = float(piq_metric("haarpsi", "haarpsi")(x, y, data_range=1.0))
+    return scores
+
+
+def gradient_energy(img: np.ndarray) -> float:
+    """Mean squared 3x3 Sobel gradient magnitude of the BT.601 luma (or of a gray image),
+    on the [0, 255] scale: ``mean(gx² + gy²)`` over the pixels (reflected border)."""
+    a = np.asarray(img)
+    y = rgb_to_y(a) if a.ndim == 3 else a.astype(np.float64)
+    gx = cv2.Sobel(y, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT_101)
+    gy = cv2.Sobel(y, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT_101)
+    return float(np.mean(gx**2 + gy**2))
+
+
+def sharpness_ratio(out: np.ndarray, clean: np.ndarray) -> float | None:
+    """:func:`gradient_energy` of ``out`` over that of ``clean``: 1 = as sharp as the truth,
+    > 1 = noise or artefacts left or invented, < 1 = over-smoothed; None for a flat ``clean``."""
+    ref = gradient_energy(clean)
+    return gradient_energy(out) / ref if ref > 0 else None

@@ -4,7 +4,8 @@ Two kinds of source, both allowed by ``shared/ASSETS.md`` (package registries on
 
 * photos shipped inside installed Python wheels (scikit-image, insightface, scikit-learn),
   located on disk without importing those packages;
-* photos inside Debian packages (``mate-backgrounds``, ``opencv-doc``), fetched with
+* photos inside Debian packages (``mate-backgrounds``, ``opencv-doc``,
+  ``lomiri-wallpapers-16.04``), fetched with
   ``apt-get download`` into a temporary folder, pinned by sha256 in :data:`DEBIAN_PHOTOS`
   and cached under :func:`data_dir` (``$F2S_DATA_DIR``, default
   ``~/.cache/face2scene/data``) as ``debian/<package>/<basename>``.
@@ -161,6 +162,7 @@ PACKAGE_PHOTOS: tuple[PackagePhoto, ...] = (
 DEBIAN_PACKAGES: dict[str, DebianPackage] = {
     "mate-backgrounds": DebianPackage("mate-backgrounds", "1.26.0-1"),
     "opencv-doc": DebianPackage("opencv-doc", "4.6.0+dfsg-12"),
+    "lomiri-wallpapers-16.04": DebianPackage("lomiri-wallpapers-16.04", "20.04.0-2"),
 }
 
 _MATE = "usr/share/backgrounds/mate/nature/"
@@ -169,6 +171,12 @@ _OCV = "usr/share/doc/opencv-doc/examples/data/"
 
 def _mate(stem: str, sha256: str) -> DebianPhoto:
     return DebianPhoto(f"mate/{stem.lower()}", "mate-backgrounds", f"{_MATE}{stem}.jpg", sha256)
+
+
+def _lomiri(stem: str, basename: str, sha256: str) -> DebianPhoto:
+    return DebianPhoto(
+        f"lomiri/{stem}", "lomiri-wallpapers-16.04", f"usr/share/backgrounds/{basename}", sha256
+    )
 
 
 def _ocv(basename: str, sha256: str, people: bool = False) -> DebianPhoto:
@@ -213,6 +221,57 @@ DEBIAN_PHOTOS: tuple[DebianPhoto, ...] = (
     _ocv("ela_original.jpg", "b55798b35e2dcb24675f0865a2442d0e4887eeb6aff322ecb1968d936cc23e7f"),
     _ocv("squirrel_cls.jpg", "20bb6e8ae96918a36c9886b6d48e54eedeb3948591e1485c206bc1dc60c8dc8b"),
     _ocv("stuff.jpg", "21cd00afbdd0727f445dd91c0a09633e6345ed5b05a3d2355453a1f3c314c6c5"),
+    # lomiri-wallpapers-16.04: licences per file in data/splits.yaml
+    _lomiri(
+        "life",
+        "life_by_Aitzol_Berasategi.jpg",
+        "4c119350ead80201fe256850c3d316309ddfb4bdf10b235ce982dcde0c667c05",
+    ),
+    _lomiri(
+        "picosdeeuropa",
+        "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "414d0072b2f6f2c555deafeaef6e45c4fed6fa9ad26eba6560ca8803959cf97a",
+    ),
+    _lomiri(
+        "aitzgorri",
+        "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "66268e7b48f8854d36a28765fac6e23ec1aee251daa6da1f64715f201020ad36",
+    ),
+    _lomiri(
+        "sunset",
+        "sunset_by_Aitzol_Berasategi.jpg",
+        "474dab6a4b9f94dc76c29dfe30e9f5db4af0fd2e33fe5d695f8152b371efca18",
+    ),
+    _lomiri(
+        "friends",
+        "friends_by_Aitzol_Berasategi.jpg",
+        "cc40e313c74e421edffe3403def413c16878ce14661cce7ec5915baeab35538d",
+    ),
+    _lomiri(
+        "fig",
+        "Picture_0B_by_freespace.jpg",
+        "c8c0ab18e48d9e0419fe42881112137f3afafc27dfddc29ec3a6d54c56d225ad",
+    ),
+    _lomiri(
+        "brushes",
+        "Picture_1A_by_freespace.jpg",
+        "89e86af38d04daaef975665dc2127e9fa76f0fd68f4eea105a2d0ae3390b010b",
+    ),
+    _lomiri(
+        "dragonfly",
+        "Dragonfly_by_Bolly.jpg",
+        "af5af17841009732def24b09bb1e669a1b09d2b4bdeee7812c371101c30d2bb3",
+    ),
+    _lomiri(
+        "seeding",
+        "seeding_by_Clements_Engelhardt.jpg",
+        "a5634d1ab5e41a3568e92d4a894a500c92b891f9ff734e50bd224d6e185a605f",
+    ),
+    _lomiri(
+        "bridge",
+        "Bridge_by_Sander_Klootwijk.jpg",
+        "bd86b081f9975e2b83527f71e49b9271a8ab40885428395969d9f7d834d7f050",
+    ),
     _ocv("rubberwhale1.png", "eb312435369dac9efcc92f7e098edbd9ed8d7e6dfede8b3b4d8e3702cd80b796"),
     _ocv("left.jpg", "fb314330c3eb0a81651c682803e73b348898157267fbc37c4c2c07d1b3a8e321"),
     _ocv("graf1.png", "1504b769303c7bde00fa578eeaad3c68e02aceabeb1242e556f1f8d19e4bdea5"),

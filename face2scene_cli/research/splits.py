@@ -1,6 +1,8 @@
-"""The photo split manifest ``data/splits.yaml``: which real photos train and which validate.
+"""The photo split manifest ``data/splits.yaml``: which real photos train, which validate
+(VAL: used to choose steps, configs and designs) and which test (TEST: each released model is
+scored on it once, after the choice is made on VAL; never used to choose anything).
 
-Whole photos are split (never crops of one photo on both sides), each pinned by sha256; only
+Whole photos are split (never crops of one photo on two sides), each pinned by sha256; only
 photos listed there are ever used for training, validation or test.
 """
 
@@ -17,20 +19,23 @@ from face2scene_cli.research.sample_data import Photo, all_photos
 
 logger = logging.getLogger(__name__)
 
+#: The splits of the manifest.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
 
 def load_splits(path: Path, *, verify: bool = True) -> dict[str, list[Photo]]:
     """The photos of each split, matched by name to :func:`all_photos` and checked by sha256.
 
     Returns:
-        ``{"train": [...], "val": [...]}``; photos of the manifest that are not available
-        here are left out (logged), a sha256 mismatch raises ConfigError.
+        ``{"train": [...], "val": [...], "test": [...]}``; photos of the manifest that are
+        not available here are left out (logged), a sha256 mismatch raises ConfigError.
     """
     try:
         doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the split manifest ({err.strerror})") from err
     by_name = {p.name: p for p in all_photos()}
-    out: dict[str, list[Photo]] = {"train": [], "val": []}
+    out: dict[str, list[Photo]] = {split: [] for split in SPLITS}
     for e in doc.get("photos", []):
         photo = by_name.get(e["name"])
         if photo is None:
@@ -43,6 +48,8 @@ def load_splits(path: Path, *, verify: bool = True) -> dict[str, list[Photo]]:
                     f"{photo.path}: sha256 {digest[:12]}…, split manifest says {e['sha256'][:12]}…"
                 )
         if e["split"] not in out:
-            raise ConfigError(f"{path}: split must be train or val, got {e['split']!r}")
+            raise ConfigError(
+                f"{path}: split must be one of {', '.join(SPLITS)}, got {e['split']!r}"
+            )
         out[e["split"]].append(photo)
     return out

@@ -90,7 +90,9 @@ def show_dir(dest: Dest = None) -> None:
 @app.command("export")
 @cli_errors
 def export(
-    split: Annotated[str, typer.Argument(help="train | val, as data/splits.yaml assigns them.")],
+    split: Annotated[
+        str, typer.Argument(help="train | val | test, as data/splits.yaml assigns them.")
+    ],
     folder: Annotated[Path, typer.Argument(file_okay=False, help="Where the photos go.")],
     splits: Annotated[
         Path,
@@ -103,7 +105,7 @@ def export(
 
     photos = load_splits(splits).get(split)
     if photos is None:
-        raise ConfigError(f"split must be train or val, got {split!r}")
+        raise ConfigError(f"split must be train, val or test, got {split!r}")
     folder.mkdir(parents=True, exist_ok=True)
     for photo in photos:
         target = folder / (photo.name.replace("/", "_") + photo.path.suffix.lower())

@@ -219,15 +219,15 @@ def analyze(
             show_default=False,
         ),
     ] = None,
-    nlm_cache: Annotated[
+    oracle_cache: Annotated[
         Path,
         typer.Option(
-            "--nlm-cache",
+            "--oracle-cache",
             dir_okay=False,
             rich_help_panel=SCENE,
-            help="NLM scores kept between runs (keyed by the images' content).",
+            help="NLM / unsharp-mask grid scores kept between runs (keyed by the images' content).",
         ),
-    ] = Path("runs/eval-nlm-cache.json"),
+    ] = Path("runs/eval-oracle-cache.json"),
     threads: Annotated[
         int, typer.Option("--threads", min=1, rich_help_panel=SCENE, help="torch/OpenCV threads.")
     ] = 2,
@@ -275,7 +275,7 @@ def analyze(
         restorer = load_scene_restorer(info.folder.name, root=info.folder.parent)
         typer.echo(json.dumps(scene_card.speed_check(restorer, photo, megapixels, repeats)))
         return
-    doc, markdown = scene_card.card_evaluation(str(info.folder), splits, long_side, nlm_cache)
+    doc, markdown = scene_card.card_evaluation(str(info.folder), splits, long_side, oracle_cache)
     out = out or Path("runs/eval-scene")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "table.json", (json.dumps(doc, indent=1) + "\n").encode())

@@ -1,7 +1,8 @@
 """The evaluation's items: clean photos degraded on the fly, or (clean, degraded) pairs.
 
-Clean photos are area-downscaled to ``long_side`` (8-bit RGB) and degraded by named presets
-and seeded Real-ESRGAN second-order samples (:func:`degraded_items`); a paired folder gives
+Clean photos are area-downscaled to ``long_side`` (8-bit RGB) and degraded by the named
+degradations of a suite (:mod:`~face2scene_cli.research.eval.suites`) and seeded Real-ESRGAN
+second-order samples (:func:`degraded_items`); a paired folder gives
 ``clean/X`` with ``degraded/X`` (:func:`paired_items`). :class:`EvalConfig` says which.
 """
 
@@ -13,25 +14,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from face2scene_cli.config import EvalConfig
 from face2scene_cli.degradations.record import Degradation
-from face2scene_cli.degradations.sampling import DegradationDistribution, apply, image_seed
 from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.faces.detect import as_rgb_uint8
 from face2scene_cli.io.images import read_image
-from face2scene_cli.io.tensors import to_tensor
+from face2scene_cli.research.eval.suites import degradation_names, degrade
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "EvalItem",
-    "degrade_item",
     "degraded_items",
     "find_images",
-    "item_degradation",
     "paired_items",
-    "val_sources",
+    "split_sources",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,7 +43,8 @@ class EvalItem:
     Attributes:
         name: the image's name (relative path or photo name).
         degradation: preset name, ``second-order-K`` or ``paired``.
-        clean, lq: (H, W, 3) uint8 RGB of the same size.
+        clean: (H, W, 3) uint8 RGB, the truth.
+        lq: (H / s, W / s, 3) uint8 RGB, the degraded image (s: the evaluation's scale).
         truth: the applied preset (its fields are what FaDeX estimates), when known.
     """
 
@@ -84,39 +82,19 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def item_degradation(name: str, degradation: str, seed: int) -> Degradation:
-    """The degradation of item ``name`` under ``degradation`` (a preset or ``second-order-K``).
-
-    A preset's noise is seeded with ``image_seed(seed, f"{name}|{preset}")``; the
-    ``second-order-K`` sample is drawn from ``image_seed(seed, "second-order-K")`` (the same
-    sample for every image).
-    """
-    if degradation.startswith("second-order-"):
-        g = torch.Generator().manual_seed(image_seed(seed, degradation))
-        return DegradationDistribution(mix=(0.0, 0.0, 1.0)).sample(g)
-    return Degradation.from_preset(degradation, image_seed(seed, f"{name}|{degradation}"))
-
-
-def degrade_item(clean: np.ndarray, degradation: Degradation) -> np.ndarray:
-    """The degraded copy of ``clean`` (H, W, 3) uint8 -> same shape uint8."""
-    y = apply(to_tensor(clean), degradation)
-    return (y[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
-
 def degraded_items(sources: list[tuple[str, Path]], config: EvalConfig) -> list[EvalItem]:
-    """Every ``(name, path)`` clean photo under every preset and second-order sample."""
-    degs = list(config.presets) + [f"second-order-{k}" for k in range(config.second_order)]
+    """Every ``(name, path)`` clean photo under every named degradation of the config (its
+    ``presets``, else its suite's) and every second-order sample, at its ``scale``."""
+    names = degradation_names(config.suite, config.presets)
+    degs = list(names) + [f"second-order-{k}" for k in range(config.second_order)]
     if not degs:
         raise ConfigError("no degradation to evaluate: give a preset or --second-order >= 1")
-    for d in config.presets:
-        Degradation.from_preset(d)  # unknown names fail before any work
     items = []
     for name, path in sources:
         clean = _fit_long_side(_load_rgb8(path), config.long_side)
         for d in degs:
-            deg = item_degradation(name, d, config.seed)
-            truth = None if deg.mode == "second-order" else deg
-            items.append(EvalItem(name, d, clean, degrade_item(clean, deg), truth))
+            out = degrade(clean, d, name, config.seed, config.scale)
+            items.append(EvalItem(name, d, out.clean, out.lq, out.truth))
     return items
 
 
@@ -143,8 +121,11 @@ def paired_items(folder: Path) -> list[EvalItem]:
     return items
 
 
-def val_sources(splits: Path = Path("data/splits.yaml")) -> list[tuple[str, Path]]:
-    """``(name, path)`` of the VAL photos of the split manifest."""
+def split_sources(
+    split: str = "val", splits: Path = Path("data/splits.yaml")
+) -> list[tuple[str, Path]]:
+    """``(name, path)`` of the photos of one split (``train``, ``val`` or ``test``) of the
+    split manifest."""
     from face2scene_cli.research.splits import load_splits
 
-    return [(p.name, p.path) for p in load_splits(splits)["val"]]
+    return [(p.name, p.path) for p in load_splits(splits)[split]]

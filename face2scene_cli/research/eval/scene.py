@@ -3,20 +3,29 @@
 Items (:mod:`~face2scene_cli.research.eval.items`) are clean photos degraded on the fly, or
 (clean, degraded) pairs. On every item, in one go, it runs:
 
-* ``input`` — the degraded image;
+* ``input`` — the degraded image (scale 1), or ``bicubic`` — it bicubic-upscaled (``--scale``
+  2 or 4); the two oracles below start from it;
 * ``nlm`` — OpenCV ``fastNlMeansDenoisingColored`` (template 7, search 21) at its best ``h`` of
   ``nlm_h`` per degradation (best mean PSNR over the items: an oracle baseline);
+* ``usm`` — an unsharp mask ``x + a (x - G_σ * x)`` at its best (σ, a) of the
+  ``usm_sigma`` x ``usm_amount`` grid per degradation (an oracle like ``nlm``; a = 0 is the
+  input, so it never loses to it on average);
+* ``realesrgan`` — Real-ESRGAN x4plus (torch port, blind), its x4 output area-resized to the
+  scale: the restorer users already run (~8 CPU-minutes per input megapixel at 1 thread);
 * ``blind`` — the scene restorer on MapNet's null tokens;
 * ``code`` — as ``f2s restore``: faces detected on the DEGRADED image, each native crop
   restored by the Stage I restorer, FaDeX on the (crop, restored) pair, MapNet tokens weighted
   by confidence; an image without a detected face is restored blind (``code_source: blind``);
-* ``upper`` — FaDeX on the same crops paired with the CLEAN crops (upper bound of the code);
+* ``upper`` — FaDeX on the same crops paired with the CLEAN crops (upper bound of the code;
+  scale 1 only);
 * ``wrong`` — the code of the same image under ANOTHER degradation (control: should hurt);
   absent when the image has no other degradation with a face code (paired folders).
 
 Metrics per variant (8-bit, vs the clean image): PSNR and SSIM
 (:mod:`face2scene_cli.research.metrics`) on RGB and on BT.601 Y, over the whole image, the face
-region (union of the boxes of the faces detected on the CLEAN image) and the rest; the identity
+region (union of the boxes of the faces detected on the CLEAN image) and the rest; piq's
+MS-SSIM, GMSD and HaarPSI and the sharpness ratio (output / clean Sobel energy) over the whole
+image; the identity
 distance (dlib ResNet, euclidean) of each clean face to the same box in the output; and FaDeX's
 estimate error against the applied degradation (presets only: the second-order pipeline has no
 single sigma).
@@ -42,20 +51,27 @@ import cv2
 import numpy as np
 import torch
 
-from face2scene_cli.config import EvalConfig
+from face2scene_cli.config import EVAL_VARIANTS, EvalConfig
 from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.ops import resize
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.io.images import atomic_write_bytes
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.pipelines.reading import DegradationReader
 from face2scene_cli.research.eval.items import EvalItem
-from face2scene_cli.research.metrics import psnr, ssim_map, ssim_map_mean
+from face2scene_cli.research.metrics import (
+    perceptual_scores,
+    psnr,
+    sharpness_ratio,
+    ssim_map,
+    ssim_map_mean,
+)
 from face2scene_cli.restorers.scene import SceneRestorer
+from face2scene_cli.restorers.upscaler import UpscaleRestorer
 
 __all__ = [
     "METRIC_KEYS",
-    "VARIANTS",
     "EvalModels",
     "Evaluation",
     "estimate_error",
@@ -64,16 +80,21 @@ __all__ = [
     "image_metrics",
     "load_models",
     "nlm",
+    "unsharp_mask",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: The wrong-code control: degradation -> the degradation whose code it is given.
 WRONG_CODE = {"noise15": "blur-noise", "blur-noise": "noise15", "mixed": "noise15"}
-VARIANTS = ("input", "nlm", "blind", "code", "upper", "wrong")
-#: Metric keys of every variant: {psnr, ssim}{, _y}{, _face, _rest}, then identity_distance.
+#: Metric keys of every variant: {psnr, ssim}{, _y}{, _face, _rest}, piq's ms_ssim, gmsd and
+#: haarpsi, the sharpness ratio, then identity_distance.
 METRIC_KEYS = (
     *(f"{m}{c}{r}" for m in ("psnr", "ssim") for c in ("", "_y") for r in ("", "_face", "_rest")),
+    "ms_ssim",
+    "gmsd",
+    "haarpsi",
+    "sharpness",
     "identity_distance",
 )
 _ESTIMATE_KEYS = ("noise_sigma", "blur_sigma_px", "downscale")
@@ -88,12 +109,14 @@ class EvalModels:
         reader: Stage I + FaDeX, reads the code off faces (code, upper, wrong).
         detector: finds faces (face region, code); None = no face metrics, no code.
         identity: identity encoder for the identity distance.
+        upscaler: Real-ESRGAN x4plus (the ``realesrgan`` variant).
     """
 
-    scene: SceneRestorer | None = None
+    scene: SceneRestorer | UpscaleRestorer | None = None
     reader: DegradationReader | None = None
     detector: FaceDetector | None = None
     identity: IdentityEncoder | None = None
+    upscaler: UpscaleRestorer | None = None
 
 
 @dataclass
@@ -116,6 +139,16 @@ def nlm(lq: np.ndarray, h: int) -> np.ndarray:
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
 
 
+def unsharp_mask(img: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    """``img + amount * (img - G_sigma * img)`` on (H, W, 3) uint8 (Gaussian of ``sigma`` px,
+    reflected border), rounded and clipped to uint8; ``amount`` 0 returns ``img``."""
+    if amount == 0:
+        return img
+    x = img.astype(np.float32)
+    soft = cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    return np.clip(np.rint(x + amount * (x - soft)), 0, 255).astype(np.uint8)
+
+
 def face_mask(shape: tuple[int, ...], faces: list[DetectedFace]) -> np.ndarray | None:
     """(H, W) bool: the union of the face boxes, pixels ``[floor(x0), ceil(x1))`` x
     ``[floor(y0), ceil(y1))`` clipped to the image; None without faces."""
@@ -134,7 +167,8 @@ def _finite(v: float) -> float | None:
 
 def image_metrics(out: np.ndarray, clean: np.ndarray, mask: np.ndarray | None) -> dict[str, Any]:
     """The :data:`METRIC_KEYS` scores (but identity) of ``out`` vs ``clean``, (H, W, 3) uint8;
-    region scores are None without a face (or, for SSIM, a region inside the 5 px border)."""
+    region scores are None without a face (or, for SSIM, a region inside the 5 px border),
+    MS-SSIM on images with a side under 161 px."""
     scores: dict[str, Any] = {}
     regions = {"": None, "_face": mask, "_rest": None if mask is None else ~mask}
     for ch, y in (("", False), ("_y", True)):
@@ -148,6 +182,8 @@ def image_metrics(out: np.ndarray, clean: np.ndarray, mask: np.ndarray | None) -
                 scores[f"ssim{ch}{reg}"] = ssim_map_mean(smap, m)
             except ValueError:  # the region lies within the 5 px border SSIM leaves out
                 scores[f"ssim{ch}{reg}"] = None
+    scores.update(perceptual_scores(out, clean))
+    scores["sharpness"] = sharpness_ratio(out, clean)
     return scores
 
 
@@ -197,10 +233,12 @@ def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
         return _Reading()
     faces = models.detector.detect([item.lq])[0]
     reading = models.reader.read(item.lq, faces)
-    if not reading.faces or models.scene.mapnet is None:
+    if not reading.faces or getattr(models.scene, "mapnet", None) is None:  # blind restorer
         return _Reading(len(faces), estimates=reading.estimates)
     weights = [r.weight for r in reading.faces]
     code = models.scene.tokens_for_faces([r.z for r in reading.faces], weights)
+    if item.lq.shape != item.clean.shape:  # no clean crop at the degraded image's scale
+        return _Reading(len(faces), code, None, reading.estimates)
     h, w = item.lq.shape[:2]
     z_upper = []
     with torch.inference_mode():
@@ -227,30 +265,41 @@ def _wrong_source(item: EvalItem, readings: dict[tuple[str, str], _Reading]) -> 
     return others[0] if others else None
 
 
-def _nlm_scores(
+def _best_params(
     items: list[EvalItem],
-    hs: tuple[int, ...],
+    bases: list[np.ndarray],
+    grid: list[Any],
+    run: Callable[[np.ndarray, Any], np.ndarray],
     cache: dict[str, float],
-    tick: Callable[[str], None],
-) -> dict[str, int]:
-    """Fill ``cache`` (content hash + h -> PSNR) and return the best h per degradation."""
-    per: dict[str, dict[int, list[float]]] = {}
-    for it in items:
-        digest = hashlib.sha256(it.lq.tobytes() + it.clean.tobytes()).hexdigest()[:24]
-        for h in hs:
-            key = f"{digest}|{it.lq.shape}|{h}"
+    label: str,
+) -> dict[str, Any]:
+    """An oracle's best parameter per degradation: the grid value with the best mean PSNR of
+    ``run(base, value)`` over the items. ``cache`` (content hash + label + value -> PSNR) is
+    filled as it goes."""
+    per: dict[str, dict[Any, list[float]]] = {}
+    for it, base in zip(items, bases, strict=True):
+        digest = hashlib.sha256(base.tobytes() + it.clean.tobytes()).hexdigest()[:24]
+        for value in grid:
+            key = f"{digest}|{base.shape}|{label}|{value}"
             if key not in cache:
-                cache[key] = psnr(nlm(it.lq, h), it.clean)
-            per.setdefault(it.degradation, {}).setdefault(h, []).append(cache[key])
-        tick(f"nlm {it.name} {it.degradation}")
-    return {d: max(hs, key=lambda h: float(np.mean(v[h]))) for d, v in per.items()}
+                cache[key] = psnr(run(base, value), it.clean)
+            per.setdefault(it.degradation, {}).setdefault(json.dumps(value), []).append(cache[key])
+    return {d: json.loads(max(v, key=lambda k: float(np.mean(v[k])))) for d, v in per.items()}
+
+
+def _upscaled(lq: np.ndarray, scale: int) -> np.ndarray:
+    """``lq`` (H, W, 3) uint8 bicubic-upscaled by ``scale`` (as the scene restorer does)."""
+    if scale == 1:
+        return lq
+    y = resize(to_tensor(lq), (lq.shape[0] * scale, lq.shape[1] * scale), "bicubic")
+    return (y[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def _means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per variant present in EVERY row (so all are averaged over the same items), ``n`` and
     the mean of each metric over the rows where it exists (region metrics: rows with a face)."""
     out: dict[str, dict[str, Any]] = {}
-    for v in VARIANTS:
+    for v in EVAL_VARIANTS:
         if not rows or any(v not in r["variants"] for r in rows):
             continue
         sel = [r["variants"][v] for r in rows]
@@ -271,28 +320,69 @@ def _estimate_means(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def _outputs(
+    it: EvalItem,
+    base: np.ndarray,
+    reading: _Reading,
+    wrong: _Reading | None,
+    models: EvalModels,
+    cfg: EvalConfig,
+    best: dict[str, dict[str, Any]],
+) -> dict[str, np.ndarray]:
+    """Every asked variant of one item, (H, W, 3) uint8 each."""
+    want = set(cfg.variants)
+    outs = {("input" if cfg.scale == 1 else "bicubic"): base}
+    if "nlm" in want:
+        outs["nlm"] = nlm(base, best["nlm"][it.degradation])
+    if "usm" in want:
+        outs["usm"] = unsharp_mask(base, *best["usm"][it.degradation])
+    x = to_tensor(it.lq)
+
+    def run(restorer: SceneRestorer | UpscaleRestorer, tokens: torch.Tensor | None) -> np.ndarray:
+        y = restorer.restore(x, tokens, tile=cfg.tile, scale=cfg.scale)
+        return (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    if "realesrgan" in want and models.upscaler is not None:
+        outs["realesrgan"] = run(models.upscaler, None)
+    scene = models.scene
+    if scene is None:
+        return outs
+    if "blind" in want or ("code" in want and reading.code is None):
+        outs["blind"] = run(scene, None)
+    if "code" in want:
+        outs["code"] = run(scene, reading.code) if reading.code is not None else outs["blind"]
+    if "blind" not in want:
+        outs.pop("blind", None)
+    if "upper" in want and reading.upper is not None:
+        outs["upper"] = run(scene, reading.upper)
+    if "wrong" in want and reading.code is not None and wrong is not None:
+        outs["wrong"] = run(scene, wrong.code)
+    return outs
+
+
 def evaluate(
     items: list[EvalItem],
     models: EvalModels,
     config: EvalConfig | None = None,
-    nlm_cache: Path | None = None,
+    oracle_cache: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Evaluation:
-    """Run every variant on every item and score it (see the module docstring).
+    """Run every asked variant on every item and score it (see the module docstring).
 
     Args:
         items: the (clean, degraded) pairs.
         models: what to run; missing models skip their variants.
-        config: NLM strengths and tile size (its data fields were used to build ``items``).
-        nlm_cache: JSON file keeping the NLM scores between runs (keyed by the images'
-            content, so new weights reuse them); None = recompute.
+        config: variants, scale, oracle grids and tile size (its data fields were used to
+            build ``items``).
+        oracle_cache: JSON file keeping the NLM / unsharp-mask grid scores between runs (keyed
+            by the images' content, so new weights reuse them); None = recompute.
         progress: called after each of the ``3 * len(items)`` steps with a label.
 
     Returns:
         The :class:`Evaluation`; ``table`` has ``items`` (per item: faces, code source,
         estimates, ``variants.<name>.<metric>``), ``variants`` (means over all items),
         ``variants_faces`` (items whose code came from a face), ``by_degradation``,
-        ``estimate_error``, ``nlm_h`` and ``config``.
+        ``estimate_error``, ``nlm_h``, ``usm`` (σ, amount) and ``config``.
     """
     cfg = config or EvalConfig()
     tick = progress or (lambda _label: None)
@@ -305,38 +395,35 @@ def evaluate(
             det = models.detector
             clean_faces[it.name] = det.detect([it.clean])[0] if det is not None else []
         tick(f"codes {it.name} {it.degradation}")
-    # 2. NLM: the best h per degradation
+    # 2. the oracles' best parameters per degradation, on the input (or its bicubic upscale)
+    bases = [_upscaled(it.lq, cfg.scale) for it in items]
     stored: dict[str, float] = {}
-    if nlm_cache is not None and nlm_cache.is_file():
-        stored = json.loads(nlm_cache.read_text(encoding="utf-8"))
-    best_h = _nlm_scores(items, cfg.nlm_h, stored, tick)
-    if nlm_cache is not None:
-        nlm_cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(nlm_cache, json.dumps(stored).encode())
+    if oracle_cache is not None and oracle_cache.is_file():
+        stored = json.loads(oracle_cache.read_text(encoding="utf-8"))
+    best: dict[str, dict[str, Any]] = {}
+    if "nlm" in cfg.variants:
+        best["nlm"] = _best_params(items, bases, list(cfg.nlm_h), nlm, stored, "nlm")
+    if "usm" in cfg.variants:
+        grid = [[s, a] for s in cfg.usm_sigma for a in cfg.usm_amount if a > 0] + [[1.0, 0.0]]
+        best["usm"] = _best_params(
+            items, bases, grid, lambda b, p: unsharp_mask(b, *p), stored, "usm"
+        )
+    for it in items:
+        tick(f"oracles {it.name} {it.degradation}")
+    if oracle_cache is not None:
+        oracle_cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(oracle_cache, json.dumps(stored).encode())
     # 3. every variant of every item, scored
     rows: list[dict[str, Any]] = []
     outputs: list[dict[str, np.ndarray]] = []
-    scene = models.scene
-    for it in items:
+    for it, base in zip(items, bases, strict=True):
         rd = readings[(it.name, it.degradation)]
         faces = clean_faces[it.name]
         mask = face_mask(it.clean.shape, faces)
         ref = models.identity.embed(it.clean, faces) if models.identity and faces else None
-        outs = {"input": it.lq, "nlm": nlm(it.lq, best_h[it.degradation])}
         wrong_from = _wrong_source(it, readings)
-        if scene is not None:
-            x = to_tensor(it.lq)
-
-            def run(tokens: torch.Tensor | None, x: torch.Tensor = x) -> np.ndarray:
-                y = scene.restore(x, tokens, tile=cfg.tile)
-                return (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-            outs["blind"] = run(None)
-            outs["code"] = run(rd.code) if rd.code is not None else outs["blind"]
-            if rd.upper is not None:
-                outs["upper"] = run(rd.upper)
-            if rd.code is not None and wrong_from is not None:
-                outs["wrong"] = run(readings[(it.name, wrong_from)].code)
+        wrong = readings[(it.name, wrong_from)] if wrong_from is not None else None
+        outs = _outputs(it, base, rd, wrong, models, cfg, best)
         scores = {}
         for v, out in outs.items():
             scores[v] = image_metrics(out, it.clean, mask)
@@ -362,7 +449,8 @@ def evaluate(
     degs = list(dict.fromkeys(it.degradation for it in items))
     table = {
         "config": {**asdict(cfg), "items": len(items)},
-        "nlm_h": best_h,
+        "nlm_h": best.get("nlm", {}),
+        "usm": best.get("usm", {}),
         "variants": _means(rows),
         "variants_faces": _means(coded),
         "by_degradation": {d: _means([r for r in rows if r["degradation"] == d]) for d in degs},
@@ -376,15 +464,20 @@ def evaluate(
 
 
 def load_models(
-    scene_model: str, detector: str = "auto", min_face: int = 20, device: str = "cpu"
+    scene_model: str,
+    detector: str = "auto",
+    min_face: int = 20,
+    device: str = "cpu",
+    upscaler: str | None = "realesrgan-x4plus",
 ) -> EvalModels:
     """Everything :func:`evaluate` runs, from the restore pipeline's factory: the scene model
     (a zoo name or a model folder), its FaDeX with the blind Stage I restorer, the face
-    detector, and the dlib identity encoder (None when dlib or its models are missing: no
-    identity distance)."""
+    detector, the dlib identity encoder (None when dlib or its models are missing: no
+    identity distance) and the ``upscaler`` of the ``realesrgan`` variant (None = not run)."""
     from face2scene_cli.errors import NotAvailableError
     from face2scene_cli.faces.identity import create_identity_encoder
     from face2scene_cli.pipelines.restore import Face2ScenePipeline
+    from face2scene_cli.restorers.upscaler import load_upscale_restorer
 
     pipe = Face2ScenePipeline.from_pretrained(
         scene_model,
@@ -399,4 +492,5 @@ def load_models(
     except NotAvailableError as err:
         logger.warning("no identity distance: %s", err)
         identity = None
-    return EvalModels(pipe.scene, pipe.reader, pipe.finder.detector, identity)
+    up = load_upscale_restorer(upscaler, device) if upscaler else None
+    return EvalModels(pipe.scene, pipe.reader, pipe.finder.detector, identity, up)

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from face2scene_cli.config import EvalConfig
+from face2scene_cli.config import EVAL_VARIANTS, EvalConfig
 from face2scene_cli.errors import InputError
 from face2scene_cli.io.images import read_image
 from face2scene_cli.io.tensors import to_tensor
-from face2scene_cli.research.eval.items import degraded_items, val_sources
+from face2scene_cli.research.eval.items import degraded_items, split_sources
 from face2scene_cli.research.eval.scene import evaluate, load_models
 from face2scene_cli.research.eval.tables import targets, to_markdown
 from face2scene_cli.research.metrics import psnr_torch
@@ -98,7 +98,7 @@ def card_evaluation(
     scene_model: str,
     splits: Path = Path("data/splits.yaml"),
     long_side: int | None = None,
-    nlm_cache: Path | None = None,
+    oracle_cache: Path | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The model card's numbers for ``scene_model`` (a zoo name or model folder): the evaluation on
     the VAL photos of ``splits`` (the default :class:`EvalConfig`, but ``long_side`` when given),
@@ -108,10 +108,11 @@ def card_evaluation(
         The JSON-able document (the evaluation table with ``targets`` and ``tiles``) and its
         Markdown (the card's evaluation section).
     """
-    cfg = EvalConfig() if long_side is None else EvalConfig(long_side=long_side)
-    items = degraded_items(val_sources(splits), cfg)
-    models = load_models(scene_model)
-    table = evaluate(items, models, cfg, nlm_cache=nlm_cache).table
+    variants = tuple(v for v in EVAL_VARIANTS if v != "realesrgan")  # hours on a CPU
+    cfg = EvalConfig(variants=variants, **({} if long_side is None else {"long_side": long_side}))
+    items = degraded_items(split_sources("val", splits), cfg)
+    models = load_models(scene_model, upscaler=None)
+    table = evaluate(items, models, cfg, oracle_cache=oracle_cache).table
     checks = targets(table)
     tiles = tile_check(models.scene, photo_tensor(TILE_PHOTO))
     checks.append(

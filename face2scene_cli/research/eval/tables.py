@@ -19,13 +19,16 @@ from face2scene_cli.io.images import atomic_write_bytes
 from face2scene_cli.research.eval.items import EvalItem
 from face2scene_cli.research.eval.scene import Evaluation
 
-__all__ = ["case_grid", "targets", "to_markdown", "write_card", "write_results"]
+__all__ = ["case_grid", "suite_grid", "targets", "to_markdown", "write_card", "write_results"]
 
 
 def _gain(row: dict[str, Any]) -> float:
     v = row["variants"]
-    main = "code" if "code" in v else "nlm"
-    return float(v[main]["psnr"] or 0.0) - float(v["input"]["psnr"] or 0.0)
+    main = next((k for k in ("code", "blind", "realesrgan", "nlm", "usm") if k in v), None)
+    base = "input" if "input" in v else "bicubic"
+    if main is None:
+        return 0.0
+    return float(v[main]["psnr"] or 0.0) - float(v[base]["psnr"] or 0.0)
 
 
 def case_grid(
@@ -51,6 +54,29 @@ def case_grid(
     return np.concatenate(cols, axis=1)
 
 
+def suite_grid(evaluation: Evaluation, height: int = 160) -> np.ndarray:
+    """One photo under every degradation: a :func:`case_grid` row per degradation, stacked
+    (the first photo with a face code, else the first photo); (N * (height + 24), W, 3) uint8
+    RGB, rows padded white to the widest."""
+    rows = evaluation.table["items"]
+    coded = [r["image"] for r in rows if r["code_source"] == "face"]
+    name = coded[0] if coded else rows[0]["image"]
+    strips = [
+        case_grid(evaluation.items[i], evaluation.outputs[i], rows[i]["variants"], height)
+        for i, r in enumerate(rows)
+        if r["image"] == name
+    ]
+    for strip, r in zip(strips, (r for r in rows if r["image"] == name), strict=True):
+        cv2.putText(
+            strip, r["degradation"], (4, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1
+        )
+    width = max(s.shape[1] for s in strips)
+    padded = [
+        np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips
+    ]
+    return np.concatenate(padded, axis=0)
+
+
 def _cell(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -63,13 +89,16 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
     cols = [
         ("PSNR", "psnr", ".2f"),
         ("SSIM", "ssim", ".4f"),
-        ("PSNR-Y", "psnr_y", ".2f"),
-        ("SSIM-Y", "ssim_y", ".4f"),
+        ("MS-SSIM", "ms_ssim", ".4f"),
+        ("GMSD ↓", "gmsd", ".4f"),
+        ("HaarPSI", "haarpsi", ".4f"),
+        ("sharpness", "sharpness", ".2f"),
         ("PSNR face", "psnr_face", ".2f"),
         ("PSNR rest", "psnr_rest", ".2f"),
-        ("SSIM face", "ssim_face", ".4f"),
-        ("identity dist.", "identity_distance", ".3f"),
+        ("identity dist. ↓", "identity_distance", ".3f"),
     ]
+    per_degradation = (("PSNR", "psnr", ".2f"), ("PSNR face", "psnr_face", ".2f"))
+    per_degradation += (("sharpness ratio", "sharpness", ".2f"),)
     lines: list[str] = []
     subsets = (
         ("All items", "variants", "by_degradation"),
@@ -85,16 +114,16 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
         lines.append("|---|" + "---|" * len(cols))
         for v, m in means.items():
             lines.append(f"| {v} | " + " | ".join(_cell(m[k], f) for _, k, f in cols) + " |")
-        lines += ["", "| PSNR / SSIM | " + " | ".join(means) + " |"]
-        lines.append("|---|" + "---|" * len(means))
-        for d, by in table[by_key].items():
-            if by:
-                cells = [
-                    f"{_cell(by[v]['psnr'], '.2f')} / {_cell(by[v]['ssim'], '.3f')}" for v in by
-                ]
-                lines.append(
-                    f"| {d} ({next(iter(by.values()))['n']}) | " + " | ".join(cells) + " |"
-                )
+        for label, k, f in per_degradation:
+            rows = [(d, by) for d, by in table[by_key].items() if by]
+            if not any(by[v][k] is not None for _, by in rows for v in by):
+                continue
+            lines += ["", f"| {label} | " + " | ".join(means) + " |"]
+            lines.append("|---|" + "---|" * len(means))
+            for d, by in rows:
+                n = next(iter(by.values()))["n"]
+                cells = [_cell(by[v][k], f) if v in by else "" for v in means]
+                lines.append(f"| {d} ({n}) | " + " | ".join(cells) + " |")
         lines.append("")
     e = table["estimate_error"]
     if e["n"]:
@@ -106,12 +135,18 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
             f"{_cell(e['jpeg_detected'], '.0%')}.",
             "",
         ]
+    usm = {d: f"σ {p[0]} a {p[1]}" for d, p in table.get("usm", {}).items()}
     lines.append(
-        f"{cfg['items']} items (long side {cfg['long_side'] or 'kept'}, seed {cfg['seed']}); "
+        f"{cfg['items']} items (suite {cfg.get('suite', 'standard')}, scale "
+        f"x{cfg.get('scale', 1)}, long side {cfg['long_side'] or 'kept'}, seed {cfg['seed']}); "
         "8-bit, whole image unless said. Face = the union of the faces "
         "detected on the clean image (face, rest and identity columns: items with such a "
         "face); identity distance = dlib ResNet, euclidean, clean face vs the same box in the "
-        f"output (same person < 0.6). NLM at its best h per degradation: {table['nlm_h']}."
+        "output (same person < 0.6). MS-SSIM, GMSD, HaarPSI: piq 0.8.0 on RGB in [0, 1]; "
+        "sharpness = mean squared Sobel gradient of the output's luma / the clean photo's (1 "
+        "= as sharp as the truth, > 1 = noise or artefacts left or invented, < 1 = "
+        f"over-smoothed). NLM at its best h per degradation: {table['nlm_h']}; unsharp mask "
+        f"at its best σ / amount: {usm}."
     )
     if checks:
         lines += ["", "| target | value | met |", "|---|---|---|"]
@@ -122,10 +157,10 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
 
 
 def write_results(folder: Path, evaluation: Evaluation) -> list[Path]:
-    """``results.json``, ``results.md`` and ``grid-best.png`` / ``grid-worst.png`` (the items
-    with the largest and smallest PSNR gain of the face-code variant over the input, among
-    the items whose code was read off a face when there are any), written atomically;
-    returns the paths."""
+    """``results.json``, ``results.md``, ``grid.png`` (:func:`suite_grid`) and
+    ``grid-best.png`` / ``grid-worst.png`` (the items with the largest and smallest PSNR gain of
+    the face-code variant over the input, among the items whose code was read off a face when
+    there are any), written atomically; returns the paths."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,12 +170,13 @@ def write_results(folder: Path, evaluation: Evaluation) -> list[Path]:
     atomic_write_bytes(paths[1], to_markdown(evaluation.table).encode())
     coded = [i for i, r in enumerate(rows) if r["code_source"] == "face"]
     order = sorted(coded or range(len(rows)), key=lambda i: _gain(rows[i]))
+    grids = {"grid.png": suite_grid(evaluation)}
     for label, i in (("best", order[-1]), ("worst", order[0])):
-        grid = case_grid(evaluation.items[i], evaluation.outputs[i], rows[i]["variants"])
-        buf = _png(Image.fromarray(grid))
-        path = folder / f"grid-{label}.png"
-        atomic_write_bytes(path, buf)
-        paths.append(path)
+        item, outs = evaluation.items[i], evaluation.outputs[i]
+        grids[f"grid-{label}.png"] = case_grid(item, outs, rows[i]["variants"])
+    for name, grid in grids.items():
+        atomic_write_bytes(folder / name, _png(Image.fromarray(grid)))
+        paths.append(folder / name)
     return paths
 
 
