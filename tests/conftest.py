@@ -7,11 +7,11 @@ Missing data skips a test locally and fails it in CI (``CI=true``): CI never ski
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import missing_data
 from PIL import Image
 
 from face2scene_cli.research import sample_data
@@ -31,23 +31,12 @@ _SMALL_PHOTO_NAMES = (
 )
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _missing_data(msg: str) -> None:
-    """Fail in CI, skip elsewhere."""
-    if _in_ci():
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="session")
 def photos() -> list[Photo]:
     """Every real photo: package photos + the cached, verified Debian photos (no fetching)."""
     report = sample_data.check_debian_photos()
     if not report.complete:
-        _missing_data(
+        missing_data(
             f"{len(report.missing)} Debian photos missing and {len(report.corrupt)} corrupt "
             f"in {sample_data.data_dir()}: run `make testdata` "
             f"(f2s data fetch)"
@@ -60,7 +49,7 @@ def package_photo_paths() -> list[Path]:
     """Paths of the photos shipped inside installed wheels (scikit-image, insightface, ...)."""
     paths = [p.path for p in sample_data.package_photos()]
     if not paths:
-        _missing_data("no package-shipped photos found: is insightface installed?")
+        missing_data("no package-shipped photos found: is insightface installed?")
     return paths
 
 
@@ -70,8 +59,7 @@ def people_photo() -> Path:
     for p in sample_data.package_photos():
         if p.name == "insightface/t1":
             return p.path
-    _missing_data("insightface/t1 not found: is insightface installed?")
-    raise AssertionError("unreachable")
+    missing_data("insightface/t1 not found: is insightface installed?")
 
 
 def _pick_small_photos() -> list[Photo]:
@@ -85,7 +73,7 @@ def _pick_small_photos() -> list[Photo]:
 def _small_photo_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     chosen = _pick_small_photos()
     if len(chosen) < 3:
-        _missing_data(f"only {len(chosen)} real photos available for small_photo_dir")
+        missing_data(f"only {len(chosen)} real photos available for small_photo_dir")
     root = tmp_path_factory.mktemp("small_photos")
     used: set[str] = set()
     for i, photo in enumerate(chosen):

@@ -1,4 +1,4 @@
-"""Small helpers shared by the CLI and batch tests."""
+"""Helpers shared by the tests: running ``f2s``, reading its reports, the missing-data guard."""
 
 from __future__ import annotations
 
@@ -7,15 +7,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
+import pytest
 
 from face2scene_cli.engine.report import REPORT_SUFFIX, SUMMARY_NAME, is_summary_name, load_schema
 
 REPORT_VALIDATOR = jsonschema.Draft202012Validator(load_schema("report"))
 SUMMARY_VALIDATOR = jsonschema.Draft202012Validator(load_schema("summary"))
 TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def missing_data(msg: str) -> NoReturn:
+    """Fail in CI (``CI=true``), skip elsewhere: CI never skips silently for missing data."""
+    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
 
 
 def run_f2s(

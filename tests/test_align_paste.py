@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 from pathlib import Path
 
 import cv2
 import dlib
 import numpy as np
 import pytest
+from helpers import missing_data
 
 from face2scene_cli.faces.align import (
     FFHQ_TEMPLATE_512,
@@ -33,11 +33,7 @@ def _photo(name: str) -> Path:
     for p in package_photos():
         if p.name == name:
             return p.path
-    msg = f"{name} not found: is its package installed?"
-    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
-    raise AssertionError("unreachable")
+    missing_data(f"{name} not found: is its package installed?")
 
 
 def _rgb(path: Path) -> np.ndarray:

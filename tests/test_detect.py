@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import missing_data
 from PIL import Image
 
 from face2scene_cli.errors import ConfigError, InputError, ModelIntegrityError, NotAvailableError
@@ -45,8 +46,7 @@ def _package_photo(name: str) -> np.ndarray:
         if photo.name == name:
             with Image.open(photo.path) as im:
                 return np.asarray(im)
-    pytest.skip(f"{name} is not installed")
-    raise AssertionError("unreachable")
+    missing_data(f"{name} is not installed")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import run_f2s
+from helpers import missing_data, run_f2s
 from PIL import Image
 from skimage.metrics import structural_similarity
 from typer.testing import CliRunner
@@ -33,7 +33,7 @@ SEED = 3
 def clean_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     by_name = {p.name: p for p in sample_data.package_photos()}
     if any(n not in by_name for n in CROPS):
-        pytest.skip("scikit-image / insightface sample photos not installed")
+        missing_data("scikit-image / insightface sample photos not installed")
     root = tmp_path_factory.mktemp("eval") / "clean"
     root.mkdir()
     for name, (x, y, side) in CROPS.items():

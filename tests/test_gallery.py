@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import missing_data
 
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
@@ -72,8 +73,7 @@ def _package_photo(name: str) -> Path:
     for p in package_photos():
         if p.name == name:
             return p.path
-    pytest.skip(f"{name} not installed")
-    raise AssertionError("unreachable")
+    missing_data(f"{name} not installed")
 
 
 def _rgb(path: Path) -> np.ndarray:

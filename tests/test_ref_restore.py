@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import missing_data
 
 from face2scene_cli.faces.align import FaceAligner
 from face2scene_cli.faces.detect import create_detector
@@ -30,8 +31,7 @@ def _photo(name: str) -> np.ndarray:
     for p in sample_data.package_photos():
         if p.name == name:
             return read_image(p.path).pixels
-    pytest.skip(f"{name} not installed")
-    raise AssertionError("unreachable")
+    missing_data(f"{name} not installed")
 
 
 def _t(x: np.ndarray) -> torch.Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from helpers import missing_data
 
 from face2scene_cli.archs.layers import ChannelAffine, LocalGroupNorm
 from face2scene_cli.archs.mapnet import mapnet_tiny
@@ -50,7 +51,7 @@ def astronaut() -> torch.Tensor:
     for p in package_photos():
         if p.name == "skimage/astronaut":
             return to_tensor(read_image(p.path).pixels)[:, :3]
-    pytest.skip("scikit-image astronaut not available")
+    missing_data("scikit-image astronaut not available")
 
 
 def test_untrained_embedded_net_stays_close_to_its_input() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import missing_data
 
 from face2scene_cli.archs.fadex import FaDeX, fadex_tiny
 from face2scene_cli.degradations.record import Degradation
@@ -69,7 +70,7 @@ def tiny_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str
 def _tiny_config(tmp_path: Path, **train: object) -> Path:
     splits = Path("data/splits.yaml")
     if not splits.is_file():
-        pytest.skip("data/splits.yaml missing")
+        missing_data("data/splits.yaml missing")
     doc = yaml.safe_load(splits.read_text())
     keep = {"skimage/camera": "train", "skimage/chelsea": "train", "skimage/astronaut": "val"}
     photos = [dict(p, split=keep[p["name"]]) for p in doc["photos"] if p["name"] in keep]
@@ -165,7 +166,7 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
 
     photos = [(p.name, p.path) for p in package_photos() if p.name == "skimage/astronaut"]
     if not photos:
-        pytest.skip("scikit-image astronaut not available")
+        missing_data("scikit-image astronaut not available")
     variants = ("input", "nlm", "usm", "blind", "code", "upper", "wrong")
     cfg = EvalConfig(long_side=192, second_order=0, nlm_h=(5, 15), variants=variants)
     items = degraded_items(photos, cfg)
