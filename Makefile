@@ -8,14 +8,20 @@ STAMP := $(VENV)/.f2s-installed
 PYTEST_FLAGS ?= -m "not slow and not gpu"
 # e.g. BENCH_FLAGS="--threads 1 --sizes 0.25 1", EVAL_FLAGS="--threads 1 --preset noise15"
 BENCH_FLAGS ?=
-EVAL_FLAGS ?=
+EVAL_FLAGS ?= --threads 2 --variants input,nlm,usm,realesrgan,blind,code,wrong
 
 .PHONY: install testdata test demo bench eval lint wheel clean
 
-$(STAMP): pyproject.toml
+# piq (the evaluation's MS-SSIM, GMSD, HaarPSI) goes in without its dependencies: it requires
+# torchvision, whose PyPI wheels are CUDA builds that pull a CUDA torch and cannot load beside
+# this CPU one; f2s imports only piq's weight-free metric modules, which need torch alone.
+PIQ_SPEC ?= piq==0.8.0
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(PIQ_SPEC)
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install f2s with its test tools
@@ -33,7 +39,7 @@ bench: install testdata  ## throughput benchmarks (not tests): degrade, then res
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_restore.py $(BENCH_FLAGS)
 
-eval: install testdata  ## f2s eval on the TEST photos, standard and OOD suites -> benchmarks/results/eval-{test,ood} (~1 h on 2 cores)
+eval: install testdata  ## f2s eval on the TEST photos, standard and OOD suites -> benchmarks/results/eval-{test,ood} (~1 h on 2 cores, mostly Real-ESRGAN)
 	$(BIN)/f2s data export test runs/test-photos
 	$(BIN)/f2s eval runs/test-photos --suite standard --out benchmarks/results/eval-test $(EVAL_FLAGS)
 	$(BIN)/f2s eval runs/test-photos --suite ood --out benchmarks/results/eval-ood $(EVAL_FLAGS)

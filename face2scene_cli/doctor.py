@@ -23,6 +23,7 @@ OPTIONAL_BACKENDS: tuple[tuple[str, str, str], ...] = (
     ("mediapipe", "mediapipe", "BlazeFace / FaceMesh"),
     ("peft", "peft", "LoRA for the sd-turbo scene restorer"),
     ("ray", "ray", "--engine ray"),
+    ("piq", "piq", "f2s eval's MS-SSIM, GMSD, HaarPSI (pip install --no-deps piq==0.8.0)"),
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -15,20 +16,32 @@ runner = CliRunner()
 SPLITS = Path(__file__).resolve().parent.parent / "data" / "splits.yaml"
 
 
-def test_export_copies_the_split_verified(tmp_path: Path) -> None:
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_export_copies_the_split_verified(split: str, tmp_path: Path) -> None:
     manifest = yaml.safe_load(SPLITS.read_text(encoding="utf-8"))["photos"]
-    val = {e["sha256"] for e in manifest if e["split"] == "val"}
-    res = runner.invoke(app, ["data", "export", "val", str(tmp_path), "--splits", str(SPLITS)])
+    wanted = {e["sha256"] for e in manifest if e["split"] == split}
+    res = runner.invoke(app, ["data", "export", split, str(tmp_path), "--splits", str(SPLITS)])
     assert res.exit_code == 0, res.output
     copied = sorted(tmp_path.iterdir())
-    assert len(copied) == len(val) >= 2
-    assert {file_sha256(p) for p in copied} == val
+    assert len(copied) == len(wanted) >= 2
+    assert {file_sha256(p) for p in copied} == wanted
+
+
+def test_splits_are_disjoint_whole_photos_with_people_in_test() -> None:
+    manifest = yaml.safe_load(SPLITS.read_text(encoding="utf-8"))["photos"]
+    names = [e["name"] for e in manifest]
+    digests = [e["sha256"] for e in manifest]
+    assert len(set(names)) == len(names) and len(set(digests)) == len(digests)
+    assert {e["split"] for e in manifest} == {"train", "val", "test"}
+    assert sum(e["people"] for e in manifest if e["split"] == "test") >= 2
+    # photos added after the licence rule carry their licence
+    assert all(e.get("licence") for e in manifest if e["source"].startswith("debian:lomiri"))
 
 
 def test_export_refuses_an_unknown_split(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["data", "export", "test", str(tmp_path), "--splits", str(SPLITS)])
+    res = runner.invoke(app, ["data", "export", "holdout", str(tmp_path), "--splits", str(SPLITS)])
     assert res.exit_code == 2
-    assert "split must be train or val" in res.output
+    assert "split must be train, val or test" in res.output
 
 
 def test_dir_and_list() -> None:

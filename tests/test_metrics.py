@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -154,3 +155,23 @@ def test_shape_errors() -> None:
         ssim(np.zeros((8, 8)), np.zeros((8, 8)))
     with pytest.raises(ValueError, match="data_range"):
         psnr(np.zeros((4, 4)), np.ones((4, 4)), data_range=0)
+
+
+def test_perceptual_scores_and_sharpness_ratio_on_a_real_photo() -> None:
+    from face2scene_cli.research.metrics import perceptual_scores, sharpness_ratio
+
+    clean = cv2.resize(skdata.astronaut(), (192, 192), interpolation=cv2.INTER_AREA)
+    same = perceptual_scores(clean, clean)
+    assert same["ms_ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert same["haarpsi"] == pytest.approx(1.0, abs=1e-5)
+    assert same["gmsd"] == pytest.approx(0.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(clean + rng.normal(0, 15, clean.shape), 0, 255).astype(np.uint8)
+    soft = cv2.GaussianBlur(clean, (0, 0), 2)
+    for bad in (noisy, soft):
+        got = perceptual_scores(bad, clean)
+        assert got["ms_ssim"] < 0.99 and got["haarpsi"] < 0.95 and got["gmsd"] > 0.02
+    # noise adds gradient energy, blur removes it
+    assert sharpness_ratio(clean, clean) == pytest.approx(1.0)
+    assert sharpness_ratio(noisy, clean) > 1.02 and sharpness_ratio(soft, clean) < 0.7
+    assert perceptual_scores(clean[:150], clean[:150])["ms_ssim"] is None  # < 161 px

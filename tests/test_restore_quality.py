@@ -28,7 +28,12 @@ from face2scene_cli.research.metrics import psnr
 from face2scene_cli.research.sample_data import package_photos
 
 PHOTOS = ("skimage/astronaut", "insightface/t1")
-CONFIG = EvalConfig(long_side=256, second_order=0, nlm_h=(3, 5, 7, 9))  # best h: 7, 3, 3
+CONFIG = EvalConfig(  # NLM's best h: 7, 3, 3
+    long_side=256,
+    second_order=0,
+    nlm_h=(3, 5, 7, 9),
+    variants=("input", "nlm", "blind", "code", "wrong"),
+)
 # Items whose code comes from a face: 5 (the astronaut under all three; t1, whose faces are
 # 22-29 px here, under noise15 (3 faces found) and mixed (1); under blur-noise it runs blind).
 # The face tests need at least 4, so that they cannot pass on too few.

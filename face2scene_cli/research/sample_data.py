@@ -1,6 +1,6 @@
 """Where the real photos used by tests, ``make demo``, ``make bench`` and training come from.
 
-Two kinds of source, both allowed by ``shared/ASSETS.md`` (package registries only):
+Two kinds of source, both allowed by ``data/ASSETS.md`` (package registries only):
 
 * photos shipped inside installed Python wheels (scikit-image, insightface, scikit-learn),
   located on disk without importing those packages;

@@ -262,7 +262,7 @@ Face2Scene: restores the whole photo, conditioned on the degradation read off a 
 - Training: **{info["steps"]} steps, {info["wall_s"] / 60:.1f} min wall** on
   {info.get("hardware")}; batch {tr.get("batch")} x {tr.get("crop")} px crops.
 {phases}
-- Data: TRAIN photos of `data/splits.yaml` (package-shipped photos only, see ASSETS.md),
+- Data: TRAIN photos of `data/splits.yaml` (package-shipped photos only, see `data/ASSETS.md`),
   {data.get("samples")} cached degraded regions of {data.get("region")} px (presets /
   parametric grid / Real-ESRGAN second order, mix {mix}); the code comes from
   FaDeX on a {data.get("face_crop")} px face-sized crop of the same degraded region and its
@@ -272,7 +272,7 @@ Face2Scene: restores the whole photo, conditioned on the degradation read off a 
   EMA ({tr.get("ema")}) weights exported, stored in float16.
 - Licence: Apache-2.0. Weights: safetensors (`net/`, `mapnet/`).
 
-## Evaluation
+## Evaluation on VAL (validation, used for selection)
 
 {evaluation}
 {extra}

@@ -191,10 +191,12 @@ Command: `{command}`
   Real-ESRGAN second-order samples (contrastive loss only). Applied to a region 16 px larger
   than the crop, which is then cut at a random offset (random JPEG grid phase).
 - Data (`data/splits.yaml`, whole photos, sha256-pinned): training photos {train_names};
-  held out (never used to train or tune): {val_names}.
+  validation (used for selection: it picks the released step; never trained on): {val_names}.
 - Steps: {stages_text}; hardware: {hardware}.
 
-## Evaluation (held-out photos, {table["fig3"]["crops"]} crops of 128 px per operator)
+## Evaluation on VAL (validation, used for selection)
+
+{table["fig3"]["crops"]} crops of 128 px per operator.
 Degraded region -> crop at an offset off the 8x8 grid -> HQ from the blind restorer ->
 FaDeX. Face detection is not in this loop (the crops are face-centred regions of the held-out
 people photos and regions of the held-out scenes).
