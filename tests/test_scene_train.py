@@ -124,6 +124,28 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     restorer = SceneRestorer.from_pretrained(tmp_path / "export")
     out = restorer.restore(torch.rand(1, 3, 40, 40), None)
     assert out.shape == (1, 3, 40, 40) and torch.isfinite(out).all()
+    # the release says which photos it was trained on; every cached sample is one of them
+    training = json.loads((tmp_path / "export" / "training.json").read_text())
+    train = {p["name"] for p in training["data_manifest"]["train"]}
+    assert train == {"skimage/camera", "skimage/chelsea"}
+    assert all(p["sha256"] for p in training["data_manifest"]["train"])
+    photos = json.loads((run / "cache" / "photos.json").read_text())
+    assert len(photos) == 6 and set(photos) <= train
+
+
+def test_a_cache_with_photos_outside_the_train_split_is_refused(tmp_path: Path, tiny_zoo) -> None:
+    from face2scene_cli.errors import ConfigError
+
+    train_scene(load_scene_config(_tiny_config(tmp_path)))
+    cache = tmp_path / "run" / "cache"
+    photos = json.loads((cache / "photos.json").read_text())
+    (cache / "photos.json").write_text(json.dumps(["skimage/astronaut", *photos[1:]]))
+    reuse = {"data.cache_from": str(cache), "logging.run_dir": str(tmp_path / "run2")}
+    with pytest.raises(ConfigError, match=r"outside the train split.*skimage/astronaut"):
+        train_scene(load_scene_config(tmp_path / "scene.yaml", reuse))
+    (cache / "photos.json").unlink()  # a cache from before photos were recorded
+    with pytest.raises(ConfigError, match="does not record its samples' photos"):
+        train_scene(load_scene_config(tmp_path / "scene.yaml", reuse))
 
 
 def test_warm_start_adds_a_refinement_and_refuses_other_mismatches(tmp_path: Path) -> None:

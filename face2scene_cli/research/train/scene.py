@@ -49,6 +49,7 @@ from torch import Tensor
 
 from face2scene_cli.archs.mapnet import MapNet
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.hashing import file_sha256
 from face2scene_cli.registry import create
 from face2scene_cli.research.metrics import ssim_torch
 from face2scene_cli.research.splits import load_splits
@@ -58,6 +59,7 @@ from face2scene_cli.research.train.scene_data import (
     build_cache,
     build_val_items,
     cache_codes,
+    check_cache_photos,
     evaluate_items,
     load_cache,
     save_cache,
@@ -204,7 +206,10 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     (run / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config.to_dict()))))
     splits = load_splits(Path(config.data.splits))
     manifest = {
-        s: [{"name": p.name, "source": p.source, "sha256": p.sha256} for p in ps]
+        s: [
+            {"name": p.name, "source": p.source, "sha256": p.sha256 or file_sha256(p.path)}
+            for p in ps
+        ]
         for s, ps in splits.items()
     }
     (run / "data_manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -222,6 +227,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         cache = build_cache(config.data, splits["train"], blind_fr)
         save_cache(cache_dir, cache)
         (cache_dir / "key.json").write_text(key)
+    check_cache_photos(cache, [p.name for p in splits["train"]], cache_dir)
     fadex, fadex_sha, z_ch = _fadex(config.network.fadex)
     # the scene model depends on Z only: the encoder's hash says which FaDeX heads fit it too
     trained_with = (
@@ -422,6 +428,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
                     "val_input": input_table["means"],
                     "config": config.to_dict(),
                     "trained_with": trained_with,
+                    "data_manifest": manifest,
                 }
                 export_model(
                     Path(config.logging.export_to),

@@ -34,6 +34,7 @@ __all__ = [
     "build_cache",
     "build_val_items",
     "cache_codes",
+    "check_cache_photos",
     "evaluate_items",
     "load_cache",
     "save_cache",
@@ -73,7 +74,9 @@ def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer
 
     Returns:
         ``{"lq", "clean": (N, 3, R, R) uint8, "face_lq", "face_hq": (N, 3, F, F) uint8,
-        "degradations": [Degradation.to_dict()] * N}``; gray photos are replicated to 3 channels.
+        "degradations": [Degradation.to_dict()] * N, "photos": [photo name] * N}`` (each
+        sample's photo: :func:`check_cache_photos` refuses a cache with a photo outside the
+        train split); gray photos are replicated to 3 channels.
     """
     rng = np.random.default_rng(cfg.seed)
     bank = PhotoBank(photos, cfg.base_long_side, cfg.region)
@@ -82,7 +85,7 @@ def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer
     clean = torch.empty_like(lq)
     face_lq = torch.empty(cfg.samples, 3, f, f, dtype=torch.uint8)
     face_hq = torch.empty_like(face_lq)
-    degs = []
+    degs, names = [], []
     for i in range(cfg.samples):
         base = bank.bases[int(rng.integers(len(bank.bases)))]
         img = base.image
@@ -105,9 +108,17 @@ def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer
         lq[i], clean[i] = _u8(y[0]).expand(3, r, r), _u8(x[0]).expand(3, r, r)
         face_lq[i], face_hq[i] = _u8(crop[0]).expand(3, f, f), _u8(hq[0]).expand(3, f, f)
         degs.append(deg.to_dict())
+        names.append(base.name)
         if (i + 1) % 200 == 0:
             logger.info("cache: %d / %d samples", i + 1, cfg.samples)
-    return {"lq": lq, "clean": clean, "face_lq": face_lq, "face_hq": face_hq, "degradations": degs}
+    return {
+        "lq": lq,
+        "clean": clean,
+        "face_lq": face_lq,
+        "face_hq": face_hq,
+        "degradations": degs,
+        "photos": names,
+    }
 
 
 def save_cache(folder: Path, cache: dict[str, Any]) -> None:
@@ -118,13 +129,33 @@ def save_cache(folder: Path, cache: dict[str, Any]) -> None:
         str(folder / "samples.safetensors"),
     )
     (folder / "degradations.json").write_text(json.dumps(cache["degradations"]), encoding="utf-8")
+    (folder / "photos.json").write_text(json.dumps(cache["photos"]), encoding="utf-8")
 
 
 def load_cache(folder: Path) -> dict[str, Any]:
-    """Read what :func:`save_cache` wrote (e.g. a carried shard, ``data.cache_from``)."""
+    """Read what :func:`save_cache` wrote (e.g. a carried shard, ``data.cache_from``);
+    ``photos`` is None for a cache written before samples recorded their photo."""
     cache: dict[str, Any] = dict(load_file(str(folder / "samples.safetensors")))
     cache["degradations"] = json.loads((folder / "degradations.json").read_text(encoding="utf-8"))
+    photos = folder / "photos.json"
+    cache["photos"] = json.loads(photos.read_text(encoding="utf-8")) if photos.is_file() else None
     return cache
+
+
+def check_cache_photos(cache: dict[str, Any], train: list[str], where: Path) -> None:
+    """Refuse (ConfigError) a training cache with a sample from a photo outside ``train`` (the
+    train split's photo names), or one that does not say its samples' photos."""
+    if cache.get("photos") is None:
+        raise ConfigError(
+            f"{where}: this cache does not record its samples' photos (written before 0.2), so "
+            "it cannot be checked against the train split; rebuild it (drop data.cache_from)"
+        )
+    outside = sorted(set(cache["photos"]) - set(train))
+    if outside:
+        raise ConfigError(
+            f"{where}: samples from photos outside the train split of data/splits.yaml: "
+            f"{', '.join(outside)}; rebuild the cache"
+        )
 
 
 @torch.inference_mode()
