@@ -125,6 +125,16 @@ def to_markdown(table: dict[str, Any], checks: list[dict[str, Any]] | None = Non
                 cells = [_cell(by[v][k], f) if v in by else "" for v in means]
                 lines.append(f"| {d} ({n}) | " + " | ".join(cells) + " |")
         lines.append("")
+    controls = [r["variants"] for r in table["items"] if "wrong" in r["variants"]]
+    if controls:
+        d = [v["code"]["psnr"] - v["wrong"]["psnr"] for v in controls]
+        lines += [
+            f"Wrong-code control ({len(d)} items whose code came from a face and that have "
+            f"another degradation's code): code − wrong = {np.mean(d):+.2f} dB PSNR on average "
+            f"(min {min(d):+.2f}, max {max(d):+.2f}); > 0 means the code carries the "
+            "degradation.",
+            "",
+        ]
     e = table["estimate_error"]
     if e["n"]:
         lines += [
