@@ -39,7 +39,7 @@ bench: install testdata  ## throughput benchmarks (not tests): degrade, then res
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_restore.py $(BENCH_FLAGS)
 
-eval: install testdata  ## f2s eval on the TEST photos, standard and OOD suites -> benchmarks/results/eval-{test,ood} (~1 h on 2 cores, mostly Real-ESRGAN)
+eval: install testdata  ## f2s eval on the TEST photos, standard and OOD suites -> benchmarks/results/eval-{test,ood} (~2 h on 2 cores, mostly Real-ESRGAN)
 	$(BIN)/f2s data export test runs/test-photos
 	$(BIN)/f2s eval runs/test-photos --suite standard --out benchmarks/results/eval-test $(EVAL_FLAGS)
 	$(BIN)/f2s eval runs/test-photos --suite ood --out benchmarks/results/eval-ood $(EVAL_FLAGS)
