@@ -158,6 +158,49 @@ def test_blur_preset_reduces_high_frequencies(astro: torch.Tensor) -> None:
     assert hf_energy(y) < 0.5 * hf_energy(x)
 
 
+def test_motion_kernel_is_a_normalised_line() -> None:
+    k = O.motion_kernel2d(9, 9, 0.0).numpy()
+    assert k.shape == (9, 9) and math.isclose(float(k.sum()), 1.0, rel_tol=1e-5)
+    rows = k.sum(axis=1)
+    assert rows[4] > 0.85 and rows[[0, 1, 2, 6, 7, 8]].sum() < 0.01  # a horizontal line
+    diag = O.motion_kernel2d(9, 9, math.pi / 4).numpy()
+    assert np.trace(diag) > 0.5 and diag[0, 8] < 0.01
+    short = O.motion_kernel2d(15, 5, math.pi / 2).numpy()  # vertical, 5 px in a 15 px kernel
+    cols = short.sum(axis=0)
+    assert cols[7] > 0.85 and short.sum(axis=1)[5:10].sum() > 0.85  # 5 rows long, not 15
+
+
+def test_second_order_motion_blur_draws_replay_and_blur_along_a_line() -> None:
+    cfg = SO.SecondOrderConfig(
+        kernel_list=("motion",), kernel_prob=(1.0,), sinc_prob=0.0, motion_range=(11.0, 15.0)
+    )
+    s = SO.sample_second_order(cfg, _gen(4))
+    k1 = s.kernel1
+    assert k1.kind == "motion" and 11 <= k1.length <= 15 and k1.size >= k1.length
+    kernel = SO.build_kernel(k1)
+    assert math.isclose(float(kernel.sum()), 1.0, rel_tol=1e-5)
+    # the kernel's second moment lies along its direction
+    c = (k1.size - 1) / 2
+    yy, xx = torch.meshgrid(torch.arange(k1.size) - c, torch.arange(k1.size) - c, indexing="ij")
+    along = (xx * math.cos(k1.rotation) + yy * math.sin(k1.rotation)).pow(2)
+    across = (-xx * math.sin(k1.rotation) + yy * math.cos(k1.rotation)).pow(2)
+    assert float((kernel * along).sum()) > 8 * float((kernel * across).sum())
+    assert (
+        R.Degradation.from_dict(
+            R.Degradation("second-order", second_order=s).to_dict()
+        ).second_order
+        == s
+    )
+    # records written before motion blur (no "length") still load
+    old = {k: v for k, v in s.kernel2.to_dict().items() if k != "length"} if s.kernel2 else None
+    if old is not None:
+        assert R.KernelSpec.from_dict(old).length == 0.0
+    x = torch.rand(1, 3, 48, 48, generator=_gen(1))
+    assert torch.equal(SO.apply_second_order(x, s), SO.apply_second_order(x, s))
+    # Real-ESRGAN's defaults never draw it, so old seeds give the same samples
+    assert "motion" not in SO.SecondOrderConfig().kernel_list
+
+
 def test_blur_small_image_and_per_image_kernels() -> None:
     x = torch.rand(2, 1, 5, 6, generator=_gen())
     y = O.gaussian_blur(x, 2.0)  # radius 6 > size: replicate padding

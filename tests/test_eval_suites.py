@@ -3,8 +3,6 @@ its description says, seeded and replayable."""
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from face2scene_cli.research.eval.suites import (
     SUITES,
     degradation_names,
     degrade,
-    motion_kernel,
 )
 from face2scene_cli.research.sample_data import package_photos
 
@@ -85,15 +82,6 @@ def test_ood_jpeg_leaves_8px_blocks(photo: np.ndarray) -> None:
     assert block_edges(degrade(photo, "jpeg10", "a", 0).lq) > 1.3 * block_edges(photo)
     q10, q20 = (degrade(photo, n, "a", 0).lq for n in ("jpeg10", "jpeg20"))
     assert _residual_std(q10, photo) > _residual_std(q20, photo)
-
-
-def test_motion_kernel_is_a_normalised_line() -> None:
-    k = motion_kernel(9, 0.0).numpy()
-    assert k.shape == (9, 9) and math.isclose(float(k.sum()), 1.0, rel_tol=1e-5)
-    rows = k.sum(axis=1)
-    assert rows[4] > 0.85 and rows[[0, 1, 2, 6, 7, 8]].sum() < 0.01  # a horizontal line
-    diag = motion_kernel(9, math.pi / 4).numpy()
-    assert np.trace(diag) > 0.5 and diag[0, 8] < 0.01
 
 
 def test_camera_noise_grows_with_brightness(photo: np.ndarray) -> None:

@@ -133,6 +133,33 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     assert len(photos) == 6 and set(photos) <= train
 
 
+def test_validation_scores_parametric_items_and_resets_best_when_items_change(
+    tmp_path: Path, tiny_zoo
+) -> None:
+    from face2scene_cli.errors import ConfigError
+
+    cfg_path = _tiny_config(tmp_path)
+    blur3 = {"val.parametric": {"blur3": {"blur_sigma_px": 3.0}}}
+    train_scene(load_scene_config(cfg_path, blur3))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "val.jsonl").read_text().splitlines()]
+    assert set(rows[-1]["blind"]) == {"noise15", "blur3"}
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["val_items"]["parametric"] == {"blur3": {"blur_sigma_px": 3.0}}
+    # a warm start validated on other (here harder) items exports its first score: the
+    # best of the earlier items is not a bar for it
+    warm = {
+        "train.init_from": str(tmp_path / "run" / "checkpoint"),
+        "logging.run_dir": str(tmp_path / "run2"),
+        "logging.export_to": str(tmp_path / "export2"),
+    }
+    train_scene(
+        load_scene_config(cfg_path, {**warm, "val.parametric": {"noise50": {"noise_sigma": 50.0}}})
+    )
+    assert (tmp_path / "export2" / "training.json").is_file()
+    with pytest.raises(ConfigError, match=r"val\.parametric\.bad"):
+        load_scene_config(cfg_path, {"val.parametric": {"bad": {"sharpness": 2}}})
+
+
 def test_a_cache_with_photos_outside_the_train_split_is_refused(tmp_path: Path, tiny_zoo) -> None:
     from face2scene_cli.errors import ConfigError
 

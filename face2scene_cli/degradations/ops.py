@@ -2,10 +2,11 @@
 
 Every operation works on a batch of images ``x`` of shape :math:`(B, C, H, W)`, ``C`` in {1, 3},
 floating point with values in :math:`[0, 1]`, on whatever device ``x`` lives on (CPU or CUDA);
-nothing goes through numpy or OpenCV. Randomness only comes from an explicit
-:class:`torch.Generator`; the global RNG is never used, so the same input and the same generator
-seed give the same output bits on CPU. Noise levels are in /255 units, blur sigmas and kernel
-sizes in pixels. JPEG is :mod:`face2scene_cli.degradations.jpeg`.
+no image goes through numpy or OpenCV (only the small motion kernel is drawn with OpenCV).
+Randomness only comes from an explicit :class:`torch.Generator`; the global RNG is never used,
+so the same input and the same generator seed give the same output bits on CPU. Noise levels
+are in /255 units, blur sigmas and kernel sizes in pixels. JPEG is
+:mod:`face2scene_cli.degradations.jpeg`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,6 +37,7 @@ __all__ = [
     "gaussian_kernel1d",
     "gaussian_kernel2d",
     "generalized_gaussian_kernel2d",
+    "motion_kernel2d",
     "plateau_kernel2d",
     "resize",
     "rgb_to_gray",
@@ -193,6 +196,33 @@ def sinc_kernel2d(kernel_size: int, cutoff: float, pad_to: int = 0) -> Tensor:
         p = (odd_kernel_size(pad_to, "pad_to") - k) // 2
         kernel = F.pad(kernel, (p, p, p, p))
     return kernel
+
+
+def motion_kernel2d(kernel_size: int, length: float, angle: float) -> Tensor:
+    """Linear motion (camera-shake) blur: a ``length`` px segment through the centre at
+    ``angle`` radians, drawn 8x supersampled with an anti-aliased line and area-reduced.
+
+    Args:
+        kernel_size: odd size :math:`k` >= ``length``, 3..63.
+        length: segment length in pixels, in [1, k].
+        angle: direction in radians (0 = horizontal).
+
+    Returns:
+        float32 CPU tensor of shape :math:`(k, k)` summing to 1.
+    """
+    import cv2  # only here: the rest of this module is torch
+
+    k = odd_kernel_size(kernel_size)
+    n = real("length", length, 1.0, float(k))
+    ss = 8
+    canvas = np.zeros((k * ss, k * ss), np.float32)
+    c = (k * ss - 1) / 2
+    dx, dy = math.cos(angle) * (n * ss - 1) / 2, math.sin(angle) * (n * ss - 1) / 2
+    p0 = (round(c - dx), round(c - dy))
+    p1 = (round(c + dx), round(c + dy))
+    cv2.line(canvas, p0, p1, 1.0, thickness=ss, lineType=cv2.LINE_AA)
+    small = cv2.resize(canvas, (k, k), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(small / small.sum())
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,8 +41,10 @@ __all__ = [
     "FINAL_ORDERS",
     "KERNEL_TYPES",
     "MODES",
+    "MOTION",
     "PARAMETRIC_ORDER",
     "PRESETS",
+    "REALESRGAN_KERNELS",
     "RESIZE_MODES",
     "SINC",
     "Degradation",
@@ -55,7 +57,7 @@ __all__ = [
 #: The kinds of :class:`Degradation`.
 MODES: tuple[str, ...] = ("preset", "parametric", "second-order")
 #: Blur kernel families of Real-ESRGAN's ``random_mixed_kernels``.
-KERNEL_TYPES: tuple[str, ...] = (
+REALESRGAN_KERNELS: tuple[str, ...] = (
     "iso",
     "aniso",
     "generalized_iso",
@@ -63,6 +65,10 @@ KERNEL_TYPES: tuple[str, ...] = (
     "plateau_iso",
     "plateau_aniso",
 )
+#: Linear camera-shake blur (not in Real-ESRGAN): a segment of ``length`` px at ``rotation``.
+MOTION = "motion"
+#: Every blur kernel family a second-order degradation may draw.
+KERNEL_TYPES: tuple[str, ...] = (*REALESRGAN_KERNELS, MOTION)
 #: The circular low-pass kernel kind (ringing), besides :data:`KERNEL_TYPES`.
 SINC = "sinc"
 #: Interpolation modes of the resize operator.
@@ -97,9 +103,11 @@ class KernelSpec:
     Attributes:
         kind: one of :data:`KERNEL_TYPES` or ``"sinc"``.
         size: odd kernel size.
-        sigma_x, sigma_y, rotation: Gaussian-family shape (pixels, radians); unused for sinc.
+        sigma_x, sigma_y, rotation: Gaussian-family shape (pixels, radians); unused for sinc;
+            ``rotation`` is also the motion direction.
         beta: shape exponent of the generalised / plateau kernels (1 otherwise).
         cutoff: sinc cut-off frequency in radians per pixel (0 for the other kinds).
+        length: motion-blur segment length in pixels (0 for the other kinds).
     """
 
     kind: str
@@ -109,6 +117,7 @@ class KernelSpec:
     rotation: float = 0.0
     beta: float = 1.0
     cutoff: float = 0.0
+    length: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in (*KERNEL_TYPES, SINC):
@@ -122,6 +131,10 @@ class KernelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KernelSpec:
+        """Rebuild from :meth:`to_dict`; records written before motion blur have no
+        ``length`` (0)."""
+        if isinstance(data, dict) and "length" not in data:
+            data = {**data, "length": 0.0}
         return _from_fields(cls, data, "kernel")
 
 

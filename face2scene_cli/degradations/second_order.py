@@ -38,6 +38,7 @@ from face2scene_cli.degradations.ops import (
     check_image,
     gaussian_kernel2d,
     generalized_gaussian_kernel2d,
+    motion_kernel2d,
     plateau_kernel2d,
     resize,
     sinc_kernel2d,
@@ -45,6 +46,8 @@ from face2scene_cli.degradations.ops import (
 from face2scene_cli.degradations.record import (
     FINAL_ORDERS,
     KERNEL_TYPES,
+    MOTION,
+    REALESRGAN_KERNELS,
     RESIZE_MODES,
     SINC,
     KernelSpec,
@@ -83,7 +86,9 @@ class SecondOrderConfig:
 
     Attributes:
         kernel_size_range: odd kernel sizes drawn uniformly from this range (within 7..21).
-        kernel_list / kernel_prob: blur kernel families and their probabilities.
+        kernel_list / kernel_prob: blur kernel families and their probabilities (Real-ESRGAN's
+            six by default; ``motion`` adds camera shake, a segment of ``motion_range`` px, the
+            kernel size grown to hold it).
         sinc_prob: probability that the first blur is a sinc kernel instead.
         blur_sigma, betag_range, betap_range: Gaussian sigma, generalised and plateau betas.
         resize_prob: probabilities of (up, down, keep); resize_range: scale factor range.
@@ -92,13 +97,14 @@ class SecondOrderConfig:
         jpeg_range: integer JPEG qualities, inclusive.
         second_blur_prob: probability of the second blur.
         final_sinc_prob: probability of the final sinc filter (with the resize back).
+        motion_range: motion-blur segment length in px (both passes), within 1..21.
         final_scale: output size is ``(H // final_scale, W // final_scale)``; 1 keeps the size,
             4 is the Real-ESRGAN x4 super-resolution setting.
         antialias: antialias bilinear/bicubic downscaling (Real-ESRGAN does not: False).
     """
 
     kernel_size_range: tuple[int, int] = (7, 21)
-    kernel_list: tuple[str, ...] = KERNEL_TYPES
+    kernel_list: tuple[str, ...] = REALESRGAN_KERNELS
     kernel_prob: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
     sinc_prob: float = 0.1
     blur_sigma: tuple[float, float] = (0.2, 3.0)
@@ -113,7 +119,7 @@ class SecondOrderConfig:
     jpeg_range: tuple[int, int] = (30, 95)
 
     second_blur_prob: float = 0.8
-    kernel_list2: tuple[str, ...] = KERNEL_TYPES
+    kernel_list2: tuple[str, ...] = REALESRGAN_KERNELS
     kernel_prob2: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
     sinc_prob2: float = 0.1
     blur_sigma2: tuple[float, float] = (0.2, 1.5)
@@ -127,6 +133,7 @@ class SecondOrderConfig:
     gray_noise_prob2: float = 0.4
     jpeg_range2: tuple[int, int] = (30, 95)
 
+    motion_range: tuple[float, float] = (3.0, 15.0)
     final_sinc_prob: float = 0.8
     final_scale: int = 1
     antialias: bool = False
@@ -181,6 +188,8 @@ class SecondOrderConfig:
             if jlo > jhi:
                 raise ConfigError(f"jpeg_range{suffix} must have low <= high, got {jr!r}")
             object.__setattr__(self, "jpeg_range" + suffix, (jlo, jhi))
+        mr = value_range("motion_range", self.motion_range, 1.0, 21.0)
+        object.__setattr__(self, "motion_range", mr)
         real("second_blur_prob", self.second_blur_prob, 0.0, 1.0)
         real("final_sinc_prob", self.final_sinc_prob, 0.0, 1.0)
         integer("final_scale", self.final_scale, 1, 16)
@@ -264,12 +273,17 @@ def _sample_kernel(
     sigma: tuple[float, float],
     betag: tuple[float, float],
     betap: tuple[float, float],
+    motion: tuple[float, float],
 ) -> KernelSpec:
     size = d.choice(sizes)
     if d.uniform() < sinc_prob:
         lo = math.pi / 3 if size < 13 else math.pi / 5
         return KernelSpec(SINC, size, cutoff=d.uniform(lo, math.pi))
     kind = d.choice(kinds, probs)
+    if kind == MOTION:
+        length = d.uniform(*motion)
+        size = max(size, math.ceil(length) | 1)
+        return KernelSpec(MOTION, size, rotation=d.uniform(0.0, math.pi), length=length)
     sx = d.uniform(*sigma)
     if kind.endswith("aniso"):
         sy, rot = d.uniform(*sigma), d.uniform(-math.pi, math.pi)
@@ -323,7 +337,7 @@ def _sample_one(cfg: SecondOrderConfig, d: Draw, shared: dict[str, Any]) -> Seco
     sizes = list(range(cfg.kernel_size_range[0], cfg.kernel_size_range[1] + 1, 2))
     kernel1 = _sample_kernel(
         d, sizes, cfg.kernel_list, cfg.kernel_prob, cfg.sinc_prob,
-        cfg.blur_sigma, cfg.betag_range, cfg.betap_range,
+        cfg.blur_sigma, cfg.betag_range, cfg.betap_range, cfg.motion_range,
     )  # fmt: skip
     noise1 = _sample_noise(
         d, cfg.gaussian_noise_prob, cfg.noise_range, cfg.poisson_scale_range, cfg.gray_noise_prob
@@ -333,7 +347,7 @@ def _sample_one(cfg: SecondOrderConfig, d: Draw, shared: dict[str, Any]) -> Seco
     if d.uniform() < cfg.second_blur_prob:
         kernel2 = _sample_kernel(
             d, sizes, cfg.kernel_list2, cfg.kernel_prob2, cfg.sinc_prob2,
-            cfg.blur_sigma2, cfg.betag_range2, cfg.betap_range2,
+            cfg.blur_sigma2, cfg.betag_range2, cfg.betap_range2, cfg.motion_range,
         )  # fmt: skip
     noise2 = _sample_noise(
         d, cfg.gaussian_noise_prob2, cfg.noise_range2, cfg.poisson_scale_range2,
@@ -406,6 +420,8 @@ def build_kernel(spec: KernelSpec) -> Tensor:
     """The kernel of ``spec``, float32 CPU :math:`(size, size)`, summing to 1."""
     if spec.kind == SINC:
         return sinc_kernel2d(spec.size, spec.cutoff)
+    if spec.kind == MOTION:
+        return motion_kernel2d(spec.size, spec.length, spec.rotation)
     if spec.kind.startswith("generalized"):
         fn = generalized_gaussian_kernel2d
     elif spec.kind.startswith("plateau"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -28,6 +27,7 @@ from face2scene_cli.degradations.ops import (
     add_gaussian_noise,
     add_poisson_noise,
     blur,
+    motion_kernel2d,
     resize,
     rgb_to_gray,
 )
@@ -37,7 +37,7 @@ from face2scene_cli.degradations.second_order import SecondOrderConfig
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.tensors import to_tensor
 
-__all__ = ["OOD", "SUITES", "Degraded", "degradation_names", "degrade", "motion_kernel"]
+__all__ = ["OOD", "SUITES", "Degraded", "degradation_names", "degrade"]
 
 #: The out-of-distribution degradations: name -> what it does.
 OOD: dict[str, str] = {
@@ -96,22 +96,6 @@ def degradation_names(suite: str, names: tuple[str, ...] | None = None) -> tuple
     return tuple(names)
 
 
-def motion_kernel(length: int, angle: float) -> Tensor:
-    """A linear motion-blur kernel: a ``length`` px segment through the centre at ``angle``
-    radians, drawn 8x supersampled and area-reduced; (length', length') float32 summing to 1
-    (``length'`` = ``length`` rounded up to odd)."""
-    k = length | 1
-    ss = 8
-    canvas = np.zeros((k * ss, k * ss), np.float32)
-    c = (k * ss - 1) / 2
-    dx, dy = math.cos(angle) * (length * ss - 1) / 2, math.sin(angle) * (length * ss - 1) / 2
-    p0 = (round(c - dx), round(c - dy))
-    p1 = (round(c + dx), round(c + dy))
-    cv2.line(canvas, p0, p1, 1.0, thickness=ss, lineType=cv2.LINE_AA)
-    small = cv2.resize(canvas, (k, k), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(small / small.sum())
-
-
 def _fit(img: np.ndarray, scale: int) -> np.ndarray:
     h, w = img.shape[:2]
     return img[: h - h % scale, : w - w % scale]
@@ -129,7 +113,7 @@ def _ood(name: str, x: Tensor, seed: int) -> Tensor:
         return apply(x, _OOD_RECORDS[name].with_seed(seed))
     if name == "motion9-noise5":
         angle = float(torch.rand((), generator=g)) * math.pi
-        return add_gaussian_noise(blur(x, motion_kernel(9, angle)), 5.0, g)
+        return add_gaussian_noise(blur(x, motion_kernel2d(9, 9, angle)), 5.0, g)
     if name == "camera-jpeg80":
         y = add_poisson_noise(x, 1.0, g)
         return jpeg_compress(add_gaussian_noise(y, 2.0, g), 80)

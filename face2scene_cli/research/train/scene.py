@@ -313,8 +313,10 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
                 "condition": prev.get("condition"),
             },
         ]
-        # export only what beats the previous export (the blind phase's, for a code phase)
-        if np.isfinite(prev.get("best", -math.inf)):
+        # export only what beats the previous export (the blind phase's, for a code phase),
+        # when its score was taken on the same validation items
+        same_val = prev.get("val_items") == config.val.items_key()
+        if same_val and np.isfinite(prev.get("best", -math.inf)):
             best = float(prev["best"])
     prior_steps = sum(p["steps"] for p in phases)
     prior_wall = sum(p["wall_s"] for p in phases)
@@ -341,6 +343,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
             "phases": phases,
             "condition": tc.condition,
             "fadex": fadex_sha,
+            "val_items": config.val.items_key(),
         }
         save_checkpoint(ckpt, model, opt, state)
         save_file(

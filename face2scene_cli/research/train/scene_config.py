@@ -8,11 +8,13 @@ BasicSR-style sections ``data`` / ``network`` / ``train`` / ``val`` / ``logging`
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.train.data import config_section, read_training_yaml
@@ -106,14 +108,33 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class ValSection:
-    """``val``: validation on the VAL photos (long side ``long_side``)."""
+    """``val``: validation on the VAL photos (long side ``long_side``): each preset, each
+    ``parametric`` item (name -> :class:`Degradation` fields, e.g. ``blur3: {blur_sigma_px:
+    3.0}``, noise seeded 11) and each second-order seed; the score is the mean PSNR of the
+    per-degradation means."""
 
     enabled: bool = True  # False where the val photos are absent (GPU carry runs)
     every_s: float = 600.0
     long_side: int = 384
     presets: tuple[str, ...] = ("noise15", "blur-noise", "mixed")
+    parametric: dict[str, dict[str, Any]] = field(default_factory=dict)
     second_order_seeds: tuple[int, ...] = (7,)
     face_crop: int = 96
+
+    def __post_init__(self) -> None:
+        for name, fields in self.parametric.items():
+            try:
+                Degradation("parametric", seed=11, **fields)
+            except (TypeError, ConfigError) as err:
+                raise ConfigError(f"val.parametric.{name}: {err}") from err
+
+    def items_key(self) -> dict[str, Any]:
+        """What decides the validation items, as plain JSON (a score is comparable only under
+        equal keys)."""
+        items = {
+            k: v for k, v in dataclasses.asdict(self).items() if k not in ("enabled", "every_s")
+        }
+        return json.loads(json.dumps(items))
 
 
 @dataclass(frozen=True)

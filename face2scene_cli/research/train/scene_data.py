@@ -202,9 +202,9 @@ def _long_side(x: Tensor, side: int) -> Tensor:
 def build_val_items(
     photos: list[Any], cfg: ValSection, restorer: BlindFaceRestorer
 ) -> list[ValItem]:
-    """The VAL photos (area-downscaled to ``long_side``, 8-bit), each under every preset and
-    second-order seed, with a face-sized crop (dlib face, else the centre) of the degraded
-    image restored blind."""
+    """The VAL photos (area-downscaled to ``long_side``, 8-bit), each under every preset,
+    parametric item and second-order seed, with a face-sized crop (dlib face, else the centre)
+    of the degraded image restored blind."""
     items = []
     for photo in photos:
         arr = rgb_float(photo.path)
@@ -215,6 +215,7 @@ def build_val_items(
         s = min(cfg.face_crop, h, w) // 8 * 8
         faces = dlib_faces(x[0].permute(1, 2, 0).numpy()) if photo.people else []
         degs = [(n, Degradation.from_preset(n, 11)) for n in cfg.presets]
+        degs += [(n, Degradation("parametric", seed=11, **f)) for n, f in cfg.parametric.items()]
         second_order = DegradationDistribution(mix=(0.0, 0.0, 1.0))
         for seed in cfg.second_order_seeds:
             sample = second_order.sample(torch.Generator().manual_seed(seed))
