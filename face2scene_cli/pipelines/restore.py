@@ -38,6 +38,7 @@ from face2scene_cli.pipelines.reading import (
 )
 from face2scene_cli.registry import create, is_registered
 from face2scene_cli.restorers.face.base import FaceRestorer
+from face2scene_cli.restorers.guard import Fallback, apply_fallbacks, check_restoration
 from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 from face2scene_cli.restorers.upscaler import UPSCALER_TASK, UpscaleRestorer, load_upscale_restorer
@@ -264,13 +265,22 @@ class Face2ScenePipeline:
         t1 = time.perf_counter()
         tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
         retries = self.scene.fp32_retries
-        restored = self.scene.restore(
-            to_tensor(colour), tokens, tile=tile, precision=precision, scale=cfg.scale
-        )
+        lq = to_tensor(colour)
+        restored = self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=cfg.scale)
+        check, fallbacks = None, []
+        guard = getattr(self.scene, "guard", None)
+        if use_faces and guard is not None and reading.estimates is not None:
+            boxes = {f.index: f.crop_box for f in reading.faces}
+            check, fallbacks = check_restoration(
+                lq, restored, reading.estimates, list(boxes.items()), guard
+            )
+            restored = apply_fallbacks(restored, lq, fallbacks, boxes)
         scene_run = {
             "tile": tile,
             "precision": precision,
             "fp32_retries": self.scene.fp32_retries - retries,
+            "check": None if check is None else check.to_report(),
+            "fallback": [f.to_report() for f in fallbacks],
         }
         out = from_tensor(restored, colour.dtype)
         t2 = time.perf_counter()
@@ -286,7 +296,7 @@ class Face2ScenePipeline:
             image.with_pixels(out),
             self._fields(found, reading, use_faces) | {"scene": scene_run},
             timings,
-            self._blind_warnings(reading),
+            self._blind_warnings(reading) + [_fallback_warning(f) for f in fallbacks],
             extras,
         )
 
@@ -348,6 +358,11 @@ class Face2ScenePipeline:
         if extras:
             timings["extras"] = time.perf_counter() - t0
         return extras
+
+
+def _fallback_warning(fallback: Fallback) -> str:
+    where = "the photo" if fallback.region == "photo" else f"face {fallback.face}"
+    return f"{where} fell back to the input: {fallback.reason}"
 
 
 def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -33,6 +33,7 @@ from face2scene_cli.archs.scene_net import EmbeddedSceneNet
 from face2scene_cli.archs.turbo import TurboSceneNet
 from face2scene_cli.errors import ConfigError, ModelIntegrityError
 from face2scene_cli.restorers.color import COLOR_FIXES, apply_color_fix
+from face2scene_cli.restorers.guard import GuardSettings
 from face2scene_cli.restorers.tiling import run_tiled
 from face2scene_cli.zoo import ModelFiles, load_config_model, require_model
 
@@ -66,6 +67,8 @@ class RestoreSettings:
         tile_batch: tiles per network call (None: 4 on CUDA, 2 on CPU).
         max_tile: upper bound of the automatic tile size.
         fadex: zoo name of the FaDeX the tokens were trained with.
+        guard: the consistency check's limits calibrated for this model
+            (:class:`~face2scene_cli.restorers.guard.GuardSettings` fields); None = unchecked.
     """
 
     kind: str = "embedded"
@@ -74,8 +77,16 @@ class RestoreSettings:
     tile_batch: int | None = None
     max_tile: int = 512
     fadex: str = "fadex-s"
+    guard: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.guard is not None:
+            if not isinstance(self.guard, dict):
+                raise ConfigError(f"guard must be a mapping of limits, got {self.guard!r}")
+            try:
+                GuardSettings(**self.guard)
+            except TypeError as err:
+                raise ConfigError(f"guard: {err}") from err
         if self.kind not in ("embedded", "sd-turbo"):
             raise ConfigError(f"kind must be embedded or sd-turbo, got {self.kind!r}")
         if self.color_fix not in COLOR_FIXES:
@@ -234,6 +245,11 @@ class SceneRestorer:
     def code_fadex(self) -> str:
         """Zoo name of the FaDeX whose codes it reads (the one it was trained with)."""
         return self.settings.fadex
+
+    @property
+    def guard(self) -> GuardSettings | None:
+        """The consistency check calibrated for this model (None: its outputs go unchecked)."""
+        return None if self.settings.guard is None else GuardSettings(**self.settings.guard)
 
     @property
     def tile_batch(self) -> int:

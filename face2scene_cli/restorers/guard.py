@@ -1,0 +1,220 @@
+"""Do no harm: a restored photo must still explain its input, else it falls back.
+
+A restoration is consistent when the read degradation, applied to the output, gives back the
+input up to the input's own noise: blur the output by the read blur, lose its resolution by
+the read downscale factor, and what is left of the input minus that is noise (and JPEG
+error). The check low-passes that residual (a Gaussian of ``lowpass_sigma`` px, which keeps
+invented structure — wrinkles, texture, double contours — and removes most noise) and takes
+its RMS (/255): the white noise the faces read, sigma, leaves
+:math:`\\sigma / (2 \\sqrt{\\pi}\\, \\sigma_{lp})` of itself after that filter, and the rest
+may reach ``base`` (calibrated per model on the VAL photos, stored in its ``scene.json``).
+Beyond that limit, over the whole photo or a face's crop, the output "moved further from the
+input than the read degradation explains" and that region falls back to the input (upscaled
+to the output size), recorded in the report's ``scene.fallback`` with the reason.
+
+Without a face there is no reading, so there is no check (the report's ``scene.check`` is
+null). Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.ops import gaussian_blur, resize
+from face2scene_cli.errors import ConfigError
+
+__all__ = [
+    "ConsistencyCheck",
+    "Fallback",
+    "GuardSettings",
+    "apply_fallbacks",
+    "check_restoration",
+    "consistency_residual",
+]
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The consistency check's limits (``scene.json`` ``guard``; calibrated on VAL by
+    ``scripts/calibrate_guard.py``).
+
+    Attributes:
+        base: residual RMS (/255) allowed over the whole photo beyond the read noise's share.
+        face_base: the same for a face's crop (faces are small: their residual is noisier).
+        lowpass_sigma: the residual's low-pass Gaussian, px.
+    """
+
+    base: float
+    face_base: float
+    lowpass_sigma: float = 1.5
+
+    def __post_init__(self) -> None:
+        for name in ("base", "face_base", "lowpass_sigma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"guard.{name} must be a number > 0, got {value!r}")
+
+    @property
+    def noise_share(self) -> float:
+        """RMS of unit white noise after the low-pass (the fraction of sigma that is left)."""
+        return 1.0 / (2.0 * math.sqrt(math.pi) * self.lowpass_sigma)
+
+    def limit(self, estimate: Estimate, face: bool = False) -> float:
+        """The residual allowed (/255) for this reading."""
+        return (self.face_base if face else self.base) + self.noise_share * estimate.noise_sigma
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A region given back as the input: ``photo`` or one ``face`` (its report index)."""
+
+    region: str
+    face: int | None
+    reason: str
+
+    def to_report(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConsistencyCheck:
+    """What the check measured (the report's ``scene.check``): residual and limit of the
+    photo and of each face (/255)."""
+
+    residual: float
+    limit: float
+    faces: list[dict[str, float | int]]
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "residual": round(self.residual, 3),
+            "limit": round(self.limit, 3),
+            "faces": [{k: round(v, 3) for k, v in f.items()} for f in self.faces],
+        }
+
+
+def consistency_residual(
+    lq: Tensor, out: Tensor, estimate: Estimate, lowpass_sigma: float
+) -> Tensor:
+    r"""The low-passed residual of the input against the re-degraded output, in /255 units.
+
+    Args:
+        lq: the input :math:`(1, C, H, W)` in [0, 1].
+        out: the output :math:`(1, C, sH, sW)` in [0, 1] (``s`` = the upscaling factor).
+        estimate: the faces' reading (its blur and downscale are applied to ``out``).
+        lowpass_sigma: the low-pass Gaussian, px.
+
+    Returns:
+        :math:`(1, C, H, W)`: ``G * (lq - D(out))`` times 255.
+    """
+    h, w = lq.shape[-2:]
+    x = out if out.shape[-2:] == (h, w) else F.interpolate(out, size=(h, w), mode="area")
+    if estimate.blur_sigma_px > 0.3:
+        x = gaussian_blur(x, estimate.blur_sigma_px)
+    if estimate.downscale > 1.05:
+        f = estimate.downscale
+        x = resize(resize(x, (max(1, round(h / f)), max(1, round(w / f))), "bicubic"), (h, w))
+    return gaussian_blur(lq - x, lowpass_sigma) * 255.0
+
+
+def _rms(x: Tensor) -> float:
+    return float(x.double().pow(2).mean().sqrt())
+
+
+def check_restoration(
+    lq: Tensor,
+    out: Tensor,
+    estimate: Estimate,
+    faces: list[tuple[int, tuple[int, int, int, int]]],
+    settings: GuardSettings,
+) -> tuple[ConsistencyCheck, list[Fallback]]:
+    """Check a restoration against the degradation its faces read.
+
+    Args:
+        lq: the input :math:`(1, C, H, W)` in [0, 1].
+        out: the output :math:`(1, C, sH, sW)` in [0, 1].
+        estimate: the photo's reading (aggregated over its faces).
+        faces: ``(report index, (x0, y0, x1, y1))`` of each read face, input pixels.
+        settings: the limits.
+
+    Returns:
+        What was measured, and the regions to fall back: the whole photo when its residual
+        is over its limit (then no face is listed), else each face over the face limit.
+    """
+    res = consistency_residual(lq, out, estimate, settings.lowpass_sigma)
+    limit = settings.limit(estimate)
+    face_limit = settings.limit(estimate, face=True)
+    photo = _rms(res)
+    per_face = []
+    for index, (x0, y0, x1, y1) in faces:
+        r = _rms(res[..., y0:y1, x0:x1]) if x1 > x0 and y1 > y0 else 0.0
+        per_face.append({"face": index, "residual": r, "limit": face_limit})
+    check = ConsistencyCheck(photo, limit, per_face)
+    sigma = f"read noise σ {estimate.noise_sigma:.1f}"
+    if photo > limit:
+        why = (
+            f"the output does not explain the input: residual {photo:.2f}/255 > "
+            f"{limit:.2f}/255 allowed for the {sigma}"
+        )
+        return check, [Fallback("photo", None, why)]
+    fallbacks = [
+        Fallback(
+            "face",
+            int(f["face"]),
+            f"the face moved further from the input than the read degradation explains: "
+            f"residual {f['residual']:.2f}/255 > {face_limit:.2f}/255 for the {sigma}",
+        )
+        for f in per_face
+        if f["residual"] > face_limit
+    ]
+    return check, fallbacks
+
+
+def _feather(h: int, w: int, box: tuple[int, int, int, int], width: int) -> Tensor:
+    """(1, 1, h, w) weights: 1 inside ``box``, ramping to 0 over ``width`` px outside."""
+    x0, y0, x1, y1 = box
+    ys = torch.arange(h, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, dtype=torch.float32)[None, :]
+    dy = torch.clamp(torch.maximum(y0 - ys, ys - (y1 - 1)), min=0)
+    dx = torch.clamp(torch.maximum(x0 - xs, xs - (x1 - 1)), min=0)
+    return torch.clamp(1 - torch.maximum(dx, dy) / max(width, 1), min=0)[None, None]
+
+
+def apply_fallbacks(
+    out: Tensor,
+    lq: Tensor,
+    fallbacks: list[Fallback],
+    boxes: dict[int, tuple[int, int, int, int]],
+) -> Tensor:
+    """The output with each fallback region given back as the input.
+
+    Args:
+        out: the output :math:`(1, C, sH, sW)` in [0, 1].
+        lq: the input :math:`(1, C, H, W)` in [0, 1] (bicubic-upscaled to ``out``'s size).
+        fallbacks: from :func:`check_restoration`.
+        boxes: face report index -> its box in input pixels (faces feather out over a
+            quarter of their size).
+
+    Returns:
+        A new tensor like ``out`` (``out`` itself when there is nothing to fall back).
+    """
+    if not fallbacks:
+        return out
+    sh, sw = out.shape[-2:]
+    up = lq if lq.shape[-2:] == (sh, sw) else resize(lq, (sh, sw), "bicubic").clamp(0, 1)
+    if any(f.region == "photo" for f in fallbacks):
+        return up.clone()
+    s = sh / lq.shape[-2]
+    weight = torch.zeros(1, 1, sh, sw)
+    for f in fallbacks:
+        x0, y0, x1, y1 = (round(v * s) for v in boxes[int(f.face)])  # type: ignore[arg-type]
+        ramp = max(1, round(max(x1 - x0, y1 - y0) / 4))
+        weight = torch.maximum(weight, _feather(sh, sw, (x0, y0, x1, y1), ramp))
+    return out * (1 - weight) + up * weight
