@@ -23,6 +23,8 @@ from face2scene_cli.restorers.guard import (
     GuardSettings,
     apply_fallbacks,
     check_restoration,
+    outside_training,
+    trained_envelope,
 )
 from face2scene_cli.restorers.scene import SceneRestorer, load_scene_restorer
 
@@ -97,6 +99,25 @@ def test_fallbacks_give_the_input_back_in_their_region_only() -> None:
     assert apply_fallbacks(out, lq, [], {}) is out
 
 
+def test_the_trained_envelope_of_a_release_and_readings_beyond_it() -> None:
+    training = json.loads(Path("models/scene-embedded/training.json").read_text())
+    env = trained_envelope(training)  # a flat data block (before data.degradation)
+    assert env == {
+        "noise_sigma": 30.0,  # parametric 0-30 and second-order 1-30
+        "blur_sigma_px": 3.0,  # second-order's Gaussian sigma up to 3
+        "downscale": pytest.approx(1 / 0.15),  # second-order's first resize down to 0.15
+        "jpeg_quality": 25,  # parametric q25-95
+    }
+    assert outside_training(_estimate(noise=33.0, blur=2.9), env) == []  # within the margins
+    beyond = outside_training(Estimate(38.0, 3.6, 1.0, 12.0, 0.9), env)
+    assert beyond == ["noise σ 38 > 30", "blur σ 3.6 px > 3.0", "JPEG q12 < q25"]
+    wide = {
+        "config": {"data": {"degradation": {"mix": {"parametric": 1.0}, "noise_range": [0, 50]}}}
+    }
+    assert trained_envelope(wide)["noise_sigma"] == 50.0
+    assert trained_envelope({"config": {}}) is None
+
+
 def test_restore_reports_the_check_and_falls_back_from_a_hallucinating_restorer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,6 +136,17 @@ def test_restore_reports_the_check_and_falls_back_from_a_hallucinating_restorer(
     check = report["scene"]["check"]
     assert report["scene"]["fallback"] == [] and check["residual"] < check["limit"]
     assert len(check["faces"]) == 1 and check["faces"][0]["face"] == 0
+    assert not any("beyond what" in w for w in report["warnings"])
+    heavy = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 60 / 255
+    img60 = (heavy.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(img60).save(photos / "astro.png")
+    res = runner.invoke(app, ["restore", str(photos), "--out", str(tmp_path / "heavy"), "-q"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "heavy" / "astro.png.json").read_text())
+    assert any(
+        "beyond what scene-embedded was trained on (noise σ" in w for w in report["warnings"]
+    )
+    Image.fromarray(img).save(photos / "astro.png")
 
     real = SceneRestorer.restore
 

@@ -212,6 +212,41 @@ class DegradationDistribution:
         d["second_order"] = self.second_order.to_dict()
         return d
 
+    def envelope(self) -> dict[str, float]:
+        """The extremes it draws, over the kinds with a share: the largest ``noise_sigma``
+        (/255), ``blur_sigma_px`` and ``downscale`` and the lowest ``jpeg_quality`` (second
+        order: its passes' noise, blur and JPEG ranges, 1 / its smallest first resize; blur
+        kernels by their sigma, motion blur not included)."""
+        env = {"noise_sigma": 0.0, "blur_sigma_px": 0.0, "downscale": 1.0, "jpeg_quality": 100.0}
+
+        def widen(noise: float, blur: float, down: float, jpeg: float) -> None:
+            env["noise_sigma"] = max(env["noise_sigma"], noise)
+            env["blur_sigma_px"] = max(env["blur_sigma_px"], blur)
+            env["downscale"] = max(env["downscale"], down)
+            env["jpeg_quality"] = min(env["jpeg_quality"], jpeg)
+
+        preset, parametric, second = self.mix
+        if preset > 0:
+            for name in self.presets:
+                d = Degradation.from_preset(name)
+                widen(d.noise_sigma, d.blur_sigma_px, d.downscale, d.jpeg_quality or 100)
+        if parametric > 0:
+            widen(
+                self.noise_range[1] if self.p_noise > 0 else 0.0,
+                self.blur_range[1] if self.p_blur > 0 else 0.0,
+                self.downscale_range[1] if self.p_downscale > 0 else 1.0,
+                self.jpeg_range[0] if self.p_jpeg > 0 else 100,
+            )
+        if second > 0:
+            so = self.second_order
+            widen(
+                max(so.noise_range[1], so.noise_range2[1]),
+                max(so.blur_sigma[1], so.blur_sigma2[1]),
+                1.0 / so.resize_range[0] if so.resize_prob[1] > 0 else 1.0,
+                min(so.jpeg_range[0], so.jpeg_range2[0]),
+            )
+        return env
+
     def sample(self, generator: Generator) -> Degradation:
         """Draw one degradation.
 

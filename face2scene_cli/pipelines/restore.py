@@ -38,7 +38,13 @@ from face2scene_cli.pipelines.reading import (
 )
 from face2scene_cli.registry import create, is_registered
 from face2scene_cli.restorers.face.base import FaceRestorer
-from face2scene_cli.restorers.guard import Fallback, apply_fallbacks, check_restoration
+from face2scene_cli.restorers.guard import (
+    Fallback,
+    apply_fallbacks,
+    check_restoration,
+    outside_training,
+    trained_envelope,
+)
 from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 from face2scene_cli.restorers.upscaler import UPSCALER_TASK, UpscaleRestorer, load_upscale_restorer
@@ -106,6 +112,8 @@ class Face2ScenePipeline:
         self.device = config.device
         self._models = [m.ref() for m in models]
         self._ref_cache: dict[Path, torch.Tensor] = {}
+        #: The extremes of the scene model's training degradations (None: not known).
+        self.trained_envelope: dict[str, float] | None = None
 
     @classmethod
     def from_pretrained(
@@ -163,7 +171,12 @@ class Face2ScenePipeline:
         if resolve_detector_name(cfg.detector) == "mtcnn":
             refs.insert(0, ("mtcnn", None))
         # Each loader above verified its model's files; the report names them from metadata.
-        return cls(cfg, finder, reader, scene, [find_model(*r) for r in refs])
+        pipeline = cls(cfg, finder, reader, scene, [find_model(*r) for r in refs])
+        if isinstance(scene, SceneRestorer):
+            files = find_model(*scene_ref).files_reader()  # type: ignore[misc]
+            if files.has("training.json"):
+                pipeline.trained_envelope = trained_envelope(files.read_json("training.json"))
+        return pipeline
 
     def settings(self) -> dict[str, Any]:
         """Every :class:`RestoreConfig` field, with ``refs`` replaced by a hash of the
@@ -296,7 +309,9 @@ class Face2ScenePipeline:
             image.with_pixels(out),
             self._fields(found, reading, use_faces) | {"scene": scene_run},
             timings,
-            self._blind_warnings(reading) + [_fallback_warning(f) for f in fallbacks],
+            self._blind_warnings(reading)
+            + self._range_warnings(reading, use_faces)
+            + [_fallback_warning(f) for f in fallbacks],
             extras,
         )
 
@@ -308,6 +323,18 @@ class Face2ScenePipeline:
                 "blind (the faces' degradation is estimated for the report only)"
             ]
         return [] if reading.faces else ["no usable face: restored in blind mode"]
+
+    def _range_warnings(self, reading: ImageDegradation, use_faces: bool) -> list[str]:
+        """What the faces read beyond the scene model's training degradations."""
+        if not use_faces or reading.estimates is None or self.trained_envelope is None:
+            return []
+        beyond = outside_training(reading.estimates, self.trained_envelope)
+        if not beyond:
+            return []
+        return [
+            f"the faces read a degradation beyond what {self.config.scene_model} was trained "
+            f"on ({'; '.join(beyond)}): expect less restoration"
+        ]
 
     def _fields(
         self, found: list[FoundFace], reading: ImageDegradation, use_faces: bool

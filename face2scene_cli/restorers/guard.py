@@ -13,7 +13,9 @@ input than the read degradation explains" and that region falls back to the inpu
 to the output size), recorded in the report's ``scene.fallback`` with the reason.
 
 Without a face there is no reading, so there is no check (the report's ``scene.check`` is
-null). Nothing here prints.
+null). A reading beyond what the model was trained on (:func:`trained_envelope`, from its
+``training.json``) is said in a warning (:func:`outside_training`); the check decides the
+fallback. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.ops import gaussian_blur, resize
+from face2scene_cli.degradations.sampling import DegradationDistribution
 from face2scene_cli.errors import ConfigError
 
 __all__ = [
@@ -37,6 +40,8 @@ __all__ = [
     "apply_fallbacks",
     "check_restoration",
     "consistency_residual",
+    "outside_training",
+    "trained_envelope",
 ]
 
 
@@ -218,3 +223,36 @@ def apply_fallbacks(
         ramp = max(1, round(max(x1 - x0, y1 - y0) / 4))
         weight = torch.maximum(weight, _feather(sh, sw, (x0, y0, x1, y1), ramp))
     return out * (1 - weight) + up * weight
+
+
+def trained_envelope(training: dict[str, Any]) -> dict[str, float] | None:
+    """The extremes of the degradations a scene model was trained on
+    (:meth:`DegradationDistribution.envelope`), from its ``training.json``; None when it does
+    not say (its ``config.data.degradation`` block, or the flat keys of releases before it)."""
+    data = training.get("config", {}).get("data", {})
+    block = data.get("degradation")
+    if block is None:
+        names = set(DegradationDistribution.__dataclass_fields__)
+        block = {k: v for k, v in data.items() if k in names}
+    if not block:
+        return None
+    try:
+        return DegradationDistribution.from_dict(block).envelope()
+    except ConfigError:
+        return None
+
+
+def outside_training(estimate: Estimate, envelope: dict[str, float]) -> list[str]:
+    """What the reading says lies beyond the trained envelope, with a margin for FaDeX's error
+    (noise 5/255, blur 0.5 px, downscale 20 %, JPEG quality 5), e.g.
+    ``["noise σ 38 > 30"]``."""
+    out = []
+    if estimate.noise_sigma > envelope["noise_sigma"] + 5:
+        out.append(f"noise σ {estimate.noise_sigma:.0f} > {envelope['noise_sigma']:.0f}")
+    if estimate.blur_sigma_px > envelope["blur_sigma_px"] + 0.5:
+        out.append(f"blur σ {estimate.blur_sigma_px:.1f} px > {envelope['blur_sigma_px']:.1f}")
+    if estimate.downscale > envelope["downscale"] * 1.2:
+        out.append(f"downscale x{estimate.downscale:.1f} > x{envelope['downscale']:.1f}")
+    if estimate.jpeg and estimate.jpeg_quality < envelope["jpeg_quality"] - 5:
+        out.append(f"JPEG q{estimate.jpeg_quality:.0f} < q{envelope['jpeg_quality']:.0f}")
+    return out
