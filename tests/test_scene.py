@@ -175,6 +175,35 @@ def test_scale_upsamples_then_restores(tiny_restorer) -> None:
         tiny_restorer.restore(x, None, scale=3)
 
 
+@pytest.mark.parametrize("up", [2, 4])
+def test_a_learned_upscaler_runs_at_the_input_resolution_and_tiles_match(
+    astronaut, up: int, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    net = scene_tiny(token_dim=32, refine_channels=8, refine_film=True, upscale=up)
+    restorer = SceneRestorer(net, RestoreSettings(), mapnet_tiny(cross_attention_dim=32))
+    x = astronaut[..., :96, :128]
+    bicubic = torch.nn.functional.interpolate(x, scale_factor=up, mode="bicubic").clamp(0, 1)
+    # untrained: close to bicubic (the residual starts small and the refinement at zero)
+    assert float(psnr_torch(restorer.restore(x, None, scale=up), bicubic)[0]) > 35
+    _randomise(net, 3)
+    tokens = restorer.mapnet(torch.randn(1, 16, 12, 12)).tokens
+    whole = restorer.restore(x, tokens, tile=512, scale=up)
+    assert whole.shape == (1, 3, 96 * up, 128 * up)
+    assert float(psnr_torch(whole, bicubic)[0]) < 40  # the network's own pixels, not bicubic
+    assert float(psnr_torch(restorer.restore(x, tokens, tile=64, scale=up), whole)[0]) >= 40
+    # another --scale: the network's output resized (x1: area; the other factor: bicubic)
+    assert restorer.restore(x, tokens, scale=1).shape == (1, 3, 96, 128)
+    other = 2 if up == 4 else 4
+    assert restorer.restore(x, tokens, scale=other).shape == (1, 3, 96 * other, 128 * other)
+    restorer.save_pretrained(tmp_path / "m")
+    loaded = SceneRestorer.from_pretrained(tmp_path / "m")
+    assert loaded.upscale == up
+    assert torch.allclose(loaded.restore(x, tokens, scale=up), whole, atol=1e-6)
+    with pytest.raises(ConfigError, match="upscale must be 1, 2 or 4"):
+        scene_tiny(upscale=3)
+
+
 def test_color_fixes_remove_a_colour_cast(astronaut) -> None:
     x = astronaut[..., :128, :128]
     cast = (x + torch.tensor([0.08, -0.05, 0.03]).view(1, 3, 1, 1)).clamp(0, 1)

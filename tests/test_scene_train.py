@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -158,6 +159,61 @@ def test_validation_scores_parametric_items_and_resets_best_when_items_change(
     assert (tmp_path / "export2" / "training.json").is_file()
     with pytest.raises(ConfigError, match=r"val\.parametric\.bad"):
         load_scene_config(cfg_path, {"val.parametric": {"bad": {"sharpness": 2}}})
+
+
+def test_a_learned_x2_upscaler_trains_on_aligned_pairs_and_exports(
+    tmp_path: Path, tiny_zoo
+) -> None:
+    from face2scene_cli.errors import ConfigError
+    from face2scene_cli.research.train.scene_config import SceneTrainConfig
+    from face2scene_cli.research.train.scene_data import for_scale
+
+    over = {
+        "data.scale": 2,
+        "data.region": 96,
+        "train.crop": 32,
+        "val.second_order_seeds": [3],
+    }
+    cfg = load_scene_config(_tiny_config(tmp_path, condition="code", cond_dropout=0.5), over)
+    assert train_scene(cfg)["steps"] == 2
+    restorer = SceneRestorer.from_pretrained(tmp_path / "export")
+    assert restorer.upscale == 2
+    assert restorer.restore(torch.rand(1, 3, 24, 40), None, scale=2).shape == (1, 3, 48, 80)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "val.jsonl").read_text().splitlines()]
+    assert set(rows[-1]["code"]) == {"noise15", "second-order-3"}
+    # the pairs: LQ regions at half the clean regions' size
+    from safetensors.torch import load_file
+
+    cache = load_file(str(tmp_path / "run" / "cache" / "samples.safetensors"))
+    assert cache["lq"].shape[-1] * 2 == cache["clean"].shape[-1] == 96
+    # preset/parametric records end at 1/2 size; second-order ones get final_scale 2
+    noise = for_scale(Degradation.from_preset("noise15", 1), 2)
+    assert noise.mode == "parametric" and noise.downscale == 2 and not noise.resize_back
+    assert apply(torch.rand(1, 3, 32, 32), noise).shape == (1, 3, 16, 16)
+    with pytest.raises(ConfigError, match=r"must equal data\.scale"):
+        SceneTrainConfig(
+            data=cfg.data,
+            network=dataclasses.replace(cfg.network, overrides={"upscale": 4}),
+            train=cfg.train,
+        )
+
+
+def test_upscaler_batches_cut_aligned_lq_and_clean_crops() -> None:
+    import numpy as np
+
+    from face2scene_cli.research.train.scene import _batch
+    from face2scene_cli.research.train.scene_config import TrainSection
+
+    g = torch.Generator().manual_seed(0)
+    clean = (torch.rand(4, 3, 24, 24, generator=g) * 255).round()
+    clean = torch.nn.functional.interpolate(clean, scale_factor=4, mode="nearest")  # 96 px
+    lq = torch.nn.functional.interpolate(clean, scale_factor=0.25, mode="area")  # exact
+    cache = {"lq": lq.to(torch.uint8), "clean": clean.to(torch.uint8)}
+    tc = TrainSection(batch=6, crop=12)
+    lq_b, clean_b, _ = _batch(cache, None, tc, np.random.default_rng(0))
+    assert lq_b.shape == (6, 3, 12, 12) and clean_b.shape == (6, 3, 48, 48)
+    down = torch.nn.functional.interpolate(clean_b, scale_factor=0.25, mode="area")
+    assert torch.allclose(lq_b, down, atol=1e-6)  # same place, same flip and turn
 
 
 def test_a_cache_with_photos_outside_the_train_split_is_refused(tmp_path: Path, tiny_zoo) -> None:

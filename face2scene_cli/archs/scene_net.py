@@ -42,6 +42,11 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
     GroupNorm replaced by a position-local one, cross-attention only, and the UNet's last
     convolution initialised small (an untrained net is close to the identity).
 
+    A learned upscaler (``upscale`` s = 2 or 4) keeps its trunk at the input resolution and
+    shuffles out s times more pixels: ``base = bicubic(lq, s)``,
+    ``out = base + pixel_shuffle(UNet(pixel_unshuffle(lq - 0.5)), r s)``, and the refinement
+    runs on ``[base, out]`` at the output resolution.
+
     Args:
         token_dim: width of MapNet's tokens.
         n_tokens: degradation tokens per image (21).
@@ -68,6 +73,7 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         out_init_std: standard deviation of the last layer's initial weights (small: an
             untrained net is close to the identity).
         norm_num_groups: groups of the group norms.
+        upscale: output size over input size (1, 2 or 4); > 1 needs ``head_channels = 0``.
         norm: what replaces diffusers' GroupNorms: ``affine`` (:class:`ChannelAffine`, no
             normalisation, the default: cheapest, and it trained fastest here, EDSR-style) or
             ``local`` (:class:`LocalGroupNorm`, per-pixel statistics); both are position-local,
@@ -94,8 +100,13 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         refine_channels: int = 0,
         refine_layers: int = 4,
         refine_film: bool = False,
+        upscale: int = 1,
     ) -> None:
         super().__init__()
+        if upscale not in (1, 2, 4) or (upscale > 1 and head_channels):
+            raise ConfigError(
+                f"upscale must be 1, 2 or 4 (and > 1 only without head_channels), got {upscale}"
+            )
         if norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         chans = tuple(int(c) for c in block_out_channels)
@@ -118,19 +129,20 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
             )
         self.cond = TokenConditioner(token_dim, n_tokens, prompt_tokens, cross_attention_dim)
         io = 3 * unshuffle**2
+        io_out = 3 * (unshuffle * upscale) ** 2
         if head_channels:
             self.head = nn.Conv2d(3, head_channels, 3, padding=1)
             self.tail = nn.Conv2d(head_channels, 3, 3, padding=1)
             nn.init.normal_(self.tail.weight, 0.0, out_init_std)
             nn.init.zeros_(self.tail.bias)
-            io = head_channels * unshuffle**2
+            io = io_out = head_channels * unshuffle**2
         self._build_unet(
             chans,
             layers_per_block,
             cross_attention_dim,
             attention_head_dim,
             norm_num_groups,
-            io,
+            (io, io_out),
             norm,
             attention_levels,
         )
@@ -159,7 +171,7 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         ctx: int,
         head: int,
         groups: int,
-        io: int,
+        io: tuple[int, int],
         norm: str,
         attn_levels: int,
     ) -> None:
@@ -167,8 +179,8 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
         plain = n - attn_levels
         self.unet = UNet2DConditionModel(
             sample_size=32,
-            in_channels=io,
-            out_channels=io,
+            in_channels=io[0],
+            out_channels=io[1],
             down_block_types=("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * attn_levels,
             up_block_types=("CrossAttnUpBlock2D",) * attn_levels + ("UpBlock2D",) * plain,
             block_out_channels=chans,
@@ -197,6 +209,11 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
                     mod.ff = FeedForward(mod.dim, mult=ff_mult, activation_fn="geglu")
 
     @property
+    def upscale(self) -> int:
+        """Output size over input size."""
+        return int(self.config.upscale)
+
+    @property
     def multiple(self) -> int:
         """Input sides must be multiples of this."""
         return int(self.config.unshuffle) * 2 ** (len(self.config.block_out_channels) - 1)
@@ -212,23 +229,25 @@ class EmbeddedSceneNet(ModelMixin, ConfigMixin):
             keep: :math:`(B,)` bool, False = use the null tokens for that sample.
 
         Returns:
-            :math:`(B, 3, H, W)`, not clamped.
+            :math:`(B, 3, sH, sW)`, not clamped (s = :attr:`upscale`).
         """
         check_lq(lq, self.multiple)
         # 1. context [tokens ‖ prompt]
         ctx = self.cond(tokens, lq.shape[0], keep)
         # 2. full-resolution head (weights shared across sub-pixel positions)
-        r = int(self.config.unshuffle)
+        r, s = int(self.config.unshuffle), self.upscale
         f = F.silu(self.head(lq - 0.5)) if self.config.head_channels else lq - 0.5
         # 3. reduced grid, one UNet pass at t = 0
         x = F.pixel_unshuffle(f, r)
         t = torch.zeros(lq.shape[0], device=lq.device)
-        res = F.pixel_shuffle(self.unet(x, t, encoder_hidden_states=ctx.to(x.dtype)).sample, r)
-        # 4. residual on the full grid (through the full-resolution tail)
-        out = lq + self.tail(F.silu(f + res)) if self.config.head_channels else lq + res
-        # 5. full-resolution refinement of the coarse result (FiLM by the mean token)
+        res = self.unet(x, t, encoder_hidden_states=ctx.to(x.dtype)).sample
+        res = F.pixel_shuffle(res, r * s)
+        # 4. residual on the output grid (through the full-resolution tail)
+        base = lq if s == 1 else F.interpolate(lq, scale_factor=s, mode="bicubic")
+        out = lq + self.tail(F.silu(f + res)) if self.config.head_channels else base + res
+        # 5. output-resolution refinement of the coarse result (FiLM by the mean token)
         if self.config.refine_channels:
-            h = self.refine[0](torch.cat([lq - 0.5, out - 0.5], dim=1))
+            h = self.refine[0](torch.cat([base - 0.5, out - 0.5], dim=1))
             if self.config.refine_film:
                 gamma, beta = self.refine_mod(ctx[:, : self.cond.n_tokens].mean(1)).chunk(2, 1)
                 h = h * (1 + gamma[..., None, None].to(h)) + beta[..., None, None].to(h)

@@ -235,9 +235,11 @@ class SceneRestorer:
 
     def auto_tile(self, batch: int) -> int:
         """Largest tile (multiple of the net's multiple) whose batch fits a quarter of the free
-        memory of the device, within [2 * multiple, max_tile]."""
+        memory of the device, within [2 * multiple, max_tile] (an upscaler's output-resolution
+        activations count s^2 per input pixel)."""
         m = int(self.net.multiple)
-        side = fitting_tile(self.BYTES_PER_PIXEL[self.settings.kind], batch, self.device)
+        per_pixel = self.BYTES_PER_PIXEL[self.settings.kind] * self.upscale**2
+        side = fitting_tile(per_pixel, batch, self.device)
         side = min(self.settings.max_tile, side) // m * m
         return max(2 * m, side)
 
@@ -245,6 +247,11 @@ class SceneRestorer:
     def code_fadex(self) -> str:
         """Zoo name of the FaDeX whose codes it reads (the one it was trained with)."""
         return self.settings.fadex
+
+    @property
+    def upscale(self) -> int:
+        """The network's own output scale (1: an x1 restorer; ``--scale`` is then bicubic)."""
+        return int(getattr(self.net, "upscale", 1))
 
     @property
     def guard(self) -> GuardSettings | None:
@@ -296,7 +303,10 @@ class SceneRestorer:
                 None = automatic from free memory.
             precision: ``fp32`` | ``fp16`` | ``bf16``; None = fp32 on CPU, fp16 on CUDA.
                 Low precision runs under autocast; a tile batch with NaN/Inf is re-run in fp32.
-            scale: 1, 2 or 4: bicubic upscaling before restoring.
+            scale: 1, 2 or 4, the output's size over the input's: a learned upscaler
+                (:attr:`upscale` > 1) runs on the input and its output is area-resized to
+                ``scale`` when that differs; an x1 network restores the bicubic-upscaled
+                input (the fallback).
 
         Returns:
             :math:`(1, C, H \cdot s, W \cdot s)` float32 in [0, 1] on the CPU.
@@ -311,9 +321,10 @@ class SceneRestorer:
         tile, precision = self.run_settings(tile, precision)
         dtype = PRECISIONS[precision]
         gray = image.shape[1] == 1
-        # 2. prepare: CPU float32 RGB, optional upscaling
+        # 2. prepare: CPU float32 RGB, optional bicubic upscaling (x1 networks)
         x = image.detach().float().cpu().clamp(0.0, 1.0)
-        if scale > 1:
+        up = self.upscale
+        if scale > 1 and up == 1:
             x = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
             x = x.clamp(0.0, 1.0)
         if gray:
@@ -329,9 +340,22 @@ class SceneRestorer:
             int(self.net.multiple),
             self.settings.overlap,
             self.tile_batch,
+            out_scale=up,
         )
-        # 4. colour fix on the assembled image, gray back to one channel
-        out = apply_color_fix(self.settings.color_fix, out, x).clamp(0.0, 1.0)
+        # 4. colour fix on the assembled image, the asked size, gray back to one channel
+        if up > 1:
+            if self.settings.color_fix != "none":
+                ref = F.interpolate(x, scale_factor=up, mode="bicubic", align_corners=False)
+                out = apply_color_fix(self.settings.color_fix, out, ref.clamp(0.0, 1.0))
+            if up != scale:
+                size = (image.shape[-2] * scale, image.shape[-1] * scale)
+                if scale < up:
+                    out = F.interpolate(out, size=size, mode="area")
+                else:
+                    out = F.interpolate(out, size=size, mode="bicubic", align_corners=False)
+        else:
+            out = apply_color_fix(self.settings.color_fix, out, x)
+        out = out.clamp(0.0, 1.0)
         return out.mean(1, keepdim=True) if gray else out
 
     def tokens_from_fadex(self, fadex_out: Any) -> Tensor:

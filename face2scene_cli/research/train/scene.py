@@ -154,14 +154,16 @@ def _batch(
     cache: dict[str, Any], codes: Tensor | None, tc: TrainSection, rng: np.random.Generator
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     n, r = cache["lq"].shape[0], cache["lq"].shape[-1]
+    s, c = cache["clean"].shape[-1] // r, tc.crop  # an upscaler's clean crop is s x larger
     idx = rng.integers(0, n, size=tc.batch)
     lqs, cls = [], []
     for i in idx:
-        y0, x0 = (int(v) for v in rng.integers(0, r - tc.crop + 1, size=2))
+        y0, x0 = (int(v) for v in rng.integers(0, r - c + 1, size=2))
         k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
-        sl = (slice(None), slice(y0, y0 + tc.crop), slice(x0, x0 + tc.crop))
+        sl = (slice(None), slice(y0, y0 + c), slice(x0, x0 + c))
+        sl_clean = (slice(None), slice(y0 * s, (y0 + c) * s), slice(x0 * s, (x0 + c) * s))
         lqs.append(_augment(cache["lq"][i][sl], k, flip))
-        cls.append(_augment(cache["clean"][i][sl], k, flip))
+        cls.append(_augment(cache["clean"][i][sl_clean], k, flip))
     lq = torch.stack(lqs).float() / 255
     clean = torch.stack(cls).float() / 255
     z = None if codes is None else codes[torch.from_numpy(idx)].float()
@@ -243,7 +245,10 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         else:
             codes = cache_codes(fadex, cache["face_lq"], cache["face_hq"])
             save_file({"z": codes.contiguous()}, str(code_file))
-    val_items = build_val_items(splits["val"], config.val, blind_fr) if config.val.enabled else []
+    scale = config.data.scale
+    val_items = (
+        build_val_items(splits["val"], config.val, blind_fr, scale) if config.val.enabled else []
+    )
     if fadex is not None:
         with torch.inference_mode():
             for it in val_items:
@@ -252,7 +257,8 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     # 2. networks, optimizer, EMA
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
-    net = create("scene_net", config.network.variant, **config.network.overrides)
+    arch = {**({"upscale": scale} if scale > 1 else {}), **config.network.overrides}
+    net = create("scene_net", config.network.variant, **arch)
     ctx_dim = int(net.cond.token_dim)
     mapnet = MapNet(
         **{
@@ -269,7 +275,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         raise ConfigError("train.device is cuda but CUDA is not available")
     model = scene_modules(net, mapnet)
     ema = scene_modules(
-        create("scene_net", config.network.variant, **config.network.overrides),
+        create("scene_net", config.network.variant, **arch),
         MapNet.from_config(mapnet.config),
     )
     ema.load_state_dict(model.state_dict())
@@ -329,9 +335,9 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
             ema["net"], RestoreSettings(color_fix=config.network.color_fix), ema["mapnet"], device
         )
         with torch.inference_mode():
-            table = {"blind": evaluate_items(ema_r, val_items, "blind")}
+            table = {"blind": evaluate_items(ema_r, val_items, "blind", scale=scale)}
             if fadex is not None and tc.condition == "code":
-                table["code"] = evaluate_items(ema_r, val_items, "code")
+                table["code"] = evaluate_items(ema_r, val_items, "code", scale=scale)
         return table
 
     def checkpoint(step: int, wall: float, best: float) -> None:
@@ -350,7 +356,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
             {k: v.contiguous() for k, v in ema.state_dict().items()}, str(ckpt / "ema.safetensors")
         )
 
-    input_table = evaluate_items(None, val_items, "input")  # type: ignore[arg-type]
+    input_table = evaluate_items(None, val_items, "input", scale=scale)  # type: ignore[arg-type]
     (run / "val_input.json").write_text(json.dumps(input_table["means"], indent=1))
     log = (run / "log.jsonl").open("a", encoding="utf-8")
     last_ckpt = last_val = time.monotonic()

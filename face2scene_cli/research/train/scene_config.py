@@ -60,8 +60,13 @@ class DataSection:
     base_long_side: tuple[int, ...] = (1024, 640)
     seed: int = 0
     cache_from: str | None = None  # a prebuilt cache folder (e.g. a carried shard)
+    scale: int = 1  # 2 or 4: a learned upscaler (LQ regions region / scale, see for_scale)
 
     def __post_init__(self) -> None:
+        if self.scale not in (1, 2, 4) or self.region % self.scale:
+            raise ConfigError(
+                f"data.scale must be 1, 2 or 4 and divide data.region, got {self.scale}"
+            )
         if not isinstance(self.degradation, DegradationDistribution):
             dist = DegradationDistribution.from_dict(
                 self.degradation, "data.degradation", SCENE_DEGRADATIONS
@@ -87,7 +92,7 @@ class TrainSection:
     condition: str = "blind"  # blind | code
     cond_dropout: float = 0.25
     batch: int = 16
-    crop: int = 96
+    crop: int = 96  # LQ crop side (the clean crop is crop x data.scale)
     lr: float = 3e-4
     lr_schedule: str = "constant"  # constant | cosine (to lr_min over steps or wall time)
     lr_min: float = 1e-5
@@ -165,11 +170,18 @@ class SceneTrainConfig:
             raise ConfigError(f"train.condition must be blind or code, got {t.condition!r}")
         if t.condition == "code" and t.cond_dropout < 0.2:
             raise ConfigError(f"train.cond_dropout must be >= 0.2, got {t.cond_dropout}")
-        if t.crop > self.data.region:
-            raise ConfigError(f"train.crop ({t.crop}) > data.region ({self.data.region})")
-        if self.data.face_crop > self.data.region or self.data.face_crop % 8:
+        lq_side = self.data.region // self.data.scale
+        if t.crop > lq_side:
+            raise ConfigError(f"train.crop ({t.crop}) > the LQ region ({lq_side} px)")
+        if self.data.face_crop > lq_side or self.data.face_crop % 8:
             raise ConfigError(
-                f"data.face_crop must be a multiple of 8 <= data.region, got {self.data.face_crop}"
+                f"data.face_crop must be a multiple of 8 <= the LQ region ({lq_side} px), got "
+                f"{self.data.face_crop}"
+            )
+        up = self.network.overrides.get("upscale", self.data.scale)
+        if up != self.data.scale:
+            raise ConfigError(
+                f"network.overrides.upscale ({up}) must equal data.scale ({self.data.scale})"
             )
 
     def to_dict(self) -> dict[str, Any]:

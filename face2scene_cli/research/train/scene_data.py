@@ -8,6 +8,7 @@ as at inference; :func:`cache_codes` adds FaDeX's maps. :func:`build_val_items` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "cache_codes",
     "check_cache_photos",
     "evaluate_items",
+    "for_scale",
     "load_cache",
     "save_cache",
 ]
@@ -49,8 +51,24 @@ logger = logging.getLogger(__name__)
 
 def _degrade(x: Tensor, degradation: Degradation) -> Tensor:
     r"""``degradation`` applied to :math:`(1, C, H, W)` in [0, 1], quantised to 8-bit levels
-    (a decoded photo); same size (the trainers' degradations resize back)."""
+    (a decoded photo); same size (the trainers' degradations resize back) unless made for an
+    upscaler (:func:`for_scale`)."""
     return (apply(x, degradation).clamp(0, 1) * 255).round() / 255
+
+
+def for_scale(degradation: Degradation, scale: int) -> Degradation:
+    """``degradation`` made to end at 1 / ``scale`` of the size (a learned upscaler's pairs):
+    preset and parametric records lose the resolution by exactly ``scale`` (bicubic,
+    antialiased; not resized back; their own downscale is replaced by it) before their noise
+    and JPEG, second-order samples get ``final_scale = scale`` (Real-ESRGAN's x2/x4 setting)."""
+    if scale == 1:
+        return degradation
+    if degradation.mode == "second-order":
+        so = dataclasses.replace(degradation.second_order, final_scale=scale)
+        return dataclasses.replace(degradation, second_order=so)
+    return dataclasses.replace(
+        degradation, mode="parametric", preset=None, downscale=float(scale), resize_back=False
+    )
 
 
 def _u8(x: Tensor) -> Tensor:
@@ -73,16 +91,17 @@ def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer
     """Degraded training regions and their face-sized (LQ, blind-restored) crops.
 
     Returns:
-        ``{"lq", "clean": (N, 3, R, R) uint8, "face_lq", "face_hq": (N, 3, F, F) uint8,
+        ``{"lq": (N, 3, R/s, R/s), "clean": (N, 3, R, R) uint8 (s = ``cfg.scale``), "face_lq",
+        "face_hq": (N, 3, F, F) uint8 (cut from the LQ region),
         "degradations": [Degradation.to_dict()] * N, "photos": [photo name] * N}`` (each
         sample's photo: :func:`check_cache_photos` refuses a cache with a photo outside the
         train split); gray photos are replicated to 3 channels.
     """
     rng = np.random.default_rng(cfg.seed)
     bank = PhotoBank(photos, cfg.base_long_side, cfg.region)
-    r, f = cfg.region, cfg.face_crop
-    lq = torch.empty(cfg.samples, 3, r, r, dtype=torch.uint8)
-    clean = torch.empty_like(lq)
+    r, f, sc = cfg.region, cfg.face_crop, cfg.scale
+    lq = torch.empty(cfg.samples, 3, r // sc, r // sc, dtype=torch.uint8)
+    clean = torch.empty(cfg.samples, 3, r, r, dtype=torch.uint8)
     face_lq = torch.empty(cfg.samples, 3, f, f, dtype=torch.uint8)
     face_hq = torch.empty_like(face_lq)
     degs, names = [], []
@@ -100,12 +119,13 @@ def build_cache(cfg: DataSection, photos: list[Any], restorer: BlindFaceRestorer
             faces = []
         x = torch.from_numpy(np.ascontiguousarray(img[y0 : y0 + r, x0 : x0 + r]))
         x = x.permute(2, 0, 1)[None].float()
-        deg = cfg.degradation.sample(rng)
+        deg = for_scale(cfg.degradation.sample(rng), sc)
         y = _degrade(x, deg)
-        fy, fx = _face_box(faces, r, r, f, rng)
+        lq_faces = [(cx / sc, cy / sc, 0.0) for cx, cy, _ in faces]
+        fy, fx = _face_box(lq_faces, r // sc, r // sc, f, rng)
         crop = y[..., fy : fy + f, fx : fx + f]
         hq = restorer.restore(crop).hq
-        lq[i], clean[i] = _u8(y[0]).expand(3, r, r), _u8(x[0]).expand(3, r, r)
+        lq[i], clean[i] = _u8(y[0]).expand(3, r // sc, r // sc), _u8(x[0]).expand(3, r, r)
         face_lq[i], face_hq[i] = _u8(crop[0]).expand(3, f, f), _u8(hq[0]).expand(3, f, f)
         degs.append(deg.to_dict())
         names.append(base.name)
@@ -200,18 +220,20 @@ def _long_side(x: Tensor, side: int) -> Tensor:
 
 
 def build_val_items(
-    photos: list[Any], cfg: ValSection, restorer: BlindFaceRestorer
+    photos: list[Any], cfg: ValSection, restorer: BlindFaceRestorer, scale: int = 1
 ) -> list[ValItem]:
     """The VAL photos (area-downscaled to ``long_side``, 8-bit), each under every preset,
     parametric item and second-order seed, with a face-sized crop (dlib face, else the centre)
-    of the degraded image restored blind."""
+    of the degraded image restored blind; for an upscaler (``scale`` > 1) the photo is cut to
+    a multiple of ``scale`` and each degradation ends at 1 / ``scale`` (:func:`for_scale`)."""
     items = []
     for photo in photos:
         arr = rgb_float(photo.path)
         x = torch.from_numpy(arr).permute(2, 0, 1)[None].float()
         x = (_long_side(x, cfg.long_side).clamp(0, 1) * 255).round() / 255
         x = x.expand(1, 3, *x.shape[2:]).contiguous()
-        h, w = x.shape[-2:]
+        x = x[..., : x.shape[-2] // scale * scale, : x.shape[-1] // scale * scale]
+        h, w = x.shape[-2] // scale, x.shape[-1] // scale
         s = min(cfg.face_crop, h, w) // 8 * 8
         faces = dlib_faces(x[0].permute(1, 2, 0).numpy()) if photo.people else []
         degs = [(n, Degradation.from_preset(n, 11)) for n in cfg.presets]
@@ -220,35 +242,42 @@ def build_val_items(
         for seed in cfg.second_order_seeds:
             sample = second_order.sample(torch.Generator().manual_seed(seed))
             degs.append((f"second-order-{seed}", sample))
+        lq_faces = [(cx / scale, cy / scale, 0.0) for cx, cy, _ in faces]
         for dname, deg in degs:
-            y = _degrade(x, deg)
+            y = _degrade(x, for_scale(deg, scale))
             rng = np.random.default_rng(0)
             fy, fx = (h - s) // 2, (w - s) // 2
             if faces:
-                fy, fx = _face_box(faces, h, w, s, rng)
+                fy, fx = _face_box(lq_faces, h, w, s, rng)
             crop = y[..., fy : fy + s, fx : fx + s]
             hq = restorer.restore(crop).hq
-            clean_crop = x[..., fy : fy + s, fx : fx + s]
+            clean_crop = x[..., fy * scale : (fy + s) * scale, fx * scale : (fx + s) * scale]
             items.append(ValItem(photo.name, dname, x, y, crop, hq, clean_crop))
     return items
 
 
 def evaluate_items(
-    restorer: SceneRestorer, items: list[ValItem], mode: str, tile: int | None = None
+    restorer: SceneRestorer,
+    items: list[ValItem],
+    mode: str,
+    tile: int | None = None,
+    scale: int = 1,
 ) -> dict[str, Any]:
-    """PSNR/SSIM (RGB, 8-bit, whole image) of ``mode`` (``input``, ``blind`` or ``code``)
-    per item, and per degradation means."""
+    """PSNR/SSIM (RGB, 8-bit, whole image) of ``mode`` (``input``: bicubic-upscaled when
+    ``scale`` > 1, ``blind`` or ``code``) per item, and per degradation means."""
     rows = []
     for it in items:
         if mode == "input":
             out = it.lq
+            if scale > 1:
+                out = F.interpolate(out, scale_factor=scale, mode="bicubic", align_corners=False)
         else:
             tokens = None
             if mode == "code":
                 if it.z is None or restorer.mapnet is None:
                     raise ConfigError("code mode needs FaDeX maps and a MapNet")
                 tokens = restorer.mapnet(it.z.float()).tokens
-            out = restorer.restore(it.lq, tokens, tile=tile)
+            out = restorer.restore(it.lq, tokens, tile=tile, scale=scale)
         q = (out.clamp(0, 1) * 255).round() / 255
         rows.append(
             {
