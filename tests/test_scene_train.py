@@ -248,6 +248,12 @@ def test_warm_start_adds_a_refinement_and_refuses_other_mismatches(tmp_path: Pat
         load_warm(old, new.state_dict(), tmp_path)
 
 
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("scene*.yaml")), ids=str)
+def test_every_scene_config_in_the_repository_loads(path: Path) -> None:
+    cfg = load_scene_config(path)
+    assert cfg.data.region % cfg.data.scale == 0 and cfg.name
+
+
 def test_code_condition_needs_dropout_and_fadex(tmp_path: Path) -> None:
     from face2scene_cli.errors import ConfigError
 
