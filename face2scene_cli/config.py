@@ -58,6 +58,21 @@ class Shard:
         return int.from_bytes(digest[:8], "big") % self.count == self.index
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on: ``os.sched_getaffinity`` where the platform has
+    it (it honours ``taskset`` and cgroup cpusets), else ``os.cpu_count()``; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_io_workers(cores: int | None = None) -> int:
+    """The default ``io_workers``: 1 on up to 4 cores (``cores``, default
+    :func:`usable_cores`), else 2."""
+    return 1 if (cores if cores is not None else usable_cores()) <= 4 else 2
+
+
 # Upper bounds that keep a typo (threads: 100000) from exhausting the machine's threads.
 _MOST = {"threads": 1024, "io_workers": 256, "batch_size": 4096, "workers": 4096}
 
@@ -74,10 +89,11 @@ class BatchConfig:
         quality: JPEG/WebP quality 1-100.
         max_pixels: refuse images with more pixels than this (decompression-bomb guard).
         seed: base seed; each image's generator is seeded by hash(seed, relative path).
-        threads: torch CPU threads; 0 = the cores left after the I/O workers (at least 1),
-            because torch's spinning worker threads slow down sharply when they compete with
-            the decode/encode threads for cores.
-        io_workers: threads that decode and encode images beside the compute thread.
+        threads: torch CPU threads; 0 = every usable core (:func:`usable_cores`). The I/O
+            workers do not get cores of their own: decoding and encoding mostly wait on the
+            disk or run in OpenCV / PIL C code that releases the GIL.
+        io_workers: threads that decode and encode images beside the compute thread; default
+            :func:`default_io_workers`: 1 on up to 4 usable cores, else 2.
         batch_size: images handed to the compute stage at once.
         shard: ``I/N``: process only shard I of N (array jobs sharing one output folder).
         engine: ``local`` (this process) or ``ray`` (a Ray Data actor pool).
@@ -94,7 +110,7 @@ class BatchConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0
     threads: int = 0
-    io_workers: int = 2
+    io_workers: int = dataclasses.field(default_factory=lambda: default_io_workers())
     batch_size: int = 4
     shard: str | None = None
     engine: str = "local"
@@ -131,8 +147,8 @@ class BatchConfig:
 
     @property
     def torch_threads(self) -> int:
-        """The explicit torch thread count this run uses."""
-        return self.threads or max(1, (os.cpu_count() or 1) - self.io_workers)
+        """The explicit torch thread count this run uses: ``threads``, or every usable core."""
+        return self.threads or usable_cores()
 
 
 def read_config_file(path: Path | None) -> dict[str, Any]:

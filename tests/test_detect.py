@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -168,6 +169,94 @@ def test_tiny_face_is_filtered_by_min_face(astronaut):
     found = MTCNNDetector(min_face=12).detect([small])[0]
     assert len(found) == 1 and 12 <= found[0].size < 20
     assert MTCNNDetector(min_face=20).detect([small])[0] == []
+
+
+def _upscaled(rgb: np.ndarray, pixels: float = 12e6) -> tuple[np.ndarray, float]:
+    """``rgb`` enlarged (bicubic) to about ``pixels``, and the factor."""
+    h, w = rgb.shape[:2]
+    k = (pixels / (h * w)) ** 0.5
+    return cv2.resize(rgb, (round(w * k), round(h * k)), interpolation=cv2.INTER_CUBIC), k
+
+
+def _record_inputs(det: FaceDetector, monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the images ``det``'s backend is handed (both entry points)."""
+    shapes: list[tuple[int, ...]] = []
+    for hook in ("_detect_at", "_detect_one"):
+        inner = getattr(det, hook)
+
+        def wrapped(image, *args, _inner=inner):
+            shapes.append(image.shape)
+            return _inner(image, *args)
+
+        monkeypatch.setattr(det, hook, wrapped)
+    return shapes
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return float(w * h / union)
+
+
+def test_12mp_photo_is_detected_on_a_2mp_copy(people_photo, t1_faces, monkeypatch):
+    """t1 enlarged to 12 MP: the backend sees <= 2 MP (so the cost does not grow with the
+    photo) and finds t1's faces at its own size, boxes scaled (IoU >= 0.7), landmarks (redone
+    by O-Net at full resolution) within 8% of the face (the cascade run on the full 12 MP
+    photo differs from t1 by up to 5% too). min_face scales with the photo (an
+    extra ~43 px face appears in the enlarged photo at any resolution)."""
+    with Image.open(people_photo) as im:
+        big, k = _upscaled(np.asarray(im.convert("RGB")))
+    det = MTCNNDetector(min_face=round(20 * k))
+    shapes = _record_inputs(det, monkeypatch)
+    model_shapes: list[tuple[int, ...]] = []
+    model_detect = det.model.detect
+    monkeypatch.setattr(
+        det.model,
+        "detect",
+        lambda img, **kw: model_shapes.append(img.shape) or model_detect(img, **kw),
+    )
+    faces = det.detect([big])[0]
+    assert shapes and model_shapes
+    assert all(s[0] * s[1] <= FaceDetector.detect_pixels for s in shapes + model_shapes)
+    ref = t1_faces["mtcnn"]
+    assert len(faces) == len(ref) == 6
+    for face in ref:
+        best = max(faces, key=lambda f: _iou(f.box, face.box * k))
+        assert _iou(best.box, face.box * k) >= 0.7
+        err = np.linalg.norm(best.landmarks - face.landmarks * k, axis=1).max()
+        assert err < 0.08 * best.size, (err, best.size)
+
+
+def test_refined_landmarks_match_full_resolution(astronaut):
+    """The astronaut at 12 MP: downscaled + O-Net refinement vs the cascade at full resolution
+    (same box within IoU 0.9, landmarks within 5% of the interocular distance, as MTCNN vs dlib)."""
+    big, _ = _upscaled(astronaut)
+    det = MTCNNDetector(min_face=300)
+    down = det.detect([big])[0]
+    det.detect_pixels = None
+    full = det.detect([big])[0]
+    assert len(down) == len(full) == 1
+    assert _iou(down[0].box, full[0].box) >= 0.9
+    err = np.linalg.norm(down[0].landmarks - full[0].landmarks, axis=1) / full[0].interocular
+    assert err.max() < 0.05, err
+
+
+@pytest.mark.parametrize(
+    ("name", "pixels"), [("mtcnn", 2_000_000), ("mtcnn", None), ("dlib", 2_000_000)]
+)
+def test_min_face_counts_source_pixels(astronaut, name, pixels):
+    """The astronaut at its size and at 12 MP (detected on the 2 MP copy or, ``None``, at full
+    resolution): a min_face 20% under the face's size keeps it, 25% over drops it."""
+    size = create_detector(name).detect([astronaut])[0][0].size
+    big, k = _upscaled(astronaut)
+    for image, face in ((astronaut, size), (big, size * k)):
+        keep = create_detector(name, min_face=round(0.8 * face))
+        drop = create_detector(name, min_face=round(1.25 * face))
+        keep.detect_pixels = drop.detect_pixels = pixels
+        found = keep.detect([image])[0]
+        assert len(found) == 1 and found[0].size >= keep.min_face, (image.shape, face)
+        assert drop.detect([image])[0] == [], (image.shape, face)
 
 
 def test_gray_input(detectors):

@@ -114,7 +114,7 @@ Threads = Annotated[
         envvar="F2S_THREADS",
         rich_help_panel=RUN,
         min=0,
-        help="torch CPU threads (0 = cores minus --io-workers, at least 1). [default: 0]",
+        help="torch CPU threads (0 = every usable core). [default: 0]",
         show_default=False,
     ),
 ]
@@ -125,7 +125,8 @@ IOWorkers = Annotated[
         envvar="F2S_IO_WORKERS",
         rich_help_panel=RUN,
         min=1,
-        help="Threads that decode and encode beside the compute stage. [default: 2]",
+        help="Threads that decode and encode beside the compute stage "
+        "(default: 1 on up to 4 cores, else 2).",
         show_default=False,
     ),
 ]

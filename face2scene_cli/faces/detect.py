@@ -28,11 +28,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from face2scene_cli.errors import ConfigError, InputError
+from face2scene_cli.errors import ConfigError
 from face2scene_cli.external import insightface_pack
-from face2scene_cli.faces.base import FaceDetector
+from face2scene_cli.faces.base import FaceDetector, as_rgb_uint8
 from face2scene_cli.registry import create, is_registered
 
 logger = logging.getLogger(__name__)
@@ -52,31 +50,6 @@ __all__ = [
 
 INSIGHTFACE_PACK = "buffalo_l"
 INSIGHTFACE_FETCH_HINT = "f2s models fetch insightface"
-
-
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any image f2s reads as a contiguous (H, W, 3) uint8 RGB array.
-
-    Accepts (H, W) or (H, W, 1) gray (repeated to 3 channels), (H, W, 3) RGB and (H, W, 4)
-    RGBA (alpha dropped), as uint8, uint16 (top 8 bits kept) or float in [0, 1].
-
-    Raises:
-        InputError: another shape or dtype.
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or min(arr.shape[:2]) < 1:
-        raise InputError(f"face detection needs an (H, W[, 1|3|4]) image, got shape {arr.shape}")
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.floating):
-        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        raise InputError(f"face detection needs uint8, uint16 or float pixels, got {arr.dtype}")
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    return np.ascontiguousarray(arr[:, :, :3])
 
 
 def insightface_detector_file() -> Path | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ __all__ = [
     "crop_resize",
     "detect_faces",
     "nms",
+    "refine_landmarks",
 ]
 
 CONFIG_NAME = "config.json"
@@ -431,11 +432,16 @@ class MTCNNDetector(FaceDetector):
     Boxes are not clipped: a face cut by the image edge gets a box (and maybe landmarks)
     reaching past it.
 
+    Photos over 2 MP are searched on a downscaled copy (:class:`FaceDetector`), with the
+    pyramid starting at the copy's own scale at most (P-Net's 12 px window), and each face's 5
+    landmarks are redone by O-Net on its full-resolution crop (:func:`refine_landmarks`).
+
     Raises:
         NotAvailableError / ModelIntegrityError: from :func:`face2scene_cli.zoo.require_model`.
     """
 
     name = "mtcnn"
+    smallest_face = 12.0  # P-Net's window: the pyramid never enlarges a downscaled copy
 
     def __init__(
         self,
@@ -458,9 +464,70 @@ class MTCNNDetector(FaceDetector):
         self.score_threshold = score_threshold
 
     def _detect_one(self, image: np.ndarray) -> list[DetectedFace]:
-        out = self.model.detect(as_rgb_uint8(image), min_face=float(self.min_face))
+        return self._detect_at(image, float(self.min_face))
+
+    def _detect_at(self, image: np.ndarray, min_face: float) -> list[DetectedFace]:
+        out = self.model.detect(as_rgb_uint8(image), min_face=min_face)
         return [
             DetectedFace.from_arrays(box, score, points)
             for box, score, points in zip(out.boxes, out.scores, out.landmarks, strict=True)
             if score >= self.score_threshold
         ]
+
+    def _refine(self, image: np.ndarray, faces: list[DetectedFace]) -> list[DetectedFace]:
+        """O-Net's 5 landmarks on each face's full-resolution crop (the squared box, area-
+        resized to 48x48 as in the cascade); box and score stay the downscaled copy's. A face
+        O-Net no longer scores above 0.5 on that crop keeps its mapped-back landmarks."""
+        return [
+            replace(face, landmarks=points) if points is not None else face
+            for face, points in zip(
+                faces, refine_landmarks(self.model, image, [f.box for f in faces]), strict=True
+            )
+        ]
+
+
+def refine_landmarks(
+    model: MTCNN, image: np.ndarray, boxes: list[np.ndarray], min_score: float = 0.5
+) -> list[np.ndarray | None]:
+    """O-Net's (5, 2) landmarks for each box on the full-resolution ``image`` (RGB uint8).
+
+    Each box is squared (``rerec``), its in-image part cut from the uint8 image (only the
+    crops become float, never the whole photo) and area-resized to 48x48; the landmarks are
+    placed in the squared box as :func:`detect_faces` does. None for a box with no pixel in
+    the image or whose crop O-Net scores below ``min_score``.
+    """
+    if not boxes:
+        return []
+    h, w = image.shape[:2]
+    squares = _square(np.stack(boxes).astype(np.float64)[:, :4])
+    windows = _crop_windows(squares, w, h)
+    ok = (windows[:, 2] > windows[:, 0]) & (windows[:, 3] > windows[:, 1])
+    out: list[np.ndarray | None] = [None] * len(boxes)
+    if not ok.any():
+        return out
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        crops = torch.cat(
+            [
+                F.interpolate(
+                    torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1]))
+                    .to(device)
+                    .permute(2, 0, 1)[None]
+                    .float(),
+                    size=(48, 48),
+                    mode="area",
+                )
+                for x0, y0, x1, y1 in windows[ok].tolist()
+            ]
+        ).contiguous(memory_format=torch.channels_last)
+        _, points, prob = _run_batched(model.onet, crops, model.config.batch_size)
+    sq = squares[ok]
+    bw = (sq[:, 2] - sq[:, 0] + 1)[:, None]
+    bh = (sq[:, 3] - sq[:, 1] + 1)[:, None]
+    marks = np.stack(
+        [bw * points[:, :5] + sq[:, 0:1] - 1, bh * points[:, 5:] + sq[:, 1:2] - 1], axis=2
+    ).astype(np.float32)
+    for k, i in enumerate(np.flatnonzero(ok)):
+        if prob[k, 1] >= min_score:
+            out[i] = marks[k]
+    return out
