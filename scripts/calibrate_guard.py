@@ -100,27 +100,21 @@ def calibrate(rows: list[dict], lowpass_sigma: float, margin: float) -> dict:
     settings = GuardSettings(
         round(max(good) + margin, 3), round(max(good_faces) + margin, 3), lowpass_sigma
     )
-    caught = [
-        f"{r['photo']} {r['degradation']}: photo {r['gain']:+.2f} dB"
+    harmful = [
+        (
+            f"{r['photo']} {r['degradation']}: photo {r['gain']:+.2f} dB",
+            excess(r, r["noise_sigma"]) > settings.base,
+        )
         for r in rows
-        if r["gain"] < 0 and excess(r, r["noise_sigma"]) > settings.base
-    ]
-    caught += [
-        f"{r['photo']} {r['degradation']}: face {f['gain']:+.2f} dB"
-        for r in rows
-        for f in r["faces"]
-        if f["gain"] < 0 and excess(f, r["noise_sigma"]) > settings.face_base
-    ]
-    missed = [
-        f"{r['photo']} {r['degradation']}: photo {r['gain']:+.2f} dB"
-        for r in rows
-        if r["gain"] < 0 and excess(r, r["noise_sigma"]) <= settings.base
-    ]
-    missed += [
-        f"{r['photo']} {r['degradation']}: face {f['gain']:+.2f} dB"
+        if r["gain"] < 0
+    ] + [
+        (
+            f"{r['photo']} {r['degradation']}: face {f['gain']:+.2f} dB",
+            excess(f, r["noise_sigma"]) > settings.face_base,
+        )
         for r in rows
         for f in r["faces"]
-        if f["gain"] < 0 and excess(f, r["noise_sigma"]) <= settings.face_base
+        if f["gain"] < 0
     ]
     return {
         "guard": {
@@ -129,8 +123,8 @@ def calibrate(rows: list[dict], lowpass_sigma: float, margin: float) -> dict:
             "lowpass_sigma": lowpass_sigma,
         },
         "items": len(rows),
-        "harmful_caught": caught,
-        "harmful_missed": missed,
+        "harmful_caught": [what for what, over in harmful if over],
+        "harmful_missed": [what for what, over in harmful if not over],
     }
 
 
