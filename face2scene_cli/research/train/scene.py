@@ -304,6 +304,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
                 "wall_s": done[-1]["wall_s"],
                 "phases": done[:-1],
                 "condition": done[-1]["condition"],
+                "run": done[-1]["run"],  # the release's last phase keeps its own name
             }
         else:  # a run's checkpoint folder
             state = load_file(str(src / "ema.safetensors"))
@@ -313,7 +314,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         phases = [
             *prev.get("phases", []),
             {
-                "run": str(src),
+                "run": prev.get("run", str(src)),
                 "steps": prev["step"],
                 "wall_s": prev["wall_s"],
                 "condition": prev.get("condition"),
