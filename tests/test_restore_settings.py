@@ -104,7 +104,13 @@ def test_report_records_the_tile_and_precision_used(
     (report,) = reports_in(out).values()
     tile, precision = pipeline.scene.run_settings(100, None)
     assert tile < 100 and tile % int(pipeline.scene.net.multiple) == 0  # rounded, not as asked
-    assert report["scene"] == {"tile": tile, "precision": precision, "fp32_retries": 0}
+    scene = report["scene"]
+    assert {k: scene[k] for k in ("tile", "precision", "fp32_retries")} == {
+        "tile": tile,
+        "precision": precision,
+        "fp32_retries": 0,
+    }
+    assert scene["fallback"] == [] and scene["check"]["residual"] < scene["check"]["limit"]
     assert report["settings"]["tile"] == 100  # what was asked stays in the resume key
     auto = tmp_path / "auto"
     assert runner.invoke(app, ["restore", str(small_face_photo), "--out", str(auto)]).exit_code == 0
