@@ -433,17 +433,16 @@ def _photo(dest: Path, entry: DebianPhoto) -> Photo:
     )
 
 
-def _in_scope(entry: DebianPhoto, include_train: bool) -> bool:
-    """Whether ``entry``'s package is fetched by ``f2s data fetch`` (``--all`` when
-    ``include_train``). A package missing from :data:`DEBIAN_PACKAGES` counts as "test"."""
-    pkg = DEBIAN_PACKAGES.get(entry.package)
-    return include_train or pkg is None or pkg.tier == "test"
-
-
 def package_tier(package: str) -> str:
     """The tier of a Debian package of :data:`DEBIAN_PACKAGES` ("test" when unknown)."""
     pkg = DEBIAN_PACKAGES.get(package)
     return "test" if pkg is None else pkg.tier
+
+
+def _in_scope(entry: DebianPhoto, include_train: bool) -> bool:
+    """Whether ``entry``'s package is fetched by ``f2s data fetch`` (``--all`` when
+    ``include_train``)."""
+    return include_train or package_tier(entry.package) == "test"
 
 
 def fetch_hint(package: str) -> str:
