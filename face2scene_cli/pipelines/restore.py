@@ -43,7 +43,6 @@ from face2scene_cli.restorers.guard import (
     apply_fallbacks,
     check_restoration,
     outside_training,
-    trained_envelope,
 )
 from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
@@ -112,8 +111,6 @@ class Face2ScenePipeline:
         self.device = config.device
         self._models = [m.ref() for m in models]
         self._ref_cache: dict[Path, torch.Tensor] = {}
-        #: The extremes of the scene model's training degradations (None: not known).
-        self.trained_envelope: dict[str, float] | None = None
 
     @classmethod
     def from_pretrained(
@@ -171,12 +168,7 @@ class Face2ScenePipeline:
         if resolve_detector_name(cfg.detector) == "mtcnn":
             refs.insert(0, ("mtcnn", None))
         # Each loader above verified its model's files; the report names them from metadata.
-        pipeline = cls(cfg, finder, reader, scene, [find_model(*r) for r in refs])
-        if isinstance(scene, SceneRestorer):
-            files = find_model(*scene_ref).files_reader()  # type: ignore[misc]
-            if files.has("training.json"):
-                pipeline.trained_envelope = trained_envelope(files.read_json("training.json"))
-        return pipeline
+        return cls(cfg, finder, reader, scene, [find_model(*r) for r in refs])
 
     def settings(self) -> dict[str, Any]:
         """Every :class:`RestoreConfig` field, with ``refs`` replaced by a hash of the
@@ -326,9 +318,10 @@ class Face2ScenePipeline:
 
     def _range_warnings(self, reading: ImageDegradation, use_faces: bool) -> list[str]:
         """What the faces read beyond the scene model's training degradations."""
-        if not use_faces or reading.estimates is None or self.trained_envelope is None:
+        envelope = getattr(self.scene, "trained_envelope", None)
+        if not use_faces or reading.estimates is None or envelope is None:
             return []
-        beyond = outside_training(reading.estimates, self.trained_envelope)
+        beyond = outside_training(reading.estimates, envelope)
         if not beyond:
             return []
         return [

@@ -33,7 +33,7 @@ from face2scene_cli.archs.scene_net import EmbeddedSceneNet
 from face2scene_cli.archs.turbo import TurboSceneNet
 from face2scene_cli.errors import ConfigError, ModelIntegrityError
 from face2scene_cli.restorers.color import COLOR_FIXES, apply_color_fix
-from face2scene_cli.restorers.guard import GuardSettings
+from face2scene_cli.restorers.guard import GuardSettings, trained_envelope
 from face2scene_cli.restorers.tiling import run_tiled
 from face2scene_cli.zoo import ModelFiles, load_config_model, require_model
 
@@ -171,6 +171,9 @@ class SceneRestorer:
         #: restorer's life (the restore pipeline reports the per-image difference as
         #: ``scene.fp32_retries``).
         self.fp32_retries = 0
+        #: The extremes of the degradations it was trained on (:func:`trained_envelope` of its
+        #: ``training.json``; None: not known).
+        self.trained_envelope: dict[str, float] | None = None
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -209,7 +212,10 @@ class SceneRestorer:
         mapnet = None
         if files.has("mapnet"):
             mapnet = load_config_model(MapNet, files.sub("mapnet"))
-        return cls(net, settings, mapnet, device)
+        restorer = cls(net, settings, mapnet, device)
+        if files.has("training.json"):
+            restorer.trained_envelope = trained_envelope(files.read_json("training.json"))
+        return restorer
 
     def save_pretrained(self, folder: str | os.PathLike, half: bool = False) -> list[str]:
         """Write the model folder; returns the weight files written (relative paths).
