@@ -230,7 +230,12 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         save_cache(cache_dir, cache)
         (cache_dir / "key.json").write_text(key)
     check_cache_photos(cache, [p.name for p in splits["train"]], cache_dir)
+    device = torch.device(tc.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but CUDA is not available")
     fadex, fadex_sha, z_ch = _fadex(config.network.fadex)
+    if fadex is not None:  # the codes of a large cache are computed where training runs
+        torch.nn.Module.to(fadex, device)
     # the scene model depends on Z only: the encoder's hash says which FaDeX heads fit it too
     trained_with = (
         {"fadex": fadex_sha, "fadex_encoder": fadex.encoder_sha256()} if fadex is not None else {}
@@ -243,7 +248,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         if code_file.is_file():
             codes = load_file(str(code_file))["z"]
         else:
-            codes = cache_codes(fadex, cache["face_lq"], cache["face_hq"])
+            codes = cache_codes(fadex, cache["face_lq"], cache["face_hq"], device=device)
             save_file({"z": codes.contiguous()}, str(code_file))
     scale = config.data.scale
     val_items = (
@@ -252,7 +257,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     if fadex is not None:
         with torch.inference_mode():
             for it in val_items:
-                it.z = fadex(it.face_lq, it.face_hq).z.to(tc.device)
+                it.z = fadex(it.face_lq.to(device), it.face_hq.to(device)).z
 
     # 2. networks, optimizer, EMA
     torch.manual_seed(tc.seed)
@@ -270,9 +275,6 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
             **config.network.mapnet,
         }
     )
-    device = torch.device(tc.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but CUDA is not available")
     model = scene_modules(net, mapnet)
     ema = scene_modules(
         create("scene_net", config.network.variant, **arch),

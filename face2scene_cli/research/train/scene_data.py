@@ -180,15 +180,21 @@ def check_cache_photos(cache: dict[str, Any], train: list[str], where: Path) -> 
 
 @torch.inference_mode()
 def cache_codes(
-    fadex: torch.nn.Module, face_lq: Tensor, face_hq: Tensor, batch: int = 64
+    fadex: torch.nn.Module,
+    face_lq: Tensor,
+    face_hq: Tensor,
+    batch: int = 64,
+    device: torch.device | None = None,
 ) -> Tensor:
     r"""FaDeX maps Z for cached uint8 face pairs :math:`(N, 3, F, F)` -> :math:`(N, C_z, F/8, F/8)`
-    float16 (FaDeX is frozen, so Z is computed once)."""
+    float16 on the CPU (FaDeX is frozen, so Z is computed once), run on ``device`` (FaDeX's
+    own; default the CPU) in batches of ``batch``."""
+    device = device or torch.device("cpu")
     out = []
     for i in range(0, face_lq.shape[0], batch):
-        a = face_lq[i : i + batch].float() / 255
-        b = face_hq[i : i + batch].float() / 255
-        out.append(fadex(a, b).z.half())
+        a = face_lq[i : i + batch].to(device).float() / 255
+        b = face_hq[i : i + batch].to(device).float() / 255
+        out.append(fadex(a, b).z.half().cpu())
     return torch.cat(out)
 
 
