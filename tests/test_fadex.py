@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from skimage import data as skdata
 from face2scene_cli.archs.fadex import (
     NUM_STATS,
     FaDeX,
+    FaDeXOutput,
     create_fadex,
     degradation_stats,
     fadex_s,
@@ -33,8 +35,10 @@ from face2scene_cli.research.train.fadex import supcon_loss, warm_start
 from face2scene_cli.research.train.fadex_config import load_train_config
 from face2scene_cli.research.train.fadex_eval import (
     FIG3_OPERATORS,
+    RANGE_LEVELS,
     build_val_set,
     evaluate_fadex,
+    evaluate_ranges,
     plot_fig3,
 )
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
@@ -255,6 +259,34 @@ def test_validation_table(photos: list, tmp_path: Path) -> None:
     json.dumps(table)
     png = plot_fig3(table, tmp_path / "fig3.png")
     assert png.stat().st_size > 1000
+
+
+def test_range_check_reads_jpeg_and_fails_a_constant_reader(photos: list, shipped: FaDeX) -> None:
+    """The range check on held-out VAL crops: the shipped heads read JPEG q10 and q30 within 5 (the
+    quantisation trace), and a reader that ignores the input (its estimates replaced by
+    constants) meets none of the ranges."""
+    cfg = load_train_config(REPO / "configs" / "fadex.yaml").replace("val", crops=3, crop=96)
+    val_photos = load_splits(REPO / "data" / "splits.yaml", verify=False)["val"]
+    levels = {k: v[-1:] for k, v in RANGE_LEVELS.items()} | {"jpeg": (10.0, 30.0)}
+    table = evaluate_ranges(shipped, cfg, val_photos, levels=levels)
+    assert set(table["met"]) == set(RANGE_LEVELS)
+    assert table["met"]["jpeg"] and all(r["within"] == 1.0 for r in table["jpeg"].values())
+    assert table["noise"]["50"]["mean"] > 25
+
+    class Constant(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = shipped
+
+        def forward(self, lq: torch.Tensor, hq: torch.Tensor) -> FaDeXOutput:
+            out = self.inner(lq, hq)
+            n = lq.shape[0]
+            fixed = {"noise_sigma": 20.0, "blur_sigma_px": 0.5, "downscale": 1.0}
+            fixed |= {"jpeg_quality": 75.0}
+            return dataclasses.replace(out, **{k: torch.full((n,), v) for k, v in fixed.items()})
+
+    fake = evaluate_ranges(Constant(), cfg, val_photos, levels=levels)
+    assert not any(fake["met"].values())
 
 
 # ------------------------------------------------------------------------------------------

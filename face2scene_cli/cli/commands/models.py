@@ -287,22 +287,31 @@ def analyze(
 
 
 def _analyze_fadex(info: ModelInfo, config: Path, out: Path, json_output: bool) -> None:
-    """Fig. 3 and the estimate errors of the FaDeX ``info`` on the held-out crops of
-    ``config``'s split: fig3.png and table.json to ``out``, the summary (or table) on stdout."""
+    """Fig. 3, the estimate errors and the range check (issue 15's levels) of the FaDeX
+    ``info`` on the held-out crops of ``config``'s split: fig3.png and table.json to ``out``,
+    the summary and which ranges are read within tolerance (or the table) on stdout."""
     from face2scene_cli.research.splits import load_splits
     from face2scene_cli.research.train.fadex_config import load_train_config
-    from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, plot_fig3
+    from face2scene_cli.research.train.fadex_eval import (
+        build_val_set,
+        evaluate_fadex,
+        evaluate_ranges,
+        plot_fig3,
+    )
     from face2scene_cli.restorers.loading import load_fadex
 
     cfg = load_train_config(config)
     model = load_fadex(info.folder.name, info.folder.parent)
-    table = evaluate_fadex(model, build_val_set(cfg, load_splits(Path(cfg.data.splits))["val"]))
+    photos = load_splits(Path(cfg.data.splits))["val"]
+    table = evaluate_fadex(model, build_val_set(cfg, photos))
     table = {k: v for k, v in table.items() if k != "crop_sources"}
+    table["ranges"] = evaluate_ranges(model, cfg, photos)
     out.mkdir(parents=True, exist_ok=True)
     plot_fig3(table, out / "fig3.png")
     (out / "table.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     if json_output:
         typer.echo(json.dumps(table, indent=2))
         return
-    typer.echo(json.dumps(table.get("summary", table), indent=2))
+    summary = {**table.get("summary", {}), "ranges_met": table["ranges"]["met"]}
+    typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"plot: {out / 'fig3.png'}  table: {out / 'table.json'}")

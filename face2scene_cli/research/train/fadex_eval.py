@@ -9,6 +9,8 @@ codes and estimates on them into the table (:func:`val_score` ranks checkpoints 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,12 @@ from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
     "FIG3_OPERATORS",
+    "RANGE_LEVELS",
     "TARGETS",
     "ValSet",
     "build_val_set",
     "evaluate_fadex",
+    "evaluate_ranges",
     "plot_fig3",
     "table_markdown",
     "val_score",
@@ -100,31 +104,47 @@ def _val_regions(cfg: FaDeXTrainConfig, photos: list[Any]) -> tuple[list[np.ndar
     return regions, names
 
 
+class _PairMaker:
+    """Degrades the held-out regions with one operator -> (LQ, HQ) uint8 crops (fixed random
+    offsets, i.e. random JPEG grid phases; HQ restored by ``restorer``)."""
+
+    def __init__(self, cfg: FaDeXTrainConfig, regions: list[np.ndarray], restorer: FaceRestorer):
+        self.cfg, self.regions, self._restorer = cfg, regions, restorer
+        self.restorer = restorer.method
+        m = cfg.data.margin
+        rng = np.random.default_rng(cfg.val.seed + 1)
+        self.offsets = [(int(rng.integers(0, m)), int(rng.integers(0, m))) for _ in regions]
+
+    def __call__(
+        self, op: Degradation | Callable[[Tensor, torch.Generator], Tensor], salt: int
+    ) -> tuple[Tensor, Tensor]:
+        s, lqs = self.cfg.val.crop, []
+        for i, region in enumerate(self.regions):
+            x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None]
+            gen = torch.Generator().manual_seed(self.cfg.val.seed * 1000 + salt * 100 + i)
+            y = apply(x, op, gen) if isinstance(op, Degradation) else op(x, gen)
+            oy, ox = self.offsets[i]
+            lq = (y[..., oy : oy + s, ox : ox + s] * 255).round().to(torch.uint8)
+            lqs.append(lq.expand(1, 3, s, s) if lq.shape[1] == 1 else lq)
+        lq = torch.cat(lqs)
+        hq = (self._restorer.restore(lq.float() / 255).hq * 255).round().to(torch.uint8)
+        return lq, hq
+
+
+def _pair_maker(
+    cfg: FaDeXTrainConfig, photos: list[Any], restorer: FaceRestorer
+) -> tuple[_PairMaker, list[str]]:
+    regions, names = _val_regions(cfg, photos)
+    return _PairMaker(cfg, regions, restorer), names
+
+
 def build_val_set(
     cfg: FaDeXTrainConfig, photos: list[Any], restorer: FaceRestorer | None = None
 ) -> ValSet:
     """Degrade fixed held-out regions with the Fig. 3 operators and the grids, crop them at a
     fixed random offset (random JPEG grid phase) and restore them with ``restorer``
     (default :class:`BlindFaceRestorer`): the HQ input is always the restored crop here."""
-    restorer = restorer or BlindFaceRestorer()
-    regions, names = _val_regions(cfg, photos)
-    s, m = cfg.val.crop, cfg.data.margin
-    rng = np.random.default_rng(cfg.val.seed + 1)
-    offsets = [(int(rng.integers(0, m)), int(rng.integers(0, m))) for _ in regions]
-
-    def run(op: Degradation, salt: int) -> tuple[Tensor, Tensor]:
-        lqs = []
-        for i, region in enumerate(regions):
-            x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None]
-            gen = torch.Generator().manual_seed(cfg.val.seed * 1000 + salt * 100 + i)
-            y = apply(x, op, gen)
-            oy, ox = offsets[i]
-            lq = (y[..., oy : oy + s, ox : ox + s] * 255).round().to(torch.uint8)
-            lqs.append(lq.expand(1, 3, s, s) if lq.shape[1] == 1 else lq)
-        lq = torch.cat(lqs)
-        hq = (restorer.restore(lq.float() / 255).hq * 255).round().to(torch.uint8)
-        return lq, hq
-
+    run, names = _pair_maker(cfg, photos, restorer or BlindFaceRestorer())
     fig3 = {name: run(op, i) for i, (name, op) in enumerate(FIG3_OPERATORS.items())}
     grid: dict[str, dict[str, tuple[Tensor, Tensor]]] = {"noise": {}, "blur": {}, "jpeg": {}}
     for v in GRID_NOISE:
@@ -133,7 +153,7 @@ def build_val_set(
         grid["blur"][f"{v:g}"] = run(_op(blur_sigma_px=v), 50 + int(v * 10))
     for q in GRID_JPEG:
         grid["jpeg"]["none" if q is None else str(q)] = run(_op(jpeg_quality=q), 90 + (q or 0))
-    return ValSet(fig3=fig3, grid=grid, sources=names, restorer=restorer.method)
+    return ValSet(fig3=fig3, grid=grid, sources=names, restorer=run.restorer)
 
 
 @torch.inference_mode()
@@ -236,6 +256,76 @@ def evaluate_fadex(model: FaDeX, val: ValSet) -> dict[str, Any]:
     table["hq_from"] = val.restorer
     table["crop_sources"] = val.sources
     return table
+
+
+#: Issue 15's ranges, each level read by its head within a tolerance: noise within 15% (/255),
+#: blur within 0.5 px, JPEG quality within 5, downscale factor within 20%, and motion blur
+#: (segment length, px) read as a blur of at least 1 px rather than as sharp.
+RANGE_LEVELS: dict[str, tuple[float, ...]] = {
+    "noise": (10.0, 20.0, 30.0, 40.0, 50.0),
+    "blur": (1.0, 2.0, 3.0, 4.0),
+    "jpeg": (10.0, 15.0, 20.0, 30.0, 50.0),
+    "downscale": (1.5, 2.0, 3.0, 4.0),
+    "motion": (5.0, 9.0, 15.0),
+}
+
+
+def _range_op(kind: str, v: float) -> Degradation | Callable[[Tensor, torch.Generator], Tensor]:
+    if kind == "motion":
+        from face2scene_cli.degradations.ops import blur, motion_kernel2d
+
+        k = int(v) // 2 * 2 + 1
+
+        def op(x: Tensor, gen: torch.Generator) -> Tensor:
+            angle = float(torch.rand(1, generator=gen)) * math.pi
+            return blur(x, motion_kernel2d(k, v, angle))
+
+        return op
+    field = {
+        "noise": "noise_sigma",
+        "blur": "blur_sigma_px",
+        "jpeg": "jpeg_quality",
+        "downscale": "downscale",
+    }[kind]
+    return _op(**{field: int(v) if kind == "jpeg" else v})
+
+
+def evaluate_ranges(
+    model: FaDeX,
+    cfg: FaDeXTrainConfig,
+    photos: list[Any],
+    restorer: FaceRestorer | None = None,
+    levels: dict[str, tuple[float, ...]] | None = None,
+) -> dict[str, Any]:
+    """How FaDeX's heads read each level of ``levels`` (default :data:`RANGE_LEVELS`) on
+    held-out crops of ``photos`` (the regions and offsets of :func:`build_val_set`).
+
+    Returns ``{kind: {level: {"mean", "within"}}, "met": {kind: bool}}``: the mean estimate
+    over the crops and the fraction of crops read within the tolerance; a kind is met when
+    every level's mean estimate is within its tolerance (motion: mean blur >= 1 px).
+    """
+    run, _ = _pair_maker(cfg, photos, restorer or BlindFaceRestorer())
+    key = {"noise": "noise_sigma", "blur": "blur_sigma_px", "jpeg": "jpeg_quality"}
+    key |= {"downscale": "downscale", "motion": "blur_sigma_px"}
+    table: dict[str, Any] = {"met": {}}
+    for ki, (kind, values) in enumerate((levels or RANGE_LEVELS).items()):
+        rows, means_ok = {}, []
+        for li, v in enumerate(values):
+            est = _run_model(model, *run(_range_op(kind, v), 200 + 10 * ki + li))[key[kind]]
+            within = _read_within(kind, est, v)
+            rows[f"{v:g}"] = {"mean": float(est.mean()), "within": float(within.float().mean())}
+            means_ok.append(bool(_read_within(kind, est.mean(), v)))
+        table[kind] = rows
+        table["met"][kind] = all(means_ok)
+    return table
+
+
+def _read_within(kind: str, est: Tensor, v: float) -> Tensor:
+    """Whether estimates ``est`` of level ``v`` are within :data:`RANGE_LEVELS`' tolerance."""
+    if kind == "motion":
+        return est >= 1.0
+    tol = {"noise": 0.15 * v, "blur": 0.5, "jpeg": 5.0, "downscale": 0.2 * v}[kind]
+    return (est - v).abs() <= tol
 
 
 def val_score(table: dict[str, Any]) -> float:
