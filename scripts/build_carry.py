@@ -37,9 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 LIMIT_MIB = 64.0
-#: What the device image lacks for training and the benchmarks.
+#: What the device image lacks for training and the benchmarks (dlib-bin: the trainers centre
+#: face regions on its detections; without it p_face silently does nothing).
 WHEELS = (
     "diffusers",
+    "dlib-bin",
     "importlib_metadata",
     "pydantic",
     "pydantic_core",

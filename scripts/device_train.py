@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import multiprocessing as mp
 import subprocess
@@ -177,6 +178,8 @@ def main() -> int:
     if args.run:
         return train_one(args)
     use_carried_photos(Path(args.carry))
+    if importlib.util.find_spec("dlib") is None:
+        print("warning: dlib is not importable: no face-centred regions (p_face does nothing)")
     plan = yaml.safe_load(Path(args.plan).read_text(encoding="utf-8"))
     names = args.only or list(plan["runs"])
     configs = {}
