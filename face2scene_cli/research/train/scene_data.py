@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from face2scene_cli.archs.fadex import prepare_pair
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
@@ -188,13 +189,15 @@ def cache_codes(
 ) -> Tensor:
     r"""FaDeX maps Z for cached uint8 face pairs :math:`(N, 3, F, F)` -> :math:`(N, C_z, F/8, F/8)`
     float16 on the CPU (FaDeX is frozen, so Z is computed once), run on ``device`` (FaDeX's
-    own; default the CPU) in batches of ``batch``."""
+    own; default the CPU) in batches of ``batch``; only the encoder runs (Z is all the scene
+    model reads)."""
     device = device or torch.device("cpu")
     out = []
     for i in range(0, face_lq.shape[0], batch):
         a = face_lq[i : i + batch].to(device).float() / 255
         b = face_hq[i : i + batch].to(device).float() / 255
-        out.append(fadex(a, b).z.half().cpu())
+        # Z alone: the encoder, not the heads' statistics, edge widths and JPEG trace
+        out.append(fadex.encode(prepare_pair(a, b)).half().cpu())
     return torch.cat(out)
 
 
