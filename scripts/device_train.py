@@ -45,10 +45,11 @@ from face2scene_cli.research.train.scene_config import (  # noqa: E402
 
 
 def carried_photos(carry: Path) -> list[Photo]:
-    """The photos listed in ``carry/photos/manifest.json`` (written by build_carry.py)."""
+    """The photos listed in ``carry/photos/manifest.json`` (written by build_carry.py), with no
+    pinned hash: the split loader then hashes each carried file against the split manifest."""
     entries = json.loads((carry / "photos" / "manifest.json").read_text(encoding="utf-8"))
     return [
-        Photo(e["name"], carry / "photos" / e["file"], e["source"], e["people"], e["sha256"])
+        Photo(e["name"], carry / "photos" / e["file"], e["source"], e["people"], None)
         for e in entries
     ]
 
