@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from face2scene_cli.archs.fadex import FaDeX
+from face2scene_cli.degradations.ops import blur, motion_kernel2d
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.research.train.data import PhotoBank
@@ -109,8 +110,7 @@ class _PairMaker:
     offsets, i.e. random JPEG grid phases; HQ restored by ``restorer``)."""
 
     def __init__(self, cfg: FaDeXTrainConfig, regions: list[np.ndarray], restorer: FaceRestorer):
-        self.cfg, self.regions, self._restorer = cfg, regions, restorer
-        self.restorer = restorer.method
+        self.cfg, self.regions, self.restorer = cfg, regions, restorer
         m = cfg.data.margin
         rng = np.random.default_rng(cfg.val.seed + 1)
         self.offsets = [(int(rng.integers(0, m)), int(rng.integers(0, m))) for _ in regions]
@@ -127,7 +127,7 @@ class _PairMaker:
             lq = (y[..., oy : oy + s, ox : ox + s] * 255).round().to(torch.uint8)
             lqs.append(lq.expand(1, 3, s, s) if lq.shape[1] == 1 else lq)
         lq = torch.cat(lqs)
-        hq = (self._restorer.restore(lq.float() / 255).hq * 255).round().to(torch.uint8)
+        hq = (self.restorer.restore(lq.float() / 255).hq * 255).round().to(torch.uint8)
         return lq, hq
 
 
@@ -153,7 +153,7 @@ def build_val_set(
         grid["blur"][f"{v:g}"] = run(_op(blur_sigma_px=v), 50 + int(v * 10))
     for q in GRID_JPEG:
         grid["jpeg"]["none" if q is None else str(q)] = run(_op(jpeg_quality=q), 90 + (q or 0))
-    return ValSet(fig3=fig3, grid=grid, sources=names, restorer=run.restorer)
+    return ValSet(fig3=fig3, grid=grid, sources=names, restorer=run.restorer.method)
 
 
 @torch.inference_mode()
@@ -272,8 +272,6 @@ RANGE_LEVELS: dict[str, tuple[float, ...]] = {
 
 def _range_op(kind: str, v: float) -> Degradation | Callable[[Tensor, torch.Generator], Tensor]:
     if kind == "motion":
-        from face2scene_cli.degradations.ops import blur, motion_kernel2d
-
         k = int(v) // 2 * 2 + 1
 
         def op(x: Tensor, gen: torch.Generator) -> Tensor:
