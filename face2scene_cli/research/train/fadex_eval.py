@@ -258,6 +258,14 @@ def evaluate_fadex(model: FaDeX, val: ValSet) -> dict[str, Any]:
     return table
 
 
+#: The estimate each range kind is read by (the record field of the same name degrades it).
+_RANGE_FIELD = {
+    "noise": "noise_sigma",
+    "blur": "blur_sigma_px",
+    "jpeg": "jpeg_quality",
+    "downscale": "downscale",
+    "motion": "blur_sigma_px",
+}
 #: Issue 15's ranges, each level read by its head within a tolerance: noise within 15% (/255),
 #: blur within 0.5 px, JPEG quality within 5, downscale factor within 20%, and motion blur
 #: (segment length, px) read as a blur of at least 1 px rather than as sharp.
@@ -279,13 +287,7 @@ def _range_op(kind: str, v: float) -> Degradation | Callable[[Tensor, torch.Gene
             return blur(x, motion_kernel2d(k, v, angle))
 
         return op
-    field = {
-        "noise": "noise_sigma",
-        "blur": "blur_sigma_px",
-        "jpeg": "jpeg_quality",
-        "downscale": "downscale",
-    }[kind]
-    return _op(**{field: int(v) if kind == "jpeg" else v})
+    return _op(**{_RANGE_FIELD[kind]: int(v) if kind == "jpeg" else v})
 
 
 def evaluate_ranges(
@@ -303,13 +305,12 @@ def evaluate_ranges(
     every level's mean estimate is within its tolerance (motion: mean blur >= 1 px).
     """
     run, _ = _pair_maker(cfg, photos, restorer or BlindFaceRestorer())
-    key = {"noise": "noise_sigma", "blur": "blur_sigma_px", "jpeg": "jpeg_quality"}
-    key |= {"downscale": "downscale", "motion": "blur_sigma_px"}
     table: dict[str, Any] = {"met": {}}
     for ki, (kind, values) in enumerate((levels or RANGE_LEVELS).items()):
         rows, means_ok = {}, []
         for li, v in enumerate(values):
-            est = _run_model(model, *run(_range_op(kind, v), 200 + 10 * ki + li))[key[kind]]
+            pair = run(_range_op(kind, v), 200 + 10 * ki + li)
+            est = _run_model(model, *pair)[_RANGE_FIELD[kind]]
             within = _read_within(kind, est, v)
             rows[f"{v:g}"] = {"mean": float(est.mean()), "within": float(within.float().mean())}
             means_ok.append(bool(_read_within(kind, est.mean(), v)))
