@@ -2,12 +2,12 @@
 ``scripts/device_bench.sh``; a script, not a test).
 
 The zoo's scene model (default ``scene-embedded``) restores batches of 1024x1024 inputs (a real
-photo, resized and degraded with ``noise15``) already on the device, with face-code tokens:
-for each precision (fp32, fp16 and bf16 autocast) and batch size, two warm-up calls, then
-``--iters`` timed calls between CUDA synchronisations. This is the network alone (no decode,
-detection, tiling or encode): the ceiling that batching whole images could reach; the
-per-image pipeline is timed by ``benchmarks/bench_restore.py --device cuda``. Writes JSON
-(``--out``) and prints a Markdown table of images/s.
+photo, resized and degraded with ``noise15``) already on the device, blind (a face code
+costs the same): for each precision (fp32, fp16 and bf16 autocast) and batch size, two
+warm-up calls, then ``--iters`` timed calls between CUDA synchronisations. This is the
+network alone (no decode, detection, tiling or encode): the ceiling that batching whole
+images could reach; the per-image pipeline is timed by ``benchmarks/bench_restore.py
+--device cuda``. Writes JSON (``--out``) and prints a Markdown table of images/s.
 """
 
 from __future__ import annotations
@@ -51,14 +51,11 @@ def main() -> int:
     x = apply(x, PRESETS["noise15"], torch.Generator().manual_seed(0)).clamp(0, 1).to(device)
     scene = load_scene_restorer(args.model, device)
     net = scene.net
-    tokens = torch.randn(1, 21, 128, device=device) * 0.1
-    if scene.mapnet is not None:
-        tokens = scene.mapnet.null_tokens(1).to(device)
     rows = []
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
     for precision in args.precisions:
         for b in args.batches:
-            xb, tb = x.expand(b, -1, -1, -1).contiguous(), tokens.expand(b, -1, -1)
+            xb = x.expand(b, -1, -1, -1).contiguous()
             try:
                 with (
                     torch.inference_mode(),
@@ -67,11 +64,11 @@ def main() -> int:
                     ),
                 ):
                     for _ in range(2):
-                        net(xb, tb)
+                        net(xb)
                     sync()
                     t = time.perf_counter()
                     for _ in range(args.iters):
-                        net(xb, tb)
+                        net(xb)
                     sync()
                 dt = (time.perf_counter() - t) / args.iters
                 rows.append(

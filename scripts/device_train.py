@@ -194,8 +194,8 @@ def main() -> int:
     caches = build_caches(
         configs, Path(args.out) / "caches", Path(args.carry), args.workers, args.chunk
     )
-    minutes = max(0.5, (args.end_by - (time.monotonic() - t0)) / 60)
     built = time.monotonic() - t0
+    minutes = max(0.5, (args.end_by - built) / 60)
     print(f"caches built in {built:.0f} s; training for {minutes:.2f} min", flush=True)
     procs = {}
     for name in names:
