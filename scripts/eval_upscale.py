@@ -12,8 +12,9 @@ the scene trainer's validation does (:func:`build_val_items`); then, per item:
 * ``<model> blind`` and ``<model> code`` (face-code tokens from FaDeX on the face crop).
 
 Reports PSNR / SSIM (RGB, 8-bit) and the sharpness ratio (gradient energy over the truth's)
-per method, mean over items, as JSON (``--out``) and a Markdown table on stdout. Choose on
-``--split val``; score a release once on ``--split test``.
+per method (the scene trainer's :func:`evaluate_items`), mean over items, and seconds per
+item, as JSON (``--out``) and a Markdown table on stdout. Choose on ``--split val``; score a
+release once on ``--split test``.
 
     python scripts/eval_upscale.py runs/gpu/scene-gpu-x4 --scale 4 --split val --out x4.json
 """
@@ -28,24 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from face2scene_cli.io.images import atomic_write_bytes  # noqa: E402
-from face2scene_cli.research.metrics import psnr_torch, sharpness_ratio, ssim_torch  # noqa: E402
 from face2scene_cli.research.splits import load_splits  # noqa: E402
 from face2scene_cli.research.train.scene_config import ValSection  # noqa: E402
-from face2scene_cli.research.train.scene_data import build_val_items  # noqa: E402
+from face2scene_cli.research.train.scene_data import build_val_items, evaluate_items  # noqa: E402
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer  # noqa: E402
 from face2scene_cli.restorers.loading import load_fadex  # noqa: E402
 from face2scene_cli.restorers.scene import SceneRestorer, load_scene_restorer  # noqa: E402
 from face2scene_cli.restorers.upscaler import load_upscale_restorer  # noqa: E402
-
-
-def _u8(x: torch.Tensor) -> np.ndarray:
-    return (x[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def main() -> int:
@@ -67,47 +62,31 @@ def main() -> int:
     fadex = load_fadex()
     with torch.inference_mode():
         for it in items:
-            it.z = fadex(it.face_lq, it.face_hq).z
-    methods: dict[str, object] = {"bicubic": None, "x1": load_scene_restorer("scene-embedded")}
+            it.z = fadex.encode_pair(it.face_lq, it.face_hq)
+    # name -> (restorer or None for bicubic, evaluate_items mode)
+    methods: dict[str, tuple[object, str]] = {
+        "bicubic": (None, "input"),
+        "x1": (load_scene_restorer("scene-embedded"), "blind"),
+    }
     if not args.no_realesrgan:
-        methods["realesrgan"] = load_upscale_restorer()
+        methods["realesrgan"] = (load_upscale_restorer(), "blind")
     for folder in args.models:
         model = SceneRestorer.from_pretrained(folder)
         if model.upscale != s:
             raise SystemExit(f"{folder}: upscales x{model.upscale}, not x{s}")
-        methods[f"{folder.name} blind"] = model
-        methods[f"{folder.name} code"] = model
-    rows = []
-    for it in items:
-        for name, restorer in methods.items():
-            t = time.perf_counter()
-            with torch.inference_mode():
-                if restorer is None:
-                    out = F.interpolate(it.lq, scale_factor=s, mode="bicubic", align_corners=False)
-                else:
-                    tokens = None
-                    if name.endswith(" code"):
-                        tokens = restorer.mapnet(it.z.float()).tokens
-                    out = restorer.restore(it.lq, tokens, scale=s)
-            q = (out.clamp(0, 1) * 255).round() / 255
-            rows.append(
-                {
-                    "image": it.name,
-                    "degradation": it.degradation,
-                    "method": name,
-                    "psnr": float(psnr_torch(q, it.clean)[0]),
-                    "ssim": float(ssim_torch(q, it.clean)[0]),
-                    "sharpness": sharpness_ratio(_u8(q), _u8(it.clean)),
-                    "seconds": time.perf_counter() - t,
-                }
-            )
-    means = {}
-    for name in methods:
-        sel = [r for r in rows if r["method"] == name]
+        methods[f"{folder.name} blind"] = (model, "blind")
+        methods[f"{folder.name} code"] = (model, "code")
+    rows, means = [], {}
+    for name, (restorer, mode) in methods.items():
+        t = time.perf_counter()
+        with torch.inference_mode():
+            table = evaluate_items(restorer, items, mode, scale=s, sharpness=True)
+        seconds = (time.perf_counter() - t) / len(items)
+        rows += [{**r, "method": name} for r in table["rows"]]
         means[name] = {
-            k: float(np.mean([r[k] for r in sel if r[k] is not None]))
-            for k in ("psnr", "ssim", "sharpness", "seconds")
-        }
+            k: float(np.mean([r[k] for r in table["rows"] if r[k] is not None]))
+            for k in ("psnr", "ssim", "sharpness")
+        } | {"seconds": seconds}
     result = {
         "scale": s,
         "split": args.split,

@@ -407,6 +407,15 @@ class FaDeX(ModelMixin, ConfigMixin):
             h = stage(h)
         return h
 
+    def encode_pair(self, lq: Tensor, hq: Tensor) -> Tensor:
+        r"""Z alone for an (LQ, HQ) pair as :meth:`forward` takes it, without the heads' image
+        statistics, edge widths and JPEG trace (what the scene model reads is Z only).
+
+        Returns:
+            :math:`(B, C_z, H/8, W/8)`, equal to ``forward(lq, hq).z``.
+        """
+        return self.encode(prepare_pair(lq, hq))
+
     def features(
         self, lq: Tensor, hq: Tensor, trace: JpegTrace | None = None
     ) -> tuple[Tensor, Tensor]:

@@ -247,7 +247,7 @@ def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
             sl = np.s_[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
             lq, clean = to_tensor(item.lq[sl]), to_tensor(item.clean[sl])
             dev = models.reader.device
-            z_upper.append(models.reader.fadex(lq.to(dev), clean.to(dev)).z.cpu())
+            z_upper.append(models.reader.fadex.encode_pair(lq.to(dev), clean.to(dev)).cpu())
     upper = models.scene.tokens_for_faces(z_upper, weights)
     return _Reading(len(faces), code, upper, reading.estimates)
 

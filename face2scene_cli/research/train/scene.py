@@ -257,7 +257,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     if fadex is not None:
         with torch.inference_mode():
             for it in val_items:
-                it.z = fadex(it.face_lq.to(device), it.face_hq.to(device)).z
+                it.z = fadex.encode_pair(it.face_lq.to(device), it.face_hq.to(device))
 
     # 2. networks, optimizer, EMA
     torch.manual_seed(tc.seed)

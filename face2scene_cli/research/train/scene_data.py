@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from face2scene_cli.archs.fadex import prepare_pair
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
-from face2scene_cli.research.metrics import psnr_torch, ssim_torch
+from face2scene_cli.research.metrics import psnr_torch, sharpness_ratio, ssim_torch
 from face2scene_cli.research.train.data import PhotoBank, dlib_faces, rgb_float
 from face2scene_cli.research.train.scene_config import DataSection, ValSection
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
@@ -196,8 +195,7 @@ def cache_codes(
     for i in range(0, face_lq.shape[0], batch):
         a = face_lq[i : i + batch].to(device).float() / 255
         b = face_hq[i : i + batch].to(device).float() / 255
-        # Z alone: the encoder, not the heads' statistics, edge widths and JPEG trace
-        out.append(fadex.encode(prepare_pair(a, b)).half().cpu())
+        out.append(fadex.encode_pair(a, b).half().cpu())
     return torch.cat(out)
 
 
@@ -271,9 +269,14 @@ def evaluate_items(
     mode: str,
     tile: int | None = None,
     scale: int = 1,
+    sharpness: bool = False,
 ) -> dict[str, Any]:
     """PSNR/SSIM (RGB, 8-bit, whole image) of ``mode`` (``input``: bicubic-upscaled when
-    ``scale`` > 1, ``blind`` or ``code``) per item, and per degradation means."""
+    ``scale`` > 1, ``blind`` or ``code``) per item, and per degradation means; with
+    ``sharpness``, each row also has the sharpness ratio against the clean image.
+
+    ``restorer`` is anything with :meth:`SceneRestorer.restore`'s signature (e.g. an
+    :class:`~face2scene_cli.restorers.upscaler.UpscaleRestorer` in ``blind`` mode)."""
     rows = []
     for it in items:
         if mode == "input":
@@ -288,14 +291,16 @@ def evaluate_items(
                 tokens = restorer.mapnet(it.z.float()).tokens
             out = restorer.restore(it.lq, tokens, tile=tile, scale=scale)
         q = (out.clamp(0, 1) * 255).round() / 255
-        rows.append(
-            {
-                "image": it.name,
-                "degradation": it.degradation,
-                "psnr": float(psnr_torch(q, it.clean)[0]),
-                "ssim": float(ssim_torch(q, it.clean)[0]),
-            }
-        )
+        row = {
+            "image": it.name,
+            "degradation": it.degradation,
+            "psnr": float(psnr_torch(q, it.clean)[0]),
+            "ssim": float(ssim_torch(q, it.clean)[0]),
+        }
+        if sharpness:
+            hwc = [_u8(t[0]).permute(1, 2, 0).numpy() for t in (q, it.clean)]
+            row["sharpness"] = sharpness_ratio(*hwc)
+        rows.append(row)
     means: dict[str, dict[str, float]] = {}
     for d in sorted({r["degradation"] for r in rows}):
         sel = [r for r in rows if r["degradation"] == d]
