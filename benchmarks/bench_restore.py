@@ -357,7 +357,33 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{r['peak_rss_mib']:.0f} MiB"
             + (f", peak GPU {r['peak_gpu_mib']:.0f} MiB." if cuda else "."),
         ]
+    lines += _ratio_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def _ratio_lines(result: dict[str, Any]) -> list[str]:
+    """Issue 16's ratios to our end-to-end time on the same 512x512 input (the 0.25 MP size):
+    the SD-Turbo architecture (goal >= 45x), Real-ESRGAN x4plus per input MP (>= 50x), NLM."""
+    same = [r for r in result["sizes"] if r["size"] == [512, 512]]
+    if not same:
+        return []
+    ours = same[0]["stage_s"]["end_to_end"] / same[0]["megapixels"]
+    rows = []
+    if result.get("turbo"):
+        turbo = result["turbo"]["turbo"]["wall"] / same[0]["megapixels"]
+        rows.append(f"SD-Turbo architecture {turbo / ours:.1f}x (goal >= 45x)")
+    if result.get("realesrgan"):
+        rows.append(
+            f"Real-ESRGAN x4plus {result['realesrgan']['s_per_input_mp'] / ours:.0f}x per input "
+            "MP (goal >= 50x)"
+        )
+    rows.append(f"OpenCV NLM {same[0]['nlm_s']['wall'] / same[0]['stage_s']['end_to_end']:.2f}x")
+    return [
+        "",
+        f"Ratios to our end to end ({ours:.2f} s/MP on the 512x512 input): "
+        + "; ".join(rows)
+        + ".",
+    ]
 
 
 def main() -> None:

@@ -325,7 +325,8 @@ class RestoreConfig(FaceSettings):
     Attributes:
         blind: ignore faces; restore with MapNet's null tokens.
         tile: tile side in px (None = automatic from free memory).
-        precision: fp32 | fp16 | bf16 (None = fp32 on CPU, fp16 on CUDA).
+        precision: fp32 | fp16 | bf16 (None = the scene model's default: fp16 on CUDA; on
+            the CPU bf16 where the model allows it and the CPU has native bf16, else fp32).
         scale: 1, 2 or 4, the output's size over the input's (scene-embedded: bicubic
             upscaling before restoring; realesrgan-x4plus: its x4 output area-resized).
         device: cpu | cuda | cuda:N | mps.

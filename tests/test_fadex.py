@@ -9,17 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from skimage import data as skdata
 
 from face2scene_cli.archs.fadex import (
     NUM_STATS,
     FaDeX,
     FaDeXOutput,
+    _window_max,
     create_fadex,
     degradation_stats,
     fadex_s,
     fadex_tiny,
     prepare_pair,
+    quantile_rows,
 )
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.jpeg import jpeg_compress
@@ -76,6 +79,23 @@ def test_output_shapes_and_ranges() -> None:
         "jpeg_probability",
     }
     assert first.noise_sigma == pytest.approx(float(out.noise_sigma[0].detach()))
+
+
+def test_window_max_is_max_pool_bit_for_bit() -> None:
+    y = torch.rand(2, 1, 67, 90, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_window_max(y, 9), F.max_pool2d(y, 9, 1, 4))
+
+
+def test_quantile_rows_is_torch_quantile_bit_for_bit() -> None:
+    # the heads were trained on torch.quantile's values: the faster selection must not move them
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 1001, 82369, 165000):
+        x = torch.rand(3, n, generator=g) ** 3
+        for q in (0.5, 0.95, 0.99):
+            assert torch.equal(quantile_rows(x, q), torch.quantile(x, q, dim=1))
+            assert torch.equal(
+                quantile_rows(x, q, keepdim=True), torch.quantile(x, q, dim=1, keepdim=True)
+            )
 
 
 def test_stat_features_track_jpeg_and_blur() -> None:

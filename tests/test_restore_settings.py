@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from helpers import reports_in
 from PIL import Image
@@ -19,6 +20,7 @@ from face2scene_cli.config import FacesConfig, RestoreConfig
 from face2scene_cli.hashing import json_sha256
 from face2scene_cli.pipelines.restore import Face2ScenePipeline
 from face2scene_cli.research.sample_data import package_photos
+from face2scene_cli.restorers.scene import cpu_has_native_bf16, resolve_precision
 
 runner = CliRunner()
 
@@ -154,3 +156,18 @@ def test_faces_command_runs_from_its_settings(small_face_photo: Path) -> None:
     res = runner.invoke(app, ["faces", str(small_face_photo), "--detector", "mtcnn", "--json"])
     assert res.exit_code == 0, res.output
     assert np.isfinite(yaml.safe_load(res.stdout)["images"][0]["faces"][0]["score"])
+
+
+def test_cpu_precision_is_bf16_only_where_the_model_and_the_cpu_allow_it(
+    pipeline: Face2ScenePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scene = pipeline.scene
+    assert scene.settings.cpu_bf16  # the shipped model's VAL table was measured unchanged in bf16
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert cpu_has_native_bf16() is native
+        assert scene.run_settings(None, None)[1] == ("bf16" if native else "fp32")
+        assert resolve_precision(None, cpu, cpu_bf16=False) == "fp32"  # e.g. Real-ESRGAN
+        assert scene.run_settings(None, "fp32")[1] == "fp32"  # --precision wins

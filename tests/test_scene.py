@@ -23,7 +23,7 @@ from face2scene_cli.registry import create
 from face2scene_cli.research.metrics import psnr_torch
 from face2scene_cli.restorers.color import adain_color_fix, wavelet_color_fix
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer
-from face2scene_cli.restorers.tiling import blend_window, tile_starts
+from face2scene_cli.restorers.tiling import blend_window, fitted_tile, tile_starts
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
@@ -90,6 +90,19 @@ def test_tiles_cover_and_blend_to_one() -> None:
         assert all(b - a <= tile - ov for a, b in itertools.pairwise(starts))
     w = blend_window(64, 16, first=False, last=False)
     assert w[0] < 0.01 and w[32] == 1 and torch.allclose(w[:16] + w[-16:], torch.ones(16))
+
+
+def test_fitted_tiles_cover_with_the_same_count_and_less_area() -> None:
+    for length in (300, 513, 832, 1202, 1920, 4000):
+        padded = -(-length // 16) * 16
+        side = fitted_tile(length, 512, 64, 16)
+        assert side % 16 == 0 and side <= 512
+        starts = tile_starts(padded, side, 64)
+        assert starts[-1] + side == max(padded, side)  # covers the padded side
+        assert all(b - a <= side - 64 for a, b in itertools.pairwise(starts))
+        assert len(starts) <= len(tile_starts(padded, 512, 64))
+    # 1202 x 832 (1 MP): 3 x 2 tiles of 448 px, 1.20 MP run instead of 1.57 MP
+    assert fitted_tile(1202, 512, 64, 16) == fitted_tile(832, 512, 64, 16) == 448
 
 
 def test_tiled_equals_whole_image_on_a_real_photo(tiny_restorer, astronaut) -> None:

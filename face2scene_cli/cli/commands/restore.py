@@ -58,7 +58,8 @@ def restore(
             envvar="F2S_PRECISION",
             rich_help_panel=RES,
             help="fp32|fp16|bf16 (fp16/bf16 tiles with NaN/Inf are re-run in fp32). "
-            "[default: fp32 on CPU, fp16 on CUDA]",
+            "[default: fp16 on CUDA; on the CPU bf16 where the scene model allows it and the CPU "
+            "has native bf16 (AVX512-BF16/AMX), else fp32]",
             show_default=False,
         ),
     ] = None,

@@ -100,15 +100,16 @@ def _normalised_u8(y: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(d * 40.0 + 128.0, 0, 255).astype(np.uint8)
 
 
-def _as_crop(ref: Tensor, size: int, channels: int) -> np.ndarray:
-    """A square reference (C, Hr, Wr) in [0, 1], C in 1-4 (alpha dropped) -> (size, size,
-    channels) float32."""
+def _as_crop(ref: Tensor, size: tuple[int, int], channels: int) -> np.ndarray:
+    """A reference (C, Hr, Wr) in [0, 1], C in 1-4 (alpha dropped) -> (H, W, channels)
+    float32 of the crop's ``size`` (H, W)."""
     if not (isinstance(ref, Tensor) and ref.is_floating_point() and ref.ndim == 3):
         raise TypeError("each reference must be a float (C, H, W) tensor in [0, 1]")
     r = ref.detach().float().clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy()
-    if r.shape[:2] != (size, size):
-        shrink = r.shape[0] > size
-        r = cv2.resize(r, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    if r.shape[:2] != size:
+        shrink = r.shape[0] > size[0]
+        inter = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        r = cv2.resize(r, size[::-1], interpolation=inter)
         r = r[..., None] if r.ndim == 2 else r
     if r.shape[2] in (2, 4):  # drop alpha
         r = r[..., : r.shape[2] - 1]
@@ -117,6 +118,16 @@ def _as_crop(ref: Tensor, size: int, channels: int) -> np.ndarray:
     if channels == 1:
         return _luma(r)[..., None]
     return np.repeat(r[..., :1], channels, axis=2)
+
+
+def _pad_square(a: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> (S, S, C), S = max(H, W), edge-replicated at the bottom or right."""
+    h, w = a.shape[:2]
+    if h == w:
+        return a
+    s = max(h, w)
+    out = cv2.copyMakeBorder(a, 0, s - h, 0, s - w, cv2.BORDER_REPLICATE)
+    return out.reshape(s, s, a.shape[2])
 
 
 class RefGuidedFaceRestorer(FaceRestorer):
@@ -249,7 +260,9 @@ class RefGuidedFaceRestorer(FaceRestorer):
         """Restore a batch of FFHQ-aligned crops, using each crop's references.
 
         Args:
-            lq: :math:`(B, C, H, W)` float in [0, 1], C in {1, 3}, square crops.
+            lq: :math:`(B, C, H, W)` float in [0, 1], C in {1, 3}; square, or cut short by
+                the photo's border (a face at the edge), in which case the fusion runs on it
+                edge-replicated to a square and is cut back.
             references: per crop, a (possibly empty) list of aligned references of the same
                 person, each :math:`(C_r, H_r, W_r)` in [0, 1] (any size; resized to the crop);
                 None = no references (the output is the blind restorer's).
@@ -260,14 +273,10 @@ class RefGuidedFaceRestorer(FaceRestorer):
             restorer's, raised towards 1 by half the face share the references shaped.
         """
         check_crops(lq, references)
-        if references is not None and any(references) and lq.shape[2] != lq.shape[3]:
-            raise ValueError(
-                f"reference-guided restoration needs square crops, got {tuple(lq.shape)}"
-            )
         base = self.blind.restore(lq)
         if references is None or not any(references):
             return RestoredFaces(base.hq, base.confidence, self.method, (0,) * lq.shape[0])
-        s, c = lq.shape[2], lq.shape[1]
+        (h, w), c = lq.shape[2:], lq.shape[1]
         hq = base.hq.clone()
         conf = base.confidence.clone()
         used = []
@@ -276,7 +285,10 @@ class RefGuidedFaceRestorer(FaceRestorer):
                 used.append(0)
                 continue
             face = base.hq[i].detach().float().permute(1, 2, 0).cpu().numpy()
-            out, shares = self.fuse(face, [_as_crop(r, s, c) for r in refs])
+            out, shares = self.fuse(
+                _pad_square(face), [_pad_square(_as_crop(r, (h, w), c)) for r in refs]
+            )
+            out = out[:h, :w]
             n = int((shares >= _MIN_USED).sum())
             used.append(n)
             if n:
