@@ -38,9 +38,10 @@ test: install testdata  ## run the test suite (slow and gpu tests skipped)
 demo: install testdata  ## degrade sample photos and show what f2s reports
 	$(BIN)/f2s demo
 
-bench: install testdata  ## throughput benchmarks (not tests): degrade, then restore per stage and size
+bench: install testdata  ## throughput benchmarks (not tests): start-up and degrade, restore per stage and size, a folder of 100 photos (~25 min on 2 cores)
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_restore.py $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/bench_batch.py
 
 eval: install testdata  ## f2s eval on the TEST photos, standard and OOD suites -> benchmarks/results/eval-{test,ood} (~2 h on 2 cores, mostly Real-ESRGAN)
 	$(BIN)/f2s data export test runs/test-photos

@@ -73,6 +73,13 @@ def default_io_workers(cores: int | None = None) -> int:
     return 1 if (cores if cores is not None else usable_cores()) <= 4 else 2
 
 
+def default_batch_size(device: str = "cpu") -> int:
+    """Images per compute batch when none is set: 1 on the CPU (photos gain nothing from
+    sharing a call there, and each one is written as soon as it is done), 4 on an accelerator
+    (the faces and tiles of several photos share its calls)."""
+    return 1 if device == "cpu" else 4
+
+
 # Upper bounds that keep a typo (threads: 100000) from exhausting the machine's threads.
 _MOST = {"threads": 1024, "io_workers": 256, "batch_size": 4096, "workers": 4096}
 
@@ -94,7 +101,8 @@ class BatchConfig:
             disk or run in OpenCV / PIL C code that releases the GIL.
         io_workers: threads that decode and encode images beside the compute thread; default
             :func:`default_io_workers`: 1 on up to 4 usable cores, else 2.
-        batch_size: images handed to the compute stage at once.
+        batch_size: images handed to the compute stage at once; None = the command's
+            :func:`default_batch_size` for its device (see :meth:`resolved`).
         shard: ``I/N``: process only shard I of N (array jobs sharing one output folder).
         engine: ``local`` (this process) or ``ray`` (a Ray Data actor pool).
         ray_address: Ray cluster to join (``auto``, ``HOST:PORT``); None = start one here.
@@ -111,7 +119,7 @@ class BatchConfig:
     seed: int = 0
     threads: int = 0
     io_workers: int = dataclasses.field(default_factory=lambda: default_io_workers())
-    batch_size: int = 4
+    batch_size: int | None = None
     shard: str | None = None
     engine: str = "local"
     ray_address: str | None = None
@@ -132,13 +140,20 @@ class BatchConfig:
         if not 1 <= self.quality <= 100:
             raise ConfigError(f"quality must be in 1..100, got {self.quality}")
         for name in ("max_pixels", "io_workers", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
         for name, most in _MOST.items():
-            if getattr(self, name) > most:
+            if getattr(self, name) is not None and getattr(self, name) > most:
                 raise ConfigError(f"{name} must be <= {most}, got {getattr(self, name)}")
+
+    def resolved(self, device: str = "cpu") -> BatchConfig:
+        """This config with ``batch_size`` set (:func:`default_batch_size` of ``device`` when
+        it was not): what the engines run with."""
+        if self.batch_size is not None:
+            return self
+        return dataclasses.replace(self, batch_size=default_batch_size(device))
 
     @property
     def shard_spec(self) -> Shard | None:

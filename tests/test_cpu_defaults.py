@@ -24,6 +24,13 @@ def test_explicit_values_override_the_defaults(monkeypatch):
     assert (cfg.torch_threads, cfg.io_workers) == (3, 4)
 
 
+def test_batch_size_default_follows_the_device():
+    # on the CPU one photo per batch: the first result is written after one photo's compute
+    assert BatchConfig().resolved("cpu").batch_size == 1
+    assert BatchConfig().resolved("cuda:0").batch_size == 4
+    assert BatchConfig(batch_size=3).resolved("cpu").batch_size == 3  # asked for: kept
+
+
 def test_usable_cores_honours_the_affinity(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)

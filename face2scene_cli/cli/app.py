@@ -7,6 +7,7 @@ only ``commands/restore.py``, which keeps torch, cv2 and the models out until th
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -171,4 +172,9 @@ def main() -> None:
     files, exits 130 with one line and no traceback (a batch run installs its own handler
     that finishes the file in flight)."""
     signal.signal(signal.SIGINT, _interrupted)
+    # oneDNN keeps up to 1024 compiled primitives, one per layer and input shape; face crops
+    # come in a new size with nearly every photo, so with that cache the peak RSS of 100
+    # photos was 31% over that of 10 (benchmarks/bench_batch.py), with 256 15%. 256 keeps
+    # the shapes a folder repeats (tiles, detector pyramid); an environment that sets it wins.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
     app()

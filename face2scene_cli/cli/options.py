@@ -138,7 +138,7 @@ BatchSize = Annotated[
         envvar="F2S_BATCH_SIZE",
         rich_help_panel=RUN,
         min=1,
-        help="Images per compute batch. [default: 4]",
+        help="Images per compute batch. [default: 1 on the CPU, 4 on CUDA]",
         show_default=False,
     ),
 ]

@@ -131,4 +131,4 @@ def degrade(
     log = LogOptions.from_values(locals())
     from face2scene_cli.pipelines.degrade import DegradePipeline
 
-    run_files(inputs, lambda: DegradePipeline(degrade_cfg), batch_cfg, log)
+    run_files(inputs, lambda: DegradePipeline(degrade_cfg), batch_cfg.resolved(), log)

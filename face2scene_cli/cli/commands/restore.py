@@ -188,6 +188,7 @@ def restore(
         print_config(batch_cfg, restore_cfg)
         return
     log = LogOptions.from_values(locals())
+    batch_cfg = batch_cfg.resolved(restore_cfg.device)
 
     def build() -> Face2ScenePipeline:
         from face2scene_cli.pipelines.restore import Face2ScenePipeline
