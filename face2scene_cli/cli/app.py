@@ -173,8 +173,9 @@ def main() -> None:
     that finishes the file in flight)."""
     signal.signal(signal.SIGINT, _interrupted)
     # oneDNN keeps up to 1024 compiled primitives, one per layer and input shape; face crops
-    # come in a new size with nearly every photo, so with that cache the peak RSS of 100
-    # photos was 31% over that of 10 (benchmarks/bench_batch.py), with 256 15%. 256 keeps
-    # the shapes a folder repeats (tiles, detector pyramid); an environment that sets it wins.
+    # come in a new size with nearly every photo, so with that cache the RSS kept growing
+    # (~20% from photo 10 to photo 87 of benchmarks/bench_batch.py's folder); with 256 the
+    # peak at 100 photos is 15% over that at 10. 256 keeps the shapes a folder repeats
+    # (tiles, detector pyramid); an environment that sets it wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
     app()
