@@ -273,7 +273,7 @@ class Face2ScenePipeline:
         lq = to_tensor(colour)
         restored = self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=cfg.scale)
         check, fallbacks = None, []
-        guard = getattr(self.scene, "guard", None)
+        guard = self.scene.guard
         if use_faces and guard is not None and reading.estimates is not None:
             boxes = {f.index: f.crop_box for f in reading.faces}
             check, fallbacks = check_restoration(
@@ -318,7 +318,7 @@ class Face2ScenePipeline:
 
     def _range_warnings(self, reading: ImageDegradation, use_faces: bool) -> list[str]:
         """What the faces read beyond the scene model's training degradations."""
-        envelope = getattr(self.scene, "trained_envelope", None)
+        envelope = self.scene.trained_envelope
         if not use_faces or reading.estimates is None or envelope is None:
             return []
         beyond = outside_training(reading.estimates, envelope)

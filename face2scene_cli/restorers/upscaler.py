@@ -55,6 +55,10 @@ class UpscaleRestorer:
     MAX_TILE: ClassVar[int] = 256
     #: The FaDeX whose codes it reads: none (blind).
     code_fadex: ClassVar[str | None] = None
+    #: No consistency check is calibrated for it (its outputs go unchecked).
+    guard: ClassVar[None] = None
+    #: The degradations it was trained on are not recorded (a converted model).
+    trained_envelope: ClassVar[None] = None
 
     def __init__(self, net: RRDBNet, name: str, device: str | torch.device = "cpu") -> None:
         if int(net.config.scale) != 4:
