@@ -171,3 +171,4 @@ def test_cpu_precision_is_bf16_only_where_the_model_and_the_cpu_allow_it(
         assert scene.run_settings(None, None)[1] == ("bf16" if native else "fp32")
         assert resolve_precision(None, cpu, cpu_bf16=False) == "fp32"  # e.g. Real-ESRGAN
         assert scene.run_settings(None, "fp32")[1] == "fp32"  # --precision wins
+        assert resolve_precision(None, torch.device("mps"), cpu_bf16=True) == "fp32"

@@ -125,8 +125,10 @@ def resolve_precision(precision: str | None, device: torch.device, cpu_bf16: boo
     if precision is None:
         if device.type == "cuda":
             precision = "fp16"
+        elif device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16():
+            precision = "bf16"
         else:
-            precision = "bf16" if cpu_bf16 and cpu_has_native_bf16() else "fp32"
+            precision = "fp32"
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
