@@ -60,10 +60,10 @@ def make_photos(count: int, dest: Path) -> tuple[list[Path], Path]:
     faces = {}
     for person, name, box in FACES:
         with Image.open(by_name[name]) as src:
-            faces[person] = src.convert("RGB").crop(box)
+            face = faces[person] = src.convert("RGB").crop(box)
         (refs / person).mkdir(parents=True, exist_ok=True)
-        ImageOps.mirror(faces[person]).save(refs / person / "mirrored.png")
-        small = faces[person].resize((96, round(96 * box_ratio(box))), Image.BICUBIC)
+        ImageOps.mirror(face).save(refs / person / "mirrored.png")
+        small = face.resize((96, round(96 * face.height / face.width)), Image.BICUBIC)
         small.save(refs / person / "small.png")
     rng = np.random.default_rng(0)
     for i, path in enumerate(paths):
@@ -82,11 +82,6 @@ def make_photos(count: int, dest: Path) -> tuple[list[Path], Path]:
         lq = apply(to_tensor(np.asarray(photo)), PRESETS["mixed"], image_generator(0, path.name))
         Image.fromarray(from_tensor(lq, np.uint8)).save(path)
     return paths, refs
-
-
-def box_ratio(box: tuple[int, int, int, int]) -> float:
-    """Height over width of a (left, top, right, bottom) box."""
-    return (box[3] - box[1]) / (box[2] - box[0])
 
 
 # Runs a command and prints the peak RSS (KiB) of its process tree's largest process.
