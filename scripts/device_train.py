@@ -15,6 +15,8 @@ wheels it lacks in ``carry/``)::
 3. Every run trains at once on the one GPU, in its own process, from that cache
    (``data.cache_from``) until ``--end-by`` seconds after the start (a wall-clock budget that
    the cache building eats into); each exports its EMA weights to ``<out>/<run>/export``.
+   A run starts from scratch unless the plan gives it an ``init_from`` (a carried model
+   folder); a config's own ``train.init_from`` is ignored there.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def train_one(args: argparse.Namespace) -> int:
             "data.samples": args.samples,
             "train.device": args.device,
             "train.max_minutes": args.minutes,
-            "train.init_from": None,
+            "train.init_from": plan["runs"][args.run].get("init_from"),
             "val.enabled": False,
             "logging.run_dir": str(run),
             "logging.export_to": str(run / "export"),

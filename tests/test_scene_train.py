@@ -300,3 +300,63 @@ def test_evaluation_table_and_targets_on_a_real_photo(tmp_path: Path) -> None:
     assert not checks["noise15: code PSNR gain over input >= +3 dB"]["pass"]
     md = to_markdown(table, list(checks.values()))
     assert "| noise15 (1) |" in md and "**no**" in md
+
+
+def test_the_critic_learns_to_tell_clean_patches_from_blurred_ones() -> None:
+    import numpy as np
+    from skimage import data as skdata
+
+    from face2scene_cli.research.train.discriminator import UNetDiscriminator, critic_losses
+
+    photo = torch.from_numpy(np.ascontiguousarray(skdata.astronaut())).permute(2, 0, 1) / 255
+    torch.manual_seed(0)
+    critic = UNetDiscriminator(channels=8)
+    opt = torch.optim.Adam(critic.parameters(), lr=2e-3, betas=(0.9, 0.99))
+    blur = torch.nn.AvgPool2d(5, stride=1, padding=2, count_include_pad=False)
+
+    def patches(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ys, xs = torch.randint(0, 512 - 32, (2, n))
+        real = torch.stack([photo[:, y : y + 32, x : x + 32] for y, x in zip(ys, xs, strict=True)])
+        return real, blur(real)
+
+    real, fake = patches(16)
+    g_loss, d_loss = critic_losses(critic, fake.requires_grad_(), real)
+    g_loss.backward()  # the restorer's term reaches the input, not the critic
+    assert fake.grad is not None and all(p.grad is None for p in critic.parameters())
+    for _ in range(60):
+        real, fake = patches(16)
+        _, d_loss = critic_losses(critic, fake, real)
+        opt.zero_grad()
+        d_loss.backward()
+        opt.step()
+    critic.eval()
+    real, fake = patches(32)
+    with torch.no_grad():
+        on_real, on_fake = critic(real).mean((1, 2, 3)), critic(fake).mean((1, 2, 3))
+    assert (on_real > on_fake).float().mean() > 0.9
+
+
+def test_adversarial_training_checkpoints_its_critic_and_resumes_it(
+    tmp_path: Path, tiny_zoo
+) -> None:
+    from safetensors.torch import load_file
+
+    from face2scene_cli.errors import ConfigError
+
+    cfg_path = _tiny_config(tmp_path, w_gan=0.1, critic_channels=8)
+    assert train_scene(load_scene_config(cfg_path))["steps"] == 2
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(r["gan"] > 0 and r["critic"] > 0 for r in rows)
+    critic_file = run / "checkpoint-critic" / "model.safetensors"
+    before = load_file(str(critic_file))
+    assert json.loads((run / "checkpoint-critic" / "state.json").read_text())["step"] == 2
+    # a resume with no step left saves the critic it read back, not a fresh one
+    assert train_scene(load_scene_config(cfg_path), resume=True)["steps"] == 2
+    reread = load_file(str(critic_file))
+    assert all(torch.equal(before[k], reread[k]) for k in before)
+    assert train_scene(load_scene_config(cfg_path, {"train.steps": 3}), resume=True)["steps"] == 3
+    after = load_file(str(critic_file))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # and it trains on
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        load_scene_config(cfg_path, {"train.crop": 30})

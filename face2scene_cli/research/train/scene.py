@@ -20,7 +20,10 @@ probability ``train.cond_dropout`` >= 0.2 so the blind mode stays a fair baselin
 ``train.init_from`` warm-starts from another run's checkpoint (e.g. the blind phase).
 
 Losses: Charbonnier + ``w_ssim`` (1 - SSIM) + ``w_grad`` L1 of image gradients + ``w_fft``
-L1 of FFT amplitudes. An EMA of the weights is what validation and export use.
+L1 of FFT amplitudes; with ``w_gan > 0`` also a non-saturating adversarial term from a U-Net
+critic trained alongside (:mod:`~face2scene_cli.research.train.discriminator`; its weights and
+optimizer are checkpointed in ``checkpoint-critic/`` and never exported). An EMA of the
+weights is what validation and export use.
 
 Run folder: ``config.yaml``, ``data_manifest.json``, ``cache/`` (degraded regions, codes),
 ``log.jsonl``, ``val.jsonl``, ``checkpoint/`` (weights, EMA, optimizer, step, wall time, RNG
@@ -54,6 +57,7 @@ from face2scene_cli.registry import create
 from face2scene_cli.research.metrics import ssim_torch
 from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
+from face2scene_cli.research.train.discriminator import UNetDiscriminator, critic_losses
 from face2scene_cli.research.train.scene_config import SceneTrainConfig, TrainSection
 from face2scene_cli.research.train.scene_data import (
     build_cache,
@@ -287,9 +291,15 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=0.0
     )
+    critic = opt_critic = None
+    if tc.w_gan:
+        critic = UNetDiscriminator(tc.critic_channels).to(device)
+        opt_critic = torch.optim.Adam(critic.parameters(), lr=tc.critic_lr, betas=(0.9, 0.99))
     step, wall_before, best, phases = 0, 0.0, -math.inf, []
-    ckpt = run / "checkpoint"
+    ckpt, ckpt_critic = run / "checkpoint", run / "checkpoint-critic"
     if resume:
+        if critic is not None and ckpt_critic.is_dir():
+            load_checkpoint(ckpt_critic, critic, opt_critic)
         meta = load_checkpoint(ckpt, model, opt)
         ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         step, wall_before, best = int(meta["step"]), float(meta["wall_s"]), float(meta["best"])
@@ -354,6 +364,8 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
             "fadex": fadex_sha,
             "val_items": config.val.items_key(),
         }
+        if critic is not None:
+            save_checkpoint(ckpt_critic, critic, opt_critic, {"step": step})
         save_checkpoint(ckpt, model, opt, state)
         save_file(
             {k: v.contiguous() for k, v in ema.state_dict().items()}, str(ckpt / "ema.safetensors")
@@ -386,10 +398,18 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
             tokens = mapnet.null_tokens(tc.batch)
         out = net(lq, tokens)
         loss, parts = restoration_loss(out, clean, tc.w_ssim, tc.w_grad, tc.w_fft)
+        if critic is not None:
+            g_adv, d_loss = critic_losses(critic, out, clean)
+            loss = loss + tc.w_gan * g_adv
+            parts |= {"gan": g_adv.item(), "critic": d_loss.item()}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
+        if critic is not None:
+            opt_critic.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_critic.step()
         step += 1
         steps_here += 1
         decay = min(tc.ema, (1 + steps_here) / (10 + steps_here))

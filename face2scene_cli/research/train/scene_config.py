@@ -105,6 +105,9 @@ class TrainSection:
     w_grad: float = 0.1
     w_fft: float = 0.02
     grad_clip: float = 1.0
+    w_gan: float = 0.0  # > 0: adversarial term from a critic trained alongside
+    critic_channels: int = 64  # the critic's first-level width (discriminator.py)
+    critic_lr: float = 1e-4
     seed: int = 0
     threads: int = 2
     device: str = "cpu"
@@ -170,6 +173,13 @@ class SceneTrainConfig:
             raise ConfigError(f"train.condition must be blind or code, got {t.condition!r}")
         if t.condition == "code" and t.cond_dropout < 0.2:
             raise ConfigError(f"train.cond_dropout must be >= 0.2, got {t.cond_dropout}")
+        if t.w_gan < 0:
+            raise ConfigError(f"train.w_gan must be >= 0, got {t.w_gan}")
+        if t.w_gan and (t.crop * self.data.scale) % 8:
+            raise ConfigError(
+                f"the critic needs clean crops of a multiple of 8 px: train.crop ({t.crop}) x "
+                f"data.scale ({self.data.scale}) is not"
+            )
         lq_side = self.data.region // self.data.scale
         if t.crop > lq_side:
             raise ConfigError(f"train.crop ({t.crop}) > the LQ region ({lq_side} px)")
