@@ -13,6 +13,12 @@ diffusers, no package registry and none of the photo packages; one call carries 
   loads the splits from them), and ``t1.jpg`` for the benchmark;
 * ``carry/manifest.json``: sizes, and the total with the working tree, against the limit.
 
+The working tree alone is ~56 MiB (32 of them Real-ESRGAN's weights), so carry + tree exceed
+the limit; lease 3 fitted (61.7 MiB with two carried warm-start models) by untracking for the
+call only what training never reads (``git rm -r --cached models/realesrgan-x4plus
+models/scene-embedded benchmarks/results/eval-*/grid*.png``, those paths in
+``.git/info/exclude``; ``git reset -q HEAD -- <paths>`` and an empty exclude file afterwards).
+
 ``unpack DIR`` (here, after the lease): extracts the returned ``<run>.tar`` files (each a
 trained model folder, see ``scripts/device_train.sh``) into ``runs/gpu/<run>`` and the
 benchmark / log archive into ``runs/gpu/logs``.

@@ -360,3 +360,10 @@ def test_adversarial_training_checkpoints_its_critic_and_resumes_it(
     assert any(not torch.equal(before[k], after[k]) for k in before)  # and it trains on
     with pytest.raises(ConfigError, match="multiple of 8"):
         load_scene_config(cfg_path, {"train.crop": 30})
+
+
+def test_every_run_of_the_gpu_plan_loads() -> None:
+    plan = yaml.safe_load(Path("configs/gpu-plan.yaml").read_text())
+    for name, run in plan["runs"].items():
+        cfg = load_scene_config(Path(run["config"]), run.get("set", {}))  # unknown keys raise
+        assert cfg.train.w_gan == run["set"].get("train.w_gan", 0.0), name
