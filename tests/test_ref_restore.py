@@ -14,6 +14,7 @@ import torch
 from helpers import missing_data
 
 from face2scene_cli.faces.align import FaceAligner
+from face2scene_cli.faces.base import IdentityEncoder
 from face2scene_cli.faces.detect import create_detector
 from face2scene_cli.faces.paste import face_mask
 from face2scene_cli.io.images import read_image
@@ -147,3 +148,44 @@ def test_registry_and_bad_input(case: dict) -> None:
         r.restore(case["lq"], [[], []])
     with pytest.raises(TypeError, match="float"):
         r.restore(case["lq"], [[(case["refs"][0] * 255).to(torch.uint8)]])
+
+
+class _CountingEncoder(IdentityEncoder):
+    """Another encoder's embeddings, counting the images it embeds."""
+
+    def __init__(self, inner: IdentityEncoder) -> None:
+        self.inner, self.calls = inner, 0
+        self.name, self.metric = inner.name, inner.metric
+        self.dim, self.threshold = inner.dim, inner.threshold
+
+    def embed(self, image: np.ndarray, faces: list) -> np.ndarray:
+        self.calls += 1
+        return self.inner.embed(image, faces)
+
+
+def test_given_reference_embeddings_spare_the_gate_re_embedding_them(
+    case: dict, restorer: RefGuidedFaceRestorer
+) -> None:
+    from face2scene_cli.restorers.face.ref_guided import aligned_face_box, to_rgb8
+
+    if restorer.identity is None:
+        missing_data("dlib identity encoder not installed")
+    counting = _CountingEncoder(restorer.identity)
+    r = RefGuidedFaceRestorer(identity=counting)
+    assert r.identity_encoder == restorer.identity.name == "dlib-resnet"
+    box = [aligned_face_box(SIZE)]
+    own = np.concatenate(
+        [restorer.identity.embed(to_rgb8(x.permute(1, 2, 0).numpy()), box) for x in case["refs"]]
+    )
+    plain = restorer.restore(case["lq"], [case["refs"]])
+    out = r.restore(case["lq"], [case["refs"]], reference_embeddings=[own])
+    assert counting.calls == 1  # the restored face only, not the two references
+    assert torch.equal(out.hq, plain.hq) and out.references_used == plain.references_used == (2,)
+    # a stranger's embeddings close the gate even on the right person's pixels
+    hanks = np.concatenate(
+        [restorer.identity.embed(to_rgb8(x.permute(1, 2, 0).numpy()), box) for x in case["wrong"]]
+    )
+    refused = r.restore(case["lq"], [case["refs"]], reference_embeddings=[hanks])
+    assert refused.references_used == (0,)
+    with pytest.raises(ValueError, match="2 refs"):
+        r.restore(case["lq"], [case["refs"]], reference_embeddings=[own[:1]])

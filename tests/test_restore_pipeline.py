@@ -122,6 +122,49 @@ def test_each_face_gets_its_own_persons_references(
     assert float(ref.min()) >= 0.0 and float(ref.max()) <= 1.0 and float(ref.std()) > 0.05
 
 
+class EmbeddingRecorder(RecordingRestorer):
+    """A restorer whose identity gate uses ``identity_encoder``: records the reference
+    embeddings it is given."""
+
+    name = "embedding-recorder"
+    identity_encoder = "dlib-resnet"
+    given: ClassVar[list[list[np.ndarray | None] | None]] = []
+
+    def restore(self, lq, references=None, reference_embeddings=None):
+        type(self).given.append(reference_embeddings)
+        return super().restore(lq, references)
+
+
+@pytest.mark.parametrize("encoder", ["dlib-resnet", "arcface-buffalo_l"])
+def test_the_gallery_s_reference_embeddings_reach_a_gate_of_the_same_encoder(
+    two_people, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: str
+) -> None:
+    """Stage I's identity gate is handed the gallery's embeddings of the references instead of
+    embedding the warped references again, only when it uses the gallery's encoder."""
+    from face2scene_cli.faces.identity import DlibResNetEncoder
+
+    photo, refs = two_people
+    monkeypatch.setitem(KINDS["face_restorer"].builtins, "embedding-recorder", EmbeddingRecorder)
+    monkeypatch.setattr(EmbeddingRecorder, "identity_encoder", encoder)
+    monkeypatch.setattr(EmbeddingRecorder, "given", [])
+    out = tmp_path / "out"
+    args = ["restore", str(photo), "--refs", str(refs), "--out", str(out), "-q"]
+    res = runner.invoke(app, [*args, "--face-restorer", "embedding-recorder", "-b", "1"])
+    assert res.exit_code == 0, res.output
+    assert len(EmbeddingRecorder.given) == 2  # two crop sizes: one call each
+    if encoder != "dlib-resnet":  # the gallery embeds with dlib: nothing to share
+        assert EmbeddingRecorder.given == [None, None]
+        return
+    # her crop gets the gallery's embedding of her one reference; the man has none
+    hers = [e for call in EmbeddingRecorder.given for e in call or [] if e is not None]
+    assert EmbeddingRecorder.given.count(None) == 1
+    assert len(hers) == 1 and hers[0].shape == (1, 128)
+    ref = np.asarray(Image.open(refs / "eileen" / "flip.png").convert("RGB"))
+    enc = DlibResNetEncoder()
+    own = enc.embed(ref, create_detector("mtcnn").detect([ref])[0][:1])
+    assert float(np.linalg.norm(own - hers[0])) < 0.05  # the reference photo's own face
+
+
 def test_gallery_warnings_reach_stderr_and_the_summary_once(two_people, tmp_path: Path) -> None:
     """Issue 17 case 8: what ``f2s faces`` warns about a gallery, ``f2s restore`` says too, once
     per run (two batches here): a ref linked outside the refs folder (not an image), an

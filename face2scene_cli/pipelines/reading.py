@@ -187,6 +187,7 @@ class _Crop:
     box: tuple[int, int, int, int]
     lq: torch.Tensor  # (C, h, w)
     references: list[torch.Tensor] | None
+    reference_embeddings: np.ndarray | None = None  # (len(references), D)
     confidence: float = 0.0
     references_used: int | None = None
 
@@ -235,6 +236,7 @@ class DegradationReader:
     def read_batch(
         self,
         images: Sequence[tuple[np.ndarray, list[DetectedFace], list[list[torch.Tensor]] | None]],
+        reference_embeddings: Sequence[list[np.ndarray]] | None = None,
     ) -> tuple[list[ImageDegradation], dict[str, float]]:
         """The degradation of each image of a batch.
 
@@ -242,16 +244,22 @@ class DegradationReader:
             images: per image, its pixels (H, W, C) uint8/uint16 with C in {1, 3, 4} (alpha is
                 ignored), its faces, and per face the reference crops (C, Hr, Wr) float in
                 [0, 1] handed to the Stage I restorer (None: no reference gallery).
+            reference_embeddings: per image, per face, the (n_refs, D) identity embeddings of
+                its references, by an encoder named the restorer's ``identity_encoder``
+                (checked): the restorer then need not embed the references again.
 
         Returns:
             One :class:`ImageDegradation` per image, and the seconds spent in ``stage1`` and
             ``fadex`` over the whole batch. Faces whose crop has a side under 16 px are left
             out.
         """
+        if reference_embeddings is not None and self.restorer.identity_encoder is None:
+            raise ValueError(f"{self.restorer.method} takes no reference embeddings")
+        embeddings = reference_embeddings or [None] * len(images)
         crops = [
             crop
-            for i, (pixels, faces, refs) in enumerate(images)
-            for crop in self._crops(i, pixels, faces, refs)
+            for i, ((pixels, faces, refs), emb) in enumerate(zip(images, embeddings, strict=True))
+            for crop in self._crops(i, pixels, faces, refs, emb)
         ]
         groups: dict[tuple[int, ...], list[_Crop]] = {}
         for crop in crops:
@@ -280,6 +288,7 @@ class DegradationReader:
         pixels: np.ndarray,
         faces: list[DetectedFace],
         references: list[list[torch.Tensor]] | None,
+        embeddings: list[np.ndarray] | None = None,
     ) -> list[_Crop]:
         colour = pixels[..., :3] if pixels.shape[-1] == 4 else pixels
         crops = []
@@ -291,19 +300,22 @@ class DegradationReader:
                 continue
             lq = to_tensor(np.ascontiguousarray(crop.crop[y0:y1, x0:x1]))[0]
             box = (crop.box[0] + x0, crop.box[1] + y0, crop.box[0] + x1, crop.box[1] + y1)
-            refs = None
+            refs, emb = None, None
             if references is not None and self.restorer.uses_references:
                 refs = [warp_reference(r, face, box) for r in references[index]]
-            crops.append(_Crop(image, index, face, box, lq, refs))
+                emb = None if embeddings is None else embeddings[index]
+            crops.append(_Crop(image, index, face, box, lq, refs, emb))
         return crops
 
     def _restore(self, chunk: list[_Crop]) -> torch.Tensor:
         """Stage I on crops of one size: (B, C, h, w) in [0, 1]; fills each crop's
         ``confidence`` and ``references_used``."""
-        refs = None
+        refs, extra = None, {}
         if any(c.references is not None for c in chunk):
             refs = [_as_channels(c.references or [], c.lq.shape[0]) for c in chunk]
-        out = self.restorer.restore(torch.stack([c.lq for c in chunk]), refs)
+        if any(c.reference_embeddings is not None for c in chunk):
+            extra["reference_embeddings"] = [c.reference_embeddings for c in chunk]
+        out = self.restorer.restore(torch.stack([c.lq for c in chunk]), refs, **extra)
         used = out.references_used
         for j, crop in enumerate(chunk):
             crop.confidence = float(out.confidence[j])

@@ -25,6 +25,7 @@ from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.faces.align import FaceAligner, estimate_similarity, ffhq_template
 from face2scene_cli.faces.base import DetectedFace
 from face2scene_cli.faces.detect import resolve_detector_name
+from face2scene_cli.faces.gallery import Reference
 from face2scene_cli.faces.paste import paste_faces
 from face2scene_cli.hashing import json_sha256
 from face2scene_cli.io.images import Image
@@ -216,12 +217,22 @@ class Face2ScenePipeline:
             t0 = time.perf_counter()
             found.append(self.finder.find(colour))
             t["faces"] = time.perf_counter() - t0
-        refs_given = self.finder.gallery is not None
+        gallery = self.finder.gallery
         jobs = [
-            (c, [f.face for f in faces], self._references(faces) if refs_given else None)
+            (c, [f.face for f in faces], self._references(faces) if gallery else None)
             for c, faces in zip(colours, found, strict=True)
         ]
-        readings, stage_times = self.reader.read_batch(jobs)
+        # the gallery's embeddings of the references spare the identity gate re-embedding
+        # them, when the restorer's gate uses the same encoder
+        same_encoder = gallery is not None and (
+            self.reader.restorer.identity_encoder == gallery.encoder.name
+        )
+        embeddings = (
+            [[_stacked_embeddings(f.references) for f in faces] for faces in found]
+            if same_encoder
+            else None
+        )
+        readings, stage_times = self.reader.read_batch(jobs, embeddings)
         n_faces = [len(r.faces) for r in readings]
         total = sum(n_faces)
         for t, n in zip(timings, n_faces, strict=True):
@@ -411,6 +422,11 @@ def _hq_canvas(base: np.ndarray, faces: list[FaceDegradation], scale: int) -> np
             hq = cv2.resize(hq, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
         canvas[y0:y1, x0:x1] = hq.reshape(y1 - y0, x1 - x0, base.shape[2])
     return canvas
+
+
+def _stacked_embeddings(references: list[Reference]) -> np.ndarray | None:
+    """(len(references), D) float32 of the references' gallery embeddings; None for none."""
+    return np.stack([r.embedding for r in references]) if references else None
 
 
 def _scaled(face: DetectedFace, scale: int) -> DetectedFace:

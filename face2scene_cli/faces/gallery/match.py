@@ -38,6 +38,8 @@ class Reference:
         similarity: identity similarity to the face (the encoder's scale: higher = closer).
         pose_distance: pose difference to the face (see :class:`PoseWeights`).
         score: the ranking score, ``identity - pose_weight * pose_distance``.
+        embedding: (D,) float32, the gallery encoder's embedding of the reference face (the
+            one ``similarity`` was computed with).
     """
 
     path: str
@@ -48,6 +50,7 @@ class Reference:
     similarity: float
     pose_distance: float
     score: float
+    embedding: np.ndarray
 
     def crop(self) -> np.ndarray:
         """The aligned crop, (S, S, 3) uint8 RGB, read from the cache."""
@@ -231,6 +234,7 @@ class Gallery(GalleryIndex):
                     similarity=float(sim),
                     pose_distance=pd,
                     score=float(ident - w.pose_weight * pd),
+                    embedding=self.embeddings[r],
                 )
             )
         ranked.sort(key=lambda r: -r.score)  # stable: ties keep path order

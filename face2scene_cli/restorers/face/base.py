@@ -66,11 +66,15 @@ class FaceRestorer(ABC):
 
     Subclasses set ``name`` and ``version`` and implement :meth:`restore`. ``uses_references``
     says whether the backend reads ``references`` at all (the blind baseline does not).
+    ``identity_encoder`` names the identity encoder (:attr:`IdentityEncoder.name`) whose
+    embeddings of the references :meth:`restore` also takes, as ``reference_embeddings``, so
+    that it need not embed them again (None: it takes none, and is never given any).
     """
 
     name: str = "base"
     version: str = "0"
     uses_references: bool = False
+    identity_encoder: str | None = None
 
     @property
     def method(self) -> str:

@@ -180,18 +180,33 @@ class RefGuidedFaceRestorer(FaceRestorer):
         self.max_flow = float(max_flow)
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
-    def identity_weight(self, face: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
+    @property
+    def identity_encoder(self) -> str | None:
+        """The identity gate's encoder name: :meth:`restore` takes reference embeddings made
+        by an encoder of that name (e.g. a reference gallery's)."""
+        return None if self.identity is None else self.identity.name
+
+    def identity_weight(
+        self, face: np.ndarray, refs: list[np.ndarray], ref_embeddings: np.ndarray | None = None
+    ) -> np.ndarray:
         """Per reference, the identity gate in [0, 1] (all 1 without an encoder).
 
         Args:
             face: (S, S, C) float32 in [0, 1], the blind-restored crop.
             refs: references, each (S, S, C) float32 in [0, 1].
+            ref_embeddings: (len(refs), D) embeddings of the references by an encoder of
+                :attr:`identity_encoder`'s name, used instead of embedding ``refs`` (one
+                encoder call per reference saved); None = embed ``refs``.
         """
         if self.identity is None:
             return np.ones(len(refs), np.float32)
         box = [aligned_face_box(face.shape[0])]
-        emb = [self.identity.embed(to_rgb8(x), box) for x in [face, *refs]]
-        sims = self.identity.similarity(emb[0], np.concatenate(emb[1:]))[0]
+        if ref_embeddings is None:
+            ref_embeddings = np.concatenate([self.identity.embed(to_rgb8(x), box) for x in refs])
+        elif len(ref_embeddings) != len(refs):
+            raise ValueError(f"{len(ref_embeddings)} reference embeddings for {len(refs)} refs")
+        emb = self.identity.embed(to_rgb8(face), box)
+        sims = self.identity.similarity(emb, np.asarray(ref_embeddings, np.float32))[0]
         thr = self.identity.similarity_threshold
         perfect = 0.0 if self.identity.metric == "euclidean" else 1.0
         ident = (sims - thr) / (perfect - thr)
@@ -216,12 +231,16 @@ class RefGuidedFaceRestorer(FaceRestorer):
         warped = cv2.remap(y_ref, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
         return warped, trust
 
-    def fuse(self, face: np.ndarray, refs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def fuse(
+        self, face: np.ndarray, refs: list[np.ndarray], ref_embeddings: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Add the references' detail to one blind-restored crop.
 
         Args:
             face: (S, S, C) float32 in [0, 1], the blind output.
             refs: references, each (S, S, C) float32 in [0, 1] (FFHQ-aligned).
+            ref_embeddings: their identity embeddings, if already made (see
+                :meth:`identity_weight`).
 
         Returns:
             ``(out, weights)``: (S, S, C) float32 in [0, 1], and per reference the share of
@@ -234,7 +253,7 @@ class RefGuidedFaceRestorer(FaceRestorer):
         detail_face = y_face - _blur(y_face, fine)
         mid_face = _blur(y_face, fine) - _blur(y_face, coarse)
         x0, y0, x1, y1 = (round(float(v)) for v in aligned_face_box(s).box)
-        id_w = self.identity_weight(face, refs)
+        id_w = self.identity_weight(face, refs, ref_embeddings)
         num = np.zeros_like(y_face)
         den = np.full_like(y_face, 1e-6)
         top = np.zeros_like(y_face)
@@ -256,7 +275,12 @@ class RefGuidedFaceRestorer(FaceRestorer):
         delta = self.amount * top * (num / den - self.replace * detail_face)
         return np.clip(face + delta[..., None], 0.0, 1.0).astype(np.float32), shares
 
-    def restore(self, lq: Tensor, references: list[list[Tensor]] | None = None) -> RestoredFaces:
+    def restore(
+        self,
+        lq: Tensor,
+        references: list[list[Tensor]] | None = None,
+        reference_embeddings: list[np.ndarray | None] | None = None,
+    ) -> RestoredFaces:
         """Restore a batch of FFHQ-aligned crops, using each crop's references.
 
         Args:
@@ -266,6 +290,9 @@ class RefGuidedFaceRestorer(FaceRestorer):
             references: per crop, a (possibly empty) list of aligned references of the same
                 person, each :math:`(C_r, H_r, W_r)` in [0, 1] (any size; resized to the crop);
                 None = no references (the output is the blind restorer's).
+            reference_embeddings: per crop, None or the (n_refs, D) identity embeddings of its
+                references by an encoder named :attr:`identity_encoder` (a gallery's): the
+                identity gate then embeds only the restored face.
 
         Returns:
             :class:`RestoredFaces`; ``references_used[i]`` counts the references that shaped
@@ -280,13 +307,18 @@ class RefGuidedFaceRestorer(FaceRestorer):
         hq = base.hq.clone()
         conf = base.confidence.clone()
         used = []
+        embeddings = reference_embeddings or [None] * len(references)
+        if len(embeddings) != len(references):
+            raise ValueError(f"{len(embeddings)} embedding sets for {len(references)} crops")
         for i, refs in enumerate(references):
             if not refs:
                 used.append(0)
                 continue
             face = base.hq[i].detach().float().permute(1, 2, 0).cpu().numpy()
             out, shares = self.fuse(
-                _pad_square(face), [_pad_square(_as_crop(r, (h, w), c)) for r in refs]
+                _pad_square(face),
+                [_pad_square(_as_crop(r, (h, w), c)) for r in refs],
+                embeddings[i],
             )
             out = out[:h, :w]
             n = int((shares >= _MIN_USED).sum())
