@@ -138,8 +138,10 @@ def main() -> None:
     args = parser.parse_args()
     paths, refs = make_photos(args.count, sample_data.data_dir() / "bench" / "batch")
     load_before = os.getloadavg()
-    small = run_restore(paths[: args.rss_at], refs, args.extra)
-    full = run_restore(paths, refs, args.extra)
+    with tempfile.TemporaryDirectory(prefix="f2s-bench-cache-") as cache:
+        os.environ["F2S_CACHE_DIR"] = cache  # the small run builds the gallery from nothing
+        small = run_restore(paths[: args.rss_at], refs, args.extra)
+        full = run_restore(paths, refs, args.extra)
     load_after = os.getloadavg()
     reports = full["reports"]
     n = full["summary"]["counts"]["done"]

@@ -15,7 +15,10 @@ the crop side, given at 512 px):
    ``clip(identity / id_margin, 0, 1)`` with ``identity`` the encoder's similarity of ``B`` and
    ``R`` rescaled so the same-person threshold is 0 and a perfect match 1 (as in
    :meth:`~face2scene_cli.faces.gallery.Gallery.best_references`). A reference of someone else
-   gets weight 0 and is not used at all;
+   gets weight 0 and is not used at all. ``R``'s embedding is the one given with it (``f2s
+   restore`` hands over the gallery's, of the reference photo's face, when the gallery uses
+   the gate's encoder: one encoder call per crop instead of 1 + one per reference), else
+   ``R`` is embedded here;
 3. dense alignment: DIS optical flow between ``Y_B`` and ``Y_R`` at ``flow_size`` px on
    locally normalised images, smoothed; ``Y_R`` is warped onto ``B``'s geometry. The flow is
    trusted (``c_flow``) where it is smooth (``exp(-(|grad f| / 0.5)^2)``) and short
