@@ -163,6 +163,10 @@ def test_the_gallery_s_reference_embeddings_reach_a_gate_of_the_same_encoder(
     enc = DlibResNetEncoder()
     own = enc.embed(ref, create_detector("mtcnn").detect([ref])[0][:1])
     assert float(np.linalg.norm(own - hers[0])) < 0.05  # the reference photo's own face
+    # a restorer whose gate is not told which encoder it uses is never handed embeddings
+    reader = DegradationReader(load_fadex(), BlindFaceRestorer())
+    with pytest.raises(ValueError, match="takes no reference embeddings"):
+        reader.read_batch([(ref, [], None)], [[]])
 
 
 def test_gallery_warnings_reach_stderr_and_the_summary_once(two_people, tmp_path: Path) -> None:

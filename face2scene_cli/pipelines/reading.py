@@ -236,7 +236,7 @@ class DegradationReader:
     def read_batch(
         self,
         images: Sequence[tuple[np.ndarray, list[DetectedFace], list[list[torch.Tensor]] | None]],
-        reference_embeddings: Sequence[list[np.ndarray]] | None = None,
+        reference_embeddings: Sequence[list[np.ndarray | None]] | None = None,
     ) -> tuple[list[ImageDegradation], dict[str, float]]:
         """The degradation of each image of a batch.
 
@@ -244,9 +244,10 @@ class DegradationReader:
             images: per image, its pixels (H, W, C) uint8/uint16 with C in {1, 3, 4} (alpha is
                 ignored), its faces, and per face the reference crops (C, Hr, Wr) float in
                 [0, 1] handed to the Stage I restorer (None: no reference gallery).
-            reference_embeddings: per image, per face, the (n_refs, D) identity embeddings of
-                its references, by an encoder named the restorer's ``identity_encoder``
-                (checked): the restorer then need not embed the references again.
+            reference_embeddings: per image, per face, None or the (n_refs, D) identity
+                embeddings of its references, by an encoder named the restorer's
+                ``identity_encoder`` (a restorer without one refuses them): the restorer then
+                need not embed the references again.
 
         Returns:
             One :class:`ImageDegradation` per image, and the seconds spent in ``stage1`` and
@@ -288,7 +289,7 @@ class DegradationReader:
         pixels: np.ndarray,
         faces: list[DetectedFace],
         references: list[list[torch.Tensor]] | None,
-        embeddings: list[np.ndarray] | None = None,
+        embeddings: list[np.ndarray | None] | None = None,
     ) -> list[_Crop]:
         colour = pixels[..., :3] if pixels.shape[-1] == 4 else pixels
         crops = []
