@@ -80,6 +80,13 @@ def two_people(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, P
     return photos / "pair.png", refs.parent
 
 
+def _restore_with_refs(photo: Path, refs: Path, out: Path, *options: str) -> None:
+    res = runner.invoke(
+        app, ["restore", str(photo), "--refs", str(refs), "--out", str(out), "-q", *options]
+    )
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.parametrize(
     ("restorer", "agree", "reason"),
     [
@@ -96,9 +103,7 @@ def test_each_face_gets_its_own_persons_references(
     monkeypatch.setattr(RecordingRestorer, "agree", agree)
     monkeypatch.setattr(RecordingRestorer, "calls", [])
     out = tmp_path / "out"
-    args = ["restore", str(photo), "--refs", str(refs), "--out", str(out), "-q"]
-    res = runner.invoke(app, [*args, "--face-restorer", restorer])
-    assert res.exit_code == 0, res.output
+    _restore_with_refs(photo, refs, out, "--face-restorer", restorer)
     report = next(iter(reports_in(out).values()))
     faces = sorted(report["faces"], key=lambda f: f["box"][0])
     assert [f["person"] for f in faces] == ["eileen", None]  # the man is not given her refs
@@ -147,10 +152,7 @@ def test_the_gallery_s_reference_embeddings_reach_a_gate_of_the_same_encoder(
     monkeypatch.setitem(KINDS["face_restorer"].builtins, "embedding-recorder", EmbeddingRecorder)
     monkeypatch.setattr(EmbeddingRecorder, "identity_encoder", encoder)
     monkeypatch.setattr(EmbeddingRecorder, "given", [])
-    out = tmp_path / "out"
-    args = ["restore", str(photo), "--refs", str(refs), "--out", str(out), "-q"]
-    res = runner.invoke(app, [*args, "--face-restorer", "embedding-recorder", "-b", "1"])
-    assert res.exit_code == 0, res.output
+    _restore_with_refs(photo, refs, tmp_path / "out", "--face-restorer", "embedding-recorder")
     assert len(EmbeddingRecorder.given) == 2  # two crop sizes: one call each
     if encoder != "dlib-resnet":  # the gallery embeds with dlib: nothing to share
         assert EmbeddingRecorder.given == [None, None]
