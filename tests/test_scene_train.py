@@ -27,6 +27,7 @@ def test_loss_is_small_for_identical_images_and_grows_with_error() -> None:
     noisy, parts = restoration_loss((x + 0.1 * torch.randn_like(x)).clamp(0, 1), x, 0.2, 0.1, 0.02)
     assert float(same) < 2e-3 < float(noisy)
     assert set(parts) == {"pix", "ssim", "grad", "fft"}
+    assert all(v.ndim == 0 and not v.requires_grad for v in parts.values())
 
 
 def test_degradations_replay_from_their_records() -> None:
