@@ -92,9 +92,10 @@ _RSS_WRAPPER = (
 )
 
 
-def run_restore(photos: list[Path], refs: Path, extra: list[str]) -> dict:
-    """``f2s restore`` over ``photos`` in a fresh process: wall, time to the first report,
-    peak RSS, the per-image reports and the summary."""
+def run_restore(photos: list[Path], refs: Path, extra: list[str], cache: str) -> dict:
+    """``f2s restore`` over ``photos`` in a fresh process with ``cache`` as its
+    ``F2S_CACHE_DIR``: wall, time to the first report, peak RSS, the per-image reports and
+    the summary."""
     with tempfile.TemporaryDirectory(prefix="f2s-bench-") as tmp:
         out = Path(tmp) / "out"
         cmd = [sys.executable, "-m", "face2scene_cli", "restore", *map(str, photos)]
@@ -103,7 +104,10 @@ def run_restore(photos: list[Path], refs: Path, extra: list[str]) -> dict:
         t0 = time.perf_counter()
         with err_path.open("w") as err:  # a file, not a pipe nobody reads while it runs
             proc = subprocess.Popen(
-                [sys.executable, "-c", _RSS_WRAPPER, *cmd], stdout=subprocess.DEVNULL, stderr=err
+                [sys.executable, "-c", _RSS_WRAPPER, *cmd],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "F2S_CACHE_DIR": cache},
             )
             first, first_name = None, None
             while proc.poll() is None:
@@ -139,9 +143,9 @@ def main() -> None:
     paths, refs = make_photos(args.count, sample_data.data_dir() / "bench" / "batch")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="f2s-bench-cache-") as cache:
-        os.environ["F2S_CACHE_DIR"] = cache  # the small run builds the gallery from nothing
-        small = run_restore(paths[: args.rss_at], refs, args.extra)
-        full = run_restore(paths, refs, args.extra)
+        # the small run builds the gallery from nothing, the full run reuses it
+        small = run_restore(paths[: args.rss_at], refs, args.extra, cache)
+        full = run_restore(paths, refs, args.extra, cache)
     load_after = os.getloadavg()
     reports = full["reports"]
     n = full["summary"]["counts"]["done"]

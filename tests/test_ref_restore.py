@@ -174,18 +174,19 @@ def test_given_reference_embeddings_spare_the_gate_re_embedding_them(
     r = RefGuidedFaceRestorer(identity=counting)
     assert r.identity_encoder == restorer.identity.name == "dlib-resnet"
     box = [aligned_face_box(SIZE)]
-    own = np.concatenate(
-        [restorer.identity.embed(to_rgb8(x.permute(1, 2, 0).numpy()), box) for x in case["refs"]]
-    )
+
+    def embedded(refs: list[torch.Tensor]) -> np.ndarray:
+        return np.concatenate(
+            [restorer.identity.embed(to_rgb8(x.permute(1, 2, 0).numpy()), box) for x in refs]
+        )
+
+    own = embedded(case["refs"])
     plain = restorer.restore(case["lq"], [case["refs"]])
     out = r.restore(case["lq"], [case["refs"]], reference_embeddings=[own])
     assert counting.calls == 1  # the restored face only, not the two references
     assert torch.equal(out.hq, plain.hq) and out.references_used == plain.references_used == (2,)
     # a stranger's embeddings close the gate even on the right person's pixels
-    hanks = np.concatenate(
-        [restorer.identity.embed(to_rgb8(x.permute(1, 2, 0).numpy()), box) for x in case["wrong"]]
-    )
-    refused = r.restore(case["lq"], [case["refs"]], reference_embeddings=[hanks])
+    refused = r.restore(case["lq"], [case["refs"]], reference_embeddings=[embedded(case["wrong"])])
     assert refused.references_used == (0,)
     with pytest.raises(ValueError, match="2 refs"):
         r.restore(case["lq"], [case["refs"]], reference_embeddings=[own[:1]])
