@@ -217,6 +217,63 @@ def test_upscaler_batches_cut_aligned_lq_and_clean_crops() -> None:
     assert torch.allclose(lq_b, down, atol=1e-6)  # same place, same flip and turn
 
 
+def test_batch_crops_are_the_cached_samples_turned_and_flipped_every_way() -> None:
+    import numpy as np
+
+    from face2scene_cli.research.train.scene import _batch
+    from face2scene_cli.research.train.scene_config import TrainSection
+
+    g = torch.Generator().manual_seed(1)
+    lq = (torch.rand(3, 3, 20, 20, generator=g) * 255).to(torch.uint8)
+    cache = {"lq": lq, "clean": lq.clone()}
+    lq_b, clean_b, _ = _batch(cache, None, TrainSection(batch=64, crop=8), np.random.default_rng(3))
+    assert torch.equal(lq_b, clean_b)
+    seen = set()
+    for crop in (lq_b * 255).round().to(torch.uint8):
+        # the one place and transform of some cached sample that gives this crop
+        hits = [
+            (k, flip)
+            for i in range(3)
+            for y in range(13)
+            for x in range(13)
+            for k in range(4)
+            for flip in (False, True)
+            if torch.equal(
+                torch.rot90(lq[i, :, y : y + 8, x : x + 8], k, (-2, -1)).flip(-1)
+                if flip
+                else torch.rot90(lq[i, :, y : y + 8, x : x + 8], k, (-2, -1)),
+                crop,
+            )
+        ]
+        assert len(hits) == 1
+        seen.add(hits[0])
+    assert len(seen) == 8  # all four turns, each also mirrored
+
+
+def test_bf16_autocast_training_keeps_fp32_weights_and_a_close_loss(
+    tmp_path: Path, tiny_zoo
+) -> None:
+    from safetensors.torch import load_file
+
+    from face2scene_cli.errors import ConfigError
+
+    losses = {}
+    for amp in ("none", "bf16"):
+        (tmp_path / amp).mkdir()
+        cfg_path = _tiny_config(tmp_path / amp, condition="code", cond_dropout=0.5)
+        assert train_scene(load_scene_config(cfg_path, {"train.amp": amp}))["steps"] == 2
+        run = tmp_path / amp / "run"
+        rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        losses[amp] = rows[0]["loss"]
+        ema = load_file(str(run / "checkpoint" / "ema.safetensors"))
+        assert all(v.dtype == torch.float32 for v in ema.values())
+    # the same first batch: bf16 changes the loss by its rounding, not by a different batch
+    assert losses["bf16"] == pytest.approx(losses["none"], rel=0.05)
+    assert losses["bf16"] != losses["none"]
+    with pytest.raises(ConfigError, match="amp"):
+        load_scene_config(cfg_path, {"train.amp": "fp8"})
+
+
 def test_a_cache_with_photos_outside_the_train_split_is_refused(tmp_path: Path, tiny_zoo) -> None:
     from face2scene_cli.errors import ConfigError
 

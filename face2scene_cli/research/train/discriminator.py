@@ -67,8 +67,11 @@ def critic_losses(critic: nn.Module, fake: Tensor, real: Tensor) -> tuple[Tensor
     weights get no gradient from it); the critic's term sees ``fake`` detached. Both are
     binary cross-entropies on the logits, averaged over pixels.
     """
+    def logits(x: Tensor) -> Tensor:
+        return critic(x).float()  # the losses in fp32 under autocast
+
     critic.requires_grad_(False)
-    g_loss = F.softplus(-critic(fake)).mean()
+    g_loss = F.softplus(-logits(fake)).mean()
     critic.requires_grad_(True)
-    d_loss = F.softplus(-critic(real)).mean() + F.softplus(critic(fake.detach())).mean()
+    d_loss = F.softplus(-logits(real)).mean() + F.softplus(logits(fake.detach())).mean()
     return g_loss, d_loss

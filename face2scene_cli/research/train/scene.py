@@ -23,7 +23,8 @@ Losses: Charbonnier + ``w_ssim`` (1 - SSIM) + ``w_grad`` L1 of image gradients +
 L1 of FFT amplitudes; with ``w_gan > 0`` also a non-saturating adversarial term from a U-Net
 critic trained alongside (:mod:`~face2scene_cli.research.train.discriminator`; its weights and
 optimizer are checkpointed in ``checkpoint-critic/`` and never exported). An EMA of the
-weights is what validation and export use.
+weights is what validation and export use. ``train.amp: bf16`` runs the forward passes under
+bf16 autocast (for a GPU; the weights, optimizer, EMA and losses stay fp32).
 
 Run folder: ``config.yaml``, ``data_manifest.json``, ``cache/`` (degraded regions, codes),
 ``log.jsonl``, ``val.jsonl``, ``checkpoint/`` (weights, EMA, optimizer, step, wall time, RNG
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -150,28 +152,47 @@ def _lr(tc: TrainSection, step: int, progress: float) -> float:
     return warm * (tc.lr_min + (tc.lr - tc.lr_min) * cos)
 
 
-def _augment(x: Tensor, k: int, flip: bool) -> Tensor:
-    x = torch.rot90(x, k, dims=(-2, -1)) if k else x
-    return x.flip(-1) if flip else x
+def _crops(x: Tensor, idx: Tensor, y0: Tensor, x0: Tensor, side: int) -> Tensor:
+    """``x[idx[b], :, y0[b]:y0[b] + side, x0[b]:x0[b] + side]`` for every b in one gather:
+    :math:`(N, C, H, W)` -> :math:`(B, C, side, side)`, on ``x``'s device."""
+    ar = torch.arange(side, device=x.device)
+    ys, xs = y0[:, None] + ar, x0[:, None] + ar
+    return x[idx[:, None, None], :, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _dihedral(x: Tensor, transpose: Tensor, flip_w: Tensor, flip_h: Tensor) -> Tensor:
+    """Each square sample of :math:`(B, C, S, S)` transposed / flipped where its :math:`(B,)`
+    bool masks say: the three together draw all eight rotations and reflections."""
+
+    def where(mask: Tensor, y: Tensor, z: Tensor) -> Tensor:
+        return torch.where(mask.view(-1, 1, 1, 1), y, z)
+
+    x = where(transpose, x.transpose(-1, -2), x)
+    x = where(flip_w, x.flip(-1), x)
+    return where(flip_h, x.flip(-2), x)
 
 
 def _batch(
     cache: dict[str, Any], codes: Tensor | None, tc: TrainSection, rng: np.random.Generator
 ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A training batch drawn from the cache, on the cache's device: random samples, crops at
+    random offsets (the clean crop ``scale`` x larger at the same place) and a random
+    rotation / reflection each; ``lq`` :math:`(B, 3, c, c)` and ``clean``
+    :math:`(B, 3, c s, c s)` in [0, 1], the samples' codes or None."""
     n, r = cache["lq"].shape[0], cache["lq"].shape[-1]
     s, c = cache["clean"].shape[-1] // r, tc.crop  # an upscaler's clean crop is s x larger
-    idx = rng.integers(0, n, size=tc.batch)
-    lqs, cls = [], []
-    for i in idx:
-        y0, x0 = (int(v) for v in rng.integers(0, r - c + 1, size=2))
-        k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
-        sl = (slice(None), slice(y0, y0 + c), slice(x0, x0 + c))
-        sl_clean = (slice(None), slice(y0 * s, (y0 + c) * s), slice(x0 * s, (x0 + c) * s))
-        lqs.append(_augment(cache["lq"][i][sl], k, flip))
-        cls.append(_augment(cache["clean"][i][sl_clean], k, flip))
-    lq = torch.stack(lqs).float() / 255
-    clean = torch.stack(cls).float() / 255
-    z = None if codes is None else codes[torch.from_numpy(idx)].float()
+    dev = cache["lq"].device
+    idx, y0, x0 = (
+        torch.from_numpy(v).to(dev)
+        for v in (
+            rng.integers(0, n, size=tc.batch),
+            *rng.integers(0, r - c + 1, size=(2, tc.batch)),
+        )
+    )
+    masks = torch.from_numpy(rng.random((3, tc.batch)) < 0.5).to(dev)
+    lq = _dihedral(_crops(cache["lq"], idx, y0, x0, c), *masks).float() / 255
+    clean = _dihedral(_crops(cache["clean"], idx, y0 * s, x0 * s, c * s), *masks).float() / 255
+    z = None if codes is None else codes[idx].float()
     return lq, clean, z
 
 
@@ -255,6 +276,9 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         else:
             codes = cache_codes(fadex, cache["face_lq"], cache["face_hq"], device=device)
             save_file({"z": codes.contiguous()}, str(code_file))
+    # what the steps draw from lives where they run (a GPU cuts and turns its own crops)
+    samples = {k: cache[k].to(device) for k in ("lq", "clean")}
+    codes = None if codes is None else codes.to(device)
     scale = config.data.scale
     val_items = (
         build_val_items(splits["val"], config.val, blind_fr, scale) if config.val.enabled else []
@@ -339,6 +363,10 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         if same_val and np.isfinite(prev.get("best", -math.inf)):
             best = float(prev["best"])
     prior_steps = sum(p["steps"] for p in phases)
+    # bf16 autocast: the weights, optimizer and EMA stay fp32; a no-op context under "none"
+    autocast = functools.partial(
+        torch.autocast, device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"
+    )
     prior_wall = sum(p["wall_s"] for p in phases)
 
     def score_of(table: dict[str, Any]) -> float:
@@ -390,17 +418,19 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         lr = _lr(tc, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
-        lq, clean, z = (None if t is None else t.to(device) for t in _batch(cache, codes, tc, rng))
-        if z is not None:
-            tokens = mapnet(z).tokens
-            keep = torch.from_numpy(rng.random(tc.batch) >= tc.cond_dropout).to(device)
-            tokens = torch.where(keep.view(-1, 1, 1), tokens, mapnet.null_tokens(tc.batch))
-        else:
-            tokens = mapnet.null_tokens(tc.batch)
-        out = net(lq, tokens)
+        lq, clean, z = _batch(samples, codes, tc, rng)
+        with autocast():
+            if z is not None:
+                tokens = mapnet(z).tokens
+                keep = torch.from_numpy(rng.random(tc.batch) >= tc.cond_dropout).to(device)
+                tokens = torch.where(keep.view(-1, 1, 1), tokens, mapnet.null_tokens(tc.batch))
+            else:
+                tokens = mapnet.null_tokens(tc.batch)
+            out = net(lq, tokens).float()
         loss, parts = restoration_loss(out, clean, tc.w_ssim, tc.w_grad, tc.w_fft)
         if critic is not None:
-            g_adv, d_loss = critic_losses(critic, out, clean)
+            with autocast():
+                g_adv, d_loss = critic_losses(critic, out, clean)
             loss = loss + tc.w_gan * g_adv
             parts |= {"gan": g_adv.detach(), "critic": d_loss.detach()}
         opt.zero_grad(set_to_none=True)

@@ -108,6 +108,7 @@ class TrainSection:
     w_gan: float = 0.0  # > 0: adversarial term from a critic trained alongside
     critic_channels: int = 64  # the critic's first-level width (discriminator.py)
     critic_lr: float = 1e-4
+    amp: str = "none"  # none | bf16: forward passes under bf16 autocast (losses in fp32)
     seed: int = 0
     threads: int = 2
     device: str = "cpu"
@@ -175,6 +176,8 @@ class SceneTrainConfig:
             raise ConfigError(f"train.cond_dropout must be >= 0.2, got {t.cond_dropout}")
         if t.w_gan < 0:
             raise ConfigError(f"train.w_gan must be >= 0, got {t.w_gan}")
+        if t.amp not in ("none", "bf16"):
+            raise ConfigError(f"train.amp must be none or bf16, got {t.amp!r}")
         if t.w_gan and (t.crop * self.data.scale) % 8:
             raise ConfigError(
                 f"the critic needs clean crops of a multiple of 8 px: train.crop ({t.crop}) x "
