@@ -67,6 +67,7 @@ def critic_losses(critic: nn.Module, fake: Tensor, real: Tensor) -> tuple[Tensor
     weights get no gradient from it); the critic's term sees ``fake`` detached. Both are
     binary cross-entropies on the logits, averaged over pixels.
     """
+
     def logits(x: Tensor) -> Tensor:
         return critic(x).float()  # the losses in fp32 under autocast
 
