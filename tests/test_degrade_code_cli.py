@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import run_f2s
 from PIL import Image
 from skimage import data as skdata
@@ -26,6 +27,30 @@ def test_degraded_astronaut_reads_back_noise_and_jpeg(tmp_path: Path) -> None:
     assert j["jpeg_quality"] is not None and abs(j["jpeg_quality"] - 35) <= 3
     assert j["noise_sigma"] < 5
     assert "noise" in n["summary"] and "JPEG q~" in j["summary"]
+    curve = images["noisy"]["noise_curve"]  # the whole photo, band by band
+    assert curve["read"] == pytest.approx(15, rel=0.15) and curve["shot"] < 0.1
+    known = [s for s in curve["sigma"] if s is not None]
+    assert len(known) >= 4 and all(abs(s - 15) < 3 for s in known)
+
+
+def test_camera_noise_reads_as_rising_with_brightness(tmp_path: Path) -> None:
+    import torch
+
+    from face2scene_cli.degradations.ops import add_gaussian_noise, add_poisson_noise
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(skdata.astronaut()).permute(2, 0, 1)[None].float() / 255
+    y = add_gaussian_noise(add_poisson_noise(x, 1.0, g), 2.0, g)
+    noisy = tmp_path / "camera.png"
+    Image.fromarray((y[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(noisy)
+    res = run_f2s("degrade-code", noisy)
+    assert res.returncode == 0, res.stderr
+    assert "noise by brightness" in res.stdout
+    res = run_f2s("degrade-code", noisy, "--json")
+    curve = json.loads(res.stdout)["images"][0]["noise_curve"]
+    assert curve["shot"] == pytest.approx(1.0, rel=0.2)  # Poisson scale 1
+    known = [s for s in curve["sigma"] if s is not None]
+    assert known[-1] > 2 * known[0]
 
 
 def test_no_face_exits_5_and_says_so(tmp_path: Path) -> None:

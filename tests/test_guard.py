@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.degradations.ops import gaussian_blur
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.research.sample_data import package_photos
@@ -23,6 +24,7 @@ from face2scene_cli.restorers.guard import (
     GuardSettings,
     apply_fallbacks,
     check_restoration,
+    noise_outside_training,
     outside_training,
     trained_envelope,
 )
@@ -116,6 +118,10 @@ def test_the_trained_envelope_of_a_release_and_readings_beyond_it() -> None:
     }
     assert trained_envelope(wide)["noise_sigma"] == 50.0
     assert trained_envelope({"config": {}}) is None
+    # camera noise: the highlights beyond the trained sigma, the mean not
+    camera = NoiseCurve((48.0, 112.0, 176.0, 240.0), (9.0, 21.0, 37.0, None), 3.0, 5.0)
+    assert noise_outside_training(camera, env) == "noise σ 37 at level 176 > 30"
+    assert noise_outside_training(camera, {**env, "noise_sigma": 50.0}) is None
 
 
 def test_restore_reports_the_check_and_falls_back_from_a_hallucinating_restorer(
@@ -137,7 +143,8 @@ def test_restore_reports_the_check_and_falls_back_from_a_hallucinating_restorer(
     assert report["scene"]["fallback"] == [] and check["residual"] < check["limit"]
     assert len(check["faces"]) == 1 and check["faces"][0]["face"] == 0
     assert not any("beyond what" in w for w in report["warnings"])
-    heavy = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 60 / 255
+    big = _astronaut(512)  # enough unclipped blocks under this noise for the noise curve
+    heavy = big + torch.randn(big.shape, generator=torch.Generator().manual_seed(2)) * 60 / 255
     img60 = (heavy.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(img60).save(photos / "astro.png")
     res = runner.invoke(app, ["restore", str(photos), "--out", str(tmp_path / "heavy"), "-q"])
@@ -146,6 +153,7 @@ def test_restore_reports_the_check_and_falls_back_from_a_hallucinating_restorer(
     assert any(
         "beyond what scene-embedded was trained on (noise σ" in w for w in report["warnings"]
     )
+    assert any("the photo's noise goes beyond" in w for w in report["warnings"])
     Image.fromarray(img).save(photos / "astro.png")
 
     real = SceneRestorer.restore

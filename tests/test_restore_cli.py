@@ -51,6 +51,9 @@ def test_restore_reads_faces_and_improves_the_photo(noisy_case, tmp_path: Path) 
     deg = report["degradation"]
     assert deg["source"] == "face"
     assert 8 <= deg["noise_sigma"] <= 25  # the truth is 15/255
+    # the whole photo's noise per brightness band: flat (Gaussian), near the truth
+    assert deg["noise_curve"]["read"] == pytest.approx(15, rel=0.15)
+    assert deg["noise_curve"]["shot"] < 0.1
     assert {m["name"] for m in report["models"]} >= {"fadex-s", "scene-embedded"}
     restored = np.asarray(Image.open(out / "astronaut.png"))
     noisy = np.asarray(Image.open(photos / "astronaut.png"))
@@ -58,6 +61,7 @@ def test_restore_reads_faces_and_improves_the_photo(noisy_case, tmp_path: Path) 
     assert psnr(clean, restored) > psnr(clean, noisy) + 1.0
     blind = json.loads((out / "coffee.png.json").read_text())
     assert blind["faces"] == [] and blind["degradation"]["source"] == "blind"
+    assert blind["degradation"]["noise_curve"]["read"] < 3  # read without a face too
     assert "blind mode" in blind["warnings"][0]
 
 

@@ -21,6 +21,7 @@ import torch
 from face2scene_cli.archs.fadex import FaDeX
 from face2scene_cli.config import FaceSettings
 from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.faces.align import (
     AlignedFace,
     FaceAligner,
@@ -154,17 +155,23 @@ class FaceDegradation:
 
 @dataclass
 class ImageDegradation:
-    """One image's degradation: per face, and aggregated over faces (None without faces)."""
+    """One image's degradation: per face, aggregated over faces (None without faces), and
+    the noise per brightness band of the whole photo (set by the pipeline that reads it)."""
 
     faces: list[FaceDegradation]
     restorer: str
     code: np.ndarray | None = None
     estimates: Estimate | None = None
+    noise_curve: NoiseCurve | None = None  # read off the whole photo, faces or not
 
     @property
     def source(self) -> str:
         """``face`` when read off faces, ``blind`` when the image had no usable face."""
         return "face" if self.faces else "blind"
+
+    def noise_curve_report(self) -> dict[str, Any] | None:
+        """The reports' ``noise_curve`` (None where it was not read)."""
+        return None if self.noise_curve is None else self.noise_curve.to_report()
 
     def to_report(self) -> dict[str, Any] | None:
         """The report schema's ``degradation`` field (None without faces)."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from face2scene_cli.config import RestoreConfig
+from face2scene_cli.degradations.noise_level import estimate_noise_curve
 from face2scene_cli.engine.job import ExtraOutput, LoadedImage, Processed
 from face2scene_cli.errors import ConfigError, F2SError
 from face2scene_cli.faces.align import FaceAligner, estimate_similarity, ffhq_template
@@ -43,6 +44,7 @@ from face2scene_cli.restorers.guard import (
     Fallback,
     apply_fallbacks,
     check_restoration,
+    noise_outside_training,
     outside_training,
 )
 from face2scene_cli.restorers.loading import load_fadex
@@ -238,6 +240,10 @@ class Face2ScenePipeline:
         for t, n in zip(timings, n_faces, strict=True):
             for key in _BATCH_STAGES:
                 t[key] = stage_times[key] * (n / total if total else 1 / len(images))
+        for colour, reading, t in zip(colours, readings, timings, strict=True):
+            t0 = time.perf_counter()
+            reading.noise_curve = estimate_noise_curve(to_tensor(colour)[0])
+            t["noise"] = time.perf_counter() - t0
         return found, readings, timings
 
     def process(self, batch: list[LoadedImage], seed: int) -> list[Processed | F2SError]:
@@ -328,17 +334,33 @@ class Face2ScenePipeline:
         return [] if reading.faces else ["no usable face: restored in blind mode"]
 
     def _range_warnings(self, reading: ImageDegradation, use_faces: bool) -> list[str]:
-        """What the faces read beyond the scene model's training degradations."""
+        """What the faces, and the photo's noise per brightness band, read beyond the scene
+        model's training degradations."""
         envelope = self.scene.trained_envelope
-        if not use_faces or reading.estimates is None or envelope is None:
+        if envelope is None:
             return []
-        beyond = outside_training(reading.estimates, envelope)
-        if not beyond:
-            return []
-        return [
-            f"the faces read a degradation beyond what {self.config.scene_model} was trained "
-            f"on ({'; '.join(beyond)}): expect less restoration"
-        ]
+        model, out = self.config.scene_model, []
+        beyond = (
+            outside_training(reading.estimates, envelope)
+            if use_faces and reading.estimates is not None
+            else []
+        )
+        if beyond:
+            out.append(
+                f"the faces read a degradation beyond what {model} was trained on "
+                f"({'; '.join(beyond)}): expect less restoration"
+            )
+        band = (
+            None
+            if reading.noise_curve is None
+            else noise_outside_training(reading.noise_curve, envelope)
+        )
+        if band is not None:
+            out.append(
+                f"the photo's noise goes beyond what {model} was trained on ({band}): expect "
+                "noise left at that brightness"
+            )
+        return out
 
     def _fields(
         self, found: list[FoundFace], reading: ImageDegradation, use_faces: bool
@@ -359,6 +381,7 @@ class Face2ScenePipeline:
         ) | {"code": []}
         if not use_faces:
             degradation["source"] = "blind"  # null tokens, or a restorer that reads no code
+        degradation["noise_curve"] = reading.noise_curve_report()
         return {"faces": faces, "degradation": degradation}
 
     def _extras(

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.degradations.ops import gaussian_blur, resize
 from face2scene_cli.degradations.sampling import DegradationDistribution
 from face2scene_cli.errors import ConfigError
@@ -240,6 +241,17 @@ def trained_envelope(training: dict[str, Any]) -> dict[str, float] | None:
         return DegradationDistribution.from_dict(block).envelope()
     except ConfigError:
         return None
+
+
+def noise_outside_training(curve: NoiseCurve, envelope: dict[str, float]) -> str | None:
+    """The brightness band whose noise lies beyond the trained noise, with the same 5/255
+    margin as :func:`outside_training` (the noisiest such band), e.g. ``"noise σ 41 at
+    level 207 > 30"``; None when every band is inside."""
+    bands = [(s, lv) for lv, s in zip(curve.levels, curve.sigma, strict=True) if s is not None]
+    sigma, level = max(bands, default=(0.0, 0.0))
+    if sigma <= envelope["noise_sigma"] + 5:
+        return None
+    return f"noise σ {sigma:.0f} at level {level:.0f} > {envelope['noise_sigma']:.0f}"
 
 
 def outside_training(estimate: Estimate, envelope: dict[str, float]) -> list[str]:

@@ -108,7 +108,12 @@ def _entry(reading: ImageDegradation, with_codes: bool) -> dict[str, Any]:
         if with_codes:
             face["code"] = [round(float(v), 5) for v in f.code]
         faces.append(face)
-    return {"restorer": reading.restorer, "faces": faces, "degradation": reading.to_report()}
+    return {
+        "restorer": reading.restorer,
+        "faces": faces,
+        "degradation": reading.to_report(),
+        "noise_curve": reading.noise_curve_report(),
+    }
 
 
 def _print(entry: dict[str, Any]) -> None:
@@ -118,9 +123,19 @@ def _print(entry: dict[str, Any]) -> None:
     name = printable(entry["relative_path"])
     if deg is None:
         typer.echo(f"{name}: no usable face")
-        return
+    else:
+        typer.echo(
+            f"{name}: {deg['summary']}  "
+            f"[{len(entry['faces'])} face(s), restorer {entry['restorer']}]"
+        )
+    curve = entry["noise_curve"]
+    bands = "  ".join(
+        f"{level:.0f}: {'-' if s is None else f'{s:.1f}'}"
+        for level, s in zip(curve["levels"], curve["sigma"], strict=True)
+    )
     typer.echo(
-        f"{name}: {deg['summary']}  [{len(entry['faces'])} face(s), restorer {entry['restorer']}]"
+        f"  noise by brightness (level: sigma /255) {bands}; "
+        f"fit read {curve['read']:.1f}, shot {curve['shot']:.3f}"
     )
     for i, f in enumerate(entry["faces"]):
         jpeg = f"JPEG q {f['jpeg_quality']:.0f} (p={f['jpeg_probability']:.2f})"
