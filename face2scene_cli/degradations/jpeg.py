@@ -62,12 +62,18 @@ def jpeg_quant_tables(quality: int) -> tuple[Tensor, Tensor]:
     return out[0], out[1]
 
 
-def dct_kron(device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    """kron(D, D) for the orthonormal 8-point DCT-II D (JPEG's FDCT scaling):
-    vec(D X D^T) = K vec(X), row-major; (64, 64)."""
+def dct_matrix(dtype: torch.dtype = torch.float64) -> Tensor:
+    """The orthonormal 8-point DCT-II D (JPEG's FDCT scaling), (8, 8) on the CPU:
+    ``D[k, n]`` weighs sample n in frequency k."""
     n = torch.arange(8, dtype=torch.float64)
     d = torch.cos((2 * n[None, :] + 1) * n[:, None] * math.pi / 16) * math.sqrt(2 / 8)
     d[0] /= math.sqrt(2)
+    return d.to(dtype)
+
+
+def dct_kron(device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """kron(D, D) for :func:`dct_matrix` D: vec(D X D^T) = K vec(X), row-major; (64, 64)."""
+    d = dct_matrix()
     return torch.kron(d, d).to(device=device, dtype=dtype)
 
 
