@@ -363,11 +363,11 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         if same_val and np.isfinite(prev.get("best", -math.inf)):
             best = float(prev["best"])
     prior_steps = sum(p["steps"] for p in phases)
+    prior_wall = sum(p["wall_s"] for p in phases)
     # bf16 autocast: the weights, optimizer and EMA stay fp32; a no-op context under "none"
     autocast = functools.partial(
         torch.autocast, device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"
     )
-    prior_wall = sum(p["wall_s"] for p in phases)
 
     def score_of(table: dict[str, Any]) -> float:
         return float(np.mean([v["psnr"] for v in table["means"].values()]))
