@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from face2scene_cli.degradations.checks import (
+    MAX_MOTION_PX,
     MAX_NOISE_SIGMA,
     SEED_MASK,
     integer,
@@ -188,7 +189,7 @@ class SecondOrderConfig:
             if jlo > jhi:
                 raise ConfigError(f"jpeg_range{suffix} must have low <= high, got {jr!r}")
             object.__setattr__(self, "jpeg_range" + suffix, (jlo, jhi))
-        mr = value_range("motion_range", self.motion_range, 1.0, 21.0)
+        mr = value_range("motion_range", self.motion_range, 1.0, MAX_MOTION_PX)
         object.__setattr__(self, "motion_range", mr)
         real("second_blur_prob", self.second_blur_prob, 0.0, 1.0)
         real("final_sinc_prob", self.final_sinc_prob, 0.0, 1.0)
