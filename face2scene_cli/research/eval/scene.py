@@ -210,8 +210,7 @@ def estimate_error(
         return None
     true = {"blur_sigma_px": truth.equivalent_blur_px()}
     err: dict[str, float | None] = {
-        k: abs(getattr(estimate, k) - float(true.get(k, getattr(truth, k))))
-        for k in _ESTIMATE_KEYS
+        k: abs(getattr(estimate, k) - float(true.get(k, getattr(truth, k)))) for k in _ESTIMATE_KEYS
     }
     q = truth.jpeg_quality
     err["jpeg_detected"] = float(estimate.jpeg == (q is not None))
