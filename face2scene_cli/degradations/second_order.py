@@ -55,6 +55,7 @@ from face2scene_cli.degradations.record import (
     NoiseSpec,
     ResizeSpec,
     SecondOrderSample,
+    motion_kernel_size,
 )
 from face2scene_cli.errors import ConfigError
 
@@ -283,7 +284,7 @@ def _sample_kernel(
     kind = d.choice(kinds, probs)
     if kind == MOTION:
         length = d.uniform(*motion)
-        size = max(size, math.ceil(length) | 1)
+        size = max(size, motion_kernel_size(length))
         return KernelSpec(MOTION, size, rotation=d.uniform(0.0, math.pi), length=length)
     sx = d.uniform(*sigma)
     if kind.endswith("aniso"):
