@@ -382,6 +382,9 @@ class DegradeConfig:
     Attributes:
         preset: a named preset (noise15, blur-noise, mixed); excludes the parametric options.
         blur_sigma: Gaussian blur sigma in pixels (parametric mode).
+        motion_px: linear motion blur, segment length in pixels, 0 or 1-21 (parametric mode).
+        motion_angle: the motion's direction in degrees, [0, 180): 0 horizontal, 90 vertical
+            (needs ``motion_px``; default 0).
         noise_sigma: Gaussian noise sigma in /255 units (parametric mode).
         jpeg_quality: JPEG quality 1-100 (parametric mode).
         downscale: downscale factor >= 1, the output is that much smaller (parametric and
@@ -392,6 +395,8 @@ class DegradeConfig:
 
     preset: str | None = None
     blur_sigma: float | None = None
+    motion_px: float | None = None
+    motion_angle: float | None = None
     noise_sigma: float | None = None
     jpeg_quality: int | None = None
     downscale: float | None = None
@@ -399,12 +404,16 @@ class DegradeConfig:
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        parametric = (self.blur_sigma, self.noise_sigma, self.jpeg_quality)
-        if self.preset is not None and any(v is not None for v in (*parametric, self.downscale)):
+        parametric = (self.blur_sigma, self.motion_px, self.noise_sigma, self.jpeg_quality)
+        if self.preset is not None and any(
+            v is not None for v in (*parametric, self.motion_angle, self.downscale)
+        ):
             raise ConfigError(
-                "--preset cannot be combined with "
-                "--blur-sigma/--noise-sigma/--jpeg-quality/--downscale"
+                "--preset cannot be combined with --blur-sigma/--motion-px/--motion-angle/"
+                "--noise-sigma/--jpeg-quality/--downscale"
             )
+        if self.motion_angle is not None and not self.motion_px:
+            raise ConfigError("--motion-angle needs --motion-px (the motion blur's length)")
         if self.downscale is not None and self.downscale < 1:
             raise ConfigError(f"downscale must be >= 1, got {self.downscale}")
         if (
@@ -421,7 +430,8 @@ class DegradeConfig:
         """preset | parametric | second-order."""
         if self.preset is not None:
             return "preset"
-        if any(v is not None for v in (self.blur_sigma, self.noise_sigma, self.jpeg_quality)):
+        parametric = (self.blur_sigma, self.motion_px, self.noise_sigma, self.jpeg_quality)
+        if any(v is not None for v in parametric):
             return "parametric"
         return "second-order"
 

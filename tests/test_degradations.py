@@ -3,6 +3,7 @@ the Degradation record, the distribution and its YAML block, the Estimate."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -201,6 +202,87 @@ def test_second_order_motion_blur_draws_replay_and_blur_along_a_line() -> None:
     assert "motion" not in SO.SecondOrderConfig().kernel_list
 
 
+def test_parametric_motion_blur_follows_the_gaussian_blur_and_precedes_the_downscale(
+    astro: torch.Tensor,
+) -> None:
+    """blur -> motion kernel (side: the smallest odd >= the length, at least 3; reflect
+    padding) -> downscale, against OpenCV's filter2D as the reference convolution."""
+    assert [R.motion_kernel_size(v) for v in (1.0, 3.0, 4.0, 7.5, 9.0, 21.0)] == [3, 3, 5, 9, 9, 21]
+    x = astro[:, :, 100:164, 200:280]
+    d = _param(blur_sigma_px=1.0, motion_px=7.5, motion_angle_deg=30.0, downscale=2.0)
+    d = dataclasses.replace(d, resize_back=True)
+    kernel = O.motion_kernel2d(9, 7.5, math.radians(30.0)).numpy()
+    g = O.gaussian_blur(x, 1.0)[0].permute(1, 2, 0).numpy()
+    moved = cv2.filter2D(g, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    ref = torch.from_numpy(moved).permute(2, 0, 1)[None]
+    ref = O.resize(O.resize(ref, (32, 40), "bicubic"), (64, 80), "bicubic").clamp(0, 1)
+    assert torch.allclose(S.apply(x, d), ref, atol=1e-5)
+    # no motion: the angle does nothing
+    plain = _param(blur_sigma_px=1.0, noise_sigma=4.0, seed=1)
+    turned = dataclasses.replace(plain, motion_angle_deg=45.0)
+    assert torch.equal(S.apply(x, plain), S.apply(x, turned))
+
+
+@pytest.mark.parametrize("angle", [0.0, 90.0])
+def test_parametric_motion_blurs_along_its_direction(astro: torch.Tensor, angle: float) -> None:
+    """0 degrees smears along the rows (horizontal gradients fade), 90 along the columns; the
+    drawn line is about a pixel wide, so the other direction softens too, much less."""
+    x = astro[:, :, 40:200, 150:310]  # the face
+    y = S.apply(x, _param(motion_px=9.0, motion_angle_deg=angle))
+
+    def energy(t: torch.Tensor) -> tuple[float, float]:
+        gx = (t[..., 8:-8, 9:-8] - t[..., 8:-8, 8:-9]).square().mean()
+        gy = (t[..., 9:-8, 8:-8] - t[..., 8:-9, 8:-8]).square().mean()
+        return float(gx), float(gy)
+
+    (gx, gy), (cx, cy) = energy(y), energy(x)
+    along, across = (gx / cx, gy / cy) if angle == 0 else (gy / cy, gx / cx)
+    assert along < 0.25 and across > 0.3 and along < 0.5 * across, (along, across)
+
+
+@pytest.mark.parametrize("length", [5.0, 9.0, 13.0])
+def test_motion_kernel_spread_is_its_equivalent_blur(length: float) -> None:
+    """A segment of L px has standard deviation L / sqrt(12) along its direction: the label
+    FaDeX learns (within 0.25 px for the drawn, anti-aliased kernel at any angle)."""
+    for angle in (0.0, 30.0, 90.0, 135.0):
+        k = O.motion_kernel2d(R.motion_kernel_size(length), length, math.radians(angle))
+        c = (k.shape[0] - 1) / 2
+        yy, xx = torch.meshgrid(torch.arange(k.shape[0]) - c, torch.arange(k.shape[0]) - c,
+                                indexing="ij")  # fmt: skip
+        r = math.radians(angle)
+        along = float((k * (xx * math.cos(r) + yy * math.sin(r)).square()).sum()) ** 0.5
+        assert abs(along - R.equivalent_blur(0.0, length)) < 0.25, (angle, along)
+    assert R.equivalent_blur(0.0, length) == pytest.approx(length / math.sqrt(12))
+    assert R.equivalent_blur(1.5, length) == pytest.approx(math.sqrt(2.25 + length**2 / 12))
+
+
+def test_motion_record_roundtrip_refusals_and_old_records() -> None:
+    d = _param(blur_sigma_px=0.5, motion_px=9.0, motion_angle_deg=135.0, noise_sigma=5.0, seed=3)
+    assert R.Degradation.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    assert d.equivalent_blur_px() == pytest.approx(math.sqrt(0.25 + 81 / 12))
+    # records written before motion blur (no motion keys) load as no motion
+    old = {k: v for k, v in d.to_dict().items() if not k.startswith("motion")}
+    assert R.Degradation.from_dict(old) == dataclasses.replace(
+        d, motion_px=0.0, motion_angle_deg=0.0
+    )
+    so = SO.sample_second_order(SO.SecondOrderConfig(), _gen(2))
+    for name in ("motion_px", "motion_angle_deg"):
+        with pytest.raises(ConfigError, match="second-order degradation takes no"):
+            R.Degradation("second-order", second_order=so, **{name: 9.0})  # type: ignore[arg-type]
+    bad = [
+        ({"motion_px": 0.5}, "0.5"),
+        ({"motion_px": 22.0}, "22"),
+        ({"motion_px": -1.0}, "-1"),
+        ({"motion_px": 5.0, "motion_angle_deg": 180.0}, "180"),
+        ({"motion_px": 5.0, "motion_angle_deg": -10.0}, "-10"),
+        ({"motion_px": "5"}, "'5'"),
+    ]
+    for values, needle in bad:
+        with pytest.raises(ConfigError, match="motion") as info:
+            _param(**values)
+        assert needle in str(info.value)
+
+
 def test_blur_small_image_and_per_image_kernels() -> None:
     x = torch.rand(2, 1, 5, 6, generator=_gen())
     y = O.gaussian_blur(x, 2.0)  # radius 6 > size: replicate padding
@@ -316,6 +398,8 @@ def test_presets_and_record_roundtrip() -> None:
         "mode": "preset",
         "preset": "mixed",
         "blur_sigma_px": 1.0,
+        "motion_px": 0.0,
+        "motion_angle_deg": 0.0,
         "noise_sigma": 10.0,
         "jpeg_quality": 45,
         "downscale": 1.0,
@@ -565,6 +649,70 @@ def test_distribution_draws_follow_the_config() -> None:
     assert [dist.sample(again) for _ in range(5)] == draws[:5]
 
 
+#: configs/fadex-wide.yaml's block (no motion).
+_WIDE = S.DegradationDistribution(
+    mix=(0.0, 0.8, 0.2),
+    p_noise=0.6,
+    noise_range=(0.5, 50.0),
+    p_blur=0.45,
+    blur_range=(0.3, 4.0),
+    p_downscale=0.25,
+    downscale_range=(1.25, 4.0),
+    p_jpeg=0.5,
+    jpeg_range=(10, 95),
+)
+
+
+def test_distribution_without_motion_draws_what_it_drew_before_motion_blur() -> None:
+    """Draws written down from the code before motion blur existed: a distribution without
+    motion (every existing config) draws the same records and leaves its generator where it
+    left it, so the training caches and seeds stay reproducible."""
+    assert S.DegradationDistribution().p_motion == 0.0 == _WIDE.p_motion
+    rng = np.random.default_rng([0, 0])  # fadex_heads.build_groups' first shard
+    draws = [_WIDE.sample(rng) for _ in range(4)]
+    assert [d.seed for d in draws] == [
+        2488343231644625808,
+        5014055544817598430,
+        7961420335204384646,
+        5675925829132956439,
+    ]
+    assert draws[0] == _param(
+        blur_sigma_px=0.3611522514555576, resize_back=True, seed=draws[0].seed
+    )
+    assert (draws[1].jpeg_quality, draws[1].downscale) == (75, 3.607861760615816)
+    assert (draws[2].noise_sigma, draws[2].downscale) == (21.423017449284092, 1.5917790103738008)
+    assert draws[3].blur_sigma_px == 3.9896767624200806
+    assert all(d.motion_px == 0.0 and d.motion_angle_deg == 0.0 for d in draws)
+    assert rng.random() == 0.6884467305709401  # the generator is where it was
+    assert S.DegradationDistribution().sample(_gen(5)) == _param(
+        blur_sigma_px=1.2742345724533166,
+        noise_sigma=7.983514163318168,
+        resize_back=True,
+        seed=4095051218741643470,
+    )
+
+
+def test_distribution_draws_motion_last() -> None:
+    """With motion, every other value is the one drawn without it; the motion comes after."""
+    moving = dataclasses.replace(_WIDE, p_motion=0.5, motion_range=(5.0, 6.0))
+    lengths = []
+    for seed in range(60):
+        with_motion, without = moving.sample(_gen(seed)), _WIDE.sample(_gen(seed))
+        still = dataclasses.replace(with_motion, motion_px=0.0, motion_angle_deg=0.0)
+        assert still == without, seed
+        if with_motion.motion_px > 0:
+            assert 5.0 <= with_motion.motion_px <= 6.0
+            assert 0.0 <= with_motion.motion_angle_deg < 180.0
+            lengths.append(with_motion.motion_px)
+    parametric = sum(_WIDE.sample(_gen(seed)).mode == "parametric" for seed in range(60))
+    assert 0.3 < len(lengths) / parametric < 0.7
+    assert len({round(v, 6) for v in lengths}) == len(lengths)  # drawn, not fixed
+    # the envelope counts the motion by its equivalent blur
+    assert _WIDE.envelope()["blur_sigma_px"] == 4.0
+    env = dataclasses.replace(_WIDE, motion_range=(3.0, 14.0), p_motion=0.25).envelope()
+    assert env["blur_sigma_px"] == pytest.approx(math.hypot(4.0, 14.0 / math.sqrt(12)))
+
+
 def test_distribution_yaml_block_roundtrip_and_defaults() -> None:
     base = S.DegradationDistribution(mix=(0.0, 0.8, 0.2), p_noise=0.6)
     dist = S.DegradationDistribution.from_dict(
@@ -591,6 +739,9 @@ def test_distribution_yaml_block_roundtrip_and_defaults() -> None:
         ({"mix": {"presets": 1.0}}, ("data.degradation", "mix", "presets")),
         ({"presets": ["noise15", "nope"]}, ("data.degradation", "nope")),
         ({"resize_back": "yes"}, ("data.degradation", "resize_back")),
+        ({"p_motion": 1.5}, ("data.degradation", "p_motion", "1.5")),
+        ({"motion_range": [0.5, 3.0]}, ("data.degradation", "motion_range", "0.5")),
+        ({"motion_range": [3.0, 30.0]}, ("data.degradation", "motion_range", "30")),
         ({"p_second_order": 0.2}, ("data.degradation", "p_second_order", "known")),
         (
             {"second_order": {"jpeg_range": [95, 30]}},

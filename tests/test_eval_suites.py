@@ -3,14 +3,22 @@ its description says, seeded and replayable."""
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
+import torch
 from helpers import missing_data
 from PIL import Image
 
+from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.ops import add_gaussian_noise, blur, motion_kernel2d
 from face2scene_cli.degradations.record import PRESETS
+from face2scene_cli.degradations.sampling import image_seed
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.io.tensors import to_tensor
+from face2scene_cli.research.eval.scene import estimate_error
 from face2scene_cli.research.eval.suites import (
     OOD,
     SUITES,
@@ -68,6 +76,29 @@ def test_ood_noise_blur_and_clean_do_what_they_say(photo: np.ndarray) -> None:
     blurred = degrade(photo, "blur3", "a", 0).lq
     ref = cv2.GaussianBlur(photo.astype(np.float32), (19, 19), 3, borderType=cv2.BORDER_REFLECT)
     assert np.abs(blurred.astype(np.float32) - ref).mean() < 1.0
+
+
+def test_motion_item_is_a_parametric_record_with_the_same_pixels(photo: np.ndarray) -> None:
+    """motion9-noise5 is scored against its record (motion 9 px at the seeded angle + noise 5,
+    read as blur 9 / sqrt(12) = 2.60 px) and degrades exactly as before the record existed
+    (a 9 px kernel at the item generator's first draw, then noise from the same generator),
+    so earlier evaluation figures stay valid."""
+    out = degrade(photo, "motion9-noise5", "a", 3)
+    truth = out.truth
+    assert truth is not None and truth.mode == "parametric"
+    assert (truth.motion_px, truth.noise_sigma, truth.blur_sigma_px) == (9.0, 5.0, 0.0)
+    g = torch.Generator().manual_seed(image_seed(3, "a|motion9-noise5"))
+    angle = float(torch.rand((), generator=g)) * math.pi
+    assert truth.motion_angle_deg == pytest.approx(math.degrees(angle))
+    before = add_gaussian_noise(blur(to_tensor(photo), motion_kernel2d(9, 9, angle)), 5.0, g)
+    expected = (before[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(out.lq, expected)
+    other = degrade(photo, "motion9-noise5", "b", 3).truth
+    assert other is not None and other.motion_angle_deg != truth.motion_angle_deg
+    read = Estimate(noise_sigma=5.0, blur_sigma_px=2.6, downscale=1.0, jpeg_quality=90.0,
+                    jpeg_probability=0.1)  # fmt: skip
+    err = estimate_error(read, truth)
+    assert err is not None and err["blur_sigma_px"] < 0.01 and err["noise_sigma"] == 0.0
 
 
 def test_ood_jpeg_leaves_8px_blocks(photo: np.ndarray) -> None:

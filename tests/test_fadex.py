@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,17 @@ from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
 from face2scene_cli.research.train.data import degradation_labels
-from face2scene_cli.research.train.fadex import supcon_loss, warm_start
+from face2scene_cli.research.train.fadex import effective_blur, supcon_loss, warm_start
 from face2scene_cli.research.train.fadex_config import load_train_config
 from face2scene_cli.research.train.fadex_eval import (
     FIG3_OPERATORS,
     RANGE_LEVELS,
+    _read_within,
     build_val_set,
     evaluate_fadex,
     evaluate_ranges,
     plot_fig3,
+    range_target,
 )
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.zoo import require_model
@@ -231,6 +234,13 @@ def test_train_config(tmp_path: Path) -> None:
     bad.write_text("train:\n  sizes: [64, 200]\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="sizes"):
         load_train_config(bad)
+    # fadex-motion.yaml is fadex-wide.yaml with parametric motion blur among the operators
+    wide = load_train_config(REPO / "configs" / "fadex-wide.yaml")
+    motion = load_train_config(REPO / "configs" / "fadex-motion.yaml")
+    assert motion.data.degradation == dataclasses.replace(
+        wide.data.degradation, p_motion=0.25, motion_range=(3.0, 14.0)
+    )
+    assert motion.replace("data", degradation=wide.data.degradation) == wide
 
 
 def test_split_manifest_holds_out_whole_people_photo(photos: list) -> None:
@@ -259,6 +269,13 @@ def test_operators_keep_size_and_downscale_loses_detail() -> None:
     hf = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
     assert float(hf(y)) < 0.7 * float(hf(x))
     assert degradation_labels(op).tolist() == [10.0, 1.0, 2.0, 50.0, 1.0, 1.0]
+    # motion blur is labelled as the Gaussian of its spread (L / sqrt(12)) joined to the blur;
+    # the loss then adds the resolution loss
+    moving = _op(blur_sigma_px=1.5, motion_px=9.0, motion_angle_deg=20.0, downscale=2.0)
+    lab = degradation_labels(moving)
+    assert lab[1] == pytest.approx(math.sqrt(1.5**2 + 81 / 12)) and lab[2] == 2.0
+    target = effective_blur(torch.tensor(lab[1:2]), torch.tensor(lab[2:3]))
+    assert float(target) == pytest.approx(math.sqrt(1.5**2 + 81 / 12 + 0.78**2), rel=1e-5)
     sample = sample_second_order(SecondOrderConfig(), torch.Generator().manual_seed(0))
     assert degradation_labels(Degradation("second-order", second_order=sample))[5] == 0
 
@@ -292,6 +309,7 @@ def test_range_check_reads_jpeg_and_fails_a_constant_reader(photos: list, shippe
     assert set(table["met"]) == set(RANGE_LEVELS)
     assert table["met"]["jpeg"] and all(r["within"] == 1.0 for r in table["jpeg"].values())
     assert table["noise"]["50"]["mean"] > 25
+    assert set(table["motion"]) == {"13"}
 
     class Constant(torch.nn.Module):
         def __init__(self) -> None:
@@ -307,6 +325,16 @@ def test_range_check_reads_jpeg_and_fails_a_constant_reader(photos: list, shippe
 
     fake = evaluate_ranges(Constant(), cfg, val_photos, levels=levels)
     assert not any(fake["met"].values())
+
+
+def test_range_check_reads_motion_as_its_equivalent_blur() -> None:
+    """Motion levels (segment lengths) are met within 0.5 px of L / sqrt(12), up to 4 px."""
+    assert RANGE_LEVELS["motion"] == (5.0, 9.0, 13.0)
+    targets = [round(range_target("motion", v), 2) for v in RANGE_LEVELS["motion"]]
+    assert targets == [1.44, 2.6, 3.75] and range_target("blur", 3.0) == 3.0
+    est = torch.tensor([0.9, 1.0, 1.9, 2.0])
+    assert _read_within("motion", est, 5.0).tolist() == [False, True, True, False]
+    assert _read_within("blur", est, 1.5).tolist() == [False, True, True, True]
 
 
 # ------------------------------------------------------------------------------------------

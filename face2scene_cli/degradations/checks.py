@@ -15,6 +15,7 @@ __all__ = [
     "MAX_BLUR_SIGMA",
     "MAX_DOWNSCALE",
     "MAX_KERNEL_SIZE",
+    "MAX_MOTION_PX",
     "MAX_NOISE_SIGMA",
     "SEED_MASK",
     "integer",
@@ -33,6 +34,8 @@ MAX_NOISE_SIGMA = 255.0
 MAX_DOWNSCALE = 64.0
 #: Largest blur kernel side.
 MAX_KERNEL_SIZE = 63
+#: Longest motion-blur segment in px (kernels of at most 21 px, as Real-ESRGAN's largest).
+MAX_MOTION_PX = 21.0
 #: Seeds are 63-bit non-negative integers.
 SEED_MASK = (1 << 63) - 1
 

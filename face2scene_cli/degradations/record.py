@@ -3,13 +3,15 @@
 One record covers the three kinds of degradation of the project:
 
 * ``preset``: a named fixed degradation (:data:`PRESETS`, ``f2s degrade --preset``);
-* ``parametric``: explicit values, applied as blur -> downscale -> noise -> JPEG;
+* ``parametric``: explicit values, applied as blur -> motion blur -> downscale -> noise -> JPEG;
 * ``second-order``: one sample of the Real-ESRGAN second-order pipeline
   (:class:`SecondOrderSample`, every random choice, replayable bit for bit).
 
 Units are physical and the names are the ones FaDeX estimates use
 (:class:`~face2scene_cli.degradations.estimate.Estimate`): ``noise_sigma`` in /255 units,
-``blur_sigma_px`` in pixels, ``jpeg_quality`` 1..100, ``downscale`` a factor >= 1. The
+``blur_sigma_px`` in pixels, ``jpeg_quality`` 1..100, ``downscale`` a factor >= 1. Motion
+blur (``motion_px``, a segment's length) has no estimate of its own: FaDeX reads it as the
+Gaussian blur of the same spread, :func:`equivalent_blur` (``motion_px / sqrt(12)``). The
 downscale factor always means the same thing, a resolution loss by that factor; whether the
 image is then resized back to its input size is the separate ``resize_back`` flag (the
 training data keeps sizes, ``f2s degrade --scale`` makes the output smaller).
@@ -23,12 +25,14 @@ the field names of version 0.1 (``params.scale``, ``blur_sigma``, the scene trai
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from face2scene_cli.degradations.checks import (
     MAX_BLUR_SIGMA,
     MAX_DOWNSCALE,
+    MAX_MOTION_PX,
     MAX_NOISE_SIGMA,
     SEED_MASK,
     integer,
@@ -42,6 +46,7 @@ __all__ = [
     "KERNEL_TYPES",
     "MODES",
     "MOTION",
+    "MOTION_SIGMA_PER_PX",
     "PARAMETRIC_ORDER",
     "PRESETS",
     "REALESRGAN_KERNELS",
@@ -52,6 +57,8 @@ __all__ = [
     "NoiseSpec",
     "ResizeSpec",
     "SecondOrderSample",
+    "equivalent_blur",
+    "motion_kernel_size",
 ]
 
 #: The kinds of :class:`Degradation`.
@@ -73,11 +80,27 @@ KERNEL_TYPES: tuple[str, ...] = (*REALESRGAN_KERNELS, MOTION)
 SINC = "sinc"
 #: Interpolation modes of the resize operator.
 RESIZE_MODES: tuple[str, ...] = ("area", "bilinear", "bicubic")
-#: The order in which a preset or parametric degradation applies its steps.
-PARAMETRIC_ORDER: tuple[str, ...] = ("blur", "downscale", "noise", "jpeg")
+#: The order in which a preset or parametric degradation applies its steps (``motion``: the
+#: linear motion blur of ``motion_px``, right after the Gaussian blur).
+PARAMETRIC_ORDER: tuple[str, ...] = ("blur", "motion", "downscale", "noise", "jpeg")
+#: Standard deviation of a uniform segment of 1 px along its direction: ``1 / sqrt(12)``.
+MOTION_SIGMA_PER_PX = 1.0 / math.sqrt(12.0)
 #: The two orders of the second-order pipeline's last stage.
 FINAL_ORDERS: tuple[str, ...] = ("resize_then_jpeg", "jpeg_then_resize")
 _NOISE_KINDS = ("gaussian", "poisson")
+
+
+def equivalent_blur(blur_sigma_px: float, motion_px: float) -> float:
+    """The Gaussian sigma (px) with the spread of a Gaussian blur followed by a motion blur:
+    ``sqrt(blur_sigma_px^2 + (motion_px / sqrt(12))^2)`` (a segment of L px has standard
+    deviation L / sqrt(12) along its direction; FaDeX's blur label for a parametric record)."""
+    return math.hypot(blur_sigma_px, MOTION_SIGMA_PER_PX * motion_px)
+
+
+def motion_kernel_size(motion_px: float) -> int:
+    """The side of the motion-blur kernel of a ``motion_px`` segment: the smallest odd integer
+    >= ``motion_px``, at least 3."""
+    return max(3, math.ceil(motion_px) | 1)
 
 
 def _from_fields(cls: type, data: Any, what: str) -> Any:
@@ -277,6 +300,11 @@ class Degradation:
         mode: ``preset``, ``parametric`` or ``second-order`` (:data:`MODES`).
         preset: the preset's name (``preset`` mode only; its values fill the fields below).
         blur_sigma_px: isotropic Gaussian blur sigma in input pixels, [0, 10]; 0 = none.
+        motion_px: linear motion (camera-shake) blur, the segment's length in input pixels,
+            0 (none) or [1, 21]; kernel :func:`~face2scene_cli.degradations.ops.motion_kernel2d`
+            of side :func:`motion_kernel_size`.
+        motion_angle_deg: the segment's direction in degrees, [0, 180): 0 = horizontal,
+            90 = vertical (image rows grow downwards, so 45 runs from top left to bottom right).
         noise_sigma: white Gaussian colour noise sigma in /255 units, [0, 255]; 0 = none.
         jpeg_quality: JPEG quality 1..100; None = no JPEG.
         downscale: resolution loss factor in [1, 64]: bicubic antialiased resize to
@@ -286,12 +314,14 @@ class Degradation:
         seed: 63-bit seed of the noise generator (None: the caller passes a generator).
         second_order: the Real-ESRGAN sample (``second-order`` mode only; the fields above are
             then unused: 0 / None / 1 / False).
-    Steps run in :data:`PARAMETRIC_ORDER`: blur -> downscale -> noise -> JPEG.
+    Steps run in :data:`PARAMETRIC_ORDER`: blur -> motion blur -> downscale -> noise -> JPEG.
     """
 
     mode: str
     preset: str | None = None
     blur_sigma_px: float = 0.0
+    motion_px: float = 0.0
+    motion_angle_deg: float = 0.0
     noise_sigma: float = 0.0
     jpeg_quality: int | None = None
     downscale: float = 1.0
@@ -310,7 +340,15 @@ class Degradation:
             if not isinstance(self.second_order, SecondOrderSample):
                 raise ConfigError("a second-order degradation needs its SecondOrderSample")
             plain = Degradation("parametric")
-            fields = ("blur_sigma_px", "noise_sigma", "jpeg_quality", "downscale", "resize_back")
+            fields = (
+                "blur_sigma_px",
+                "motion_px",
+                "motion_angle_deg",
+                "noise_sigma",
+                "jpeg_quality",
+                "downscale",
+                "resize_back",
+            )
             if any(getattr(self, f) != getattr(plain, f) for f in (*fields, "seed")):
                 raise ConfigError(
                     f"a second-order degradation takes no {', '.join(fields)} or seed"
@@ -320,6 +358,16 @@ class Degradation:
             raise ConfigError(f"a {self.mode} degradation has no second-order sample")
         set_ = object.__setattr__
         set_(self, "blur_sigma_px", real("blur_sigma_px", self.blur_sigma_px, 0.0, MAX_BLUR_SIGMA))
+        motion = real("motion_px", self.motion_px, 0.0, MAX_MOTION_PX)
+        if 0.0 < motion < 1.0:
+            raise ConfigError(
+                f"motion_px must be 0 (none) or in [1, {MAX_MOTION_PX:g}], got {motion!r}"
+            )
+        set_(self, "motion_px", motion)
+        angle = real("motion_angle_deg", self.motion_angle_deg, 0.0, 180.0)
+        if angle == 180.0:
+            raise ConfigError("motion_angle_deg must be in [0, 180), got 180")
+        set_(self, "motion_angle_deg", angle)
         set_(self, "noise_sigma", real("noise_sigma", self.noise_sigma, 0.0, MAX_NOISE_SIGMA))
         if self.jpeg_quality is not None:
             set_(self, "jpeg_quality", integer("jpeg_quality", self.jpeg_quality, 1, 100))
@@ -351,9 +399,16 @@ class Degradation:
             return height, width
         return max(1, round(height / self.downscale)), max(1, round(width / self.downscale))
 
+    def equivalent_blur_px(self) -> float:
+        """FaDeX's blur label: :func:`equivalent_blur` of the Gaussian and the motion blur (0
+        for second-order records; the resolution loss is not included)."""
+        return equivalent_blur(self.blur_sigma_px, self.motion_px)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types. Preset and parametric: ``{"mode", "preset", "blur_sigma_px",
-        "noise_sigma", "jpeg_quality", "downscale", "resize_back", "seed"}``; second-order:
+        "motion_px", "motion_angle_deg", "noise_sigma", "jpeg_quality", "downscale",
+        "resize_back", "seed"}`` (records written before motion blur lack the two motion
+        keys; :meth:`from_dict` reads them as 0); second-order:
         ``{"mode", "preset": None, "sample": SecondOrderSample.to_dict()}``."""
         if self.mode == "second-order":
             return {"mode": self.mode, "preset": None, "sample": self.second_order.to_dict()}  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from torch import Tensor
 from face2scene_cli.degradations.checks import (
     MAX_BLUR_SIGMA,
     MAX_DOWNSCALE,
+    MAX_MOTION_PX,
     MAX_NOISE_SIGMA,
     SEED_MASK,
     integer_range,
@@ -36,8 +38,21 @@ from face2scene_cli.degradations.checks import (
     value_range,
 )
 from face2scene_cli.degradations.jpeg import jpeg_compress
-from face2scene_cli.degradations.ops import add_gaussian_noise, check_image, gaussian_blur, resize
-from face2scene_cli.degradations.record import MODES, PRESETS, Degradation
+from face2scene_cli.degradations.ops import (
+    add_gaussian_noise,
+    blur,
+    check_image,
+    gaussian_blur,
+    motion_kernel2d,
+    resize,
+)
+from face2scene_cli.degradations.record import (
+    MODES,
+    PRESETS,
+    Degradation,
+    equivalent_blur,
+    motion_kernel_size,
+)
 from face2scene_cli.degradations.second_order import (
     Draw,
     Generator,
@@ -58,8 +73,11 @@ __all__ = [
 def apply(x: Tensor, degradation: Degradation, generator: torch.Generator | None = None) -> Tensor:
     r"""Apply a degradation record to a batch of images.
 
-    Preset and parametric records run blur -> downscale (-> resize back) -> noise -> JPEG
-    (:data:`~face2scene_cli.degradations.record.PARAMETRIC_ORDER`); second-order records run
+    Preset and parametric records run blur -> motion blur -> downscale (-> resize back) ->
+    noise -> JPEG (:data:`~face2scene_cli.degradations.record.PARAMETRIC_ORDER`); the motion
+    blur is :func:`~face2scene_cli.degradations.ops.motion_kernel2d` of side
+    :func:`~face2scene_cli.degradations.record.motion_kernel_size`, convolved with reflect
+    padding (:func:`~face2scene_cli.degradations.ops.blur`); second-order records run
     :func:`apply_second_order` (output quantised to 8-bit levels).
 
     Args:
@@ -82,6 +100,12 @@ def apply(x: Tensor, degradation: Degradation, generator: torch.Generator | None
     out = x
     if degradation.blur_sigma_px > 0:
         out = gaussian_blur(out, degradation.blur_sigma_px)
+    if degradation.motion_px > 0:
+        length = degradation.motion_px
+        kernel = motion_kernel2d(
+            motion_kernel_size(length), length, math.radians(degradation.motion_angle_deg)
+        )
+        out = blur(out, kernel)
     if degradation.downscale > 1:
         h, w = x.shape[-2:]
         f = degradation.downscale
@@ -119,6 +143,10 @@ class DegradationDistribution:
         p_downscale, downscale_range: resolution loss: presence, factor range (>= 1).
         resize_back: resize a downscaled image back to its size (training data keeps sizes).
         p_jpeg, jpeg_range: JPEG: presence, quality range (inclusive integers).
+        p_motion, motion_range: parametric motion blur: presence, segment length range in px
+            (within [1, 21]); the direction is uniform in [0, 180) degrees. Drawn after
+            everything else and only when ``p_motion > 0``, so a distribution without motion
+            draws exactly what it drew before motion blur existed.
         second_order: the Real-ESRGAN ranges (YAML: a mapping of :class:`SecondOrderConfig`
             fields that differ from its defaults).
     """
@@ -134,6 +162,8 @@ class DegradationDistribution:
     resize_back: bool = True
     p_jpeg: float = 0.5
     jpeg_range: tuple[int, int] = (20, 95)
+    p_motion: float = 0.0
+    motion_range: tuple[float, float] = (3.0, 15.0)
     second_order: SecondOrderConfig = field(default_factory=SecondOrderConfig)
 
     def __post_init__(self) -> None:
@@ -154,7 +184,7 @@ class DegradationDistribution:
         for name in presets:
             Degradation.from_preset(name)
         set_(self, "presets", tuple(presets))
-        for name in ("p_blur", "p_noise", "p_downscale", "p_jpeg"):
+        for name in ("p_blur", "p_noise", "p_downscale", "p_jpeg", "p_motion"):
             set_(self, name, real(name, getattr(self, name), 0.0, 1.0))
         set_(self, "blur_range", value_range("blur_range", self.blur_range, 0.0, MAX_BLUR_SIGMA))
         set_(
@@ -166,6 +196,11 @@ class DegradationDistribution:
             value_range("downscale_range", self.downscale_range, 1.0, MAX_DOWNSCALE),
         )
         set_(self, "jpeg_range", integer_range("jpeg_range", self.jpeg_range, 1, 100))
+        set_(
+            self,
+            "motion_range",
+            value_range("motion_range", self.motion_range, 1.0, MAX_MOTION_PX),
+        )
         if not isinstance(self.resize_back, bool):
             raise ConfigError(f"resize_back must be true or false, got {self.resize_back!r}")
         so = self.second_order
@@ -214,9 +249,11 @@ class DegradationDistribution:
 
     def envelope(self) -> dict[str, float]:
         """The extremes it draws, over the kinds with a share: the largest ``noise_sigma``
-        (/255), ``blur_sigma_px`` and ``downscale`` and the lowest ``jpeg_quality`` (second
-        order: its passes' noise, blur and JPEG ranges, 1 / its smallest first resize; blur
-        kernels by their sigma, motion blur not included)."""
+        (/255), ``blur_sigma_px`` and ``downscale`` and the lowest ``jpeg_quality`` (parametric
+        motion blur counts by its :func:`~face2scene_cli.degradations.record.equivalent_blur`
+        with the largest Gaussian blur; second order: its passes' noise, blur and JPEG ranges,
+        1 / its smallest first resize; blur kernels by their sigma, motion blur not
+        included)."""
         env = {"noise_sigma": 0.0, "blur_sigma_px": 0.0, "downscale": 1.0, "jpeg_quality": 100.0}
 
         def widen(noise: float, blur: float, down: float, jpeg: float) -> None:
@@ -233,7 +270,10 @@ class DegradationDistribution:
         if parametric > 0:
             widen(
                 self.noise_range[1] if self.p_noise > 0 else 0.0,
-                self.blur_range[1] if self.p_blur > 0 else 0.0,
+                equivalent_blur(
+                    self.blur_range[1] if self.p_blur > 0 else 0.0,
+                    self.motion_range[1] if self.p_motion > 0 else 0.0,
+                ),
                 self.downscale_range[1] if self.p_downscale > 0 else 1.0,
                 self.jpeg_range[0] if self.p_jpeg > 0 else 100,
             )
@@ -271,9 +311,14 @@ class DegradationDistribution:
         noise = d.uniform(*self.noise_range) if d.uniform() < self.p_noise else 0.0
         down = d.uniform(*self.downscale_range) if d.uniform() < self.p_downscale else 1.0
         jpeg = d.integer(*self.jpeg_range) if d.uniform() < self.p_jpeg else None
+        motion, angle = 0.0, 0.0
+        if self.p_motion > 0 and d.uniform() < self.p_motion:
+            motion, angle = d.uniform(*self.motion_range), d.uniform(0.0, 180.0)
         return Degradation(
             "parametric",
             blur_sigma_px=blur_,
+            motion_px=motion,
+            motion_angle_deg=angle,
             noise_sigma=noise,
             jpeg_quality=jpeg,
             downscale=down,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from face2scene_cli.degradations.checks import (
+    MAX_MOTION_PX,
     MAX_NOISE_SIGMA,
     SEED_MASK,
     integer,
@@ -54,6 +55,7 @@ from face2scene_cli.degradations.record import (
     NoiseSpec,
     ResizeSpec,
     SecondOrderSample,
+    motion_kernel_size,
 )
 from face2scene_cli.errors import ConfigError
 
@@ -188,7 +190,7 @@ class SecondOrderConfig:
             if jlo > jhi:
                 raise ConfigError(f"jpeg_range{suffix} must have low <= high, got {jr!r}")
             object.__setattr__(self, "jpeg_range" + suffix, (jlo, jhi))
-        mr = value_range("motion_range", self.motion_range, 1.0, 21.0)
+        mr = value_range("motion_range", self.motion_range, 1.0, MAX_MOTION_PX)
         object.__setattr__(self, "motion_range", mr)
         real("second_blur_prob", self.second_blur_prob, 0.0, 1.0)
         real("final_sinc_prob", self.final_sinc_prob, 0.0, 1.0)
@@ -282,7 +284,7 @@ def _sample_kernel(
     kind = d.choice(kinds, probs)
     if kind == MOTION:
         length = d.uniform(*motion)
-        size = max(size, math.ceil(length) | 1)
+        size = max(size, motion_kernel_size(length))
         return KernelSpec(MOTION, size, rotation=d.uniform(0.0, math.pi), length=length)
     sx = d.uniform(*sigma)
     if kind.endswith("aniso"):

@@ -99,6 +99,8 @@ def _fixed(cfg: DegradeConfig) -> Degradation | None:
         return Degradation(
             "parametric",
             blur_sigma_px=cfg.blur_sigma or 0.0,
+            motion_px=cfg.motion_px or 0.0,
+            motion_angle_deg=cfg.motion_angle or 0.0,
             noise_sigma=cfg.noise_sigma or 0.0,
             jpeg_quality=cfg.jpeg_quality,
             downscale=cfg.downscale or 1.0,

@@ -45,6 +45,30 @@ def degrade(
             show_default=False,
         ),
     ] = None,
+    motion_px: Annotated[
+        float | None,
+        typer.Option(
+            "--motion-px",
+            envvar="F2S_MOTION_PX",
+            rich_help_panel=DEG,
+            min=0,
+            max=21,
+            help="Linear motion (camera-shake) blur: the segment's length in pixels, 1-21.",
+            show_default=False,
+        ),
+    ] = None,
+    motion_angle: Annotated[
+        float | None,
+        typer.Option(
+            "--motion-angle",
+            envvar="F2S_MOTION_ANGLE",
+            rich_help_panel=DEG,
+            min=0,
+            max=180,
+            help="Direction of the motion blur in degrees: 0 horizontal (default), 90 vertical.",
+            show_default=False,
+        ),
+    ] = None,
     noise_sigma: Annotated[
         float | None,
         typer.Option(
@@ -108,13 +132,14 @@ def degrade(
     """Make degraded copies of clean photos (second-order, preset or explicit parameters).
 
     The default is the Real-ESRGAN second-order pipeline sampled per image from its seed;
-    explicit parameters are applied in the order blur, downscale, noise, JPEG.
+    explicit parameters are applied in the order blur, motion blur, downscale, noise, JPEG.
 
     Outputs are PNG by default (a JPEG output would add a compression the report does not
     describe); each report records the sampled parameters so a sample can be replayed.
 
     [bold]Examples[/bold]: f2s degrade ./clean --out ./lq --preset mixed ·
-    f2s degrade img.png --noise-sigma 15 --jpeg-quality 40 · f2s degrade ./clean --seed 7
+    f2s degrade img.png --noise-sigma 15 --jpeg-quality 40 ·
+    f2s degrade img.png --motion-px 9 --motion-angle 30 · f2s degrade ./clean --seed 7
     """
     configure_logging(debug)
     if scale is not None:

@@ -202,12 +202,15 @@ def _identity_distance(
 def estimate_error(
     estimate: Estimate | None, truth: Degradation | None
 ) -> dict[str, float | None] | None:
-    """Absolute errors of FaDeX's estimates; ``jpeg_detected`` is 1 when FaDeX's JPEG call
-    (probability >= 0.5) matches the truth; ``jpeg_quality`` only when both say JPEG."""
+    """Absolute errors of FaDeX's estimates (blur against the truth's
+    :meth:`~Degradation.equivalent_blur_px`, which counts a motion blur); ``jpeg_detected`` is
+    1 when FaDeX's JPEG call (probability >= 0.5) matches the truth; ``jpeg_quality`` only
+    when both say JPEG."""
     if estimate is None or truth is None:
         return None
+    true = {"blur_sigma_px": truth.equivalent_blur_px()}
     err: dict[str, float | None] = {
-        k: abs(getattr(estimate, k) - float(getattr(truth, k))) for k in _ESTIMATE_KEYS
+        k: abs(getattr(estimate, k) - float(true.get(k, getattr(truth, k)))) for k in _ESTIMATE_KEYS
     }
     q = truth.jpeg_quality
     err["jpeg_detected"] = float(estimate.jpeg == (q is not None))

@@ -15,7 +15,6 @@ against where one record describes the degradation (None otherwise).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +25,6 @@ from face2scene_cli.degradations.jpeg import jpeg_compress
 from face2scene_cli.degradations.ops import (
     add_gaussian_noise,
     add_poisson_noise,
-    blur,
-    motion_kernel2d,
     resize,
     rgb_to_gray,
 )
@@ -72,6 +69,13 @@ _OOD_TRUTH: dict[str, Degradation] = {
 }
 
 
+def _motion9_noise5(generator: torch.Generator) -> Degradation:
+    """``motion9-noise5``'s record: its direction is the first draw of ``generator`` (the
+    item's, which then draws the noise; the record carries no seed of its own)."""
+    angle = float(torch.rand((), generator=generator)) * 180.0
+    return Degradation("parametric", motion_px=9.0, motion_angle_deg=angle, noise_sigma=5.0)
+
+
 @dataclass(frozen=True)
 class Degraded:
     """One degraded photo: ``clean`` (H, W, 3) uint8 (the truth, H and W multiples of the
@@ -112,8 +116,7 @@ def _ood(name: str, x: Tensor, seed: int) -> Tensor:
     if name in _OOD_RECORDS:
         return apply(x, _OOD_RECORDS[name].with_seed(seed))
     if name == "motion9-noise5":
-        angle = float(torch.rand((), generator=g)) * math.pi
-        return add_gaussian_noise(blur(x, motion_kernel2d(9, 9, angle)), 5.0, g)
+        return apply(x, _motion9_noise5(g), g)
     if name == "camera-jpeg80":
         y = add_poisson_noise(x, 1.0, g)
         return jpeg_compress(add_gaussian_noise(y, 2.0, g), 80)
@@ -159,7 +162,12 @@ def degrade(clean: np.ndarray, name: str, key: str, seed: int, scale: int = 1) -
         if name == "gray-noise10":
             x = rgb_to_gray(x).expand(-1, 3, -1, -1)
             clean = _to_uint8(x)
-        return Degraded(clean, _to_uint8(_ood(name, x, item_seed)), _OOD_TRUTH.get(name))
+        truth = (
+            _motion9_noise5(torch.Generator().manual_seed(item_seed))
+            if name == "motion9-noise5"
+            else _OOD_TRUTH.get(name)
+        )
+        return Degraded(clean, _to_uint8(_ood(name, x, item_seed)), truth)
     deg = Degradation.from_preset(name, item_seed)
     if scale == 1:
         return Degraded(clean, _to_uint8(apply(to_tensor(clean), deg)), deg)

@@ -219,13 +219,18 @@ class PhotoBank:
 
 
 def degradation_labels(op: Degradation) -> np.ndarray:
-    """FaDeX's regression targets of an operator: ``[noise_sigma, blur_sigma_px, downscale,
-    jpeg_quality (0 if none), jpeg present, has_label]``; second-order operators have none."""
+    """FaDeX's regression targets of an operator: ``[noise_sigma, blur, downscale,
+    jpeg_quality (0 if none), jpeg present, has_label]``; second-order operators have none.
+
+    ``blur`` is the optical blur, :meth:`Degradation.equivalent_blur_px`: the Gaussian sigma
+    and the motion blur as one sigma, ``sqrt(blur_sigma_px^2 + (motion_px / sqrt(12))^2)``
+    (the regression loss adds the resolution loss,
+    :func:`~face2scene_cli.research.train.fadex.effective_blur`)."""
     if op.mode == "second-order":
         return np.array([0, 0, 1, 0, 0, 0], dtype=np.float32)
     q = op.jpeg_quality
     return np.array(
-        [op.noise_sigma, op.blur_sigma_px, op.downscale, q or 0, q is not None, 1],
+        [op.noise_sigma, op.equivalent_blur_px(), op.downscale, q or 0, q is not None, 1],
         dtype=np.float32,
     )
 
