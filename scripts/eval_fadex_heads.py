@@ -1,0 +1,60 @@
+"""FaDeX's VAL table and issue 15's range check for several heads, on the same VAL crops.
+
+    python scripts/eval_fadex_heads.py OUT.json NAME=MODEL_FOLDER [NAME=MODEL_FOLDER ...]
+
+e.g. ``stage4=models/fadex-s motion=runs/fadex-heads-motion/heads-1796410004``; the crops and
+range levels come from ``configs/fadex-motion.yaml`` (its VAL settings are fadex-wide's).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from face2scene_cli.archs.fadex import FaDeX  # noqa: E402
+from face2scene_cli.research.splits import load_splits  # noqa: E402
+from face2scene_cli.research.train.fadex_config import load_train_config  # noqa: E402
+from face2scene_cli.research.train.fadex_eval import (  # noqa: E402
+    build_val_set,
+    evaluate_fadex,
+    evaluate_ranges,
+)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or any("=" not in a for a in argv[1:]):
+        print(__doc__)
+        return 2
+    torch.set_num_threads(2)
+    cfg = load_train_config(ROOT / "configs/fadex-motion.yaml")
+    photos = load_splits(Path(cfg.data.splits))["val"]
+    t0 = time.monotonic()
+    val = build_val_set(cfg, photos)
+    out: dict = {"val_build_s": round(time.monotonic() - t0, 1)}
+    for arg in argv[1:]:
+        name, path = arg.split("=", 1)
+        model = FaDeX.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False).eval()
+        t = time.monotonic()
+        table = evaluate_fadex(model, val)
+        table.pop("crop_sources")
+        ranges = evaluate_ranges(model, cfg, photos)
+        out[name] = {
+            "encoder_sha256": model.encoder_sha256(),
+            "table": table,
+            "ranges": ranges,
+            "eval_s": round(time.monotonic() - t, 1),
+        }
+        print(name, json.dumps(table["summary"]), json.dumps(ranges["met"]), flush=True)
+    Path(argv[0]).write_text(json.dumps(out, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
