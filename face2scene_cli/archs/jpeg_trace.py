@@ -71,12 +71,12 @@ def _ijg_luma_steps() -> Tensor:
     return tables[:, list(_ZIGZAG)].double()
 
 
-def _block_coefficients(y: Tensor, dy: int, dx: int, basis: Tensor | None = None) -> Tensor:
-    """(N, K) DCT coefficients of the 8x8 blocks of ``y`` (H, W) starting at (dy, dx):
-    all 64 (row-major) or the rows of ``basis`` (K, 64) only."""
-    h, w = (y.shape[0] - dy) // 8 * 8, (y.shape[1] - dx) // 8 * 8
-    blocks = y[dy : dy + h, dx : dx + w].reshape(h // 8, 8, w // 8, 8).permute(0, 2, 1, 3)
-    return blocks.reshape(-1, 64) @ (_dct_basis() if basis is None else basis).T
+def _block_coefficients(y: Tensor) -> Tensor:
+    """(N, 64) DCT coefficients (row-major) of the whole 8x8 blocks of ``y`` (H, W) from its
+    origin."""
+    h, w = y.shape[0] // 8 * 8, y.shape[1] // 8 * 8
+    blocks = y[:h, :w].reshape(h // 8, 8, w // 8, 8).permute(0, 2, 1, 3)
+    return blocks.reshape(-1, 64) @ _dct_basis().T
 
 
 def _central(y: Tensor, side: int) -> Tensor:
@@ -138,7 +138,7 @@ def trace_jpeg(lq: Tensor) -> JpegTrace:
     for b in range(lq.shape[0]):
         y = luma[b] - 128.0
         dy, dx = _grid_phase(y)
-        coeffs = _block_coefficients(_central(y[dy:, dx:], 8 * _STEP_BLOCKS), 0, 0)
+        coeffs = _block_coefficients(_central(y[dy:, dx:], 8 * _STEP_BLOCKS))
         for i, pos in enumerate(_ZIGZAG):
             steps[b, i] = _step(coeffs[:, pos])
         known = steps[b] > 0
