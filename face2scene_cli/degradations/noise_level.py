@@ -131,10 +131,13 @@ def estimate_noise_curve(
     mean, sigma = _block_sigmas(image.detach().cpu(), block, max_blocks)
     edges = torch.linspace(0.0, 255.0, bands + 1)
     band = torch.bucketize(mean, edges[1:-1])
-    levels, values = [], []
+    levels: list[float] = []
+    values: list[float | None] = []
+    counts: list[float] = []
     for b in range(bands):
         inside = band == b
-        if int(inside.sum()) >= min_blocks:
+        counts.append(float(inside.sum()))
+        if counts[-1] >= min_blocks:
             values.append(float(torch.quantile(sigma[inside], _QUANTILE)) / _QUANTILE_BIAS)
             levels.append(float(mean[inside].median()))
         else:
@@ -143,7 +146,7 @@ def estimate_noise_curve(
     known = [i for i, v in enumerate(values) if v is not None]
     read = shot = 0.0
     if known:
-        count = torch.tensor([float((band == i).sum()) for i in known])
         var = torch.tensor([values[i] ** 2 for i in known])
-        read, shot = _fit(torch.tensor([levels[i] for i in known]), var, count)
+        weight = torch.tensor([counts[i] for i in known])
+        read, shot = _fit(torch.tensor([levels[i] for i in known]), var, weight)
     return NoiseCurve(tuple(levels), tuple(values), read, shot)
