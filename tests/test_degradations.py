@@ -21,6 +21,7 @@ from face2scene_cli.degradations import record as R
 from face2scene_cli.degradations import sampling as S
 from face2scene_cli.degradations import second_order as SO
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.research.train.fadex_config import load_train_config
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -649,18 +650,8 @@ def test_distribution_draws_follow_the_config() -> None:
     assert [dist.sample(again) for _ in range(5)] == draws[:5]
 
 
-#: configs/fadex-wide.yaml's block (no motion).
-_WIDE = S.DegradationDistribution(
-    mix=(0.0, 0.8, 0.2),
-    p_noise=0.6,
-    noise_range=(0.5, 50.0),
-    p_blur=0.45,
-    blur_range=(0.3, 4.0),
-    p_downscale=0.25,
-    downscale_range=(1.25, 4.0),
-    p_jpeg=0.5,
-    jpeg_range=(10, 95),
-)
+#: configs/fadex-wide.yaml's block (no motion), read from the config itself.
+_WIDE = load_train_config(Path("configs/fadex-wide.yaml")).data.degradation
 
 
 def test_distribution_without_motion_draws_what_it_drew_before_motion_blur() -> None:
