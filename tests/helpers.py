@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn
 
 import jsonschema
@@ -17,6 +19,17 @@ from face2scene_cli.engine.report import REPORT_SUFFIX, SUMMARY_NAME, is_summary
 REPORT_VALIDATOR = jsonschema.Draft202012Validator(load_schema("report"))
 SUMMARY_VALIDATOR = jsonschema.Draft202012Validator(load_schema("summary"))
 TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` (the conversion scripts, not a package) imported as a module."""
+    path = Path(TESTS).parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def missing_data(msg: str) -> NoReturn:

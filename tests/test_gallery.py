@@ -190,7 +190,7 @@ def test_dlib_encoder_embeddings(people: dict[str, np.ndarray], detector, encode
     np.testing.assert_array_equal(
         encoder.embed(gray, [face]), encoder.embed(np.repeat(gray[:, :, None], 3, 2), [face])
     )
-    # deterministic (num_jitters=0)
+    # deterministic
     np.testing.assert_array_equal(encoder.embed(img, [face]), emb)
     assert len(encoder.model_sha256) == 64
 

