@@ -17,12 +17,14 @@ else dlib).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,8 +131,9 @@ class DlibResNetEncoder(IdentityEncoder):
     DlibFaceResNet`): the embeddings equal dlib's ``compute_face_descriptor`` (no jitter) to
     1e-6, at 4 ms a face on 2 threads instead of dlib's single-threaded 74-78 ms.
 
-    Thread safety: dlib's shape predictor is serialised with a lock; the torch network is
-    safe to share.
+    The network, the shape predictor and the lock serialising the predictor are loaded once per
+    process and shared by every instance (the reference gallery and Stage I's identity gate
+    each hold one).
 
     Args:
         models_dir: folder holding dlib's ``shape_predictor_5_face_landmarks.dat``; default
@@ -146,18 +149,13 @@ class DlibResNetEncoder(IdentityEncoder):
     def __init__(self, models_dir: Path | None = None, zoo_root: Path | None = None) -> None:
         import dlib
 
-        from face2scene_cli.archs.dlib_resnet import DlibFaceResNet
-
         folder = Path(models_dir) if models_dir is not None else dlib_models_dir()
         shape5 = folder / _DLIB_SHAPE5
         if not shape5.is_file():
             raise NotAvailableError(f"dlib model file not found: {shape5}")
-        info = require_model(DLIB_RESNET_MODEL, zoo_root)
-        self._net = load_config_model(DlibFaceResNet, info.files_reader())
-        self._files = (info.folder / _DLIB_RESNET_WEIGHTS, shape5)
+        self._net, self._shape5, self._lock, weights = _dlib_parts(shape5, zoo_root)
+        self._files = (weights, shape5)
         self._dlib = dlib
-        self._shape5 = dlib.shape_predictor(str(shape5))
-        self._lock = threading.Lock()
         self._sha256: str | None = None
 
     @property
@@ -323,6 +321,20 @@ def create_identity_encoder(name: str = "auto") -> IdentityEncoder:
         known = ", ".join(["auto", *_ALIASES, *ENCODERS])
         raise ConfigError(f"unknown identity encoder {name!r}; known: {known}")
     return ENCODERS[key]()
+
+
+@functools.lru_cache(maxsize=2)
+def _dlib_parts(shape5: Path, zoo_root: Path | None) -> tuple[Any, Any, threading.Lock, Path]:
+    """The ResNet (eval mode), dlib's shape predictor, the predictor's lock and the weights'
+    path: read once per process for :class:`DlibResNetEncoder`."""
+    import dlib
+
+    from face2scene_cli.archs.dlib_resnet import DlibFaceResNet
+
+    info = require_model(DLIB_RESNET_MODEL, zoo_root)
+    net = load_config_model(DlibFaceResNet, info.files_reader())
+    predictor = dlib.shape_predictor(str(shape5))
+    return net, predictor, threading.Lock(), info.folder / _DLIB_RESNET_WEIGHTS
 
 
 def _rect(box: np.ndarray):  # -> dlib.rectangle
