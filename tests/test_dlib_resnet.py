@@ -4,12 +4,15 @@ weights from the ``.dat`` exactly."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from helpers import load_script, missing_data
 
 from face2scene_cli.archs.dlib_resnet import DlibFaceResNet, add_padded
+from face2scene_cli.errors import NotAvailableError
 from face2scene_cli.faces.base import DetectedFace
 from face2scene_cli.faces.identity import DLIB_RESNET_MODEL, DlibResNetEncoder, dlib_models_dir
 from face2scene_cli.io.images import read_image
@@ -105,3 +108,15 @@ def test_add_padded_adds_like_dlib() -> None:
         x = block(x)
         sizes.append(x.shape[-1])
     assert sizes == [35] * 3 + [17] * 4 + [8] * 3 + [4] * 3 + [2]
+
+
+def test_encoders_share_one_network_per_zoo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instances share the loaded network, but a zoo without the model is still refused after
+    one was loaded from the shipped zoo in the same process."""
+    a, b = DlibResNetEncoder(), DlibResNetEncoder()
+    assert a._net is b._net
+    monkeypatch.setenv("F2S_MODELS_DIR", str(tmp_path))
+    with pytest.raises(NotAvailableError, match=DLIB_RESNET_MODEL):
+        DlibResNetEncoder()

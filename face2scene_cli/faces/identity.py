@@ -33,6 +33,7 @@ from face2scene_cli.errors import ConfigError, NotAvailableError
 from face2scene_cli.faces.base import DetectedFace, IdentityEncoder
 from face2scene_cli.hashing import file_sha256
 from face2scene_cli.zoo import load_config_model, require_model
+from face2scene_cli.zoo import models_dir as zoo_dir
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,9 @@ class DlibResNetEncoder(IdentityEncoder):
         shape5 = folder / _DLIB_SHAPE5
         if not shape5.is_file():
             raise NotAvailableError(f"dlib model file not found: {shape5}")
-        self._net, self._shape5, self._lock, weights = _dlib_parts(shape5, zoo_root)
+        # keyed by the zoo's folder, so a changed F2S_MODELS_DIR is not served a cached net
+        root = Path(zoo_root) if zoo_root is not None else zoo_dir()
+        self._net, self._shape5, self._lock, weights = _dlib_parts(shape5, root)
         self._files = (weights, shape5)
         self._dlib = dlib
         self._sha256: str | None = None
@@ -324,7 +327,7 @@ def create_identity_encoder(name: str = "auto") -> IdentityEncoder:
 
 
 @functools.lru_cache(maxsize=2)
-def _dlib_parts(shape5: Path, zoo_root: Path | None) -> tuple[Any, Any, threading.Lock, Path]:
+def _dlib_parts(shape5: Path, zoo_root: Path) -> tuple[Any, Any, threading.Lock, Path]:
     """The ResNet (eval mode), dlib's shape predictor, the predictor's lock and the weights'
     path: read once per process for :class:`DlibResNetEncoder`."""
     import dlib
