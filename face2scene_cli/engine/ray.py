@@ -41,6 +41,9 @@ from face2scene_cli.errors import F2SError, NotAvailableError
 INSTALL_HINT = "pip install 'face2scene[ray]'"
 TASK_RETRIES = 1  # tries of a batch after its worker died, in each of the two passes
 MAX_BLOCKS = 10_000
+# Ray Data's driver-side threads (ray 2.60: the streaming executor and its metadata fetcher)
+_RAY_DATA_THREADS = ("StreamingExecutor-", "ray-data-metadata-prefetch")
+_RAY_DATA_JOIN_S = 30.0
 
 
 def require_ray() -> Any:
@@ -170,6 +173,7 @@ def run_ray(
             stats, interrupted, settled = _execute(ray, run, plan, job_factory, cfg, run_info)
             if interrupted:
                 if ours:  # stops its workers before the disk is read
+                    _join_ray_data_threads(_RAY_DATA_JOIN_S)
                     ray.shutdown()
                 _settle_from_disk(run, plan, settled)
             else:  # every worker is done: temp files left now are dead workers'
@@ -181,6 +185,18 @@ def run_ray(
         if ours:
             ray.shutdown()
     return summary
+
+
+def _join_ray_data_threads(timeout: float) -> None:
+    """Wait up to ``timeout`` s for Ray Data's executor threads to end after an iteration was
+    left early. The executor gives its scheduling loop only 2 s to stop; a Ray Data thread
+    still talking to the core worker when ``ray.shutdown`` runs makes Ray end the process
+    with status 1 ("The core worker has already been shutdown"), seen once under load in
+    CI."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith(_RAY_DATA_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _init(ray: Any, cfg: BatchConfig) -> None:
@@ -281,7 +297,9 @@ def _first_pass(
                 max_restarts=-1,
                 max_task_retries=TASK_RETRIES,
             )
-        for rows in results.iter_batches(batch_size=None, batch_format="numpy"):
+        # prefetch_batches=0: the rows are small reports, and no Ray Data thread of this
+        # process then fetches blocks that a stop's ray.shutdown could pull from under it
+        for rows in results.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
             settle(rows)
             left.difference_update(int(i) for i in rows["index"])
             if stop():
