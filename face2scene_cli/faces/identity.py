@@ -18,6 +18,7 @@ else dlib).
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import logging
 import threading
@@ -63,7 +64,6 @@ normally; lower values can match the wrong person")."""
 DLIB_RESNET_MODEL = "dlib-resnet-v1"
 """The zoo model holding dlib's ResNet, converted by ``scripts/convert_dlib_resnet.py``."""
 
-_DLIB_RESNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _DLIB_CHIP_PADDING = 0.25  # dlib's compute_face_descriptor default
 _DLIB_SHAPE5 = "shape_predictor_5_face_landmarks.dat"
 _ARCFACE_FILE = "w600k_r50.onnx"
@@ -156,17 +156,18 @@ class DlibResNetEncoder(IdentityEncoder):
             raise NotAvailableError(f"dlib model file not found: {shape5}")
         # keyed by the zoo's folder, so a changed F2S_MODELS_DIR is not served a cached net
         root = Path(zoo_root) if zoo_root is not None else zoo_dir()
-        self._net, self._shape5, self._lock, weights = _dlib_parts(shape5, root)
-        self._files = (weights, shape5)
+        self._net, self._shape5, self._lock, self._net_sha256 = _dlib_parts(shape5, root)
+        self._shape5_file = shape5
         self._dlib = dlib
         self._sha256: str | None = None
 
     @property
     def model_sha256(self) -> str:
-        """sha256 over the ResNet's weights' and the shape predictor's sha256s (computed once,
-        on first use)."""
+        """sha256 over the ResNet's zoo digest (its pinned files, verified when it was loaded)
+        and the shape predictor's sha256 (hashed once, on first use)."""
         if self._sha256 is None:
-            self._sha256 = _combined_sha256(self._files)
+            joined = self._net_sha256 + file_sha256(self._shape5_file)
+            self._sha256 = hashlib.sha256(joined.encode()).hexdigest()
         return self._sha256
 
     def shapes(self, image: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
@@ -327,9 +328,9 @@ def create_identity_encoder(name: str = "auto") -> IdentityEncoder:
 
 
 @functools.lru_cache(maxsize=2)
-def _dlib_parts(shape5: Path, zoo_root: Path) -> tuple[Any, Any, threading.Lock, Path]:
-    """The ResNet (eval mode), dlib's shape predictor, the predictor's lock and the weights'
-    path: read once per process for :class:`DlibResNetEncoder`."""
+def _dlib_parts(shape5: Path, zoo_root: Path) -> tuple[Any, Any, threading.Lock, str]:
+    """The ResNet (eval mode), dlib's shape predictor, the predictor's lock and the ResNet's
+    zoo digest: read once per process for :class:`DlibResNetEncoder`."""
     import dlib
 
     from face2scene_cli.archs.dlib_resnet import DlibFaceResNet
@@ -337,7 +338,7 @@ def _dlib_parts(shape5: Path, zoo_root: Path) -> tuple[Any, Any, threading.Lock,
     info = require_model(DLIB_RESNET_MODEL, zoo_root)
     net = load_config_model(DlibFaceResNet, info.files_reader())
     predictor = dlib.shape_predictor(str(shape5))
-    return net, predictor, threading.Lock(), info.folder / _DLIB_RESNET_WEIGHTS
+    return net, predictor, threading.Lock(), info.sha256
 
 
 def _rect(box: np.ndarray):  # -> dlib.rectangle
@@ -345,9 +346,3 @@ def _rect(box: np.ndarray):  # -> dlib.rectangle
 
     x0, y0, x1, y1 = (round(float(v)) for v in np.asarray(box).reshape(4))
     return dlib.rectangle(x0, y0, x1, y1)
-
-
-def _combined_sha256(paths: tuple[Path, ...]) -> str:
-    import hashlib
-
-    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()
