@@ -35,12 +35,14 @@ from face2scene_cli.degradations.sampling import DegradationDistribution
 from face2scene_cli.errors import ConfigError
 
 __all__ = [
+    "NOISE_MARGIN",
     "ConsistencyCheck",
     "Fallback",
     "GuardSettings",
     "apply_fallbacks",
     "check_restoration",
     "consistency_residual",
+    "noise_outside_training",
     "outside_training",
     "trained_envelope",
 ]
@@ -243,13 +245,18 @@ def trained_envelope(training: dict[str, Any]) -> dict[str, float] | None:
         return None
 
 
+#: The noise (/255) a reading may exceed the trained noise by before it is called beyond it:
+#: FaDeX's noise error, also granted to the noise curve.
+NOISE_MARGIN = 5.0
+
+
 def noise_outside_training(curve: NoiseCurve, envelope: dict[str, float]) -> str | None:
     """The brightness band whose noise lies beyond the trained noise, with the same 5/255
     margin as :func:`outside_training` (the noisiest such band), e.g. ``"noise σ 41 at
     level 207 > 30"``; None when every band is inside."""
     bands = [(s, lv) for lv, s in zip(curve.levels, curve.sigma, strict=True) if s is not None]
     sigma, level = max(bands, default=(0.0, 0.0))
-    if sigma <= envelope["noise_sigma"] + 5:
+    if sigma <= envelope["noise_sigma"] + NOISE_MARGIN:
         return None
     return f"noise σ {sigma:.0f} at level {level:.0f} > {envelope['noise_sigma']:.0f}"
 
@@ -259,7 +266,7 @@ def outside_training(estimate: Estimate, envelope: dict[str, float]) -> list[str
     (noise 5/255, blur 0.5 px, downscale 20 %, JPEG quality 5), e.g.
     ``["noise σ 38 > 30"]``."""
     out = []
-    if estimate.noise_sigma > envelope["noise_sigma"] + 5:
+    if estimate.noise_sigma > envelope["noise_sigma"] + NOISE_MARGIN:
         out.append(f"noise σ {estimate.noise_sigma:.0f} > {envelope['noise_sigma']:.0f}")
     if estimate.blur_sigma_px > envelope["blur_sigma_px"] + 0.5:
         out.append(f"blur σ {estimate.blur_sigma_px:.1f} px > {envelope['blur_sigma_px']:.1f}")
