@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import gc
 import io
 import os
 import struct
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 
 from face2scene_cli.cli.app import app
 from face2scene_cli.config import BatchConfig
+from face2scene_cli.engine.job import build_job
 from face2scene_cli.engine.lock import output_lock
 from face2scene_cli.engine.plan import plan_inputs
 from face2scene_cli.errors import ConfigError
@@ -346,3 +348,31 @@ def test_same_stem_siblings_get_distinct_outputs(small_photo_dir: Path, tmp_path
     photo.save(src / "a.jpg")
     plan = plan_inputs([src], BatchConfig(format="png"))
     assert sorted(i.output.name for i in plan.items) == ["a_jpg.png", "a_png.png"]
+
+
+def test_a_job_is_built_without_cyclic_collections_and_frozen_afterwards() -> None:
+    """The build (imports, model loading) runs with the collector paused; what exists then
+    is frozen out of later collections; the collector runs again afterwards, also when the
+    build fails (a run that cannot load its models still exits through the normal path)."""
+    collector_on: list[bool] = []
+    made: list[object] = []
+
+    def factory() -> object:
+        collector_on.append(gc.isenabled())
+        made.append(object())
+        return made[-1]
+
+    def failing() -> object:
+        collector_on.append(gc.isenabled())
+        raise ConfigError("no such model")
+
+    frozen_before = gc.get_freeze_count()
+    try:
+        assert build_job(factory) is made[0]
+        assert collector_on == [False] and gc.isenabled()
+        assert gc.get_freeze_count() > frozen_before
+        with pytest.raises(ConfigError):
+            build_job(failing)
+        assert collector_on == [False, False] and gc.isenabled()
+    finally:
+        gc.unfreeze()

@@ -251,6 +251,7 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
     models load.
     """
     from face2scene_cli.engine import ray as ray_engine
+    from face2scene_cli.engine.job import build_job
     from face2scene_cli.engine.local import StopFlag, SummaryWriteError, run_batch
     from face2scene_cli.engine.lock import check_writable
     from face2scene_cli.engine.plan import plan_inputs
@@ -266,7 +267,7 @@ def run_files(inputs: list[str], job_factory: Any, batch_cfg: BatchConfig, log: 
         raise typer.Exit(ExitCode.USAGE)
     check_writable(plan.out)
     # Ray workers build their own job; locally it is built before the progress bar starts.
-    job: ImageJob | None = job_factory() if batch_cfg.engine == "local" else None
+    job: ImageJob | None = build_job(job_factory) if batch_cfg.engine == "local" else None
     for warning in job.warnings() if job is not None else []:
         diag("warning", warning, log)
     jsonl = _open_jsonl(log.report_jsonl)

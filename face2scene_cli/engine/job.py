@@ -1,10 +1,11 @@
 """The contract between the engine and a command's compute: the :class:`ImageJob` protocol,
 what it is fed (:class:`LoadedImage`) and returns (:class:`Processed`), and the progress
-events (:class:`ItemEvent`) the engine hands to its observer.
+events (:class:`ItemEvent`) the engine hands to its observer, and :func:`build_job`.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,3 +88,22 @@ class ItemEvent:
 
 
 Observer = Callable[[ItemEvent], None]
+
+
+def build_job(job_factory: Callable[[], ImageJob]) -> ImageJob:
+    """Build a job with Python's cyclic garbage collector paused, then freeze what exists.
+
+    A restore job's build imports torch and diffusers and loads its models: ~660,000
+    long-lived objects. Each collection during the build walks them again (0.6 s of the 3.3 s
+    that the imports take on 2 cores), and so does the interpreter's last collection at exit
+    (0.8 s after the last image). Frozen (``gc.freeze``), they stay out of every later
+    collection; garbage made while images are processed is collected as before.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return job_factory()
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()

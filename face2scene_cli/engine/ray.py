@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from face2scene_cli.config import BatchConfig
-from face2scene_cli.engine.job import ImageJob, ItemEvent, Observer
+from face2scene_cli.engine.job import ImageJob, ItemEvent, Observer, build_job
 from face2scene_cli.engine.local import BatchRun, write_summary
 from face2scene_cli.engine.lock import locked_output, remove_stale_temp_files
 from face2scene_cli.engine.plan import Plan, WorkItem
@@ -110,7 +110,7 @@ class _Worker:
         self.events: list[ItemEvent] = []
         plan = Plan(items=self.items, out=out)
         stop = lambda: None  # noqa: E731  # the driver stops the run
-        self.run = BatchRun(plan, job_factory(), cfg, self.events.append, stop, run_info)
+        self.run = BatchRun(plan, build_job(job_factory), cfg, self.events.append, stop, run_info)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
