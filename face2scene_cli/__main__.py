@@ -1,3 +1,3 @@
-from face2scene_cli.cli.app import main
+from face2scene_cli.cli.entry import main
 
 main()

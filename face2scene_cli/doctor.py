@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from face2scene_cli import __version__
+from face2scene_cli.allocator import POLICY_ENV, find_tcmalloc, policy
 from face2scene_cli.external import insightface_pack
 from face2scene_cli.registry import available
 from face2scene_cli.zoo import ModelInfo, list_models, models_dir, verify_model
@@ -98,6 +99,16 @@ def model_facts() -> list[dict[str, Any]]:
     return facts
 
 
+def allocator_facts() -> dict[str, Any]:
+    """The allocator batch commands run on, and why (tcmalloc found, or ``F2S_ALLOCATOR``)."""
+    library = find_tcmalloc()
+    return {
+        "batch_commands": "tcmalloc" if library and policy() == "auto" else "system",
+        "tcmalloc": str(library) if library else None,
+        "policy": f"{POLICY_ENV}={policy()}",
+    }
+
+
 def environment_report() -> dict[str, Any]:
     """Everything ``f2s doctor`` shows, as JSON-ready data."""
     return {
@@ -106,6 +117,7 @@ def environment_report() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch": torch_facts(),
+        "allocator": allocator_facts(),
         "backends": backend_facts(),
         "models_dir": str(models_dir()),
         "models": model_facts(),

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from face2scene_cli import __version__
+from face2scene_cli.allocator import find_tcmalloc
 from face2scene_cli.cli.app import app
 from face2scene_cli.errors import ModelIntegrityError, NotAvailableError
 from face2scene_cli.zoo import require_model, write_metadata
@@ -287,9 +288,16 @@ def test_models_list_verify_and_refuse_mismatch(
 def test_doctor_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _tiny_model(tmp_path / "zoo")
     monkeypatch.setenv("F2S_MODELS_DIR", str(tmp_path / "zoo"))
+    monkeypatch.delenv("F2S_ALLOCATOR", raising=False)
     res = runner.invoke(app, ["doctor", "--json"])
     assert res.exit_code == 0
     facts = json.loads(res.output)
+    tcmalloc = find_tcmalloc()
+    assert facts["allocator"] == {
+        "batch_commands": "tcmalloc" if tcmalloc else "system",
+        "tcmalloc": str(tcmalloc) if tcmalloc else None,
+        "policy": "F2S_ALLOCATOR=auto",
+    }
     assert facts["torch"]["version"] == torch.__version__
     assert facts["torch"]["default_device"] in ("cpu", "cuda", "mps")
     assert {b["name"] for b in facts["backends"]} >= {"insightface", "dlib-bin", "peft"}
@@ -299,6 +307,7 @@ def test_doctor_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert facts["face_restorers"]["ref-guided"] == facts["face_restorers"]["blind"] == "built-in"
     res = runner.invoke(app, ["doctor"])
     assert res.exit_code == 0 and "tiny-net" in res.output and "ref-guided (built-in)" in res.output
+    assert "batch commands' allocator" in res.output
 
 
 def test_wheel_contains_models_and_schemas(tmp_path: Path) -> None:
@@ -341,7 +350,8 @@ def test_wheel_contains_models_and_schemas(tmp_path: Path) -> None:
         assert f"face2scene_cli/{rel}" in names
     assert "face2scene_cli/engine/schemas/report.schema.json" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "f2s = face2scene_cli.cli.app:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "f2s = face2scene_cli.cli.entry:main" in scripts
 
 
 def test_models_fetch_insightface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,13 @@ def doctor(json_output: Json = False) -> None:
         f"torch {torch['version']}  threads {torch['threads']}  CUDA: {cuda}  "
         f"MPS: {'yes' if torch['mps'] else 'no'}  default device: {torch['default_device']}"
     )
+    alloc = facts["allocator"]
+    why = (
+        f"found {alloc['tcmalloc']}"
+        if alloc["tcmalloc"]
+        else "not found: install libtcmalloc-minimal4 for flat memory over long batches"
+    )
+    stdout.print(f"batch commands' allocator: {alloc['batch_commands']} ({why}; {alloc['policy']})")
     table = Table("backend", "available", "version", "used for", title="Optional backends")
     for b in facts["backends"]:
         note = b["purpose"]

@@ -1,0 +1,36 @@
+"""The ``f2s`` console entry: picks the memory allocator before anything is imported."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from face2scene_cli.allocator import allocator, find_tcmalloc, policy
+
+BATCH_COMMANDS = frozenset({"restore", "degrade", "degrade-code", "eval"})
+"""The commands that run long over many images, where the allocator matters."""
+
+
+def preload_tcmalloc(argv: list[str]) -> None:
+    """Re-execute this process (same PID, interpreter options, arguments and environment)
+    with tcmalloc in ``LD_PRELOAD`` when ``argv`` runs a batch command, the system has
+    tcmalloc, it is not preloaded yet and ``F2S_ALLOCATOR`` is not ``system``; else return.
+    """
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command not in BATCH_COMMANDS or policy() == "system" or allocator() == "tcmalloc":
+        return
+    library = find_tcmalloc()
+    if library is None:
+        return
+    preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD")]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, "LD_PRELOAD": preload})
+
+
+def main() -> None:
+    """Console entry point: the allocator, then the CLI (:func:`face2scene_cli.cli.app.main`)."""
+    preload_tcmalloc(sys.argv[1:])
+    from face2scene_cli.cli.app import main as run_cli
+
+    run_cli()
