@@ -36,9 +36,14 @@ def find_tcmalloc() -> Path | None:
     return None
 
 
+PRELOADED_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
+
+
 def allocator() -> str:
-    """The allocator this process runs on: ``tcmalloc`` when it is preloaded, else ``system``."""
-    return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "system"
+    """The allocator this process runs on: the name of one in ``LD_PRELOAD`` (``tcmalloc``,
+    ``jemalloc``, ``mimalloc``), else ``system``."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    return next((name for name in PRELOADED_ALLOCATORS if name in preload), "system")
 
 
 def policy() -> str:

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from face2scene_cli import __version__
-from face2scene_cli.allocator import POLICY_ENV, find_tcmalloc, policy
+from face2scene_cli.allocator import POLICY_ENV, allocator, find_tcmalloc, policy
 from face2scene_cli.external import insightface_pack
 from face2scene_cli.registry import available
 from face2scene_cli.zoo import ModelInfo, list_models, models_dir, verify_model
@@ -100,10 +100,13 @@ def model_facts() -> list[dict[str, Any]]:
 
 
 def allocator_facts() -> dict[str, Any]:
-    """The allocator batch commands run on, and why (tcmalloc found, or ``F2S_ALLOCATOR``)."""
+    """The allocator batch commands run on: one already in ``LD_PRELOAD``, else tcmalloc
+    where the system has it (unless ``F2S_ALLOCATOR=system``), else the system's."""
     library = find_tcmalloc()
+    preloaded = allocator()
+    auto = "tcmalloc" if library and policy() == "auto" else "system"
     return {
-        "batch_commands": "tcmalloc" if library and policy() == "auto" else "system",
+        "batch_commands": preloaded if preloaded != "system" else auto,
         "tcmalloc": str(library) if library else None,
         "policy": f"{POLICY_ENV}={policy()}",
     }

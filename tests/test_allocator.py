@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from face2scene_cli import doctor
 from face2scene_cli.allocator import find_tcmalloc
 from face2scene_cli.cli import entry
 
@@ -50,8 +51,9 @@ def test_other_commands_start_as_they_were_started(execs, argv) -> None:
 
 
 def test_no_re_execution_when_preloaded_refused_or_missing(execs, monkeypatch) -> None:
-    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc.so.4")
-    entry.preload_tcmalloc(["restore", "in"])
+    for preloaded in ("/usr/lib/libtcmalloc.so.4", "/x/libjemalloc.so.2 /lib/libother.so"):
+        monkeypatch.setenv("LD_PRELOAD", preloaded)
+        entry.preload_tcmalloc(["restore", "in"])
     monkeypatch.setenv("LD_PRELOAD", "")
     monkeypatch.setenv("F2S_ALLOCATOR", "system")
     entry.preload_tcmalloc(["restore", "in"])
@@ -82,3 +84,34 @@ def test_the_real_re_execution_keeps_the_pid_and_loads_tcmalloc(policy, lines) -
     assert len({pid for pid, _ in probes}) == 1  # exec: the same process, cron's PID holds
     assert [loaded for _, loaded in probes] == lines
     assert done.stdout.count("Usage:") == 1
+
+
+def test_a_failed_re_execution_goes_on_as_started(monkeypatch) -> None:
+    def failing_execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(entry.os, "execve", failing_execve)
+    monkeypatch.setattr(entry, "find_tcmalloc", lambda: Path("/lib/libtcmalloc_minimal.so.4"))
+    monkeypatch.delenv("F2S_ALLOCATOR", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    entry.preload_tcmalloc(["restore", "in"])  # returns: the run goes on, on glibc
+
+
+@pytest.mark.parametrize(
+    ("found", "policy", "preload", "gets"),
+    [
+        (True, "auto", "", "tcmalloc"),
+        (True, "system", "", "system"),
+        (False, "auto", "", "system"),
+        (True, "auto", "/x/libjemalloc.so.2", "jemalloc"),
+        (False, "system", "/x/libmimalloc.so", "mimalloc"),
+    ],
+)
+def test_doctor_names_the_allocator_batch_commands_get(monkeypatch, found, policy, preload, gets):
+    library = Path("/lib/libtcmalloc_minimal.so.4") if found else None
+    monkeypatch.setattr(doctor, "find_tcmalloc", lambda: library)
+    monkeypatch.setenv("F2S_ALLOCATOR", policy)
+    monkeypatch.setenv("LD_PRELOAD", preload)
+    facts = doctor.allocator_facts()
+    assert facts["batch_commands"] == gets
+    assert facts["tcmalloc"] == (str(library) if found else None)

@@ -289,6 +289,7 @@ def test_doctor_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _tiny_model(tmp_path / "zoo")
     monkeypatch.setenv("F2S_MODELS_DIR", str(tmp_path / "zoo"))
     monkeypatch.delenv("F2S_ALLOCATOR", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
     res = runner.invoke(app, ["doctor", "--json"])
     assert res.exit_code == 0
     facts = json.loads(res.output)

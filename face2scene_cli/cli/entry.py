@@ -14,10 +14,11 @@ BATCH_COMMANDS = frozenset({"restore", "degrade", "degrade-code", "eval"})
 def preload_tcmalloc(argv: list[str]) -> None:
     """Re-execute this process (same PID, interpreter options, arguments and environment)
     with tcmalloc in ``LD_PRELOAD`` when ``argv`` runs a batch command, the system has
-    tcmalloc, it is not preloaded yet and ``F2S_ALLOCATOR`` is not ``system``; else return.
+    tcmalloc, no allocator is preloaded yet (a user's jemalloc stays) and ``F2S_ALLOCATOR``
+    is not ``system``; else return, as when the re-execution itself fails.
     """
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if command not in BATCH_COMMANDS or policy() == "system" or allocator() == "tcmalloc":
+    if command not in BATCH_COMMANDS or policy() == "system" or allocator() != "system":
         return
     library = find_tcmalloc()
     if library is None:
@@ -25,7 +26,10 @@ def preload_tcmalloc(argv: list[str]) -> None:
     preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD")]))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, {**os.environ, "LD_PRELOAD": preload})
+    try:
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, "LD_PRELOAD": preload})
+    except OSError:  # the interpreter cannot be executed again: go on as started
+        return
 
 
 def main() -> None:
