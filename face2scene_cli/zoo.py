@@ -369,8 +369,11 @@ def load_config_model(
             f"{files.name('config.json')}: key(s) {', '.join(unknown)} not understood by "
             f"{cls.__name__}"
         )
+    from diffusers.models.modeling_utils import no_init_weights
+
     try:
-        net = cls.from_config(config)
+        with no_init_weights():  # every tensor is overwritten below: skip the random init
+            net = cls.from_config(config)
     except (TypeError, ValueError) as err:
         raise ModelIntegrityError(f"{files.name('config.json')}: {err}") from err
     state = files.load_safetensors(weights)
