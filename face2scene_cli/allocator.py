@@ -1,8 +1,8 @@
 """Which memory allocator a process runs on, and where the system keeps tcmalloc.
 
-On glibc's malloc a batch of photos grows its peak memory photo after photo: face crops and
-oneDNN's compiled layers come in new sizes with nearly every photo and fragment the heap
-(+21-28% from photo 10 to photo 100 of ``benchmarks/bench_batch.py``'s folder); with tcmalloc
+On glibc's malloc a batch of photos grows its peak memory photo after photo: face crops come
+in new sizes with nearly every photo, and the buffers sized by them fragment the heap (+21-28%
+from photo 10 to photo 100 of ``benchmarks/bench_batch.py``'s folder); with tcmalloc
 the same run stays within 6-8% at the same speed. An allocator is fixed when a process starts
 (``LD_PRELOAD``), so the ``f2s`` entry point (:mod:`face2scene_cli.cli.entry`) re-executes a
 batch command with it; ``F2S_ALLOCATOR=system`` turns that off.
