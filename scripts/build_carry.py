@@ -13,11 +13,12 @@ diffusers, no package registry and none of the photo packages; one call carries 
   loads the splits from them), and ``t1.jpg`` for the benchmark;
 * ``carry/manifest.json``: sizes, and the total with the working tree, against the limit.
 
-The working tree alone is ~56 MiB (32 of them Real-ESRGAN's weights), so carry + tree exceed
-the limit; lease 3 fitted (61.7 MiB with two carried warm-start models) by untracking for the
-call only what training never reads (``git rm -r --cached models/realesrgan-x4plus
-models/scene-embedded benchmarks/results/eval-*/grid*.png``, those paths in
-``.git/info/exclude``; ``git reset -q HEAD -- <paths>`` and an empty exclude file afterwards).
+The working tree alone is ~77 MiB (Real-ESRGAN's weights 32, dlib's identity network 22), so
+it exceeds the limit by itself. ``shrink`` untracks, for the lease call only, what training
+never reads (:data:`LEASE_DROPS`: ``git rm --cached``, and the files listed in
+``.git/info/exclude`` between two marker lines) and prints what is left; ``unshrink`` puts
+them back in the index from HEAD and removes the marker block. Lease 3 fitted this way by
+hand (61.7 MiB with two carried warm-start models).
 
 ``unpack DIR`` (here, after the lease): extracts the returned ``<run>.tar`` files (each a
 trained model folder, see ``scripts/device_train.sh``) into ``runs/gpu/<run>`` and the
@@ -26,6 +27,8 @@ benchmark / log archive into ``runs/gpu/logs``.
 Usage::
 
     python scripts/build_carry.py build
+    python scripts/build_carry.py shrink      # just before the lease call ...
+    python scripts/build_carry.py unshrink    # ... and right after it
     python scripts/build_carry.py unpack /work/.device/<files_at> [--to runs/gpu]
 """
 
@@ -55,22 +58,78 @@ WHEELS = (
     "typing_inspection",
 )
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+#: What training never reads (git pathspecs), left behind by ``shrink`` for a lease call.
+LEASE_DROPS = (
+    "models/realesrgan-x4plus",
+    "models/dlib-resnet-v1",
+    "benchmarks/results/eval-*/grid*.png",
+)
+EXCLUDE_BEGIN = "# build_carry.py shrink: untracked for a lease call (unshrink undoes it)"
+EXCLUDE_END = "# build_carry.py shrink: end"
 
 
 def _mib(n: int) -> float:
     return n / 2**20
 
 
-def working_tree_bytes() -> int:
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True).stdout.decode()
+
+
+def working_tree_bytes(root: Path = ROOT) -> int:
     """Bytes of what the device tool sends besides ``carry``: tracked + untracked files that
     git does not ignore."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
-    return sum((ROOT / p).stat().st_size for p in out.split("\0") if p and (ROOT / p).is_file())
+    out = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    return sum((root / p).stat().st_size for p in out.split("\0") if p and (root / p).is_file())
+
+
+def _exclude_file(root: Path) -> Path:
+    return root / _git(root, "rev-parse", "--git-path", "info/exclude").strip()
+
+
+def _split_exclude(text: str) -> tuple[list[str], list[str]]:
+    """(the lines outside the shrink block, the paths inside it)."""
+    kept: list[str] = []
+    block: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        if line in (EXCLUDE_BEGIN, EXCLUDE_END):
+            inside = line == EXCLUDE_BEGIN
+        elif inside:
+            block.append(line.lstrip("/"))
+        else:
+            kept.append(line)
+    return kept, block
+
+
+def shrink(root: Path = ROOT, pathspecs: tuple[str, ...] = LEASE_DROPS) -> list[str]:
+    """Untrack the tracked files matching ``pathspecs`` and list them in the exclude file, so
+    the device tool leaves them behind; returns them. Refused while a shrink is in place."""
+    exclude = _exclude_file(root)
+    text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+    if EXCLUDE_BEGIN in text:
+        raise SystemExit(f"{exclude} already holds a shrink block: run unshrink first")
+    files = [f for f in _git(root, "ls-files", "-z", "--", *pathspecs).split("\0") if f]
+    if not files:
+        return []
+    _git(root, "rm", "-r", "-q", "--cached", "--", *files)
+    block = [EXCLUDE_BEGIN, *(f"/{f}" for f in files), EXCLUDE_END]
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    exclude.write_text("\n".join([*text.splitlines(), *block]) + "\n", encoding="utf-8")
+    return files
+
+
+def unshrink(root: Path = ROOT) -> list[str]:
+    """Undo :func:`shrink`: the files go back into the index from HEAD (the files on disk
+    are untouched) and the marker block leaves the exclude file; returns them."""
+    exclude = _exclude_file(root)
+    if not exclude.exists():
+        return []
+    kept, files = _split_exclude(exclude.read_text(encoding="utf-8"))
+    if files:
+        _git(root, "reset", "-q", "HEAD", "--", *files)
+    exclude.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    return files
 
 
 def download_wheels(dest: Path) -> list[Path]:
@@ -139,6 +198,20 @@ def unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def shrink_command(args: argparse.Namespace) -> int:
+    files = shrink(ROOT, tuple(args.drop) if args.drop else LEASE_DROPS)
+    carry = Path(args.carry)
+    carried = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
+    total = _mib(working_tree_bytes() + carried)
+    print(f"untracked {len(files)} files; tree + {carry.name}: {total:.1f} MiB (limit {LIMIT_MIB})")
+    return 0 if total < LIMIT_MIB else 1
+
+
+def unshrink_command(args: argparse.Namespace) -> int:
+    print(f"back in the index: {len(unshrink(ROOT))} files")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -147,8 +220,18 @@ def main() -> int:
     u = sub.add_parser("unpack", help="extract the archives a lease returned")
     u.add_argument("src")
     u.add_argument("--to", default=str(ROOT / "runs/gpu"))
+    s = sub.add_parser("shrink", help="untrack what training never reads, for a lease call")
+    s.add_argument("--drop", nargs="+", help=f"git pathspecs (default: {' '.join(LEASE_DROPS)})")
+    s.add_argument("--carry", default=str(ROOT / "carry"), help="counted in the total")
+    sub.add_parser("unshrink", help="undo shrink")
     args = ap.parse_args()
-    return {"build": build, "unpack": unpack}[args.cmd](args)
+    commands = {
+        "build": build,
+        "unpack": unpack,
+        "shrink": shrink_command,
+        "unshrink": unshrink_command,
+    }
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # One GPU lease, from the repository root THERE (the device tool's $OUT set):
 #   bash scripts/device_train.sh [END_BY_S [device_train.py options]]
 # Needs carry/ from `python scripts/build_carry.py build` (the device tool's carry: ["carry"]).
+# The tree must be shrunk for the call: `python scripts/build_carry.py shrink` before, `unshrink` after.
 # 1. installs the wheels the device lacks;
 # 2. runs the benchmark (scripts/device_bench.sh) on the GPU while the training caches build
 #    on the CPU cores;
