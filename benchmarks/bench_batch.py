@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
+from face2scene_cli.doctor import allocator_facts
 from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.research import sample_data
 
@@ -156,6 +157,8 @@ def main() -> None:
     mp = statistics.mean(r["input"]["width"] * r["input"]["height"] / 1e6 for r in reports)
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        # what `f2s restore` ran on: the environment the runs inherit decides it
+        "allocator": allocator_facts()["batch_commands"],
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "options": args.extra,
         "images": n,
