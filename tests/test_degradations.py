@@ -23,6 +23,8 @@ from face2scene_cli.degradations import second_order as SO
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.train.fadex_config import load_train_config
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
 
 def _gen(seed: int = 0) -> torch.Generator:
     g = torch.Generator()
@@ -651,7 +653,7 @@ def test_distribution_draws_follow_the_config() -> None:
 
 
 #: configs/fadex-wide.yaml's block (no motion), read from the config itself.
-_WIDE = load_train_config(Path("configs/fadex-wide.yaml")).data.degradation
+_WIDE = load_train_config(CONFIGS / "fadex-wide.yaml").data.degradation
 
 
 def test_distribution_without_motion_draws_what_it_drew_before_motion_blur() -> None:
@@ -754,21 +756,19 @@ def test_training_configs_share_the_block(tmp_path: Path) -> None:
     import yaml
 
     from face2scene_cli.research.train.data import FADEX_DEGRADATIONS
-    from face2scene_cli.research.train.fadex_config import load_train_config
     from face2scene_cli.research.train.scene_config import SCENE_DEGRADATIONS, load_scene_config
 
-    root = Path(__file__).resolve().parent.parent / "configs"
-    assert load_train_config(root / "fadex.yaml").data.degradation == FADEX_DEGRADATIONS
+    assert load_train_config(CONFIGS / "fadex.yaml").data.degradation == FADEX_DEGRADATIONS
     for name in ("scene.yaml", "scene-warm.yaml", "scene-film.yaml"):
-        assert load_scene_config(root / name).data.degradation == SCENE_DEGRADATIONS
+        assert load_scene_config(CONFIGS / name).data.degradation == SCENE_DEGRADATIONS
     assert FADEX_DEGRADATIONS.mix == (0.0, 0.8, 0.2) and FADEX_DEGRADATIONS.resize_back
-    doc = yaml.safe_load((root / "scene.yaml").read_text())
+    doc = yaml.safe_load((CONFIGS / "scene.yaml").read_text())
     doc["data"]["degradation"]["p_jpeg"] = -0.1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match=r"data\.degradation: p_jpeg"):
         load_scene_config(bad)
-    doc = yaml.safe_load((root / "fadex.yaml").read_text())
+    doc = yaml.safe_load((CONFIGS / "fadex.yaml").read_text())
     doc["data"]["degradation"] = {"p_noise": 0.1}  # partial block: FaDeX's other values
     partial = tmp_path / "partial.yaml"
     partial.write_text(yaml.safe_dump(doc))
