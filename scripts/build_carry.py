@@ -72,6 +72,10 @@ def _mib(n: int) -> float:
     return n / 2**20
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True).stdout.decode()
 
@@ -170,8 +174,7 @@ def build(args: argparse.Namespace) -> int:
     shutil.rmtree(out, ignore_errors=True)
     wheels = download_wheels(out / "wheels")
     photos = copy_photos(out / "photos")
-    files = sorted(p for p in out.rglob("*") if p.is_file())
-    carried = sum(p.stat().st_size for p in files)
+    carried = _folder_bytes(out)
     tree = working_tree_bytes()
     manifest = {
         "working_tree_mib": round(_mib(tree), 2),
@@ -201,8 +204,7 @@ def unpack(args: argparse.Namespace) -> int:
 def shrink_command(args: argparse.Namespace) -> int:
     files = shrink(ROOT, tuple(args.drop) if args.drop else LEASE_DROPS)
     carry = Path(args.carry)
-    carried = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
-    total = _mib(working_tree_bytes() + carried)
+    total = _mib(working_tree_bytes() + _folder_bytes(carry))
     print(f"untracked {len(files)} files; tree + {carry.name}: {total:.1f} MiB (limit {LIMIT_MIB})")
     return 0 if total < LIMIT_MIB else 1
 

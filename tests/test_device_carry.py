@@ -4,7 +4,6 @@ packages on the device (``scripts/device_train.py``), still verified by the spli
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 
@@ -52,20 +51,17 @@ def test_runs_share_a_cache_only_with_equal_data() -> None:
     assert device_train.data_key(cfg) == device_train.data_key(moved)
 
 
-def _git(root: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True)
-    return done.stdout
-
-
 def test_shrink_leaves_the_dropped_files_behind_and_unshrink_restores_the_index(
     tmp_path: Path,
 ) -> None:
     for rel, size in {"models/big/w.bin": 4000, "keep.txt": 10, "res/a/grid.png": 3000}.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x" * size)
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    build_carry._git(tmp_path, "init", "-q")
+    build_carry._git(tmp_path, "add", ".")
+    build_carry._git(
+        tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"
+    )
     exclude = tmp_path / ".git" / "info" / "exclude"
     before = exclude.read_text()
     assert build_carry.working_tree_bytes(tmp_path) == 7010
@@ -79,5 +75,5 @@ def test_shrink_leaves_the_dropped_files_behind_and_unshrink_restores_the_index(
 
     assert sorted(build_carry.unshrink(tmp_path)) == ["models/big/w.bin", "res/a/grid.png"]
     assert build_carry.working_tree_bytes(tmp_path) == 7010
-    assert _git(tmp_path, "status", "--porcelain") == ""
+    assert build_carry._git(tmp_path, "status", "--porcelain") == ""
     assert exclude.read_text() == before
