@@ -4,7 +4,8 @@ the CPU, for choosing a larger network within the speed budget (a script, not a 
 Each variant is built with random weights (speed does not depend on them) and timed as the
 restorer runs it: one 512x512 channels-last tile per call under bf16 autocast (where the CPU
 has native bf16) and in fp32, blind, after a warm-up call; then one training step (batch 12
-of 96 px crops, bf16 autocast, AdamW) as ``f2s train scene`` takes it. The variants are timed
+of 96 px crops, or the next multiple of the network's input multiple: 128 px for five levels;
+bf16 autocast, AdamW) as ``f2s train scene`` takes it. The variants are timed
 in turn, ``--rounds`` times over, so that this machine's drift within minutes spreads over
 all of them; medians are reported. Writes JSON (``--out``) and prints a Markdown table.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -53,7 +55,8 @@ def _seconds(fn, repeats: int) -> float:
 
 
 def time_variant(overrides: dict, repeats: int) -> dict[str, float]:
-    """One round of a variant: inference s/MP (bf16, fp32) and seconds per training step."""
+    """One round of a variant: inference s/MP (bf16, fp32), seconds per training step and
+    that step's crop side."""
     torch.manual_seed(0)
     net = scene_embedded(**overrides).eval()
     tile = torch.rand(1, 3, 512, 512).contiguous(memory_format=torch.channels_last)
@@ -69,7 +72,8 @@ def time_variant(overrides: dict, repeats: int) -> dict[str, float]:
     }
     net.train()
     opt = torch.optim.AdamW(net.parameters(), 1e-4)
-    x, y = torch.rand(12, 3, 96, 96), torch.rand(12, 3, 96, 96)
+    crop = math.ceil(96 / net.multiple) * net.multiple
+    x, y = torch.rand(12, 3, crop, crop), torch.rand(12, 3, crop, crop)
 
     def step() -> None:
         with torch.autocast("cpu", torch.bfloat16):
@@ -80,6 +84,7 @@ def time_variant(overrides: dict, repeats: int) -> dict[str, float]:
         opt.step()
 
     out["train_s_per_step"] = _seconds(step, repeats)
+    out["train_crop"] = crop
     return out
 
 
@@ -111,13 +116,13 @@ def main() -> int:
     }
     atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
     base = rows[args.variants[0]]
-    print("| variant | params M | bf16 s/MP | fp32 s/MP | train s/step | bf16 vs first |")
+    print("| variant | params M | bf16 s/MP | fp32 s/MP | train s/step (crop) | bf16 vs first |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         ratio = r["bf16_s_per_mp"] / base["bf16_s_per_mp"]
         print(
             f"| {name} | {r['params_m']} | {r['bf16_s_per_mp']} | {r['fp32_s_per_mp']} | "
-            f"{r['train_s_per_step']} | {ratio:.2f}x |"
+            f"{r['train_s_per_step']} ({r['train_crop']} px) | {ratio:.2f}x |"
         )
     return 0
 
