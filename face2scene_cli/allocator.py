@@ -49,3 +49,9 @@ def allocator() -> str:
 def policy() -> str:
     """``F2S_ALLOCATOR``: ``auto`` or ``system`` (anything else counts as ``auto``)."""
     return "system" if os.environ.get(POLICY_ENV, "auto") == "system" else "auto"
+
+
+def preload_allowed() -> bool:
+    """Whether a batch command may be started on tcmalloc: ``F2S_ALLOCATOR`` is ``auto`` and
+    no allocator is preloaded yet (a user's jemalloc stays)."""
+    return policy() == "auto" and allocator() == "system"

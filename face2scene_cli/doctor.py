@@ -10,7 +10,13 @@ import sys
 from typing import Any
 
 from face2scene_cli import __version__
-from face2scene_cli.allocator import POLICY_ENV, allocator, find_tcmalloc, policy
+from face2scene_cli.allocator import (
+    POLICY_ENV,
+    allocator,
+    find_tcmalloc,
+    policy,
+    preload_allowed,
+)
 from face2scene_cli.external import insightface_pack
 from face2scene_cli.registry import available
 from face2scene_cli.zoo import ModelInfo, list_models, models_dir, verify_model
@@ -103,10 +109,8 @@ def allocator_facts() -> dict[str, Any]:
     """The allocator batch commands run on: one already in ``LD_PRELOAD``, else tcmalloc
     where the system has it (unless ``F2S_ALLOCATOR=system``), else the system's."""
     library = find_tcmalloc()
-    preloaded = allocator()
-    auto = "tcmalloc" if library and policy() == "auto" else "system"
     return {
-        "batch_commands": preloaded if preloaded != "system" else auto,
+        "batch_commands": "tcmalloc" if library and preload_allowed() else allocator(),
         "tcmalloc": str(library) if library else None,
         "policy": f"{POLICY_ENV}={policy()}",
     }

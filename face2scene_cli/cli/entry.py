@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from face2scene_cli.allocator import allocator, find_tcmalloc, policy
+from face2scene_cli.allocator import find_tcmalloc, preload_allowed
 
 BATCH_COMMANDS = frozenset({"restore", "degrade", "degrade-code", "eval"})
 """The commands that run long over many images, where the allocator matters."""
@@ -18,7 +18,7 @@ def preload_tcmalloc(argv: list[str]) -> None:
     is not ``system``; else return, as when the re-execution itself fails.
     """
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if command not in BATCH_COMMANDS or policy() == "system" or allocator() != "system":
+    if command not in BATCH_COMMANDS or not preload_allowed():
         return
     library = find_tcmalloc()
     if library is None:
