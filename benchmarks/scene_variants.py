@@ -55,10 +55,11 @@ def _seconds(fn, repeats: int) -> float:
 
 
 def time_variant(overrides: dict, repeats: int) -> dict[str, float]:
-    """One round of a variant: inference s/MP (bf16, fp32), seconds per training step and
-    that step's crop side."""
+    """One round of a variant: inference s/MP (bf16, fp32), seconds per training step, that
+    step's crop side and the network's parameters (millions)."""
     torch.manual_seed(0)
     net = scene_embedded(**overrides).eval()
+    params_m = round(sum(p.numel() for p in net.parameters()) / 1e6, 2)
     tile = torch.rand(1, 3, 512, 512).contiguous(memory_format=torch.channels_last)
     mp = 512 * 512 / 1e6
 
@@ -84,8 +85,7 @@ def time_variant(overrides: dict, repeats: int) -> dict[str, float]:
         opt.step()
 
     out["train_s_per_step"] = _seconds(step, repeats)
-    out["train_crop"] = crop
-    return out
+    return out | {"train_crop": crop, "params_m": params_m}
 
 
 def main() -> int:
@@ -101,12 +101,11 @@ def main() -> int:
     for _ in range(args.rounds):
         for name in args.variants:
             rounds[name].append(time_variant(VARIANTS[name], args.repeats))
-    rows = {}
-    for name, runs in rounds.items():
-        params = sum(p.numel() for p in scene_embedded(**VARIANTS[name]).parameters())
-        rows[name] = {"overrides": VARIANTS[name], "params_m": round(params / 1e6, 2)} | {
-            k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]
-        }
+    rows = {
+        name: {"overrides": VARIANTS[name]}
+        | {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+        for name, runs in rounds.items()
+    }
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
