@@ -706,6 +706,24 @@ def test_distribution_draws_motion_last() -> None:
     assert env["blur_sigma_px"] == pytest.approx(math.hypot(4.0, 14.0 / math.sqrt(12)))
 
 
+def test_distribution_clean_share_leaves_the_image_untouched() -> None:
+    """``p_clean`` draws untouched images at its rate, each with its own seed, and the image
+    comes back as it went in; the other draws keep the distribution's ranges."""
+    assert S.DegradationDistribution().p_clean == 0.0 == _WIDE.p_clean
+    dist = dataclasses.replace(_WIDE, p_clean=0.3)
+    draws = [dist.sample(_gen(seed)) for seed in range(200)]
+    clean = [d for d in draws if d == _param(resize_back=True, seed=d.seed)]
+    assert 0.2 < len(clean) / len(draws) < 0.4
+    assert len({d.seed for d in clean}) == len(clean)
+    x = torch.rand(1, 3, 32, 32, generator=_gen(0))
+    assert torch.equal(S.apply(x, clean[0]), x)
+    others = [d for d in draws if d not in clean]
+    assert {d.mode for d in others} == {m for m, p in zip(R.MODES, dist.mix, strict=True) if p}
+    assert all(d.noise_sigma <= 50.0 and d.downscale <= 4.0 for d in others)
+    assert dist.envelope() == _WIDE.envelope()
+    assert S.DegradationDistribution.from_dict(dist.to_dict()) == dist
+
+
 def test_distribution_yaml_block_roundtrip_and_defaults() -> None:
     base = S.DegradationDistribution(mix=(0.0, 0.8, 0.2), p_noise=0.6)
     dist = S.DegradationDistribution.from_dict(
@@ -733,6 +751,7 @@ def test_distribution_yaml_block_roundtrip_and_defaults() -> None:
         ({"presets": ["noise15", "nope"]}, ("data.degradation", "nope")),
         ({"resize_back": "yes"}, ("data.degradation", "resize_back")),
         ({"p_motion": 1.5}, ("data.degradation", "p_motion", "1.5")),
+        ({"p_clean": -0.1}, ("data.degradation", "p_clean", "-0.1")),
         ({"motion_range": [0.5, 3.0]}, ("data.degradation", "motion_range", "0.5")),
         ({"motion_range": [3.0, 30.0]}, ("data.degradation", "motion_range", "30")),
         ({"p_second_order": 0.2}, ("data.degradation", "p_second_order", "known")),

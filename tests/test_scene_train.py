@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from helpers import missing_data
+from safetensors.torch import load_file
 
 from face2scene_cli.archs.fadex import FaDeX, fadex_tiny
 from face2scene_cli.degradations.record import Degradation
@@ -107,7 +108,8 @@ def _tiny_config(tmp_path: Path, **train: object) -> Path:
 def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None:
     _, fadex_sha = tiny_zoo
     cfg_path = _tiny_config(tmp_path, condition="code", cond_dropout=0.5)
-    result = train_scene(load_scene_config(cfg_path))
+    untouched = {"data.degradation": {"p_clean": 0.5}}
+    result = train_scene(load_scene_config(cfg_path, untouched))
     assert result["steps"] == 2
     run = tmp_path / "run"
     assert (run / "checkpoint" / "ema.safetensors").is_file()
@@ -115,7 +117,7 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     # resume continues the step count
-    cfg = load_scene_config(cfg_path, {"train.steps": 3})
+    cfg = load_scene_config(cfg_path, {"train.steps": 3, **untouched})
     assert train_scene(cfg, resume=True)["steps"] == 3
     # the export is a verified zoo folder that records the FaDeX it was trained with
     info = read_model_info(tmp_path / "export")
@@ -133,6 +135,11 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     assert all(p["sha256"] for p in training["data_manifest"]["train"])
     photos = json.loads((run / "cache" / "photos.json").read_text())
     assert len(photos) == 6 and set(photos) <= train
+    # the untouched share is in the cache and on the card
+    cache = load_file(str(run / "cache" / "samples.safetensors"))
+    same = [torch.equal(a, b) for a, b in zip(cache["lq"], cache["clean"], strict=True)]
+    assert 0 < sum(same) < 6
+    assert "50% of the regions left untouched" in (tmp_path / "export" / "README.md").read_text()
 
 
 def test_validation_scores_parametric_items_and_resets_best_when_items_change(
@@ -183,8 +190,6 @@ def test_a_learned_x2_upscaler_trains_on_aligned_pairs_and_exports(
     rows = [json.loads(x) for x in (tmp_path / "run" / "val.jsonl").read_text().splitlines()]
     assert set(rows[-1]["code"]) == {"noise15", "second-order-3"}
     # the pairs: LQ regions at half the clean regions' size
-    from safetensors.torch import load_file
-
     cache = load_file(str(tmp_path / "run" / "cache" / "samples.safetensors"))
     assert cache["lq"].shape[-1] * 2 == cache["clean"].shape[-1] == 96
     # preset/parametric records end at 1/2 size; second-order ones get final_scale 2
@@ -253,8 +258,6 @@ def test_batch_crops_are_the_cached_samples_turned_and_flipped_every_way() -> No
 def test_bf16_autocast_training_keeps_fp32_weights_and_a_close_loss(
     tmp_path: Path, tiny_zoo
 ) -> None:
-    from safetensors.torch import load_file
-
     from face2scene_cli.errors import ConfigError
 
     losses = {}
@@ -397,8 +400,6 @@ def test_the_critic_learns_to_tell_clean_patches_from_blurred_ones() -> None:
 def test_adversarial_training_checkpoints_its_critic_and_resumes_it(
     tmp_path: Path, tiny_zoo
 ) -> None:
-    from safetensors.torch import load_file
-
     from face2scene_cli.errors import ConfigError
 
     cfg_path = _tiny_config(tmp_path, w_gan=0.1, critic_channels=8)

@@ -149,6 +149,10 @@ class DegradationDistribution:
             draws exactly what it drew before motion blur existed.
         second_order: the Real-ESRGAN ranges (YAML: a mapping of :class:`SecondOrderConfig`
             fields that differ from its defaults).
+        p_clean: the share of draws that leave the image untouched (a parametric record
+            with no operator), so that a restorer also learns to leave a clean photo alone.
+            Drawn before the kind and only when ``p_clean > 0``, so a distribution without
+            it draws exactly what it drew before it existed.
     """
 
     mix: tuple[float, float, float] = (0.0, 1.0, 0.0)
@@ -165,6 +169,7 @@ class DegradationDistribution:
     p_motion: float = 0.0
     motion_range: tuple[float, float] = (3.0, 15.0)
     second_order: SecondOrderConfig = field(default_factory=SecondOrderConfig)
+    p_clean: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -184,7 +189,7 @@ class DegradationDistribution:
         for name in presets:
             Degradation.from_preset(name)
         set_(self, "presets", tuple(presets))
-        for name in ("p_blur", "p_noise", "p_downscale", "p_jpeg", "p_motion"):
+        for name in ("p_blur", "p_noise", "p_downscale", "p_jpeg", "p_motion", "p_clean"):
             set_(self, name, real(name, getattr(self, name), 0.0, 1.0))
         set_(self, "blur_range", value_range("blur_range", self.blur_range, 0.0, MAX_BLUR_SIGMA))
         set_(
@@ -300,6 +305,8 @@ class DegradationDistribution:
             second-order ones their sample; :func:`apply` replays it exactly.
         """
         d = Draw(generator)
+        if self.p_clean > 0 and d.uniform() < self.p_clean:
+            return Degradation("parametric", resize_back=self.resize_back, seed=d.seed())
         kinds = [m for m, p in zip(MODES, self.mix, strict=True) if p > 0]
         mode = kinds[0] if len(kinds) == 1 else d.choice(MODES, self.mix)
         if mode == "second-order":

@@ -258,6 +258,8 @@ def write_card(folder: Path, evaluation: str, extra: str = "") -> None:
     )
     tr, data = cfg.get("train", {}), cfg.get("data", {})
     mix = data.get("degradation", {}).get("mix", data.get("mix"))  # 0.1 runs: data.mix
+    p_clean = data.get("degradation", {}).get("p_clean", 0.0)
+    untouched = f"; {p_clean:.0%} of the regions left untouched" if p_clean else ""
     fadex_sha = info.get("trained_with", {}).get("fadex")
     text = f"""# {cfg.get("name") or folder.name}
 
@@ -274,7 +276,7 @@ Face2Scene: restores the whole photo, conditioned on the degradation read off a 
 {phases}
 - Data: TRAIN photos of `data/splits.yaml` (package-shipped photos only, see `data/ASSETS.md`),
   {data.get("samples")} cached degraded regions of {data.get("region")} px (presets /
-  parametric grid / Real-ESRGAN second order, mix {mix}); the code comes from
+  parametric grid / Real-ESRGAN second order, mix {mix}{untouched}); the code comes from
   FaDeX on a {data.get("face_crop")} px face-sized crop of the same degraded region and its
   BlindFaceRestorer output; condition dropout {tr.get("cond_dropout")} in the code phase.
 - Loss: Charbonnier + {tr.get("w_ssim")} (1 - SSIM) + {tr.get("w_grad")} gradient L1 +
