@@ -257,8 +257,9 @@ def write_card(folder: Path, evaluation: str, extra: str = "") -> None:
         for p in info.get("phases", [])
     )
     tr, data = cfg.get("train", {}), cfg.get("data", {})
-    mix = data.get("degradation", {}).get("mix", data.get("mix"))  # 0.1 runs: data.mix
-    p_clean = data.get("degradation", {}).get("p_clean", 0.0)
+    degradation = data.get("degradation", {})
+    mix = degradation.get("mix", data.get("mix"))  # 0.1 runs: data.mix
+    p_clean = degradation.get("p_clean", 0.0)
     untouched = f"; {p_clean:.0%} of the regions left untouched" if p_clean else ""
     fadex_sha = info.get("trained_with", {}).get("fadex")
     text = f"""# {cfg.get("name") or folder.name}
