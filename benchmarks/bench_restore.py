@@ -115,7 +115,7 @@ def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) ->
         marks.append(_clock(device))
         tokens = None
         if reading.faces:
-            tokens = scene.tokens_for_faces(
+            tokens = scene.tokens_for_crops(
                 [r.z for r in reading.faces], [r.weight for r in reading.faces]
             )
         marks.append(_clock(device))

@@ -94,7 +94,7 @@ def main() -> int:
         scene = pipe.scene
         reading = pipe.reader.read(lq, faces)
         z, wts = [r.z for r in reading.faces], [r.weight for r in reading.faces]
-        runs[dev] = {"scene": scene, "tokens": scene.tokens_for_faces(z, wts).cpu()}
+        runs[dev] = {"scene": scene, "tokens": scene.tokens_for_crops(z, wts).cpu()}
     cpu, dev = runs["cpu"], runs[args.device]
     checks: list[dict[str, Any]] = []
 

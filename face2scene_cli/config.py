@@ -338,7 +338,7 @@ class RestoreConfig(FaceSettings):
     """Settings of ``f2s restore`` that change the outputs (besides :class:`FaceSettings`).
 
     Attributes:
-        blind: ignore faces; restore with MapNet's null tokens.
+        blind: read no code (faces or scene crops); restore with MapNet's null tokens.
         tile: tile side in px (None = automatic from free memory).
         precision: fp32 | fp16 | bf16 (None = the scene model's default: fp16 on CUDA; on
             the CPU bf16 where the model allows it and the CPU has native bf16, else fp32).

@@ -1,14 +1,14 @@
 """Calibrate a scene model's consistency check (``scene.json`` ``guard``) on the VAL photos.
 
 Each VAL photo (area-downscaled to ``--long-side``) goes through every degradation of the
-standard and OOD suites and ``f2s restore``'s path (faces -> code -> scene restorer, no
-fallback). For every item whose degradation was read off a face it records the consistency
-residual of the photo and of each face crop (:mod:`face2scene_cli.restorers.guard`) and the
-PSNR gain over the input. The limits are the largest residual (less the read noise's share) of
-an item the model improved (gain >= 0, or >= 40 dB for the clean photo), plus ``--margin``:
-on VAL the check never undoes a useful restoration, and the report says which harmful ones it
-catches. ``--write`` stores the limits in the model folder's ``scene.json`` and re-pins its
-``metadata.json``.
+standard and OOD suites and ``--second-order`` seeded second-order samples (``f2s eval``'s),
+and ``f2s restore``'s path (faces, or scene crops without a face -> code -> scene restorer, no
+fallback). For every item it records the consistency residual of the photo and of each face
+crop (:mod:`face2scene_cli.restorers.guard`) and the PSNR gain over the input. The limits are
+the largest residual (less the read noise's share) of an item the model improved (gain >= 0,
+or >= 40 dB for the clean photo), plus ``--margin``: on VAL the check never undoes a useful
+restoration, and the report says which harmful ones it catches. ``--write`` stores the
+limits in the model folder's ``scene.json`` and re-pins its ``metadata.json``.
 
 Usage::
 
@@ -45,21 +45,21 @@ def _gain(lq: np.ndarray, out: np.ndarray, clean: np.ndarray) -> float:
     return after - 40.0 if not np.isfinite(before) else after - before
 
 
-def measure(model: str, long_side: int, lowpass_sigma: float) -> list[dict]:
-    """One row per (VAL photo, degradation) read off a face."""
+def measure(model: str, long_side: int, lowpass_sigma: float, second_order: int) -> list[dict]:
+    """One row per (VAL photo, degradation) read off faces or scene crops."""
     pipe = Face2ScenePipeline.from_pretrained(model)
+    samples = tuple(f"second-order-{k}" for k in range(second_order))
     rows = []
     for name, path in split_sources("val"):
         img = _fit(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), long_side)
-        for deg in (*SUITES["standard"], *SUITES["ood"]):
+        for deg in (*SUITES["standard"], *SUITES["ood"], *samples):
             item = degrade(img, deg, name, 0)
             _, readings, _ = pipe.read_degradations([item.lq])
             reading = readings[0]
-            if not reading.faces or reading.estimates is None:
+            read = reading.readings
+            if not read or reading.estimates is None:
                 continue
-            tokens = pipe.scene.tokens_for_faces(
-                [f.z for f in reading.faces], [f.weight for f in reading.faces]
-            )
+            tokens = pipe.scene.tokens_for_crops([f.z for f in read], [f.weight for f in read])
             lq = to_tensor(item.lq)
             out = pipe.scene.restore(lq, tokens)
             out8 = from_tensor(out, np.uint8)
@@ -79,6 +79,7 @@ def measure(model: str, long_side: int, lowpass_sigma: float) -> list[dict]:
                 {
                     "photo": name,
                     "degradation": deg,
+                    "source": reading.source,
                     "noise_sigma": reading.estimates.noise_sigma,
                     "residual": float(res.pow(2).mean().sqrt()),
                     "gain": _gain(item.lq, out8, item.clean),
@@ -102,7 +103,7 @@ def calibrate(rows: list[dict], lowpass_sigma: float, margin: float) -> dict:
     )
     harmful = [
         (
-            f"{r['photo']} {r['degradation']}: photo {r['gain']:+.2f} dB",
+            f"{r['photo']} {r['degradation']} ({r['source']}): photo {r['gain']:+.2f} dB",
             excess(r, r["noise_sigma"]) > settings.base,
         )
         for r in rows
@@ -149,12 +150,13 @@ def main() -> None:
     parser.add_argument("--long-side", type=int, default=512)
     parser.add_argument("--lowpass-sigma", type=float, default=1.5)
     parser.add_argument("--margin", type=float, default=0.05)
+    parser.add_argument("--second-order", type=int, default=1, help="seeded samples per photo")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the rows and the result (JSON)")
     parser.add_argument("--write", action="store_true", help="store the limits in scene.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = measure(args.model, args.long_side, args.lowpass_sigma)
+    rows = measure(args.model, args.long_side, args.lowpass_sigma, args.second_order)
     result = calibrate(rows, args.lowpass_sigma, args.margin)
     print(json.dumps(result, indent=1))
     if args.out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
 from face2scene_cli.io.tensors import from_tensor, to_tensor
+from face2scene_cli.research.eval.suites import degrade
 from face2scene_cli.research.metrics import psnr
 from face2scene_cli.research.sample_data import package_photos
 
@@ -59,10 +61,16 @@ def test_restore_reads_faces_and_improves_the_photo(noisy_case, tmp_path: Path) 
     noisy = np.asarray(Image.open(photos / "astronaut.png"))
     assert restored.shape == noisy.shape
     assert psnr(clean, restored) > psnr(clean, noisy) + 1.0
-    blind = json.loads((out / "coffee.png.json").read_text())
-    assert blind["faces"] == [] and blind["degradation"]["source"] == "blind"
-    assert blind["degradation"]["noise_curve"]["read"] < 3  # read without a face too
-    assert "blind mode" in blind["warnings"][0]
+    # the clean coffee photo has no face: its code is read off scene crops, and the photo
+    # comes back nearly untouched (restored blind, on null tokens, it lost detail: 32 dB)
+    coffee = json.loads((out / "coffee.png.json").read_text())
+    deg = coffee["degradation"]
+    assert coffee["faces"] == [] and deg["source"] == "scene" and len(deg["scene_crops"]) == 2
+    assert deg["noise_sigma"] < 5 and deg["blur_sigma_px"] < 1
+    assert deg["noise_curve"]["read"] < 3
+    assert coffee["warnings"] == [] and coffee["scene"]["fallback"] == []
+    kept = np.asarray(Image.open(photos / "coffee.png").convert("RGB"))
+    assert psnr(kept, np.asarray(Image.open(out / "coffee.png"))) > 45
 
 
 def test_restore_blind_flag_and_determinism(noisy_case, tmp_path: Path) -> None:
@@ -75,6 +83,32 @@ def test_restore_blind_flag_and_determinism(noisy_case, tmp_path: Path) -> None:
         assert res.exit_code == 0, res.output
     assert (a / "astronaut.png").read_bytes() == (b / "astronaut.png").read_bytes()
     assert json.loads((a / "astronaut.png.json").read_text())["degradation"]["source"] == "blind"
+
+
+def test_a_scene_crop_code_that_fails_the_check_is_restored_blind(tmp_path: Path) -> None:
+    """The coffee photo (no face) under f2s eval's second-order sample: the code read off its
+    scene crops fails the consistency check, so the photo is restored with the null code, as
+    --blind restores it (better than the input), not handed back as the input."""
+    coffee = _photo("skimage/coffee")
+    clean = cv2.resize(coffee, (320, 208), interpolation=cv2.INTER_AREA)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    lq = degrade(clean, "second-order-0", "coffee", 0).lq
+    Image.fromarray(lq).save(photos / "coffee.png")
+    outs = {}
+    for mode, extra in (("code", []), ("blind", ["--blind"])):
+        out = tmp_path / mode
+        res = runner.invoke(app, ["restore", str(photos), "--out", str(out), "-q", *extra])
+        assert res.exit_code == 0, res.output
+        outs[mode] = np.asarray(Image.open(out / "coffee.png"))
+    report = json.loads((tmp_path / "code" / "coffee.png.json").read_text())
+    assert report["degradation"]["source"] == "scene"
+    assert report["scene"]["check"]["residual"] > report["scene"]["check"]["limit"]
+    [fallback] = report["scene"]["fallback"]
+    assert (fallback["region"], fallback["to"]) == ("photo", "blind")
+    assert "restored blind" in report["warnings"][0]
+    assert np.array_equal(outs["code"], outs["blind"])
+    assert psnr(clean, outs["code"]) > psnr(clean, lq) + 0.5
 
 
 def test_restore_refuses_a_missing_device(noisy_case, tmp_path: Path) -> None:

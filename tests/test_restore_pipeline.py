@@ -25,7 +25,11 @@ from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.io.images import Image as F2SImage
 from face2scene_cli.io.images import read_image, write_image
 from face2scene_cli.io.tensors import from_tensor, to_tensor
-from face2scene_cli.pipelines.reading import DegradationReader, warp_reference
+from face2scene_cli.pipelines.reading import (
+    DegradationReader,
+    scene_crop_boxes,
+    warp_reference,
+)
 from face2scene_cli.pipelines.restore import resolve_face_restorer
 from face2scene_cli.registry import KINDS
 from face2scene_cli.research.sample_data import package_photos
@@ -257,6 +261,47 @@ def test_batch_reading_equals_one_image_at_a_time() -> None:
     assert 8 <= batched[0].estimates.noise_sigma <= 25  # the truth is 15/255
 
 
+def test_scene_crops_spread_over_the_range_of_detail() -> None:
+    """A photo whose left half is flat (but as noisy as the rest) is read on both halves, the
+    windows ranked by detail, not by noise; bit depth and gray do not change the choice."""
+    coffee = _photo("skimage/coffee")[:192, :384]  # 2 x 4 windows of 96 px
+    flat = coffee.copy()
+    flat[:, :192] = 128
+    noisy = _noisy(flat, "flat")
+    every = scene_crop_boxes(noisy, 96, 8)
+    assert len(set(every)) == 8 and {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in every} == {(96, 96)}
+    assert all(b[0] >= 192 for b in every[:4]) and all(b[0] < 192 for b in every[4:])
+    assert scene_crop_boxes(noisy, 96, 20) == every  # never more than the image holds
+    four = scene_crop_boxes(noisy, 96, 4)
+    assert four == [every[1], every[3], every[5], every[7]]  # ranks 1, 3, 5, 7 of 8
+    assert scene_crop_boxes(noisy.astype(np.uint16) * 257, 96, 4) == four
+    gray = np.asarray(Image.fromarray(noisy).convert("L"))[..., None]
+    assert [b[0] >= 192 for b in scene_crop_boxes(gray, 96, 4)] == [True, True, False, False]
+    thin = scene_crop_boxes(noisy[:60], 96, 4)  # the window shrinks to 56 px
+    assert len(thin) == 4 and {(y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in thin} == {(2, 56, 56)}
+    assert scene_crop_boxes(noisy[:12], 96, 4) == []
+
+
+def test_an_image_without_a_face_is_read_off_scene_crops() -> None:
+    """No face: the code and estimates come from scene crops restored by the blind restorer
+    (whatever the face restorer), and read the noise that is there; none when disabled."""
+    noisy = _noisy(_photo("skimage/chelsea"), "c")
+    reader = DegradationReader(load_fadex("fadex-s"), RecordingRestorer())
+    RecordingRestorer.calls.clear()
+    reading = reader.read(noisy, [])
+    assert reading.source == "scene" and reading.faces == []
+    assert reading.restorer == "blind-nlm/1" and not RecordingRestorer.calls
+    assert len(reading.scene_crops) == 8 and reading.readings == reading.scene_crops
+    assert [c.crop_box for c in reading.scene_crops] == scene_crop_boxes(noisy, 96, 8)
+    assert float(np.linalg.norm(reading.code)) == pytest.approx(1.0, abs=1e-5)
+    assert 10 <= reading.estimates.noise_sigma <= 20  # the truth is 15/255
+    report = reading.to_report()
+    assert report["source"] == "scene" and len(report["scene_crops"]) == 8
+    none = DegradationReader(load_fadex("fadex-s"), BlindFaceRestorer(), scene_crops=0)
+    unread = none.read(noisy, [])
+    assert unread.source == "blind" and unread.code is None and unread.to_report() is None
+
+
 def test_paste_faces_and_extra_outputs(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -286,6 +331,7 @@ def test_paste_faces_and_extra_outputs(tmp_path: Path) -> None:
         with Image.open(pasted / "astro.faces" / f"face0_{kind}.png") as im:
             assert im.size == (512, 512) and im.mode == "RGB"
     assert report["settings"]["refs"] is None
+    assert report["settings"]["scene_crops"] == [8, 96]  # part of the resume key
     assert report["faces"][0]["blind_reason"] == "no references"
     assert (
         report["settings"]["paste_faces"]
@@ -336,20 +382,27 @@ def test_awkward_inputs_in_one_batch(awkward: Path, tmp_path: Path) -> None:
     for name in ("gray", "rgba", "deep"):
         assert reports[f"{name}.png.json"]["degradation"]["source"] == "face", name
     noface = reports["noface.png.json"]
-    assert noface["faces"] == [] and noface["degradation"]["source"] == "blind"
-    assert "no usable face" in noface["warnings"][0]
+    assert noface["faces"] == [] and noface["degradation"]["source"] == "scene"
+    assert sorted(noface["degradation"]["scene_crops"]) == [[4, 19, 100, 115], [100, 19, 196, 115]]
+    assert noface["scene"]["check"]["faces"] == [] and noface["warnings"] == []
     # a corrupt file fails alone: exit 1, the others are kept (resumed)
+    # and so does a strip too thin to read (12 px), with a clear message
     (awkward / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
+    strip = np.ascontiguousarray(_photo("skimage/coffee")[100:112, :96])
+    Image.fromarray(strip).save(awkward / "strip.png")
     try:
         res = run_f2s("restore", awkward, "--out", out, *extra)
     finally:
         (awkward / "broken.jpg").unlink()
+        (awkward / "strip.png").unlink()
     assert res.returncode == 1
     summary = summary_of(out)
-    assert summary["counts"] == {"total": 6, "done": 0, "skipped": 5, "failed": 1, "pending": 0}
-    assert "broken.jpg" in summary["failures"][0]["path"]
+    assert summary["counts"] == {"total": 7, "done": 0, "skipped": 5, "failed": 2, "pending": 0}
+    failures = {Path(f["path"]).name: f for f in summary["failures"]}
+    assert set(failures) == {"broken.jpg", "strip.png"}
+    assert "96x12 px is too small" in json.dumps(failures["strip.png"])
     failed = [p.name for p, r in reports_in(out).items() if r["status"] == "failed"]
-    assert len(failed) == 1 and failed[0].startswith("broken.")
+    assert len(failed) == 2
 
 
 @pytest.mark.slow

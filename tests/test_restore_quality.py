@@ -86,7 +86,7 @@ def _code_psnr(models: EvalModels, item: EvalItem) -> float:
     degraded image, their FaDeX maps -> weighted MapNet tokens -> the scene restorer)."""
     faces = models.detector.detect([item.lq])[0]
     reading = models.reader.read(item.lq, faces)
-    tokens = models.scene.tokens_for_faces(
+    tokens = models.scene.tokens_for_crops(
         [f.z for f in reading.faces], [f.weight for f in reading.faces]
     )
     out = models.scene.restore(to_tensor(item.lq), tokens)

@@ -3,6 +3,7 @@ config file and environment set the face options too, and reports say what was u
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 from pathlib import Path
@@ -52,13 +53,17 @@ def pipeline() -> Face2ScenePipeline:
 
 def test_every_config_field_is_in_the_settings_hash(pipeline: Face2ScenePipeline) -> None:
     fields = {f.name for f in dataclasses.fields(RestoreConfig)}
-    assert set(pipeline.settings()) == fields
+    assert set(pipeline.settings()) == fields | {"scene_crops"}  # the reader's, not a field
     assert set(CHANGED) | DERIVED == fields
     base = json_sha256(pipeline.settings())
     for name, value in CHANGED.items():
         cfg = dataclasses.replace(pipeline.config, **{name: value})
         other = Face2ScenePipeline(cfg, pipeline.finder, pipeline.reader, pipeline.scene, [])
         assert json_sha256(other.settings()) != base, name
+    reader = copy.copy(pipeline.reader)
+    reader.scene_crops = 0
+    other = Face2ScenePipeline(pipeline.config, pipeline.finder, reader, pipeline.scene, [])
+    assert json_sha256(other.settings()) != base
 
 
 def test_derived_settings_are_what_was_resolved(pipeline: Face2ScenePipeline) -> None:

@@ -311,12 +311,12 @@ def test_turbo_adapter_round_trip_and_tiled_restore(tiny_turbo_base: Path, tmp_p
     assert np.isfinite(a.numpy()).all()
 
 
-def test_tokens_for_faces_is_the_confidence_weighted_mean(tiny_restorer) -> None:
+def test_tokens_for_crops_is_the_confidence_weighted_mean(tiny_restorer) -> None:
     za, zb = torch.randn(1, 16, 12, 12), torch.randn(1, 16, 8, 10)  # crops of different sizes
     ta = tiny_restorer.mapnet(za).tokens
     tb = tiny_restorer.mapnet(zb).tokens
-    assert torch.allclose(tiny_restorer.tokens_for_faces([za]), ta, atol=1e-6)
-    mixed = tiny_restorer.tokens_for_faces([za, zb], [0.75, 0.25])
+    assert torch.allclose(tiny_restorer.tokens_for_crops([za]), ta, atol=1e-6)
+    mixed = tiny_restorer.tokens_for_crops([za, zb], [0.75, 0.25])
     assert torch.allclose(mixed, 0.75 * ta + 0.25 * tb, atol=1e-5)
-    with pytest.raises(ValueError, match="no face"):
-        tiny_restorer.tokens_for_faces([])
+    with pytest.raises(ValueError, match="nothing read"):
+        tiny_restorer.tokens_for_crops([])

@@ -73,7 +73,7 @@ def test_scales_gray_and_tokens(crop: torch.Tensor) -> None:
     with pytest.raises(ConfigError, match="no degradation code"):
         r.restore(crop, tokens=torch.zeros(1, 21, 8))
     with pytest.raises(ConfigError, match="no degradation code"):
-        r.tokens_for_faces([torch.zeros(1, 96, 8, 8)])
+        r.tokens_for_crops([torch.zeros(1, 96, 8, 8)])
     assert r.code_fadex is None
 
 

@@ -3,8 +3,11 @@
 :class:`FaceFinder` detects faces, aligns them and (with a reference gallery) says whose they
 are and which references suit them; :class:`DegradationReader` restores the face crops of a
 batch of images (Stage I), runs FaDeX on the (degraded, restored) pairs and aggregates each
-image's faces into one degradation estimate. ``Face2ScenePipeline.from_pretrained``
-(:mod:`face2scene_cli.pipelines.restore`) assembles them; nothing here prints.
+image's faces into one degradation estimate. An image without a usable face is read off
+scene crops instead (:func:`scene_crop_boxes`), restored by the blind restorer: the crops the
+scene restorer was trained with where a training region held no face.
+``Face2ScenePipeline.from_pretrained`` (:mod:`face2scene_cli.pipelines.restore`) assembles
+them; nothing here prints.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from face2scene_cli.faces.gallery import Gallery, Match, Reference
 from face2scene_cli.faces.identity import create_identity_encoder
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.restorers.face.base import FaceRestorer
+from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 # FaDeX reads native crops of at least this side; smaller faces take more context around them.
 MIN_CROP_SIDE = 64
+# The smallest image side that can be read, px: the noise curve's blocks, FaDeX's smallest crop.
+MIN_IMAGE_SIDE = 16
 
 
 @dataclass
@@ -124,62 +130,84 @@ class FaceFinder:
 
 
 @dataclass
-class FaceDegradation:
-    """One face's Stage I result and FaDeX's reading of it.
+class CropDegradation:
+    """One crop's Stage I result and FaDeX's reading of it (a scene crop; faces add theirs).
 
     Attributes:
-        index: the face's position in the list given to :meth:`DegradationReader.read_batch`.
-        face: the detected face.
+        index: the crop's position among its image's faces (:meth:`read_batch`'s list) or
+            scene crops.
         code: (D,) unit vector.
-        estimates: FaDeX's :class:`Estimate` for this face.
-        weight: restorer confidence x detection score x size factor, in (0, 1].
+        estimates: FaDeX's :class:`Estimate` for this crop.
+        weight: its share of the image's code, in (0, 1]: the restorer's confidence (faces:
+            x detection score x size factor).
         crop_box: ``(x0, y0, x1, y1)`` of ``lq``/``hq`` in source pixels (inside the photo).
         restorer: the Stage I method, e.g. ``blind-nlm/1``.
-        references_used: how many references shaped ``hq`` (None: the restorer reads none).
         lq: (1, C, h, w) float [0, 1] the native crop; hq: Stage I's output, same shape.
         z: FaDeX's map (1, C_z, h/8, w/8).
     """
 
     index: int
-    face: DetectedFace
     code: np.ndarray
     estimates: Estimate
     weight: float
     crop_box: tuple[int, int, int, int]
     restorer: str
-    references_used: int | None
     lq: torch.Tensor = field(repr=False)
     hq: torch.Tensor = field(repr=False)
     z: torch.Tensor = field(repr=False)
 
 
 @dataclass
+class FaceDegradation(CropDegradation):
+    """One face's reading: a :class:`CropDegradation` with the face it was cut around.
+
+    Attributes:
+        face: the detected face.
+        references_used: how many references shaped ``hq`` (None: the restorer reads none).
+    """
+
+    face: DetectedFace = field(kw_only=True)
+    references_used: int | None = field(default=None, kw_only=True)
+
+
+@dataclass
 class ImageDegradation:
-    """One image's degradation: per face, aggregated over faces (None without faces), and
-    the noise per brightness band of the whole photo (set by the pipeline that reads it)."""
+    """One image's degradation: per face, aggregated over faces (without faces, over its
+    scene crops; None when neither was read), and the noise per brightness band of the whole
+    photo (set by the pipeline that reads it)."""
 
     faces: list[FaceDegradation]
     restorer: str
     code: np.ndarray | None = None
     estimates: Estimate | None = None
     noise_curve: NoiseCurve | None = None  # read off the whole photo, faces or not
+    scene_crops: list[CropDegradation] = field(default_factory=list)
+
+    @property
+    def readings(self) -> list[CropDegradation]:
+        """The crops the code and estimates were aggregated over: the faces, else the scene
+        crops."""
+        return list(self.faces) if self.faces else self.scene_crops
 
     @property
     def source(self) -> str:
-        """``face`` when read off faces, ``blind`` when the image had no usable face."""
-        return "face" if self.faces else "blind"
+        """``face`` when read off faces, ``scene`` off scene crops (no usable face), ``blind``
+        when nothing was read."""
+        return "face" if self.faces else "scene" if self.scene_crops else "blind"
 
     def noise_curve_report(self) -> dict[str, Any] | None:
         """The reports' ``noise_curve`` (None where it was not read)."""
         return None if self.noise_curve is None else self.noise_curve.to_report()
 
     def to_report(self) -> dict[str, Any] | None:
-        """The report schema's ``degradation`` field (None without faces)."""
+        """The report schema's ``degradation`` field (None when nothing was read)."""
         if self.estimates is None or self.code is None:
             return None
+        scene = {"scene_crops": [list(c.crop_box) for c in self.scene_crops]}
         return {
             "code": [round(float(v), 5) for v in self.code],
             **self.estimates.to_report(),
+            **(scene if self.scene_crops else {}),
             "source": self.source,
         }
 
@@ -190,7 +218,7 @@ class _Crop:
 
     image: int
     index: int
-    face: DetectedFace
+    face: DetectedFace | None  # None: a scene crop
     box: tuple[int, int, int, int]
     lq: torch.Tensor  # (C, h, w)
     references: list[torch.Tensor] | None
@@ -208,12 +236,22 @@ class DegradationReader:
     across all images of a batch. An image's estimate is the weighted mean over its faces,
     weights = restorer confidence x detection score x min(1, face size / 64 px).
 
+    An image without a usable face is read off ``scene_crops`` native crops of
+    ``scene_crop_side`` px (:func:`scene_crop_boxes`) restored by ``scene_restorer``, weighted
+    by its confidence: what the scene trainer does for a training region without a face
+    (:func:`~face2scene_cli.research.train.scene_data.build_cache`), so the scene restorer
+    gets a code it was trained on instead of restoring blind.
+
     Args:
         fadex: the degradation extractor (eval mode).
         restorer: the Stage I face restorer (blind baseline or reference-based).
         device: where FaDeX runs.
         margin: context around the face box in the crop (fraction of the box side).
         batch_size: crops per Stage I / FaDeX call.
+        scene_crops: scene crops read per image without a face (0: none, the image has no
+            reading).
+        scene_crop_side: their side, px (the scene trainer's ``face_crop``).
+        scene_restorer: their Stage I restorer; None = the blind baseline, as in training.
     """
 
     def __init__(
@@ -223,12 +261,23 @@ class DegradationReader:
         device: str = "cpu",
         margin: float = 0.25,
         batch_size: int = 8,
+        scene_crops: int = 8,
+        scene_crop_side: int = 96,
+        scene_restorer: FaceRestorer | None = None,
     ) -> None:
+        if scene_crops < 0 or scene_crop_side < MIN_IMAGE_SIDE:
+            raise ValueError(
+                f"need scene_crops >= 0 and scene_crop_side >= {MIN_IMAGE_SIDE}, got "
+                f"{scene_crops} and {scene_crop_side}"
+            )
         self.fadex = fadex.to(device).eval()
         self.restorer = restorer
         self.device = device
         self.margin = margin
         self.batch_size = max(1, batch_size)
+        self.scene_crops = scene_crops
+        self.scene_crop_side = scene_crop_side
+        self.scene_restorer = scene_restorer or BlindFaceRestorer()
 
     def read(
         self,
@@ -259,19 +308,18 @@ class DegradationReader:
         Returns:
             One :class:`ImageDegradation` per image, and the seconds spent in ``stage1`` and
             ``fadex`` over the whole batch. Faces whose crop has a side under 16 px are left
-            out.
+            out; an image left without a face is read off its scene crops.
         """
         if reference_embeddings is not None and self.restorer.identity_encoder is None:
             raise ValueError(f"{self.restorer.method} takes no reference embeddings")
         embeddings = reference_embeddings or [None] * len(images)
-        crops = [
-            crop
-            for i, ((pixels, faces, refs), emb) in enumerate(zip(images, embeddings, strict=True))
-            for crop in self._crops(i, pixels, faces, refs, emb)
-        ]
-        groups: dict[tuple[int, ...], list[_Crop]] = {}
+        crops = []
+        for i, ((pixels, faces, refs), emb) in enumerate(zip(images, embeddings, strict=True)):
+            face_crops = self._crops(i, pixels, faces, refs, emb)
+            crops += face_crops or self._scene_crops(i, pixels)
+        groups: dict[tuple[bool, tuple[int, ...]], list[_Crop]] = {}
         for crop in crops:
-            groups.setdefault(tuple(crop.lq.shape), []).append(crop)
+            groups.setdefault((crop.face is None, tuple(crop.lq.shape)), []).append(crop)
         chunks = [
             group[k : k + self.batch_size]
             for group in groups.values()
@@ -280,15 +328,25 @@ class DegradationReader:
         t0 = time.perf_counter()
         restored = [self._restore(chunk) for chunk in chunks]
         t1 = time.perf_counter()
-        readings: list[list[FaceDegradation]] = [[] for _ in images]
+        readings: list[list[CropDegradation]] = [[] for _ in images]
         for chunk, hq in zip(chunks, restored, strict=True):
             for crop, reading in zip(chunk, self._fadex(chunk, hq), strict=True):
                 readings[crop.image].append(reading)
         t2 = time.perf_counter()
-        results = [
-            _aggregate(sorted(r, key=lambda f: f.index), self.restorer.method) for r in readings
-        ]
+        results = [self._aggregate(sorted(r, key=lambda f: f.index)) for r in readings]
         return results, {"stage1": t1 - t0, "fadex": t2 - t1}
+
+    def _scene_crops(self, image: int, pixels: np.ndarray) -> list[_Crop]:
+        """The scene crops of an image without a usable face (none when it is too small)."""
+        colour = pixels[..., :3] if pixels.shape[-1] == 4 else pixels
+        crops = []
+        for index, box in enumerate(
+            scene_crop_boxes(colour, self.scene_crop_side, self.scene_crops)
+        ):
+            x0, y0, x1, y1 = box
+            lq = to_tensor(np.ascontiguousarray(colour[y0:y1, x0:x1]))[0]
+            crops.append(_Crop(image, index, None, box, lq, None))
+        return crops
 
     def _crops(
         self,
@@ -323,36 +381,104 @@ class DegradationReader:
             refs = [_as_channels(c.references or [], c.lq.shape[0]) for c in chunk]
         if any(c.reference_embeddings is not None for c in chunk):
             extra["reference_embeddings"] = [c.reference_embeddings for c in chunk]
-        out = self.restorer.restore(torch.stack([c.lq for c in chunk]), refs, **extra)
+        restorer = self.scene_restorer if chunk[0].face is None else self.restorer
+        out = restorer.restore(torch.stack([c.lq for c in chunk]), refs, **extra)
         used = out.references_used
         for j, crop in enumerate(chunk):
             crop.confidence = float(out.confidence[j])
             crop.references_used = None if used is None else int(used[j])
         return out.hq.detach().float().cpu().clamp(0.0, 1.0)
 
-    def _fadex(self, chunk: list[_Crop], hq: torch.Tensor) -> list[FaceDegradation]:
+    def _fadex(self, chunk: list[_Crop], hq: torch.Tensor) -> list[CropDegradation]:
         lq = torch.stack([c.lq for c in chunk])
         out = self.fadex(lq.to(self.device), hq.to(self.device))
         estimates = out.estimates()
-        readings = []
+        readings: list[CropDegradation] = []
         for j, c in enumerate(chunk):
+            common = {
+                "index": c.index,
+                "code": out.code[j].float().cpu().numpy(),
+                "estimates": estimates[j],
+                "crop_box": c.box,
+                "lq": lq[j : j + 1],
+                "hq": hq[j : j + 1],
+                "z": out.z[j : j + 1].cpu(),
+            }
+            if c.face is None:
+                restorer = self.scene_restorer.method
+                readings.append(
+                    CropDegradation(weight=max(c.confidence, 1e-6), restorer=restorer, **common)
+                )
+                continue
             weight = c.confidence * c.face.score * min(1.0, c.face.size / 64.0)
             readings.append(
                 FaceDegradation(
-                    index=c.index,
-                    face=c.face,
-                    code=out.code[j].float().cpu().numpy(),
-                    estimates=estimates[j],
                     weight=max(weight, 1e-6),
-                    crop_box=c.box,
                     restorer=self.restorer.method,
+                    face=c.face,
                     references_used=c.references_used,
-                    lq=lq[j : j + 1],
-                    hq=hq[j : j + 1],
-                    z=out.z[j : j + 1].cpu(),
+                    **common,
                 )
             )
         return readings
+
+    def _aggregate(self, readings: list[CropDegradation]) -> ImageDegradation:
+        """The image's code and estimates: the weighted mean over its faces (or scene
+        crops)."""
+        faces = [r for r in readings if isinstance(r, FaceDegradation)]
+        scene = [r for r in readings if not isinstance(r, FaceDegradation)]
+        restorer = self.restorer if faces or not scene else self.scene_restorer
+        result = ImageDegradation(faces=faces, restorer=restorer.method, scene_crops=scene)
+        if readings:
+            w = np.array([r.weight for r in readings], dtype=np.float64)
+            w = w / w.sum()
+            code = np.sum([wi * r.code for wi, r in zip(w, readings, strict=True)], axis=0)
+            result.code = (code / max(np.linalg.norm(code), 1e-12)).astype(np.float32)
+            result.estimates = Estimate.mean([r.estimates for r in readings], list(w))
+        return result
+
+
+def scene_crop_boxes(pixels: np.ndarray, side: int, count: int) -> list[tuple[int, int, int, int]]:
+    """Where to read the degradation of an image without a face: ``count`` of its
+    non-overlapping ``side`` px windows (a grid centred on the image), spread over its range
+    of detail.
+
+    The windows are ranked by detail (the mean gradient magnitude of the image area-downscaled
+    2x, so that noise, which fills flat windows too, does not decide) and taken at ``count``
+    evenly spaced ranks: neither only flat windows (no blur or JPEG to read there) nor only
+    the most detailed (where the blind restorer takes texture for noise and the noise reads
+    high). Chosen on VAL (``benchmarks/results/scene-crops-val``). Ties keep grid order, so
+    the choice is deterministic.
+
+    Args:
+        pixels: (H, W, C) uint8/uint16, C in {1, 3}.
+        side: the window side, px (shrunk to the image's shorter side, a multiple of 8).
+        count: windows wanted (all of them when the image holds fewer).
+
+    Returns:
+        ``(x0, y0, x1, y1)`` boxes, most detailed first; none when the image's shorter side
+        is under :data:`MIN_IMAGE_SIDE` px.
+    """
+    h, w = pixels.shape[:2]
+    s = min(side, h, w) // 8 * 8
+    if s < MIN_IMAGE_SIDE or count <= 0:
+        return []
+    gray = pixels.astype(np.float32).mean(axis=2) / float(np.iinfo(pixels.dtype).max)
+    small = cv2.resize(gray, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+    grad = np.abs(np.diff(small, axis=0))[:, :-1] + np.abs(np.diff(small, axis=1))[:-1, :]
+    ny, nx = h // s, w // s
+    oy, ox = (h - ny * s) // 2, (w - nx * s) // 2
+    scored = []
+    for i in range(ny):
+        for j in range(nx):
+            x0, y0 = ox + j * s, oy + i * s
+            g = grad[y0 // 2 : (y0 + s) // 2, x0 // 2 : (x0 + s) // 2]
+            detail = float(g.mean()) if g.size else 0.0
+            scored.append((-detail, i * nx + j, (x0, y0, x0 + s, y0 + s)))
+    scored.sort(key=lambda t: t[:2])
+    n = len(scored)
+    ranks = sorted({int((k + 0.5) * n / count) for k in range(count)}) if count < n else range(n)
+    return [scored[r][2] for r in ranks]
 
 
 def warp_reference(
@@ -389,15 +515,3 @@ def _as_channels(refs: list[torch.Tensor], channels: int) -> list[torch.Tensor]:
         return refs
     luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
     return [(r * luma).sum(0, keepdim=True) for r in refs]
-
-
-def _aggregate(readings: list[FaceDegradation], restorer: str) -> ImageDegradation:
-    """The image's code and estimates: the weighted mean over its faces."""
-    result = ImageDegradation(faces=readings, restorer=restorer)
-    if readings:
-        w = np.array([r.weight for r in readings], dtype=np.float64)
-        w = w / w.sum()
-        code = np.sum([wi * r.code for wi, r in zip(w, readings, strict=True)], axis=0)
-        result.code = (code / max(np.linalg.norm(code), 1e-12)).astype(np.float32)
-        result.estimates = Estimate.mean([r.estimates for r in readings], list(w))
-    return result

@@ -22,7 +22,7 @@ import torch
 from face2scene_cli.config import RestoreConfig
 from face2scene_cli.degradations.noise_level import estimate_noise_curve
 from face2scene_cli.engine.job import ExtraOutput, LoadedImage, Processed
-from face2scene_cli.errors import ConfigError, F2SError
+from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.faces.align import FaceAligner, estimate_similarity, ffhq_template
 from face2scene_cli.faces.base import DetectedFace
 from face2scene_cli.faces.detect import resolve_detector_name
@@ -32,6 +32,7 @@ from face2scene_cli.hashing import json_sha256
 from face2scene_cli.io.images import Image
 from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.pipelines.reading import (
+    MIN_IMAGE_SIDE,
     DegradationReader,
     FaceDegradation,
     FaceFinder,
@@ -91,8 +92,10 @@ class Face2ScenePipeline:
     A batch of images goes through the stages together: faces are found per image, every
     face of the batch is restored by Stage I and read by FaDeX in shared calls, each image's
     faces give one code (confidence-weighted), and the scene restorer restores each image
-    with it (tiles batched). Without a usable face, or with ``blind``, the scene restorer runs
-    on its null tokens and the report says ``source: blind``. Optional: Stage I faces pasted
+    with it (tiles batched). An image without a usable face gets its code from scene crops
+    (``source: scene``, see :class:`~face2scene_cli.pipelines.reading.DegradationReader`);
+    with ``blind``, or when nothing could be read, the scene restorer runs on its null tokens
+    and the report says ``source: blind``. Optional: Stage I faces pasted
     into the output, aligned face crops and a side-by-side image written beside it. Alpha is
     carried through; gray stays gray; the dtype (8/16 bit) is kept.
     """
@@ -122,6 +125,7 @@ class Face2ScenePipeline:
         *,
         fadex: str | None = None,
         batch_size: int = 4,
+        scene_crops: int = 8,
         **settings: Any,
     ) -> Face2ScenePipeline:
         """Load and assemble every stage: the only place a restore pipeline is put together.
@@ -138,6 +142,9 @@ class Face2ScenePipeline:
                 with a blind upscaler FaDeX only reads the report's estimate (default
                 ``fadex-s``).
             batch_size: face crops per Stage I / FaDeX call.
+            scene_crops: crops read off a photo without a usable face (0: such a photo has
+                no reading and is restored blind); their side is the scene model's training
+                crop.
             **settings: the other :class:`~face2scene_cli.config.RestoreConfig` fields
                 (``detector``, ``device``, ``precision``, ``refs``, ``face_restorer``, ...).
 
@@ -164,8 +171,14 @@ class Face2ScenePipeline:
             "face_restorer", resolve_face_restorer(cfg.face_restorer, refs_given)
         )
         finder = FaceFinder.from_settings(cfg, device=cfg.device)
+        side = getattr(scene, "code_crop_side", None)
         reader = DegradationReader(
-            load_fadex(fadex), restorer, device=cfg.device, batch_size=batch_size
+            load_fadex(fadex),
+            restorer,
+            device=cfg.device,
+            batch_size=batch_size,
+            scene_crops=scene_crops,
+            **({"scene_crop_side": side} if side else {}),
         )
         refs = [(fadex, None), *([scene_ref] if scene_ref else [])]
         if resolve_detector_name(cfg.detector) == "mtcnn":
@@ -175,10 +188,13 @@ class Face2ScenePipeline:
 
     def settings(self) -> dict[str, Any]:
         """Every :class:`RestoreConfig` field, with ``refs`` replaced by a hash of the
-        references it holds and ``face_restorer`` by the restorer ``auto`` resolved to."""
+        references it holds and ``face_restorer`` by the restorer ``auto`` resolved to, and
+        how a photo without a face is read (``scene_crops``: count and side, px)."""
+        reader = self.reader
         return dataclasses.asdict(self.config) | {
             "refs": self._gallery_key(),
-            "face_restorer": self.reader.restorer.method,
+            "face_restorer": reader.restorer.method,
+            "scene_crops": [reader.scene_crops, reader.scene_crop_side],
         }
 
     def models(self) -> list[dict[str, str]]:
@@ -204,14 +220,24 @@ class Face2ScenePipeline:
         self, images: list[np.ndarray]
     ) -> tuple[list[list[FoundFace]], list[ImageDegradation], list[dict[str, float]]]:
         """Find each image's faces and read its degradation off them (Stage I + FaDeX over
-        every face of the batch at once).
+        every face of the batch at once; off scene crops for an image without a face).
 
         Args:
             images: (H, W, C) uint8/uint16 pixels, C in {1, 3, 4} (alpha is ignored).
 
         Returns:
             Per image: its faces, its degradation reading, its stage timings (seconds).
+
+        Raises:
+            InputError: an image has a side under :data:`MIN_IMAGE_SIDE` px.
         """
+        for pixels in images:
+            h, w = pixels.shape[:2]
+            if min(h, w) < MIN_IMAGE_SIDE:
+                raise InputError(
+                    f"{w}x{h} px is too small to read or restore: at least {MIN_IMAGE_SIDE} px "
+                    "on each side"
+                )
         timings: list[dict[str, float]] = [{} for _ in images]
         colours = [_split_alpha(pixels)[0] for pixels in images]
         found = []
@@ -277,13 +303,12 @@ class Face2ScenePipeline:
         cfg = self.config
         image = loaded.image
         colour, alpha = _split_alpha(image.pixels)
-        use_faces = bool(reading.faces) and not cfg.blind and self.scene.code_fadex is not None
+        read = reading.readings
+        use_code = bool(read) and not cfg.blind and self.scene.code_fadex is not None
         t0 = time.perf_counter()
         tokens = None
-        if use_faces:
-            tokens = self.scene.tokens_for_faces(
-                [r.z for r in reading.faces], [r.weight for r in reading.faces]
-            )
+        if use_code:
+            tokens = self.scene.tokens_for_crops([r.z for r in read], [r.weight for r in read])
         t1 = time.perf_counter()
         tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
         retries = self.scene.fp32_retries
@@ -291,12 +316,18 @@ class Face2ScenePipeline:
         restored = self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=cfg.scale)
         check, fallbacks = None, []
         guard = self.scene.guard
-        if use_faces and guard is not None and reading.estimates is not None:
+        if use_code and guard is not None and reading.estimates is not None:
             boxes = {f.index: f.crop_box for f in reading.faces}
             check, fallbacks = check_restoration(
                 lq, restored, reading.estimates, list(boxes.items()), guard
             )
-            restored = apply_fallbacks(restored, lq, fallbacks, boxes)
+            if fallbacks and not reading.faces:  # a scene-crop code failed: the null code instead
+                fallbacks = [dataclasses.replace(f, to="blind") for f in fallbacks]
+                restored = self.scene.restore(
+                    lq, None, tile=tile, precision=precision, scale=cfg.scale
+                )
+            else:
+                restored = apply_fallbacks(restored, lq, fallbacks, boxes)
         scene_run = {
             "tile": tile,
             "precision": precision,
@@ -316,10 +347,10 @@ class Face2ScenePipeline:
         extras = self._extras(loaded, out, colour, reading, timings)
         return Processed(
             image.with_pixels(out),
-            self._fields(found, reading, use_faces) | {"scene": scene_run},
+            self._fields(found, reading, use_code) | {"scene": scene_run},
             timings,
             self._blind_warnings(reading)
-            + self._range_warnings(reading, use_faces)
+            + self._range_warnings(reading, use_code)
             + [_fallback_warning(f) for f in fallbacks],
             extras,
         )
@@ -331,23 +362,26 @@ class Face2ScenePipeline:
                 f"{self.config.scene_model} takes no degradation code: the scene was restored "
                 "blind (the faces' degradation is estimated for the report only)"
             ]
-        return [] if reading.faces else ["no usable face: restored in blind mode"]
+        if reading.readings or self.config.blind:
+            return []
+        return ["no usable face (and no scene crops read): restored in blind mode"]
 
-    def _range_warnings(self, reading: ImageDegradation, use_faces: bool) -> list[str]:
-        """What the faces, and the photo's noise per brightness band, read beyond the scene
-        model's training degradations."""
+    def _range_warnings(self, reading: ImageDegradation, use_code: bool) -> list[str]:
+        """What the faces (or scene crops), and the photo's noise per brightness band, read
+        beyond the scene model's training degradations."""
         envelope = self.scene.trained_envelope
         if envelope is None:
             return []
         model, out = self.config.scene_model, []
         beyond = (
             outside_training(reading.estimates, envelope)
-            if use_faces and reading.estimates is not None
+            if use_code and reading.estimates is not None
             else []
         )
         if beyond:
+            what = "faces" if reading.faces else "scene crops"
             out.append(
-                f"the faces read a degradation beyond what {model} was trained on "
+                f"the {what} read a degradation beyond what {model} was trained on "
                 f"({'; '.join(beyond)}): expect less restoration"
             )
         band = (
@@ -363,7 +397,7 @@ class Face2ScenePipeline:
         return out
 
     def _fields(
-        self, found: list[FoundFace], reading: ImageDegradation, use_faces: bool
+        self, found: list[FoundFace], reading: ImageDegradation, use_code: bool
     ) -> dict[str, Any]:
         by_index = {r.index: r for r in reading.faces}
         refs_given = self.finder.gallery is not None
@@ -379,7 +413,7 @@ class Face2ScenePipeline:
         degradation = reading.to_report() or dict.fromkeys(
             ("noise_sigma", "blur_sigma_px", "jpeg_quality", "downscale"), None
         ) | {"code": []}
-        if not use_faces:
+        if not use_code:
             degradation["source"] = "blind"  # null tokens, or a restorer that reads no code
         degradation["noise_curve"] = reading.noise_curve_report()
         return {"faces": faces, "degradation": degradation}
@@ -416,6 +450,8 @@ class Face2ScenePipeline:
 
 def _fallback_warning(fallback: Fallback) -> str:
     where = "the photo" if fallback.region == "photo" else f"face {fallback.face}"
+    if fallback.to == "blind":
+        return f"{where} was restored blind (its scene-crop code failed): {fallback.reason}"
     return f"{where} fell back to the input: {fallback.reason}"
 
 

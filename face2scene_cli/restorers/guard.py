@@ -12,8 +12,12 @@ Beyond that limit, over the whole photo or a face's crop, the output "moved furt
 input than the read degradation explains" and that region falls back to the input (upscaled
 to the output size), recorded in the report's ``scene.fallback`` with the reason.
 
-Without a face there is no reading, so there is no check (the report's ``scene.check`` is
-null). A reading beyond what the model was trained on (:func:`trained_envelope`, from its
+A photo without a face is read off scene crops and checked the same way (the photo only); the
+limits were calibrated on face readings, so a scene-crop code that fails is not trusted and the
+photo is restored with the null code instead (``to: blind``, what ``f2s restore`` did with such
+photos before it read scene crops). With ``--blind`` there is no check (``scene.check`` null).
+
+A reading beyond what the model was trained on (:func:`trained_envelope`, from its
 ``training.json``) is said in a warning (:func:`outside_training`); the check decides the
 fallback. Nothing here prints.
 """
@@ -81,11 +85,14 @@ class GuardSettings:
 
 @dataclass(frozen=True)
 class Fallback:
-    """A region given back as the input: ``photo`` or one ``face`` (its report index)."""
+    """A region that failed the check: ``photo`` or one ``face`` (its report index), given back
+    as the ``input`` or, for a photo whose code was read off scene crops, restored ``blind``
+    (the null code) instead."""
 
     region: str
     face: int | None
     reason: str
+    to: str = "input"
 
     def to_report(self) -> dict[str, Any]:
         return asdict(self)

@@ -194,6 +194,9 @@ class SceneRestorer:
         #: The extremes of the degradations it was trained on (:func:`trained_envelope` of its
         #: ``training.json``; None: not known).
         self.trained_envelope: dict[str, float] | None = None
+        #: The side of the crops its training codes were read from (``data.face_crop`` of its
+        #: ``training.json``): scene crops of a photo without a face are cut at this size.
+        self.code_crop_side: int | None = None
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -234,7 +237,10 @@ class SceneRestorer:
             mapnet = load_config_model(MapNet, files.sub("mapnet"))
         restorer = cls(net, settings, mapnet, device)
         if files.has("training.json"):
-            restorer.trained_envelope = trained_envelope(files.read_json("training.json"))
+            training = files.read_json("training.json")
+            restorer.trained_envelope = trained_envelope(training)
+            side = training.get("config", {}).get("data", {}).get("face_crop")
+            restorer.code_crop_side = side if isinstance(side, int) and side > 0 else None
         return restorer
 
     def save_pretrained(self, folder: str | os.PathLike, half: bool = False) -> list[str]:
@@ -397,21 +403,22 @@ class SceneRestorer:
         with torch.inference_mode():
             return self.mapnet(fadex_out.z.to(self.device)).tokens.float()
 
-    def tokens_for_faces(self, z_maps: list[Tensor], weights: list[float] | None = None) -> Tensor:
-        r"""One image's tokens :math:`(1, 21, D)` from the FaDeX maps of its faces.
+    def tokens_for_crops(self, z_maps: list[Tensor], weights: list[float] | None = None) -> Tensor:
+        r"""One image's tokens :math:`(1, 21, D)` from the FaDeX maps of its read crops (its
+        faces, or its scene crops when it has none).
 
         Args:
-            z_maps: per face, FaDeX's ``z`` :math:`(1, C_z, h_i, w_i)` (crops may differ in
+            z_maps: per crop, FaDeX's ``z`` :math:`(1, C_z, h_i, w_i)` (crops may differ in
                 size).
-            weights: per face, e.g. the face restorer's confidence; None = equal weights.
+            weights: per crop, e.g. the face restorer's confidence; None = equal weights.
 
         Returns:
-            The weighted mean of the faces' MapNet tokens (a single face: its tokens).
+            The weighted mean of the crops' MapNet tokens (a single crop: its tokens).
         """
         if self.mapnet is None:
             raise ConfigError("this scene model has no MapNet; use tokens=None (blind)")
         if not z_maps:
-            raise ValueError("z_maps is empty: with no face, call restore(tokens=None)")
+            raise ValueError("z_maps is empty: with nothing read, call restore(tokens=None)")
         w = torch.tensor(weights if weights is not None else [1.0] * len(z_maps))
         if w.shape != (len(z_maps),) or float(w.sum()) <= 0:
             raise ValueError(

@@ -3,7 +3,7 @@ as a Stage II scene restorer: ``f2s restore --scene-model realesrgan-x4plus``.
 
 :class:`UpscaleRestorer` has the interface the restore pipeline uses for
 :class:`~face2scene_cli.restorers.scene.SceneRestorer` (``restore``, ``run_settings``,
-``fp32_retries``, ``tokens_for_faces``, ``code_fadex``), but takes no degradation code
+``fp32_retries``, ``tokens_for_crops``, ``code_fadex``), but takes no degradation code
 (``code_fadex`` is None): it always runs blind. It runs the network on overlapping tiles
 (:func:`~face2scene_cli.restorers.tiling.run_tiled`, each tile with 10 px of context, mirrored
 at the image border, as :func:`~face2scene_cli.archs.rrdbnet.upscale_image` and the ncnn
@@ -147,7 +147,7 @@ class UpscaleRestorer:
         out = out.clamp(0.0, 1.0)
         return out.mean(1, keepdim=True) if gray else out
 
-    def tokens_for_faces(self, z_maps: list[Tensor], weights: list[float] | None = None) -> Tensor:
+    def tokens_for_crops(self, z_maps: list[Tensor], weights: list[float] | None = None) -> Tensor:
         """Never usable: the upscaler reads no code (the pipeline checks :attr:`code_fadex`)."""
         raise ConfigError(f"{self.name} takes no degradation code; use tokens=None (blind)")
 

@@ -58,6 +58,7 @@ def degrade_code(
         None,
         fadex=model,
         face_restorer="blind",
+        scene_crops=0,  # FaDeX's estimates are validated on faces only
         detector=detector,
         min_face=min_face,
         max_faces=max_faces,

@@ -46,7 +46,8 @@ def restore(
             "--blind/--face-code",
             envvar="F2S_BLIND",
             rich_help_panel=RES,
-            help="Ignore faces: restore with the null degradation code. [default: face-code]",
+            help="Read no code (faces or scene crops): restore with the null degradation "
+            "code. [default: face-code]",
             show_default=False,
         ),
     ] = None,
@@ -173,8 +174,9 @@ def restore(
     Faces are detected and (with --refs) matched to their person; each face crop is restored
     by the Stage I restorer with that person's references (unknown people: blind) and FaDeX
     reads the degradation from the (degraded, restored) pair; the code, through MapNet,
-    conditions the scene restorer on the whole photo. Photos without a usable face are
-    restored blind and their report says so.
+    conditions the scene restorer on the whole photo. A photo without a usable face is read
+    off 8 scene crops instead (restored by the blind Stage I restorer); its report says
+    source: scene.
 
     [bold]Examples[/bold]: f2s restore ./photos --refs ./refs · f2s restore img.jpg --out ./out
     --format jpg --quality 92 · f2s restore ./scans --blind --tile 256 · f2s restore ./photos

@@ -15,7 +15,8 @@ Items (:mod:`~face2scene_cli.research.eval.items`) are clean photos degraded on 
 * ``blind`` — the scene restorer on MapNet's null tokens;
 * ``code`` — as ``f2s restore``: faces detected on the DEGRADED image, each native crop
   restored by the Stage I restorer, FaDeX on the (crop, restored) pair, MapNet tokens weighted
-  by confidence; an image without a detected face is restored blind (``code_source: blind``);
+  by confidence; an image without a detected face gets its code from scene crops
+  (``code_source: scene``), one too small for them is restored blind (``blind``);
 * ``upper`` — FaDeX on the same crops paired with the CLEAN crops (upper bound of the code;
   scale 1 only);
 * ``wrong`` — the code of the same image under ANOTHER degradation (control: should hurt);
@@ -106,7 +107,8 @@ class EvalModels:
 
     Attributes:
         scene: the scene restorer (blind, and with its MapNet the code variants).
-        reader: Stage I + FaDeX, reads the code off faces (code, upper, wrong).
+        reader: Stage I + FaDeX, reads the code off faces or scene crops (code, upper,
+            wrong).
         detector: finds faces (face region, code); None = no face metrics, no code.
         identity: identity encoder for the identity distance.
         upscaler: Real-ESRGAN x4plus (the ``realesrgan`` variant).
@@ -228,6 +230,7 @@ class _Reading:
     code: torch.Tensor | None = None
     upper: torch.Tensor | None = None
     estimates: Estimate | None = None
+    source: str = "blind"  # where the code was read: face, scene (crops) or blind (none)
 
 
 def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
@@ -236,23 +239,25 @@ def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
         return _Reading()
     faces = models.detector.detect([item.lq])[0]
     reading = models.reader.read(item.lq, faces)
-    if not reading.faces or getattr(models.scene, "mapnet", None) is None:  # blind restorer
+    read = reading.readings
+    if not read or getattr(models.scene, "mapnet", None) is None:  # blind restorer
         return _Reading(len(faces), estimates=reading.estimates)
-    weights = [r.weight for r in reading.faces]
-    code = models.scene.tokens_for_faces([r.z for r in reading.faces], weights)
+    weights = [r.weight for r in read]
+    code = models.scene.tokens_for_crops([r.z for r in read], weights)
+    source = reading.source
     if item.lq.shape != item.clean.shape:  # no clean crop at the degraded image's scale
-        return _Reading(len(faces), code, None, reading.estimates)
+        return _Reading(len(faces), code, None, reading.estimates, source)
     h, w = item.lq.shape[:2]
     z_upper = []
     with torch.inference_mode():
-        for r in reading.faces:
+        for r in read:
             x0, y0, x1, y1 = r.crop_box
             sl = np.s_[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
             lq, clean = to_tensor(item.lq[sl]), to_tensor(item.clean[sl])
             dev = models.reader.device
             z_upper.append(models.reader.fadex.encode_pair(lq.to(dev), clean.to(dev)).cpu())
-    upper = models.scene.tokens_for_faces(z_upper, weights)
-    return _Reading(len(faces), code, upper, reading.estimates)
+    upper = models.scene.tokens_for_crops(z_upper, weights)
+    return _Reading(len(faces), code, upper, reading.estimates, source)
 
 
 def _wrong_source(item: EvalItem, readings: dict[tuple[str, str], _Reading]) -> str | None:
@@ -438,7 +443,7 @@ def evaluate(
                 "size": [int(it.clean.shape[1]), int(it.clean.shape[0])],
                 "faces_clean": [[round(float(c), 2) for c in f.box] for f in faces],
                 "faces_degraded": rd.faces_lq,
-                "code_source": "face" if rd.code is not None else "blind",
+                "code_source": rd.source,
                 "wrong_from": wrong_from if "wrong" in outs else None,
                 "truth": it.truth.to_dict() if it.truth else None,
                 "estimate": rd.estimates.to_dict() if rd.estimates else None,
