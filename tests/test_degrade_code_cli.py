@@ -60,3 +60,22 @@ def test_no_face_exits_5_and_says_so(tmp_path: Path) -> None:
     res = run_f2s("degrade-code", path)
     assert res.returncode == 5
     assert "no usable face" in res.stderr + res.stdout
+
+
+def test_scene_reads_a_photo_without_a_face_off_scene_crops(tmp_path: Path) -> None:
+    """The coffee photo (no face) with noise 15/255: faces-only it cannot be read (exit 5);
+    with --scene its 8 scene crops read the noise back, as f2s restore reads it."""
+    clean = tmp_path / "coffee.png"
+    Image.fromarray(skdata.coffee()).save(clean)
+    noisy = tmp_path / "noisy"
+    assert run_f2s("degrade", clean, "--out", noisy, "--noise-sigma", "15", "-q").returncode == 0
+    assert run_f2s("degrade-code", noisy / "coffee.png").returncode == 5
+    res = run_f2s("degrade-code", noisy / "coffee.png", "--scene", "--json")
+    assert res.returncode == 0, res.stderr
+    [image] = json.loads(res.stdout)["images"]
+    deg = image["degradation"]
+    assert image["faces"] == [] and image["restorer"] == "blind-nlm/1"
+    assert deg["source"] == "scene" and len(deg["scene_crops"]) == 8
+    assert abs(deg["noise_sigma"] - 15) <= 4 and deg["jpeg_quality"] is None
+    text = run_f2s("degrade-code", noisy / "coffee.png", "--scene")
+    assert text.returncode == 0 and "[8 scene crop(s), restorer blind-nlm/1]" in text.stdout
