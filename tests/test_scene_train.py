@@ -75,7 +75,12 @@ def _tiny_config(tmp_path: Path, **train: object) -> Path:
     if not splits.is_file():
         missing_data("data/splits.yaml missing")
     doc = yaml.safe_load(splits.read_text())
-    keep = {"skimage/camera": "train", "skimage/chelsea": "train", "skimage/astronaut": "val"}
+    keep = {
+        "skimage/camera": "train",
+        "skimage/chelsea": "train",
+        "skimage/astronaut": "val",
+        "skimage/coffee": "val",  # no face: validated on its scene crops' code
+    }
     photos = [dict(p, split=keep[p["name"]]) for p in doc["photos"] if p["name"] in keep]
     (tmp_path / "splits.yaml").write_text(yaml.safe_dump({"photos": photos}))
     cfg = {
@@ -140,6 +145,32 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     same = [torch.equal(a, b) for a, b in zip(cache["lq"], cache["clean"], strict=True)]
     assert 0 < sum(same) < 6
     assert "50% of the regions left untouched" in (tmp_path / "export" / "README.md").read_text()
+
+
+def test_validation_reads_a_photo_without_a_face_off_its_scene_crops() -> None:
+    """The trainer validates as f2s restore reads: the astronaut's code off its face crop, the
+    coffee photo's (no face) off its 8 scene crops, restored blind, with their confidences."""
+    from face2scene_cli.pipelines.reading import SCENE_CROPS, scene_crop_boxes
+    from face2scene_cli.research.splits import load_splits
+    from face2scene_cli.research.train.scene_config import ValSection
+    from face2scene_cli.research.train.scene_data import build_val_items
+    from face2scene_cli.restorers.face.blind import BlindFaceRestorer
+
+    names = {"skimage/astronaut", "skimage/coffee"}
+    photos = [p for p in load_splits(Path("data/splits.yaml"))["val"] if p.name in names]
+    if len(photos) != 2:
+        missing_data("the astronaut and coffee VAL photos")
+    val = ValSection(long_side=256, presets=("noise15",), second_order_seeds=(), face_crop=48)
+    items = {it.name: it for it in build_val_items(photos, val, BlindFaceRestorer())}
+    astronaut, coffee = items["skimage/astronaut"], items["skimage/coffee"]
+    assert astronaut.face_lq.shape == (1, 3, 48, 48) and len(astronaut.weights) == 1
+    lq = (coffee.lq[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    boxes = scene_crop_boxes(lq, 48, SCENE_CROPS)
+    assert coffee.face_lq.shape == (SCENE_CROPS, 3, 48, 48) == coffee.face_hq.shape
+    for crop, (x0, y0, x1, y1) in zip(coffee.face_lq, boxes, strict=True):
+        assert torch.equal(crop, coffee.lq[0, :, y0:y1, x0:x1])
+    assert len(coffee.weights) == SCENE_CROPS and all(0 < w <= 1 for w in coffee.weights)
+    assert not torch.equal(coffee.face_hq, coffee.face_lq)  # the noise was restored
 
 
 def test_validation_scores_parametric_items_and_resets_best_when_items_change(

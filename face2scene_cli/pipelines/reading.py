@@ -44,6 +44,9 @@ from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 MIN_CROP_SIDE = 64
 # The smallest image side that can be read, px: the noise curve's blocks, FaDeX's smallest crop.
 MIN_IMAGE_SIDE = 16
+#: Scene crops read off an image without a usable face (chosen on VAL:
+#: ``benchmarks/results/scene-crops-val``); the scene trainer's validation reads as many.
+SCENE_CROPS = 8
 
 
 @dataclass
@@ -261,7 +264,7 @@ class DegradationReader:
         device: str = "cpu",
         margin: float = 0.25,
         batch_size: int = 8,
-        scene_crops: int = 8,
+        scene_crops: int = SCENE_CROPS,
         scene_crop_side: int = 96,
         scene_restorer: FaceRestorer | None = None,
     ) -> None:

@@ -33,6 +33,7 @@ from face2scene_cli.io.images import Image
 from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.pipelines.reading import (
     MIN_IMAGE_SIDE,
+    SCENE_CROPS,
     DegradationReader,
     FaceDegradation,
     FaceFinder,
@@ -125,7 +126,7 @@ class Face2ScenePipeline:
         *,
         fadex: str | None = None,
         batch_size: int = 4,
-        scene_crops: int = 8,
+        scene_crops: int = SCENE_CROPS,
         **settings: Any,
     ) -> Face2ScenePipeline:
         """Load and assemble every stage: the only place a restore pipeline is put together.

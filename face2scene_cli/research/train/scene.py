@@ -26,6 +26,9 @@ optimizer are checkpointed in ``checkpoint-critic/`` and never exported). An EMA
 weights is what validation and export use. ``train.amp: bf16`` runs the forward passes under
 bf16 autocast (for a GPU; the weights, optimizer, EMA and losses stay fp32).
 
+Validation (:func:`~face2scene_cli.research.train.scene_data.build_val_items`) reads each VAL
+photo's code as ``f2s restore`` does: off its face crop, else off its scene crops.
+
 Run folder: ``config.yaml``, ``data_manifest.json``, ``cache/`` (degraded regions, codes),
 ``log.jsonl``, ``val.jsonl``, ``checkpoint/`` (weights, EMA, optimizer, step, wall time, RNG
 states; safetensors + JSON, no pickle), ``result.json``. The best validation weights are

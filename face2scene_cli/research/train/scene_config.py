@@ -17,6 +17,7 @@ from typing import Any
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.pipelines.reading import SCENE_CROPS
 from face2scene_cli.research.train.data import config_section, read_training_yaml
 
 __all__ = [
@@ -143,6 +144,7 @@ class ValSection:
         items = {
             k: v for k, v in dataclasses.asdict(self).items() if k not in ("enabled", "every_s")
         }
+        items["scene_crops"] = SCENE_CROPS  # a photo without a face: its code's crops
         return json.loads(json.dumps(items))
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.pipelines.reading import SCENE_CROPS, scene_crop_boxes
 from face2scene_cli.research.metrics import psnr_torch, sharpness_ratio, ssim_torch
 from face2scene_cli.research.train.data import PhotoBank, dlib_faces, rgb_float
 from face2scene_cli.research.train.scene_config import DataSection, ValSection
@@ -205,17 +206,19 @@ def cache_codes(
 
 @dataclass
 class ValItem:
-    """One validation image under one degradation: the clean and degraded image, the
-    face-sized crop (degraded, blind-restored, clean) and its FaDeX map once computed."""
+    """One validation image under one degradation: the clean and degraded image, the crops its
+    code is read off as ``f2s restore`` reads them (its face crop, else its scene crops),
+    degraded and blind-restored, with the restorer's confidence, and their FaDeX maps once
+    computed."""
 
     name: str
     degradation: str
     clean: Tensor  # (1, 3, H, W) float
     lq: Tensor
-    face_lq: Tensor  # (1, 3, F, F)
+    face_lq: Tensor  # (N, 3, F, F): N = 1 (a face) or up to SCENE_CROPS
     face_hq: Tensor
-    face_clean: Tensor
-    z: Tensor | None = None
+    weights: list[float]  # (N,) the restorer's confidence per crop
+    z: Tensor | None = None  # (N, C_z, F/8, F/8)
 
 
 def _long_side(x: Tensor, side: int) -> Tensor:
@@ -230,9 +233,11 @@ def build_val_items(
     photos: list[Any], cfg: ValSection, restorer: BlindFaceRestorer, scale: int = 1
 ) -> list[ValItem]:
     """The VAL photos (area-downscaled to ``long_side``, 8-bit), each under every preset,
-    parametric item and second-order seed, with a face-sized crop (dlib face, else the centre)
-    of the degraded image restored blind; for an upscaler (``scale`` > 1) the photo is cut to
-    a multiple of ``scale`` and each degradation ends at 1 / ``scale`` (:func:`for_scale`)."""
+    parametric item and second-order seed, with the crops of the degraded image its code is
+    read off, restored blind: a face-sized crop on its dlib face, else its
+    :data:`SCENE_CROPS` scene crops (:func:`scene_crop_boxes`), as ``f2s restore`` reads a
+    photo without a face; for an upscaler (``scale`` > 1) the photo is cut to a multiple of
+    ``scale`` and each degradation ends at 1 / ``scale`` (:func:`for_scale`)."""
     items = []
     for photo in photos:
         arr = rgb_float(photo.path)
@@ -252,14 +257,15 @@ def build_val_items(
         lq_faces = [(cx / scale, cy / scale, 0.0) for cx, cy, _ in faces]
         for dname, deg in degs:
             y = _degrade(x, for_scale(deg, scale))
-            rng = np.random.default_rng(0)
-            fy, fx = (h - s) // 2, (w - s) // 2
             if faces:
-                fy, fx = _face_box(lq_faces, h, w, s, rng)
-            crop = y[..., fy : fy + s, fx : fx + s]
-            hq = restorer.restore(crop).hq
-            clean_crop = x[..., fy * scale : (fy + s) * scale, fx * scale : (fx + s) * scale]
-            items.append(ValItem(photo.name, dname, x, y, crop, hq, clean_crop))
+                fy, fx = _face_box(lq_faces, h, w, s, np.random.default_rng(0))
+                boxes = [(fx, fy, fx + s, fy + s)]
+            else:
+                boxes = scene_crop_boxes(_u8(y[0]).permute(1, 2, 0).numpy(), s, SCENE_CROPS)
+            crops = torch.cat([y[..., y0:y1, x0:x1] for x0, y0, x1, y1 in boxes])
+            restored = restorer.restore(crops)
+            weights = [max(float(c), 1e-6) for c in restored.confidence]
+            items.append(ValItem(photo.name, dname, x, y, crops, restored.hq, weights))
     return items
 
 
@@ -288,7 +294,7 @@ def evaluate_items(
             if mode == "code":
                 if it.z is None or restorer.mapnet is None:
                     raise ConfigError("code mode needs FaDeX maps and a MapNet")
-                tokens = restorer.mapnet(it.z.float()).tokens
+                tokens = restorer.tokens_for_crops(list(it.z.float().split(1)), it.weights)
             out = restorer.restore(it.lq, tokens, tile=tile, scale=scale)
         q = (out.clamp(0, 1) * 255).round() / 255
         row = {
