@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from face2scene_cli.io.tensors import from_tensor, to_tensor
+from face2scene_cli.pipelines.reading import SCENE_CROPS
 from face2scene_cli.pipelines.restore import Face2ScenePipeline
 from face2scene_cli.research.eval.items import split_sources
 from face2scene_cli.research.eval.suites import SUITES, degrade
@@ -51,7 +52,7 @@ def measure(
     model: str, long_side: int, lowpass_sigma: float, second_order: int, scene_crops: bool
 ) -> list[dict]:
     """One row per (VAL photo, degradation) read off faces (and scene crops if asked)."""
-    pipe = Face2ScenePipeline.from_pretrained(model)
+    pipe = Face2ScenePipeline.from_pretrained(model, scene_crops=SCENE_CROPS if scene_crops else 0)
     samples = tuple(f"second-order-{k}" for k in range(second_order))
     rows = []
     for name, path in split_sources("val"):
@@ -60,7 +61,7 @@ def measure(
             item = degrade(img, deg, name, 0)
             _, readings, _ = pipe.read_degradations([item.lq])
             reading = readings[0]
-            read = reading.readings if scene_crops else reading.faces
+            read = reading.readings
             if not read or reading.estimates is None:
                 continue
             tokens = pipe.scene.tokens_for_crops([f.z for f in read], [f.weight for f in read])

@@ -318,8 +318,9 @@ class DegradationReader:
         embeddings = reference_embeddings or [None] * len(images)
         crops = []
         for i, ((pixels, faces, refs), emb) in enumerate(zip(images, embeddings, strict=True)):
-            face_crops = self._crops(i, pixels, faces, refs, emb)
-            crops += face_crops or self._scene_crops(i, pixels)
+            colour = pixels[..., :3] if pixels.shape[-1] == 4 else pixels
+            face_crops = self._crops(i, colour, faces, refs, emb)
+            crops += face_crops or self._scene_crops(i, colour)
         groups: dict[tuple[bool, tuple[int, ...]], list[_Crop]] = {}
         for crop in crops:
             groups.setdefault((crop.face is None, tuple(crop.lq.shape)), []).append(crop)
@@ -339,9 +340,9 @@ class DegradationReader:
         results = [self._aggregate(sorted(r, key=lambda f: f.index)) for r in readings]
         return results, {"stage1": t1 - t0, "fadex": t2 - t1}
 
-    def _scene_crops(self, image: int, pixels: np.ndarray) -> list[_Crop]:
-        """The scene crops of an image without a usable face (none when it is too small)."""
-        colour = pixels[..., :3] if pixels.shape[-1] == 4 else pixels
+    def _scene_crops(self, image: int, colour: np.ndarray) -> list[_Crop]:
+        """The scene crops of an image without a usable face (none when it is too small);
+        ``colour``: its (H, W, C) pixels without alpha."""
         crops = []
         for index, box in enumerate(
             scene_crop_boxes(colour, self.scene_crop_side, self.scene_crops)
@@ -354,18 +355,17 @@ class DegradationReader:
     def _crops(
         self,
         image: int,
-        pixels: np.ndarray,
+        colour: np.ndarray,
         faces: list[DetectedFace],
         references: list[list[torch.Tensor]] | None,
         embeddings: list[np.ndarray | None] | None = None,
     ) -> list[_Crop]:
-        colour = pixels[..., :3] if pixels.shape[-1] == 4 else pixels
         crops = []
         for index, face in enumerate(faces):
             margin = max(self.margin, (MIN_CROP_SIDE / max(face.size, 1.0) - 1) / 2)
             crop = native_crop(colour, face, margin=margin)
             x0, y0, x1, y1 = crop.valid
-            if min(x1 - x0, y1 - y0) < 16:
+            if min(x1 - x0, y1 - y0) < MIN_IMAGE_SIDE:
                 continue
             lq = to_tensor(np.ascontiguousarray(crop.crop[y0:y1, x0:x1]))[0]
             box = (crop.box[0] + x0, crop.box[1] + y0, crop.box[0] + x1, crop.box[1] + y1)
@@ -466,7 +466,7 @@ def scene_crop_boxes(pixels: np.ndarray, side: int, count: int) -> list[tuple[in
     s = min(side, h, w) // 8 * 8
     if s < MIN_IMAGE_SIDE or count <= 0:
         return []
-    gray = pixels.astype(np.float32).mean(axis=2) / float(np.iinfo(pixels.dtype).max)
+    gray = pixels.mean(axis=2, dtype=np.float32) / float(np.iinfo(pixels.dtype).max)
     small = cv2.resize(gray, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
     grad = np.abs(np.diff(small, axis=0))[:, :-1] + np.abs(np.diff(small, axis=1))[:-1, :]
     ny, nx = h // s, w // s

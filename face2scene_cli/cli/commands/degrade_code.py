@@ -56,6 +56,7 @@ def degrade_code(
     """
     from face2scene_cli.engine.plan import find_images, relative_key
     from face2scene_cli.io.images import read_image
+    from face2scene_cli.pipelines.reading import SCENE_CROPS
     from face2scene_cli.pipelines.restore import Face2ScenePipeline
 
     configure_logging(debug)
@@ -70,7 +71,7 @@ def degrade_code(
         None,
         fadex=model,
         face_restorer="blind",
-        scene_crops=8 if scene else 0,
+        scene_crops=SCENE_CROPS if scene else 0,
         detector=detector,
         min_face=min_face,
         max_faces=max_faces,
