@@ -2,20 +2,23 @@
 
 Unlike ``f2s eval``'s ``code`` column (the network's output), this runs the command, with its
 consistency check and fallbacks, once as is and once with ``--blind``, and scores both against
-the clean photos. ``before scene crops`` is what ``f2s restore`` gave before 2026-12-05: the
-face-code output where the code was read off faces, the ``--blind`` output where it was read
-off scene crops (such photos were restored blind, unchecked). Per preset: mean PSNR, items
-worse than their input, photos that fell back::
+the clean photos, with each item's reading (for ``benchmarks/clean_limits_val.py``). Per
+preset: mean PSNR, items worse than their input, photos that fell back (or were kept as they
+are)::
 
     f2s data export val runs/val-photos
     python benchmarks/restore_suite.py runs/val-photos --suite ood --work runs/restore-suite-val \\
         --out benchmarks/results/scene-crops-val/restore-val-ood.json
+
+``--without-clean-limits`` runs a copy of the scene model without its ``guard.clean`` limits
+(every photo restored), the input of ``benchmarks/clean_limits_val.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -30,20 +33,44 @@ sys.path.insert(0, str(ROOT))
 from face2scene_cli.config import EvalConfig  # noqa: E402
 from face2scene_cli.research.eval.items import degraded_items  # noqa: E402
 from face2scene_cli.research.metrics import psnr  # noqa: E402
+from face2scene_cli.zoo import find_model, write_metadata  # noqa: E402
 
 MODES = {"code": [], "blind": ["--blind"]}
+READING = ("noise_sigma", "blur_sigma_px", "jpeg_quality", "jpeg_probability", "downscale")
+
+
+def without_clean_limits(name: str, work: Path) -> Path:
+    """A copy of zoo model ``name`` under ``work`` without ``guard.clean`` (re-pinned)."""
+    info = find_model(name)
+    folder = work / "models" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(info.folder, folder)
+    settings = json.loads((folder / "scene.json").read_text())
+    settings.get("guard", {}).pop("clean", None)
+    (folder / "scene.json").write_text(json.dumps(settings, indent=2) + "\n")
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta.pop("files")
+    write_metadata(folder, meta)
+    return folder
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("photos", type=Path, help="clean photos (f2s data export val|test)")
-    ap.add_argument("--suite", default="ood", choices=("standard", "ood"))
+    ap.add_argument("--suite", default="ood", choices=("standard", "ood", "mild"))
+    ap.add_argument("--second-order", type=int, default=1, help="seeded second-order samples")
     ap.add_argument("--scene-model", default="scene-embedded")
     ap.add_argument("--work", type=Path, required=True, help="degraded inputs and outputs")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--without-clean-limits", action="store_true", help="restore every photo")
     args = ap.parse_args()
+    model = args.scene_model
+    if args.without_clean_limits:
+        model = str(without_clean_limits(model, args.work))
     photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in {".jpg", ".png"})
-    items = degraded_items([(p.name, p) for p in photos], EvalConfig(suite=args.suite))
+    items = degraded_items(
+        [(p.name, p) for p in photos], EvalConfig(suite=args.suite, second_order=args.second_order)
+    )
     inputs = args.work / "in"
     inputs.mkdir(parents=True, exist_ok=True)
     named = {}
@@ -54,7 +81,7 @@ def main() -> int:
     f2s = [sys.executable, "-m", "face2scene_cli", "restore", str(inputs), "-q", "--threads", "2"]
     for mode, extra in MODES.items():
         out = args.work / mode
-        cmd = [*f2s, "--out", str(out), "--scene-model", args.scene_model, *extra]
+        cmd = [*f2s, "--out", str(out), "--scene-model", model, *extra]
         subprocess.run(cmd, check=False)  # exit 1 when a photo failed: its report says why
     rows = []
     for name, it in named.items():
@@ -66,17 +93,19 @@ def main() -> int:
             row[mode] = min(psnr(it.clean, out), 99.0)
             row[f"{mode}_fallback"] = [f["region"] for f in report["scene"]["fallback"]]
             row[f"{mode}_source"] = report["degradation"]["source"]
-        row["before scene crops"] = row["blind"] if row["code_source"] == "scene" else row["code"]
+        deg = json.loads((args.work / "code" / f"{name}.json").read_text())["degradation"]
+        row["reading"] = {k: deg[k] for k in READING} | {
+            "noise_curve_read": (deg["noise_curve"] or {}).get("read")
+        }
         rows.append(row)
     by = defaultdict(list)
     for row in rows:
         by[row["degradation"]].append(row)
     table = {}
-    print("| preset (items; scene) | input | blind | before scene crops | code", end="")
-    print(" | worse | fallbacks |")
-    print("|---|---|---|---|---|---|---|")
+    print("| preset (items; scene) | input | blind | code | worse: blind / code | fallbacks |")
+    print("|---|---|---|---|---|---|")
     for deg, rs in by.items():
-        variants = ("input", "blind", "before scene crops", "code")
+        variants = ("input", "blind", "code")
         mean = {k: float(np.mean([r[k] for r in rs])) for k in variants}
         worse = {k: sum(r[k] < r["input"] - 0.005 for r in rs) for k in variants[1:]}
         fell = sum(bool(r["code_fallback"]) for r in rs)

@@ -456,9 +456,9 @@ class EvalConfig:
 
     Attributes:
         long_side: clean photos are area-downscaled to this long side (0 = keep the size).
-        suite: ``standard`` (the presets) or ``ood`` (out of distribution), see
-            :mod:`face2scene_cli.research.eval.suites`.
-        presets: named degradations to run instead of the suite's (presets or OOD names).
+        suite: ``standard`` (the presets), ``ood`` (out of distribution) or ``mild`` (light
+            degradations), see :mod:`face2scene_cli.research.eval.suites`.
+        presets: named degradations to run instead of the suite's (any suite's names).
         second_order: how many seeded second-order samples (the same ones for every image).
         seed: base seed of the degradations.
         scale: the restorers' output size over the degraded image's (1, 2 or 4); above 1 the

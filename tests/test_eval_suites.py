@@ -20,6 +20,7 @@ from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.research.eval.scene import estimate_error
 from face2scene_cli.research.eval.suites import (
+    MILD,
     OOD,
     SUITES,
     degradation_names,
@@ -45,6 +46,8 @@ def _residual_std(lq: np.ndarray, clean: np.ndarray) -> float:
 def test_suites_name_their_degradations() -> None:
     assert SUITES["standard"] == tuple(PRESETS)
     assert len(SUITES["ood"]) == 11 and set(SUITES["ood"]) == set(OOD)
+    assert SUITES["mild"] == ("clean", *MILD) and not set(MILD) & set(OOD)
+    assert degradation_names("standard", ("jpeg90", "down1.5")) == ("jpeg90", "down1.5")
     assert degradation_names("ood", ("noise15", "jpeg10")) == ("noise15", "jpeg10")
     with pytest.raises(ConfigError, match="unknown suite"):
         degradation_names("hard")
@@ -113,6 +116,28 @@ def test_ood_jpeg_leaves_8px_blocks(photo: np.ndarray) -> None:
     assert block_edges(degrade(photo, "jpeg10", "a", 0).lq) > 1.3 * block_edges(photo)
     q10, q20 = (degrade(photo, n, "a", 0).lq for n in ("jpeg10", "jpeg20"))
     assert _residual_std(q10, photo) > _residual_std(q20, photo)
+
+
+def test_mild_degradations_are_light_and_do_what_they_say(photo: np.ndarray) -> None:
+    for name in MILD:
+        a, b = (degrade(photo, name, "astronaut", seed=1) for _ in range(2))
+        assert a.lq.shape == photo.shape and not np.array_equal(a.lq, photo)
+        np.testing.assert_array_equal(a.lq, b.lq)
+        assert (a.truth is None) == (name == "camera-jpeg95")
+    for name, sigma in (("noise3", 3), ("noise6", 6)):
+        out = degrade(photo, name, "a", 0)
+        assert 0.85 * sigma <= _residual_std(out.lq, photo) <= 1.02 * sigma
+    q90, q70, q50, q20 = (
+        _residual_std(degrade(photo, f"jpeg{q}", "a", 0).lq, photo) for q in (90, 70, 50, 20)
+    )
+    assert 0 < q90 < q70 < q50 < q20
+    blurred = degrade(photo, "blur1", "a", 0).lq
+    ref = cv2.GaussianBlur(photo.astype(np.float32), (7, 7), 1, borderType=cv2.BORDER_REFLECT)
+    assert np.abs(blurred.astype(np.float32) - ref).mean() < 1.0
+    soft = _residual_std(degrade(photo, "down1.5", "a", 0).lq, photo)
+    assert 0 < soft < _residual_std(degrade(photo, "down4", "a", 0).lq, photo)
+    camera = _residual_std(degrade(photo, "camera-jpeg95", "a", 0).lq, photo)
+    assert 1 < camera < _residual_std(degrade(photo, "camera-jpeg80", "a", 0).lq, photo)
 
 
 def test_camera_noise_grows_with_brightness(photo: np.ndarray) -> None:

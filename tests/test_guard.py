@@ -17,14 +17,17 @@ from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.degradations.ops import gaussian_blur
+from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.research.sample_data import package_photos
 from face2scene_cli.restorers.guard import (
+    CleanLimits,
     Fallback,
     GuardSettings,
     apply_fallbacks,
     check_restoration,
     noise_outside_training,
+    nothing_to_restore,
     outside_training,
     trained_envelope,
 )
@@ -99,6 +102,32 @@ def test_fallbacks_give_the_input_back_in_their_region_only() -> None:
         apply_fallbacks(out, lq, [Fallback("photo", None, "t")], {}), up, atol=1e-5
     )
     assert apply_fallbacks(out, lq, [], {}) is out
+
+
+def test_a_reading_under_the_clean_limits_keeps_the_photo() -> None:
+    limits = CleanLimits(noise=2.0, blur=1.6, jpeg_quality=60)
+    clean = Estimate(0.1, 0.3, 1.0, 0.0, 0.0)
+    kept = nothing_to_restore(clean, None, limits)
+    assert kept is not None and (kept.region, kept.face, kept.to) == ("photo", None, "input")
+    assert kept.reason.startswith("nothing to restore: the reading (noise σ 0.1, blur σ 0.3 px")
+    assert nothing_to_restore(Estimate(0.1, 0.3, 1.0, 90.0, 0.9), None, limits) is not None
+    assert nothing_to_restore(Estimate(0.1, 0.3, 1.0, 40.0, 0.9), None, limits) is None  # JPEG
+    assert nothing_to_restore(Estimate(0.1, 0.3, 1.0, 40.0, 0.2), None, limits) is not None
+    assert nothing_to_restore(Estimate(4.0, 0.3, 1.0, 0.0, 0.0), None, limits) is None  # noise
+    assert nothing_to_restore(Estimate(0.1, 2.0, 1.0, 0.0, 0.0), None, limits) is None  # blur
+    # FaDeX reads light noise low; the noise curve's read noise decides too
+    light = NoiseCurve((64.0, 128.0, 192.0), (3.1, 3.2, 3.0), 3.1, 0.0)
+    assert nothing_to_restore(clean, light, limits) is None
+    quiet = NoiseCurve((64.0, 128.0, 192.0), (0.5, 0.6, 0.5), 0.5, 0.0)
+    assert nothing_to_restore(clean, quiet, limits) is not None
+    from_json = GuardSettings(2.5, 3.4, clean={"noise": 2, "blur": 1.6, "jpeg_quality": 60})
+    assert from_json.clean == limits and SETTINGS.clean is None
+    with pytest.raises(ConfigError, match=r"guard\.clean\.blur must be a number > 0"):
+        GuardSettings(2.5, 3.4, clean={"noise": 2, "blur": 0, "jpeg_quality": 60})
+    with pytest.raises(ConfigError, match=r"guard\.clean"):
+        GuardSettings(2.5, 3.4, clean={"noise": 2})
+    with pytest.raises(ConfigError, match=r"guard\.clean must be a mapping"):
+        GuardSettings(2.5, 3.4, clean=2.0)  # type: ignore[arg-type]
 
 
 def test_the_trained_envelope_of_a_release_and_readings_beyond_it() -> None:

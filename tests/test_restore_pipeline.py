@@ -342,10 +342,11 @@ def test_paste_faces_and_extra_outputs(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def awkward(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Gray, RGBA, 16-bit, a face cut by the photo's edge and a photo without a face."""
+    """Gray, RGBA, 16-bit, a face cut by the photo's edge and a photo without a face, all with
+    noise (clean, the scene restorer would keep them as they are)."""
     root = tmp_path_factory.mktemp("awkward") / "photos"
     root.mkdir()
-    astro = _photo("skimage/astronaut")
+    astro = _noisy(_photo("skimage/astronaut"), "awkward")
     small = np.asarray(Image.fromarray(astro).resize((256, 256)))
     Image.fromarray(small).convert("L").save(root / "gray.png")
     alpha = np.tile(np.linspace(40, 255, 256, dtype=np.uint8)[None, :, None], (256, 1, 1))
@@ -354,7 +355,8 @@ def awkward(tmp_path_factory: pytest.TempPathFactory) -> Path:
     deep = np.clip(small.astype(np.int64) * 257 + ramp, 0, 65535).astype(np.uint16)
     write_image(root / "deep.png", F2SImage(deep, "PNG"), "png")
     Image.fromarray(np.ascontiguousarray(astro[20:276, 200:456])).save(root / "border.png")
-    Image.fromarray(_photo("skimage/coffee")).resize((200, 134)).save(root / "noface.png")
+    coffee = np.asarray(Image.fromarray(_photo("skimage/coffee")).resize((200, 134)))
+    Image.fromarray(_noisy(coffee, "noface")).save(root / "noface.png")
     return root
 
 

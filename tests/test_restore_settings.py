@@ -98,7 +98,9 @@ def small_face_photo(tmp_path: Path) -> Path:
     path = next(p.path for p in package_photos() if p.name == "skimage/astronaut")
     photo = tmp_path / "in" / "astro.png"
     photo.parent.mkdir()
-    Image.open(path).convert("RGB").resize((160, 160)).save(photo)
+    small = np.asarray(Image.open(path).convert("RGB").resize((160, 160))).astype(np.float64)
+    noise = np.random.default_rng(0).normal(0, 10, small.shape)  # clean, it would be kept
+    Image.fromarray(np.clip(small + noise, 0, 255).round().astype(np.uint8)).save(photo)
     return photo
 
 

@@ -43,10 +43,12 @@ from face2scene_cli.pipelines.reading import (
 from face2scene_cli.registry import create, is_registered
 from face2scene_cli.restorers.face.base import FaceRestorer
 from face2scene_cli.restorers.guard import (
+    ConsistencyCheck,
     Fallback,
     apply_fallbacks,
     check_restoration,
     noise_outside_training,
+    nothing_to_restore,
     outside_training,
 )
 from face2scene_cli.restorers.loading import load_fadex
@@ -314,21 +316,7 @@ class Face2ScenePipeline:
         tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
         retries = self.scene.fp32_retries
         lq = to_tensor(colour)
-        restored = self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=cfg.scale)
-        check, fallbacks = None, []
-        guard = self.scene.guard
-        if use_code and guard is not None and reading.estimates is not None:
-            boxes = {f.index: f.crop_box for f in reading.faces}
-            check, fallbacks = check_restoration(
-                lq, restored, reading.estimates, list(boxes.items()), guard
-            )
-            if fallbacks and not reading.faces:  # a scene-crop code failed: the null code instead
-                fallbacks = [dataclasses.replace(f, to="blind") for f in fallbacks]
-                restored = self.scene.restore(
-                    lq, None, tile=tile, precision=precision, scale=cfg.scale
-                )
-            else:
-                restored = apply_fallbacks(restored, lq, fallbacks, boxes)
+        restored, check, fallbacks = self._restore_scene(lq, reading, tokens, tile, precision)
         scene_run = {
             "tile": tile,
             "precision": precision,
@@ -355,6 +343,44 @@ class Face2ScenePipeline:
             + [_fallback_warning(f) for f in fallbacks],
             extras,
         )
+
+    def _restore_scene(
+        self,
+        lq: torch.Tensor,
+        reading: ImageDegradation,
+        tokens: torch.Tensor | None,
+        tile: int | None,
+        precision: str,
+    ) -> tuple[torch.Tensor, ConsistencyCheck | None, list[Fallback]]:
+        """The scene restored on ``tokens`` (None: blind) and checked against the reading,
+        with its fallbacks applied; the input itself where the reading says there is nothing
+        to restore (at scale 1).
+
+        Returns:
+            The output :math:`(1, C, sH, sW)` in [0, 1], the check (None when not run) and the
+            fallbacks taken.
+        """
+        scale = self.config.scale
+        guard = self.scene.guard
+        estimate = None if tokens is None else reading.estimates
+        if guard is None or estimate is None:
+            return (
+                self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=scale),
+                None,
+                [],
+            )
+        if guard.clean is not None and scale == 1:
+            kept = nothing_to_restore(estimate, reading.noise_curve, guard.clean)
+            if kept is not None:
+                return lq, None, [kept]
+        restored = self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=scale)
+        boxes = {f.index: f.crop_box for f in reading.faces}
+        check, fallbacks = check_restoration(lq, restored, estimate, list(boxes.items()), guard)
+        if fallbacks and not reading.faces:  # a scene-crop code failed: the null code instead
+            fallbacks = [dataclasses.replace(f, to="blind") for f in fallbacks]
+            restored = self.scene.restore(lq, None, tile=tile, precision=precision, scale=scale)
+            return restored, check, fallbacks
+        return apply_fallbacks(restored, lq, fallbacks, boxes), check, fallbacks
 
     def _blind_warnings(self, reading: ImageDegradation) -> list[str]:
         """Why the scene restorer ran blind on an image (nothing when its code was used)."""

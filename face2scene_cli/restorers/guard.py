@@ -17,6 +17,12 @@ limits were calibrated on face readings, so a scene-crop code that fails is not 
 photo is restored with the null code instead (``to: blind``, what ``f2s restore`` did with such
 photos before it read scene crops). With ``--blind`` there is no check (``scene.check`` null).
 
+A photo whose reading says there is nothing to restore (:class:`CleanLimits`: little noise,
+no blur, no or a light JPEG; calibrated per model on VAL, ``guard.clean`` of its
+``scene.json``) is handed back as its input before the scene restorer runs
+(:func:`nothing_to_restore`): the model alters fine texture by more than such light
+degradations cost (a fallback with ``region: photo``, recorded like the others).
+
 A reading beyond what the model was trained on (:func:`trained_envelope`, from its
 ``training.json``) is said in a warning (:func:`outside_training`); the check decides the
 fallback. Nothing here prints.
@@ -40,6 +46,7 @@ from face2scene_cli.errors import ConfigError
 
 __all__ = [
     "NOISE_MARGIN",
+    "CleanLimits",
     "ConsistencyCheck",
     "Fallback",
     "GuardSettings",
@@ -47,9 +54,35 @@ __all__ = [
     "check_restoration",
     "consistency_residual",
     "noise_outside_training",
+    "nothing_to_restore",
     "outside_training",
     "trained_envelope",
 ]
+
+
+def _positive(where: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{where} must be a number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CleanLimits:
+    """Readings under which a photo is kept as it is (``scene.json`` ``guard.clean``; chosen on
+    VAL by ``benchmarks/clean_limits_val.py``).
+
+    Attributes:
+        noise: /255; FaDeX's noise σ and the noise curve's read noise both below it.
+        blur: px; FaDeX's blur σ below it.
+        jpeg_quality: no JPEG read, or one read at this quality or above.
+    """
+
+    noise: float
+    blur: float
+    jpeg_quality: float
+
+    def __post_init__(self) -> None:
+        for name in ("noise", "blur", "jpeg_quality"):
+            _positive(f"guard.clean.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -61,17 +94,25 @@ class GuardSettings:
         base: residual RMS (/255) allowed over the whole photo beyond the read noise's share.
         face_base: the same for a face's crop (faces are small: their residual is noisier).
         lowpass_sigma: the residual's low-pass Gaussian, px.
+        clean: the readings under which the photo is kept as it is (None: always restored);
+            a mapping (from ``scene.json``) becomes :class:`CleanLimits`.
     """
 
     base: float
     face_base: float
     lowpass_sigma: float = 1.5
+    clean: CleanLimits | None = None
 
     def __post_init__(self) -> None:
         for name in ("base", "face_base", "lowpass_sigma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"guard.{name} must be a number > 0, got {value!r}")
+            _positive(f"guard.{name}", getattr(self, name))
+        if isinstance(self.clean, dict):
+            try:
+                object.__setattr__(self, "clean", CleanLimits(**self.clean))
+            except TypeError as err:
+                raise ConfigError(f"guard.clean: {err}") from err
+        elif self.clean is not None and not isinstance(self.clean, CleanLimits):
+            raise ConfigError(f"guard.clean must be a mapping of limits, got {self.clean!r}")
 
     @property
     def noise_share(self) -> float:
@@ -190,6 +231,33 @@ def check_restoration(
         if f["residual"] > face_limit
     ]
     return check, fallbacks
+
+
+def nothing_to_restore(
+    estimate: Estimate, curve: NoiseCurve | None, limits: CleanLimits
+) -> Fallback | None:
+    """The photo's fallback to its input when its reading is under ``limits`` (None when it
+    is not, and it is restored).
+
+    Args:
+        estimate: the photo's reading (its faces', else its scene crops').
+        curve: its noise per brightness (its read noise must be under the limit too: FaDeX
+            reads light noise low); None when not read.
+        limits: the model's :class:`CleanLimits`.
+    """
+    curve_noise = 0.0 if curve is None else curve.read
+    noise = max(estimate.noise_sigma, curve_noise)
+    if noise >= limits.noise or estimate.blur_sigma_px >= limits.blur:
+        return None
+    if estimate.jpeg and estimate.jpeg_quality < limits.jpeg_quality:
+        return None
+    jpeg = f"JPEG q{estimate.jpeg_quality:.0f}" if estimate.jpeg else "no JPEG"
+    why = (
+        f"nothing to restore: the reading (noise σ {noise:.1f}, blur σ "
+        f"{estimate.blur_sigma_px:.1f} px, {jpeg}) is under what this model improves (noise "
+        f"< {limits.noise:g}, blur < {limits.blur:g} px, JPEG >= q{limits.jpeg_quality:g})"
+    )
+    return Fallback("photo", None, why)
 
 
 def _feather(h: int, w: int, box: tuple[int, int, int, int], width: int) -> Tensor:

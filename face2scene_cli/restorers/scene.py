@@ -83,7 +83,7 @@ class RestoreSettings:
     max_tile: int = 512
     cpu_bf16: bool = False
     fadex: str = "fadex-s"
-    guard: dict[str, float] | None = None
+    guard: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.guard is not None:

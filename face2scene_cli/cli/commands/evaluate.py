@@ -45,7 +45,9 @@ def evaluate(
             rich_help_panel=DATA,
             help="standard: the presets noise15, blur-noise, mixed (inside the training "
             "ranges); ood: noise30, noise50, blur3, jpeg10, jpeg20, down4, motion9-noise5, "
-            "camera-jpeg80, down2-jpeg30, clean, gray-noise10 (out of distribution).",
+            "camera-jpeg80, down2-jpeg30, clean, gray-noise10 (out of distribution); mild: "
+            "clean, noise3, noise6, jpeg90, jpeg70, jpeg50, blur1, down1.5, camera-jpeg95 "
+            "(light degradations: a restorer must not make them worse).",
         ),
     ] = EvalConfig.suite,
     preset: Annotated[
@@ -55,7 +57,7 @@ def evaluate(
             "-p",
             rich_help_panel=DATA,
             help="Degrade with this named degradation (repeatable) instead of the suite's: "
-            "any name of either suite.",
+            "any name of any suite.",
             show_default=False,
         ),
     ] = None,

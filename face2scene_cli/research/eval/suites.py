@@ -5,7 +5,9 @@
 * ``ood`` (out of distribution): degradations never used in training by name and partly
   outside the training ranges (:data:`OOD`): strong noise, heavy blur, strong JPEG, x4 loss of
   resolution, motion blur, camera (signal-dependent) noise, a chat-app copy, the clean photo
-  itself (a restorer must not damage it) and a noisy grayscale photo.
+  itself (a restorer must not damage it) and a noisy grayscale photo;
+* ``mild``: light degradations (:data:`MILD`) of the kind a good phone photo or a careful
+  scan carries, which a restorer must improve a little or leave alone (do no harm).
 
 :func:`degrade` applies one by name to a clean photo; it returns the clean photo the output
 is scored against (the grayscale item turns the truth gray too), the degraded image, and the
@@ -34,7 +36,7 @@ from face2scene_cli.degradations.second_order import SecondOrderConfig
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.tensors import to_tensor
 
-__all__ = ["OOD", "SUITES", "Degraded", "degradation_names", "degrade"]
+__all__ = ["MILD", "OOD", "SUITES", "Degraded", "degradation_names", "degrade"]
 
 #: The out-of-distribution degradations: name -> what it does.
 OOD: dict[str, str] = {
@@ -50,10 +52,26 @@ OOD: dict[str, str] = {
     "clean": "nothing: the clean photo itself",
     "gray-noise10": "the photo in grayscale (BT.601 luma) + gray noise σ 10/255",
 }
+#: The light degradations: name -> what it does.
+MILD: dict[str, str] = {
+    "noise3": "Gaussian colour noise σ 3/255",
+    "noise6": "Gaussian colour noise σ 6/255",
+    "jpeg90": "JPEG quality 90 (4:2:0)",
+    "jpeg70": "JPEG quality 70 (4:2:0)",
+    "jpeg50": "JPEG quality 50 (4:2:0)",
+    "blur1": "Gaussian blur σ 1 px",
+    "down1.5": "bicubic downscale x1.5, then bicubic up to the size",
+    "camera-jpeg95": "Poisson shot noise (scale 0.25) + Gaussian read noise σ 1/255 + JPEG q95",
+}
 #: The suites of ``f2s eval --suite``: their named degradations (second-order samples apart).
-SUITES: dict[str, tuple[str, ...]] = {"standard": tuple(PRESETS), "ood": tuple(OOD)}
-#: The OOD degradations one parametric record describes exactly (FaDeX's estimates are scored).
-_OOD_RECORDS: dict[str, Degradation] = {
+SUITES: dict[str, tuple[str, ...]] = {
+    "standard": tuple(PRESETS),
+    "ood": tuple(OOD),
+    "mild": ("clean", *MILD),
+}
+#: The OOD and mild degradations one parametric record describes exactly (FaDeX's estimates
+#: are scored).
+_RECORDS: dict[str, Degradation] = {
     "noise30": Degradation("parametric", noise_sigma=30.0),
     "noise50": Degradation("parametric", noise_sigma=50.0),
     "blur3": Degradation("parametric", blur_sigma_px=3.0),
@@ -61,10 +79,17 @@ _OOD_RECORDS: dict[str, Degradation] = {
     "jpeg20": Degradation("parametric", jpeg_quality=20),
     "down4": Degradation("parametric", downscale=4.0, resize_back=True),
     "clean": Degradation("parametric"),
+    "noise3": Degradation("parametric", noise_sigma=3.0),
+    "noise6": Degradation("parametric", noise_sigma=6.0),
+    "jpeg90": Degradation("parametric", jpeg_quality=90),
+    "jpeg70": Degradation("parametric", jpeg_quality=70),
+    "jpeg50": Degradation("parametric", jpeg_quality=50),
+    "blur1": Degradation("parametric", blur_sigma_px=1.0),
+    "down1.5": Degradation("parametric", downscale=1.5, resize_back=True),
 }
 #: What FaDeX's estimates of each OOD item are scored against (None: no single record).
 _OOD_TRUTH: dict[str, Degradation] = {
-    **_OOD_RECORDS,
+    **_RECORDS,
     "gray-noise10": Degradation("parametric", noise_sigma=10.0),
 }
 
@@ -93,7 +118,7 @@ def degradation_names(suite: str, names: tuple[str, ...] | None = None) -> tuple
         raise ConfigError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
     if names is None:
         return SUITES[suite]
-    known = (*PRESETS, *OOD)
+    known = (*PRESETS, *OOD, *MILD)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown degradation(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -109,23 +134,26 @@ def _to_uint8(x: Tensor) -> np.ndarray:
     return (x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def _ood(name: str, x: Tensor, seed: int) -> Tensor:
-    """The OOD degradation ``name`` of ``x`` (1, C, H, W) in [0, 1], size kept."""
+def _named(name: str, x: Tensor, seed: int) -> Tensor:
+    """The OOD or mild degradation ``name`` of ``x`` (1, C, H, W) in [0, 1], size kept."""
     g = torch.Generator().manual_seed(seed)
     h, w = x.shape[-2:]
-    if name in _OOD_RECORDS:
-        return apply(x, _OOD_RECORDS[name].with_seed(seed))
+    if name in _RECORDS:
+        return apply(x, _RECORDS[name].with_seed(seed))
     if name == "motion9-noise5":
         return apply(x, _motion9_noise5(g), g)
     if name == "camera-jpeg80":
         y = add_poisson_noise(x, 1.0, g)
         return jpeg_compress(add_gaussian_noise(y, 2.0, g), 80)
+    if name == "camera-jpeg95":
+        y = add_poisson_noise(x, 0.25, g)
+        return jpeg_compress(add_gaussian_noise(y, 1.0, g), 95)
     if name == "down2-jpeg30":
         small = resize(x, (round(h / 2), round(w / 2)), "bicubic").clamp(0, 1)
         return resize(jpeg_compress(small, 30), (h, w), "bicubic").clamp(0, 1)
     if name == "gray-noise10":
         return add_gaussian_noise(x, 10.0, g, gray=True)
-    raise ConfigError(f"unknown OOD degradation {name!r}")
+    raise ConfigError(f"unknown OOD or mild degradation {name!r}")
 
 
 def degrade(clean: np.ndarray, name: str, key: str, seed: int, scale: int = 1) -> Degraded:
@@ -133,8 +161,8 @@ def degrade(clean: np.ndarray, name: str, key: str, seed: int, scale: int = 1) -
 
     Args:
         clean: the clean photo.
-        name: a preset, an :data:`OOD` name or ``second-order-K`` (the K-th seeded sample,
-            the same for every photo).
+        name: a preset, an :data:`OOD` or :data:`MILD` name or ``second-order-K`` (the K-th
+            seeded sample, the same for every photo).
         key: the photo's stable name; the noise seed is ``image_seed(seed, f"{key}|{name}")``.
         seed: the run's base seed.
         scale: resolution loss of the output (1, 2 or 4): presets lose it after their blur
@@ -155,9 +183,9 @@ def degrade(clean: np.ndarray, name: str, key: str, seed: int, scale: int = 1) -
         deg = dist.sample(torch.Generator().manual_seed(image_seed(seed, name)))
         return Degraded(clean, _to_uint8(apply(to_tensor(clean), deg)), None)
     item_seed = image_seed(seed, f"{key}|{name}")
-    if name in OOD:
+    if name in OOD or name in MILD:
         if scale != 1:
-            raise ConfigError(f"{name}: the OOD degradations keep the size (scale 1 only)")
+            raise ConfigError(f"{name}: the OOD and mild degradations keep the size (scale 1 only)")
         x = to_tensor(clean)
         if name == "gray-noise10":
             x = rgb_to_gray(x).expand(-1, 3, -1, -1)
@@ -167,7 +195,7 @@ def degrade(clean: np.ndarray, name: str, key: str, seed: int, scale: int = 1) -
             if name == "motion9-noise5"
             else _OOD_TRUTH.get(name)
         )
-        return Degraded(clean, _to_uint8(_ood(name, x, item_seed)), truth)
+        return Degraded(clean, _to_uint8(_named(name, x, item_seed)), truth)
     deg = Degradation.from_preset(name, item_seed)
     if scale == 1:
         return Degraded(clean, _to_uint8(apply(to_tensor(clean), deg)), deg)
