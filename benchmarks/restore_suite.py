@@ -91,7 +91,11 @@ def main() -> int:
             out = np.asarray(Image.open(args.work / mode / name).convert("RGB"))
             report = json.loads((args.work / mode / f"{name}.json").read_text())
             row[mode] = min(psnr(it.clean, out), 99.0)
-            row[f"{mode}_fallback"] = [f["region"] for f in report["scene"]["fallback"]]
+            fallbacks = report["scene"]["fallback"]
+            row[f"{mode}_fallback"] = [f["region"] for f in fallbacks]
+            row[f"{mode}_kept"] = any(
+                f["reason"].startswith("nothing to restore") for f in fallbacks
+            )
             row[f"{mode}_source"] = report["degradation"]["source"]
         deg = json.loads((args.work / "code" / f"{name}.json").read_text())["degradation"]
         row["reading"] = {k: deg[k] for k in READING} | {
@@ -102,18 +106,22 @@ def main() -> int:
     for row in rows:
         by[row["degradation"]].append(row)
     table = {}
-    print("| preset (items; scene) | input | blind | code | worse: blind / code | fallbacks |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| preset (items; scene) | input | blind | code | worse: blind / code | fallbacks | kept |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for deg, rs in by.items():
         variants = ("input", "blind", "code")
         mean = {k: float(np.mean([r[k] for r in rs])) for k in variants}
         worse = {k: sum(r[k] < r["input"] - 0.005 for r in rs) for k in variants[1:]}
         fell = sum(bool(r["code_fallback"]) for r in rs)
+        kept = sum(r["code_kept"] for r in rs)
         scene = sum(r["code_source"] == "scene" for r in rs)
         table[deg] = {"psnr": mean, "worse_than_input": worse, "fallbacks": fell, "scene": scene}
+        table[deg]["kept"] = kept
         cells = " | ".join(f"{mean[k]:.2f}" for k in variants)
         w = " / ".join(str(worse[k]) for k in variants[1:])
-        print(f"| {deg} ({len(rs)}; {scene}) | {cells} | {w} | {fell} |")
+        print(f"| {deg} ({len(rs)}; {scene}) | {cells} | {w} | {fell} | {kept} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"table": table, "rows": rows}, indent=1))
     return 0
