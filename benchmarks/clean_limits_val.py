@@ -7,10 +7,12 @@ whose reading is under it back as its input. Scored per grid point over the degr
 worse than their input. The choice keeps every clean photo and maximises the mean gain (ties:
 fewer items worse, then the tighter limits)::
 
+    R=benchmarks/results/clean-limits-val
     python benchmarks/restore_suite.py runs/val-photos --suite mild --second-order 0 \\
-        --work runs/rs-val-mild --out runs/mild/base-val-mild.json   # and ood, standard
-    python benchmarks/clean_limits_val.py runs/mild/base-val-{mild,ood,standard}.json \\
-        --out benchmarks/results/clean-limits-val/choice.json
+        --without-clean-limits --work runs/cl-val-mild-base --out $R/restore-val-mild-unkept.json
+    # the same for --suite ood and --suite standard (--second-order 1)
+    python benchmarks/clean_limits_val.py $R/restore-val-{mild,ood,standard}-unkept.json \\
+        --out $R/choice.json
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.noise_level import NoiseCurve
+from face2scene_cli.restorers.guard import CleanLimits, nothing_to_restore
 
 NOISE = (1.0, 1.5, 2.0, 2.5, 3.0)
 BLUR = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4, 1.6)
 JPEG = (50.0, 60.0, 70.0, 80.0, 85.0, 90.0, 95.0, 101.0)  # 101: a JPEG read is never kept
 
 
-def kept(reading: dict, noise: float, blur: float, jpeg: float) -> bool:
-    """Whether a reading is under the limits (as ``guard.nothing_to_restore`` decides)."""
-    n = max(reading["noise_sigma"], reading["noise_curve_read"] or 0.0)
-    if n >= noise or reading["blur_sigma_px"] >= blur:
-        return False
-    is_jpeg = reading["jpeg_probability"] >= 0.5
-    return not is_jpeg or reading["jpeg_quality"] >= jpeg
+def kept(reading: dict, limits: CleanLimits) -> bool:
+    """Whether ``f2s restore`` keeps a photo of this reading (``restore_suite.py``'s record)."""
+    curve = NoiseCurve((), (), reading["noise_curve_read"] or 0.0, 0.0)
+    return nothing_to_restore(Estimate.from_dict(reading), curve, limits) is not None
 
 
 def score(rows: list[dict], limits: tuple[float, float, float] | None) -> dict:
@@ -39,7 +45,7 @@ def score(rows: list[dict], limits: tuple[float, float, float] | None) -> dict:
     kept (all rows), for ``limits`` (None: none kept)."""
     gains, worse, n_kept, lost, saved, clean = [], 0, 0, 0, 0, 0
     for r in rows:
-        keep = limits is not None and kept(r["reading"], *limits)
+        keep = limits is not None and kept(r["reading"], CleanLimits(*limits))
         n_kept += keep
         if r["degradation"] == "clean":
             clean += keep

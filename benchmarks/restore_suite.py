@@ -8,7 +8,7 @@ are)::
 
     f2s data export val runs/val-photos
     python benchmarks/restore_suite.py runs/val-photos --suite ood --work runs/restore-suite-val \\
-        --out benchmarks/results/scene-crops-val/restore-val-ood.json
+        --out benchmarks/results/clean-limits-val/restore-val-ood.json
 
 ``--without-clean-limits`` runs a copy of the scene model without its ``guard.clean`` limits
 (every photo restored), the input of ``benchmarks/clean_limits_val.py``.
