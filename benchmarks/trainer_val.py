@@ -28,6 +28,7 @@ from face2scene_cli.research.train.scene_data import build_val_items, evaluate_i
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
+from face2scene_cli.zoo import model_location
 
 
 def main() -> int:
@@ -46,11 +47,8 @@ def main() -> int:
             it.z = fadex.encode_pair(it.face_lq, it.face_hq)
     out = {}
     for name in args.models:
-        folder = Path(name)
-        if (folder / "metadata.json").is_file():
-            loaded = load_scene_restorer(folder.name, root=folder.parent)
-        else:
-            loaded = load_scene_restorer(name)
+        model, root = model_location(name)
+        loaded = load_scene_restorer(model, root=root)
         fp32 = SceneRestorer(loaded.net, RestoreSettings(color_fix="none"), loaded.mapnet, "cpu")
         with torch.inference_mode():
             table = evaluate_items(fp32, items, "code")

@@ -264,6 +264,15 @@ def unpinned_files(folder: Path, pinned: set[str]) -> list[str]:
     return found
 
 
+def model_location(model: str) -> tuple[str, Path | None]:
+    """``(name, root)`` for :func:`find_model`: a zoo name as is, a model folder (holding a
+    ``metadata.json``) as its name in its parent folder."""
+    folder = Path(model)
+    if (folder / METADATA_NAME).is_file():
+        return folder.name, folder.parent
+    return model, None
+
+
 def find_model(name: str, root: Path | None = None) -> ModelInfo:
     """Model ``name``'s metadata, its files not yet verified (for what the metadata says:
     its task, or the name and sha256 of a model a loader has already verified).

@@ -384,13 +384,18 @@ class DegradationReader:
             refs = [_as_channels(c.references or [], c.lq.shape[0]) for c in chunk]
         if any(c.reference_embeddings is not None for c in chunk):
             extra["reference_embeddings"] = [c.reference_embeddings for c in chunk]
-        restorer = self.scene_restorer if chunk[0].face is None else self.restorer
+        restorer = self._restorer_for(chunk[0])  # a chunk holds faces or scene crops, not both
         out = restorer.restore(torch.stack([c.lq for c in chunk]), refs, **extra)
         used = out.references_used
         for j, crop in enumerate(chunk):
             crop.confidence = float(out.confidence[j])
             crop.references_used = None if used is None else int(used[j])
         return out.hq.detach().float().cpu().clamp(0.0, 1.0)
+
+    def _restorer_for(self, crop: _Crop) -> FaceRestorer:
+        """The Stage I restorer of a crop: the face restorer, or the blind one for scene
+        crops (as the scene trainer restores them)."""
+        return self.scene_restorer if crop.face is None else self.restorer
 
     def _fadex(self, chunk: list[_Crop], hq: torch.Tensor) -> list[CropDegradation]:
         lq = torch.stack([c.lq for c in chunk])
@@ -406,18 +411,15 @@ class DegradationReader:
                 "lq": lq[j : j + 1],
                 "hq": hq[j : j + 1],
                 "z": out.z[j : j + 1].cpu(),
+                "restorer": self._restorer_for(c).method,
             }
             if c.face is None:
-                restorer = self.scene_restorer.method
-                readings.append(
-                    CropDegradation(weight=max(c.confidence, 1e-6), restorer=restorer, **common)
-                )
+                readings.append(CropDegradation(weight=max(c.confidence, 1e-6), **common))
                 continue
             weight = c.confidence * c.face.score * min(1.0, c.face.size / 64.0)
             readings.append(
                 FaceDegradation(
                     weight=max(weight, 1e-6),
-                    restorer=self.restorer.method,
                     face=c.face,
                     references_used=c.references_used,
                     **common,

@@ -54,7 +54,7 @@ from face2scene_cli.restorers.guard import (
 from face2scene_cli.restorers.loading import load_fadex
 from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_scene_restorer
 from face2scene_cli.restorers.upscaler import UPSCALER_TASK, UpscaleRestorer, load_upscale_restorer
-from face2scene_cli.zoo import ModelInfo, find_model
+from face2scene_cli.zoo import ModelInfo, find_model, model_location
 
 
 def resolve_face_restorer(name: str, with_references: bool) -> str:
@@ -156,7 +156,7 @@ class Face2ScenePipeline:
             missing or its files do not match their metadata.
         """
         cfg = RestoreConfig(**settings, **({"scene_model": scene_model} if scene_model else {}))
-        scene_ref = _zoo_ref(scene_model) if scene_model else None
+        scene_ref = model_location(scene_model) if scene_model else None
         scene: SceneRestorer | UpscaleRestorer | None = None
         if scene_ref is not None and find_model(*scene_ref).task == UPSCALER_TASK:
             scene = load_upscale_restorer(scene_ref[0], device=cfg.device, root=scene_ref[1])
@@ -573,12 +573,3 @@ def aligned_face_pairs(
         lq, hq = aligner.align(colour, f.face).crop, aligner.align(canvas, f.face).crop
         pairs.append((lq.reshape(size, size, -1), hq.reshape(size, size, -1)))
     return pairs
-
-
-def _zoo_ref(model: str) -> tuple[str, Path | None]:
-    """``(name, root)`` for :func:`~face2scene_cli.zoo.find_model`: a zoo name as is, a
-    model folder (holding a ``metadata.json``) as its name in its parent folder."""
-    folder = Path(model)
-    if (folder / "metadata.json").is_file():
-        return folder.name, folder.parent
-    return model, None
