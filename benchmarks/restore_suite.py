@@ -11,7 +11,8 @@ are)::
         --out benchmarks/results/clean-limits-val/restore-val-ood.json
 
 ``--without-clean-limits`` runs a copy of the scene model without its ``guard.clean`` limits
-(every photo restored), the input of ``benchmarks/clean_limits_val.py``.
+(every photo restored), the input of ``benchmarks/clean_limits_val.py`` (which reads only the
+``code`` run: ``--no-blind`` skips the other).
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ sys.path.insert(0, str(ROOT))
 from face2scene_cli.config import EvalConfig  # noqa: E402
 from face2scene_cli.research.eval.items import degraded_items  # noqa: E402
 from face2scene_cli.research.metrics import psnr  # noqa: E402
-from face2scene_cli.zoo import find_model, write_metadata  # noqa: E402
+from face2scene_cli.zoo import find_model, model_location, write_metadata  # noqa: E402
 
 MODES = {"code": [], "blind": ["--blind"]}
 READING = ("noise_sigma", "blur_sigma_px", "jpeg_quality", "jpeg_probability", "downscale")
 
 
 def without_clean_limits(name: str, work: Path) -> Path:
-    """A copy of zoo model ``name`` under ``work`` without ``guard.clean`` (re-pinned)."""
-    info = find_model(name)
-    folder = work / "models" / name
+    """A copy of scene model ``name`` (zoo name or model folder) under ``work`` without
+    ``guard.clean`` (re-pinned)."""
+    info = find_model(*model_location(name))
+    folder = work / "models" / info.folder.name
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(info.folder, folder)
     settings = json.loads((folder / "scene.json").read_text())
@@ -63,6 +65,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, required=True, help="degraded inputs and outputs")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--without-clean-limits", action="store_true", help="restore every photo")
+    ap.add_argument("--no-blind", action="store_true", help="skip the --blind run")
     args = ap.parse_args()
     model = args.scene_model
     if args.without_clean_limits:
@@ -79,7 +82,8 @@ def main() -> int:
         Image.fromarray(it.lq).save(inputs / name)
         named[name] = it
     f2s = [sys.executable, "-m", "face2scene_cli", "restore", str(inputs), "-q", "--threads", "2"]
-    for mode, extra in MODES.items():
+    modes = {m: extra for m, extra in MODES.items() if m != "blind" or not args.no_blind}
+    for mode, extra in modes.items():
         out = args.work / mode
         cmd = [*f2s, "--out", str(out), "--scene-model", model, *extra]
         subprocess.run(cmd, check=False)  # exit 1 when a photo failed: its report says why
@@ -87,7 +91,7 @@ def main() -> int:
     for name, it in named.items():
         row = {"image": it.name, "degradation": it.degradation}
         row["input"] = min(psnr(it.clean, it.lq), 99.0)
-        for mode in MODES:
+        for mode in modes:
             out = np.asarray(Image.open(args.work / mode / name).convert("RGB"))
             report = json.loads((args.work / mode / f"{name}.json").read_text())
             row[mode] = min(psnr(it.clean, out), 99.0)
@@ -106,12 +110,13 @@ def main() -> int:
     for row in rows:
         by[row["degradation"]].append(row)
     table = {}
+    variants = ("input", *reversed(modes))
     print(
-        "| preset (items; scene) | input | blind | code | worse: blind / code | fallbacks | kept |"
+        f"| preset (items; scene) | {' | '.join(variants)} | worse: {' / '.join(variants[1:])} "
+        "| fallbacks | kept |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|" + "---|" * (len(variants) + 3))
     for deg, rs in by.items():
-        variants = ("input", "blind", "code")
         mean = {k: float(np.mean([r[k] for r in rs])) for k in variants}
         worse = {k: sum(r[k] < r["input"] - 0.005 for r in rs) for k in variants[1:]}
         fell = sum(bool(r["code_fallback"]) for r in rs)

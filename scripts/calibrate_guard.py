@@ -34,7 +34,7 @@ from face2scene_cli.research.eval.items import split_sources
 from face2scene_cli.research.eval.suites import SUITES, degrade
 from face2scene_cli.research.metrics import psnr
 from face2scene_cli.restorers.guard import GuardSettings, consistency_residual
-from face2scene_cli.zoo import find_model, read_model_info, write_metadata
+from face2scene_cli.zoo import find_model, model_location, read_model_info, write_metadata
 
 
 def _fit(img: np.ndarray, long_side: int) -> np.ndarray:
@@ -136,8 +136,7 @@ def calibrate(rows: list[dict], lowpass_sigma: float, margin: float) -> dict:
 
 def write_guard(model: str, guard: dict) -> Path:
     """Store ``guard`` in the model folder's ``scene.json`` and re-pin its metadata."""
-    info = find_model(model) if not Path(model, "metadata.json").is_file() else None
-    folder = info.folder if info else Path(model)
+    folder = find_model(*model_location(model)).folder
     scene_json = folder / "scene.json"
     settings = json.loads(scene_json.read_text(encoding="utf-8"))
     settings["guard"] = guard
