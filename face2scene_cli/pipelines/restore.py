@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -271,7 +272,7 @@ class Face2ScenePipeline:
                 t[key] = stage_times[key] * (n / total if total else 1 / len(images))
         for colour, reading, t in zip(colours, readings, timings, strict=True):
             t0 = time.perf_counter()
-            reading.noise_curve = estimate_noise_curve(to_tensor(colour)[0])
+            reading.noise_curve = estimate_noise_curve(_levels(colour))
             t["noise"] = time.perf_counter() - t0
         return found, readings, timings
 
@@ -315,8 +316,7 @@ class Face2ScenePipeline:
         t1 = time.perf_counter()
         tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
         retries = self.scene.fp32_retries
-        lq = to_tensor(colour)
-        restored, check, fallbacks = self._restore_scene(lq, reading, tokens, tile, precision)
+        out, check, fallbacks = self._restore_scene(colour, reading, tokens, tile, precision)
         scene_run = {
             "tile": tile,
             "precision": precision,
@@ -324,7 +324,6 @@ class Face2ScenePipeline:
             "check": None if check is None else check.to_report(),
             "fallback": [f.to_report() for f in fallbacks],
         }
-        out = from_tensor(restored, colour.dtype)
         t2 = time.perf_counter()
         timings.update({"mapnet": t1 - t0, "scene": t2 - t1})
         if cfg.paste_faces and reading.faces:
@@ -346,41 +345,42 @@ class Face2ScenePipeline:
 
     def _restore_scene(
         self,
-        lq: torch.Tensor,
+        colour: np.ndarray,
         reading: ImageDegradation,
         tokens: torch.Tensor | None,
         tile: int | None,
         precision: str,
-    ) -> tuple[torch.Tensor, ConsistencyCheck | None, list[Fallback]]:
+    ) -> tuple[np.ndarray, ConsistencyCheck | None, list[Fallback]]:
         """The scene restored on ``tokens`` (None: blind) and checked against the reading,
-        with its fallbacks applied; the input itself where the reading says there is nothing
-        to restore (at scale 1).
+        with its fallbacks applied; ``colour`` itself, not converted, where the reading says
+        there is nothing to restore (at scale 1).
+
+        Args:
+            colour: the input's pixels without alpha, (H, W, C) uint8/uint16, C in {1, 3}.
 
         Returns:
-            The output :math:`(1, C, sH, sW)` in [0, 1], the check (None when not run) and the
-            fallbacks taken.
+            The output (sH, sW, C) with ``colour``'s dtype, the check (None when not run) and
+            the fallbacks taken.
         """
         scale = self.config.scale
         guard = self.scene.guard
         estimate = None if tokens is None else reading.estimates
-        if guard is None or estimate is None:
-            return (
-                self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=scale),
-                None,
-                [],
-            )
-        if guard.clean is not None and scale == 1:
+        check, fallbacks = None, []
+        if guard is not None and estimate is not None and guard.clean is not None and scale == 1:
             kept = nothing_to_restore(estimate, reading.noise_curve, guard.clean)
             if kept is not None:
-                return lq, None, [kept]
+                return colour, None, [kept]
+        lq = to_tensor(colour)
         restored = self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=scale)
-        boxes = {f.index: f.crop_box for f in reading.faces}
-        check, fallbacks = check_restoration(lq, restored, estimate, list(boxes.items()), guard)
-        if fallbacks and not reading.faces:  # a scene-crop code failed: the null code instead
-            fallbacks = [dataclasses.replace(f, to="blind") for f in fallbacks]
-            restored = self.scene.restore(lq, None, tile=tile, precision=precision, scale=scale)
-            return restored, check, fallbacks
-        return apply_fallbacks(restored, lq, fallbacks, boxes), check, fallbacks
+        if guard is not None and estimate is not None:
+            boxes = {f.index: f.crop_box for f in reading.faces}
+            check, fallbacks = check_restoration(lq, restored, estimate, list(boxes.items()), guard)
+            if fallbacks and not reading.faces:  # a scene-crop code failed: the null code
+                fallbacks = [dataclasses.replace(f, to="blind") for f in fallbacks]
+                restored = self.scene.restore(lq, None, tile=tile, precision=precision, scale=scale)
+            else:
+                restored = apply_fallbacks(restored, lq, fallbacks, boxes)
+        return from_tensor(restored, colour.dtype), check, fallbacks
 
     def _blind_warnings(self, reading: ImageDegradation) -> list[str]:
         """Why the scene restorer ran blind on an image (nothing when its code was used)."""
@@ -487,6 +487,16 @@ def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if pixels.shape[-1] == 4:
         return pixels[..., :3], pixels[..., 3:]
     return pixels, None
+
+
+def _levels(colour: np.ndarray) -> torch.Tensor:
+    """(C, H, W) of (H, W, C) pixels for :func:`estimate_noise_curve`: a view of uint8
+    pixels (8-bit levels, not copied), 16-bit ones scaled to [0, 1]."""
+    if colour.dtype == np.uint8:
+        with warnings.catch_warnings():  # decoded arrays may be read-only: the curve only reads
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(colour).permute(2, 0, 1)
+    return to_tensor(colour)[0]
 
 
 def _resize_to(pixels: np.ndarray, size: tuple[int, ...], interpolation: int) -> np.ndarray:
