@@ -3,8 +3,9 @@
 Unlike ``f2s eval``'s ``code`` column (the network's output), this runs the command, with its
 consistency check and fallbacks, once as is and once with ``--blind``, and scores both against
 the clean photos, with each item's reading (for ``benchmarks/clean_limits_val.py``). Per
-preset: mean PSNR, items worse than their input, photos that fell back (or were kept as they
-are)::
+preset: mean PSNR, items worse than their input (the whole photo, and the face region of the
+photos with a face: the faces detected on the clean photo, as ``f2s eval``), photos that fell
+back (or were kept as they are)::
 
     f2s data export val runs/val-photos
     python benchmarks/restore_suite.py runs/val-photos --suite ood --work runs/restore-suite-val \\
@@ -32,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from face2scene_cli.config import EvalConfig  # noqa: E402
+from face2scene_cli.faces.detect import create_detector  # noqa: E402
 from face2scene_cli.research.eval.items import degraded_items  # noqa: E402
+from face2scene_cli.research.eval.scene import face_mask  # noqa: E402
 from face2scene_cli.research.metrics import psnr  # noqa: E402
 from face2scene_cli.zoo import find_model, model_location, write_metadata  # noqa: E402
 
@@ -54,6 +57,13 @@ def without_clean_limits(name: str, work: Path) -> Path:
     meta.pop("files")
     write_metadata(folder, meta)
     return folder
+
+
+def _scores(clean: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> tuple[float, ...]:
+    """PSNR of ``out`` on the whole photo and on the face region (None without a face), dB,
+    99 for identical pixels."""
+    whole = min(psnr(clean, out), 99.0)
+    return whole, None if mask is None else min(psnr(clean, out, mask=mask), 99.0)
 
 
 def main() -> int:
@@ -87,14 +97,19 @@ def main() -> int:
         out = args.work / mode
         cmd = [*f2s, "--out", str(out), "--scene-model", model, *extra]
         subprocess.run(cmd, check=False)  # exit 1 when a photo failed: its report says why
+    detector = create_detector()
+    masks = {}  # the face region, as f2s eval's: the faces detected on the clean photo
     rows = []
     for name, it in named.items():
+        if it.name not in masks:
+            masks[it.name] = face_mask(it.clean.shape, detector.detect([it.clean])[0])
+        mask = masks[it.name]
         row = {"image": it.name, "degradation": it.degradation}
-        row["input"] = min(psnr(it.clean, it.lq), 99.0)
+        row["input"], row["face_input"] = _scores(it.clean, it.lq, mask)
         for mode in modes:
             out = np.asarray(Image.open(args.work / mode / name).convert("RGB"))
             report = json.loads((args.work / mode / f"{name}.json").read_text())
-            row[mode] = min(psnr(it.clean, out), 99.0)
+            row[mode], row[f"face_{mode}"] = _scores(it.clean, out, mask)
             fallbacks = report["scene"]["fallback"]
             row[f"{mode}_fallback"] = [f["region"] for f in fallbacks]
             row[f"{mode}_kept"] = any(
@@ -113,20 +128,23 @@ def main() -> int:
     variants = ("input", *reversed(modes))
     print(
         f"| preset (items; scene) | {' | '.join(variants)} | worse: {' / '.join(variants[1:])} "
-        "| fallbacks | kept |"
+        "| face region worse: code | fallbacks | kept |"
     )
-    print("|---|" + "---|" * (len(variants) + 3))
+    print("|---|" + "---|" * (len(variants) + 4))
     for deg, rs in by.items():
         mean = {k: float(np.mean([r[k] for r in rs])) for k in variants}
         worse = {k: sum(r[k] < r["input"] - 0.005 for r in rs) for k in variants[1:]}
         fell = sum(bool(r["code_fallback"]) for r in rs)
         kept = sum(r["code_kept"] for r in rs)
         scene = sum(r["code_source"] == "scene" for r in rs)
+        with_face = [r for r in rs if r["face_input"] is not None]
+        face_worse = sum(r["face_code"] < r["face_input"] - 0.005 for r in with_face)
         table[deg] = {"psnr": mean, "worse_than_input": worse, "fallbacks": fell, "scene": scene}
-        table[deg]["kept"] = kept
+        table[deg] |= {"kept": kept, "face_region_worse": face_worse, "with_face": len(with_face)}
         cells = " | ".join(f"{mean[k]:.2f}" for k in variants)
         w = " / ".join(str(worse[k]) for k in variants[1:])
-        print(f"| {deg} ({len(rs)}; {scene}) | {cells} | {w} | {fell} | {kept} |")
+        f = f"{face_worse} of {len(with_face)}"
+        print(f"| {deg} ({len(rs)}; {scene}) | {cells} | {w} | {f} | {fell} | {kept} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"table": table, "rows": rows}, indent=1))
     return 0
