@@ -445,6 +445,7 @@ EVAL_VARIANTS: tuple[str, ...] = (
     "realesrgan",
     "blind",
     "code",
+    "restore",
     "upper",
     "wrong",
 )

@@ -182,6 +182,34 @@ def test_eval_numbers_match_an_independent_computation(clean_dir: Path, tmp_path
     assert (out / "grid-worst.png").is_file() and (out / "oracle-cache.json").is_file()
 
 
+def test_restore_variant_is_what_f2s_restore_writes(clean_dir: Path, tmp_path: Path) -> None:
+    """``restore`` gives a photo read as clean back as it is (the network's ``code`` output
+    alters it: 54-55 dB on these crops) and restores a noisy one like ``code`` does, unless
+    the check falls back; each item says which."""
+    out = tmp_path / "out"
+    args = ["--preset", "clean", "--preset", "noise15", "--seed", str(SEED)]
+    args += ["--second-order", "0", "--variants", "input,code,restore"]
+    res = run_f2s("eval", clean_dir, "--out", out, "--quiet", "--threads", "1", *args)
+    assert res.returncode == 0, res.stderr
+    table = json.loads((out / "results.json").read_text())
+    assert len(table["items"]) == 2 * len(CROPS)
+    kept = []
+    for row in table["items"]:
+        v, fallback = row["variants"], row["restore_fallback"]
+        assert v["code"]["psnr"] is not None and v["code"]["psnr"] < 70  # never exact
+        if any(f["reason"].startswith("nothing to restore") for f in fallback):
+            kept.append((row["image"], row["degradation"]))
+            assert len(fallback) == 1 and fallback[0]["to"] == "input"
+            assert v["restore"]["psnr"] == v["input"]["psnr"]  # None: identical to clean
+        elif not fallback:
+            assert v["restore"]["psnr"] == pytest.approx(v["code"]["psnr"], abs=0.01)
+        if row["degradation"] == "noise15":
+            assert v["restore"]["psnr"] > v["input"]["psnr"] + 3, (row["image"], v)
+    # measured: t1 reads clean (FaDeX noise 0.0, its noise curve 0.6); the 112 px astronaut
+    # crop's noise curve reads its texture over the 2/255 limit, so it is restored
+    assert ("t1.png", "clean") in kept and all(d == "clean" for _, d in kept), kept
+
+
 def test_eval_paired_folder(clean_dir: Path, tmp_path: Path) -> None:
     pairs = tmp_path / "pairs"
     (pairs / "degraded").mkdir(parents=True)
@@ -206,7 +234,7 @@ def test_eval_paired_folder(clean_dir: Path, tmp_path: Path) -> None:
         assert row["variants"]["input"]["psnr"] == pytest.approx(expected[key], abs=1e-6)
         # one degradation per image: no wrong-code control; every other variant by default
         assert set(row["variants"]) == {
-            *("input", "nlm", "usm", "realesrgan", "blind", "code", "upper")
+            *("input", "nlm", "usm", "realesrgan", "blind", "code", "restore", "upper")
         }
     assert table["nlm_h"] == {"paired": 5}
     # Real-ESRGAN x4plus as users run it (x4, area-resized back to x1), recomputed here

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
@@ -65,3 +66,20 @@ def test_a_gray_photo_and_bad_shapes() -> None:
     assert curve.read == pytest.approx(8.0, rel=0.1)
     with pytest.raises(ValueError):
         estimate_noise_curve(torch.rand(3, 8, 8))
+
+
+def test_decoded_pixels_read_like_their_tensor() -> None:
+    """(H, W, C) uint8 pixels (read in place, even read-only) and uint16 ones read as the
+    (C, H, W) tensor of the same values."""
+    g = torch.Generator().manual_seed(4)
+    noisy = _u8(add_poisson_noise(_photo("coffee"), 0.5, g))[0]
+    u8 = (noisy * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    u8.setflags(write=False)
+    want = estimate_noise_curve(noisy)
+    for pixels in (u8, u8.astype(np.uint16) * 257):
+        got = estimate_noise_curve(pixels)
+        assert got.sigma == pytest.approx(want.sigma, abs=1e-3)
+        assert got.read == pytest.approx(want.read, abs=1e-3)
+        assert got.shot == pytest.approx(want.shot, abs=1e-4)
+    with pytest.raises(ValueError):
+        estimate_noise_curve(u8.astype(np.float32))

@@ -16,9 +16,11 @@ more than 5% clipped pixels (0 or 255: clipping removes noise) are left out.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,6 +69,20 @@ class NoiseCurve:
         }
 
 
+def _channels_first(pixels: np.ndarray) -> Tensor:
+    """(C, H, W) of (H, W, C) pixels: a view of 8-bit ones, 16-bit ones scaled to [0, 1]."""
+    if pixels.ndim != 3:
+        raise ValueError(f"pixels must be (H, W, C), got shape {pixels.shape}")
+    if pixels.dtype == np.uint8:
+        with warnings.catch_warnings():  # decoded arrays may be read-only: only read here
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(pixels).permute(2, 0, 1)
+    if pixels.dtype == np.uint16:
+        scaled = pixels.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 65535)
+        return torch.from_numpy(scaled)
+    raise ValueError(f"pixels must be uint8 or uint16, got {pixels.dtype}")
+
+
 def _block_sigmas(x: Tensor, block: int, max_blocks: int) -> tuple[Tensor, Tensor]:
     """Per block of ``x`` (C, H, W) (uint8 levels, or float in [0, 1]): (mean level, Immerkær
     sigma) in 8-bit units, blocks with few clipped pixels only, on a regular subset of at most
@@ -110,14 +126,19 @@ def _fit(levels: Tensor, var: Tensor, weight: Tensor) -> tuple[float, float]:
 
 
 def estimate_noise_curve(
-    image: Tensor, bands: int = 8, block: int = 16, min_blocks: int = 12, max_blocks: int = 2048
+    image: Tensor | np.ndarray,
+    bands: int = 8,
+    block: int = 16,
+    min_blocks: int = 12,
+    max_blocks: int = 2048,
 ) -> NoiseCurve:
     r"""Read the noise level per brightness band of a photo.
 
     Args:
         image: :math:`(C, H, W)`, uint8 levels or float in [0, 1] (decoded 8-bit values /
-            255), C in {1, 3}, at its native resolution (any resampling changes the noise); a
-            channels-last view of the decoded array will do (only the blocks read are copied).
+            255), or the decoded pixels (H, W, C) uint8/uint16; C in {1, 3}, at its native
+            resolution (any resampling changes the noise). 8-bit pixels are read in place
+            (only the blocks read are copied).
         bands: brightness bands across 0-255.
         block: block side, px.
         min_blocks: blocks a band needs for an estimate.
@@ -126,6 +147,8 @@ def estimate_noise_curve(
     Returns:
         :class:`NoiseCurve`; with no band estimated, ``read`` and ``shot`` are 0.
     """
+    if isinstance(image, np.ndarray):
+        image = _channels_first(image)
     if image.ndim != 3 or image.shape[0] not in (1, 3) or min(image.shape[1:]) < block:
         raise ValueError(f"image must be (C, H>={block}, W>={block}), C in {{1, 3}}")
     mean, sigma = _block_sigmas(image.detach().cpu(), block, max_blocks)

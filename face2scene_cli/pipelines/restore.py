@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from face2scene_cli.restorers.face.base import FaceRestorer
 from face2scene_cli.restorers.guard import (
     ConsistencyCheck,
     Fallback,
+    GuardSettings,
     apply_fallbacks,
     check_restoration,
     noise_outside_training,
@@ -272,7 +273,7 @@ class Face2ScenePipeline:
                 t[key] = stage_times[key] * (n / total if total else 1 / len(images))
         for colour, reading, t in zip(colours, readings, timings, strict=True):
             t0 = time.perf_counter()
-            reading.noise_curve = estimate_noise_curve(_levels(colour))
+            reading.noise_curve = estimate_noise_curve(colour)
             t["noise"] = time.perf_counter() - t0
         return found, readings, timings
 
@@ -316,7 +317,15 @@ class Face2ScenePipeline:
         t1 = time.perf_counter()
         tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
         retries = self.scene.fp32_retries
-        out, check, fallbacks = self._restore_scene(colour, reading, tokens, tile, precision)
+        scale = cfg.scale
+        out, check, fallbacks = restore_checked(
+            colour,
+            reading,
+            tokens,
+            self.scene.guard,
+            scale,
+            lambda x, t: self.scene.restore(x, t, tile=tile, precision=precision, scale=scale),
+        )
         scene_run = {
             "tile": tile,
             "precision": precision,
@@ -342,45 +351,6 @@ class Face2ScenePipeline:
             + [_fallback_warning(f) for f in fallbacks],
             extras,
         )
-
-    def _restore_scene(
-        self,
-        colour: np.ndarray,
-        reading: ImageDegradation,
-        tokens: torch.Tensor | None,
-        tile: int | None,
-        precision: str,
-    ) -> tuple[np.ndarray, ConsistencyCheck | None, list[Fallback]]:
-        """The scene restored on ``tokens`` (None: blind) and checked against the reading,
-        with its fallbacks applied; ``colour`` itself, not converted, where the reading says
-        there is nothing to restore (at scale 1).
-
-        Args:
-            colour: the input's pixels without alpha, (H, W, C) uint8/uint16, C in {1, 3}.
-
-        Returns:
-            The output (sH, sW, C) with ``colour``'s dtype, the check (None when not run) and
-            the fallbacks taken.
-        """
-        scale = self.config.scale
-        guard = self.scene.guard
-        estimate = None if tokens is None else reading.estimates
-        check, fallbacks = None, []
-        if guard is not None and estimate is not None and guard.clean is not None and scale == 1:
-            kept = nothing_to_restore(estimate, reading.noise_curve, guard.clean)
-            if kept is not None:
-                return colour, None, [kept]
-        lq = to_tensor(colour)
-        restored = self.scene.restore(lq, tokens, tile=tile, precision=precision, scale=scale)
-        if guard is not None and estimate is not None:
-            boxes = {f.index: f.crop_box for f in reading.faces}
-            check, fallbacks = check_restoration(lq, restored, estimate, list(boxes.items()), guard)
-            if fallbacks and not reading.faces:  # a scene-crop code failed: the null code
-                fallbacks = [dataclasses.replace(f, to="blind") for f in fallbacks]
-                restored = self.scene.restore(lq, None, tile=tile, precision=precision, scale=scale)
-            else:
-                restored = apply_fallbacks(restored, lq, fallbacks, boxes)
-        return from_tensor(restored, colour.dtype), check, fallbacks
 
     def _blind_warnings(self, reading: ImageDegradation) -> list[str]:
         """Why the scene restorer ran blind on an image (nothing when its code was used)."""
@@ -475,6 +445,50 @@ class Face2ScenePipeline:
         return extras
 
 
+def restore_checked(
+    colour: np.ndarray,
+    reading: ImageDegradation,
+    tokens: torch.Tensor | None,
+    guard: GuardSettings | None,
+    scale: int,
+    run: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> tuple[np.ndarray, ConsistencyCheck | None, list[Fallback]]:
+    """What ``f2s restore`` makes of a photo: the scene restored on ``tokens`` (None: blind)
+    and checked against the reading, with its fallbacks applied; ``colour`` itself, not
+    converted, where the reading says there is nothing to restore (at scale 1).
+
+    Args:
+        colour: the input's pixels without alpha, (H, W, C) uint8/uint16, C in {1, 3}.
+        reading: its reading (estimates, noise curve, the faces' crop boxes).
+        tokens: the code's tokens, None for a blind restoration (no check then).
+        guard: the scene model's check and clean limits; None: no check.
+        scale: output size over input size.
+        run: the scene restorer, ``(lq (1, C, H, W) in [0, 1], tokens or None) -> (1, C, sH,
+            sW) in [0, 1]``.
+
+    Returns:
+        The output (sH, sW, C) with ``colour``'s dtype, the check (None when not run) and the
+        fallbacks taken.
+    """
+    estimate = None if tokens is None else reading.estimates
+    if guard is not None and estimate is not None and guard.clean is not None and scale == 1:
+        kept = nothing_to_restore(estimate, reading.noise_curve, guard.clean)
+        if kept is not None:
+            return colour, None, [kept]
+    lq = to_tensor(colour)
+    restored = run(lq, tokens)
+    check, fallbacks = None, []
+    if guard is not None and estimate is not None:
+        boxes = {f.index: f.crop_box for f in reading.faces}
+        check, fallbacks = check_restoration(lq, restored, estimate, list(boxes.items()), guard)
+        if fallbacks and not reading.faces:  # a scene-crop code failed: the null code instead
+            fallbacks = [dataclasses.replace(f, to="blind") for f in fallbacks]
+            restored = run(lq, None)
+        else:
+            restored = apply_fallbacks(restored, lq, fallbacks, boxes)
+    return from_tensor(restored, colour.dtype), check, fallbacks
+
+
 def _fallback_warning(fallback: Fallback) -> str:
     where = "the photo" if fallback.region == "photo" else f"face {fallback.face}"
     if fallback.to == "blind":
@@ -487,16 +501,6 @@ def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if pixels.shape[-1] == 4:
         return pixels[..., :3], pixels[..., 3:]
     return pixels, None
-
-
-def _levels(colour: np.ndarray) -> torch.Tensor:
-    """(C, H, W) of (H, W, C) pixels for :func:`estimate_noise_curve`: a view of uint8
-    pixels (8-bit levels, not copied), 16-bit ones scaled to [0, 1]."""
-    if colour.dtype == np.uint8:
-        with warnings.catch_warnings():  # decoded arrays may be read-only: the curve only reads
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            return torch.from_numpy(colour).permute(2, 0, 1)
-    return to_tensor(colour)[0]
 
 
 def _resize_to(pixels: np.ndarray, size: tuple[int, ...], interpolation: int) -> np.ndarray:

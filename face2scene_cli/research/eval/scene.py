@@ -16,7 +16,11 @@ Items (:mod:`~face2scene_cli.research.eval.items`) are clean photos degraded on 
 * ``code`` — as ``f2s restore``: faces detected on the DEGRADED image, each native crop
   restored by the Stage I restorer, FaDeX on the (crop, restored) pair, MapNet tokens weighted
   by confidence; an image without a detected face gets its code from scene crops
-  (``code_source: scene``), one too small for them is restored blind (``blind``);
+  (``code_source: scene``), one too small for them is restored blind (``blind``); the
+  network's output, without the check;
+* ``restore`` — what ``f2s restore`` writes: ``code`` behind the scene model's consistency
+  check and its fallbacks, and the input itself where the reading is under the model's
+  "nothing to restore" limits (the item's ``restore_fallback`` says which);
 * ``upper`` — FaDeX on the same crops paired with the CLEAN crops (upper bound of the code;
   scale 1 only);
 * ``wrong`` — the code of the same image under ANOTHER degradation (control: should hurt);
@@ -54,12 +58,14 @@ import torch
 
 from face2scene_cli.config import EVAL_VARIANTS, EvalConfig
 from face2scene_cli.degradations.estimate import Estimate
+from face2scene_cli.degradations.noise_level import estimate_noise_curve
 from face2scene_cli.degradations.ops import resize
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
 from face2scene_cli.io.images import atomic_write_bytes
 from face2scene_cli.io.tensors import to_tensor
-from face2scene_cli.pipelines.reading import DegradationReader
+from face2scene_cli.pipelines.reading import DegradationReader, ImageDegradation
+from face2scene_cli.pipelines.restore import restore_checked
 from face2scene_cli.research.eval.items import EvalItem
 from face2scene_cli.research.metrics import (
     perceptual_scores,
@@ -231,6 +237,7 @@ class _Reading:
     upper: torch.Tensor | None = None
     estimates: Estimate | None = None
     source: str = "blind"  # where the code was read: face, scene (crops) or blind (none)
+    image: ImageDegradation | None = None  # the whole reading, with the noise curve
 
 
 def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
@@ -239,14 +246,15 @@ def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
         return _Reading()
     faces = models.detector.detect([item.lq])[0]
     reading = models.reader.read(item.lq, faces)
+    reading.noise_curve = estimate_noise_curve(item.lq)
     read = reading.readings
     if not read or getattr(models.scene, "mapnet", None) is None:  # blind restorer
-        return _Reading(len(faces), estimates=reading.estimates)
+        return _Reading(len(faces), estimates=reading.estimates, image=reading)
     weights = [r.weight for r in read]
     code = models.scene.tokens_for_crops([r.z for r in read], weights)
     source = reading.source
     if item.lq.shape != item.clean.shape:  # no clean crop at the degraded image's scale
-        return _Reading(len(faces), code, None, reading.estimates, source)
+        return _Reading(len(faces), code, None, reading.estimates, source, reading)
     h, w = item.lq.shape[:2]
     z_upper = []
     with torch.inference_mode():
@@ -257,7 +265,7 @@ def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
             dev = models.reader.device
             z_upper.append(models.reader.fadex.encode_pair(lq.to(dev), clean.to(dev)).cpu())
     upper = models.scene.tokens_for_crops(z_upper, weights)
-    return _Reading(len(faces), code, upper, reading.estimates, source)
+    return _Reading(len(faces), code, upper, reading.estimates, source, reading)
 
 
 def _wrong_source(item: EvalItem, readings: dict[tuple[str, str], _Reading]) -> str | None:
@@ -336,8 +344,9 @@ def _outputs(
     models: EvalModels,
     cfg: EvalConfig,
     best: dict[str, dict[str, Any]],
-) -> dict[str, np.ndarray]:
-    """Every asked variant of one item, (H, W, 3) uint8 each."""
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]] | None]:
+    """Every asked variant of one item, (H, W, 3) uint8 each, and the ``restore`` variant's
+    fallbacks (None when it did not run)."""
     want = set(cfg.variants)
     outs = {("input" if cfg.scale == 1 else "bicubic"): base}
     if "nlm" in want:
@@ -354,7 +363,7 @@ def _outputs(
         outs["realesrgan"] = run(models.upscaler, None)
     scene = models.scene
     if scene is None:
-        return outs
+        return outs, None
     if "blind" in want or ("code" in want and reading.code is None):
         outs["blind"] = run(scene, None)
     if "code" in want:
@@ -365,7 +374,17 @@ def _outputs(
         outs["upper"] = run(scene, reading.upper)
     if "wrong" in want and reading.code is not None and wrong is not None:
         outs["wrong"] = run(scene, wrong.code)
-    return outs
+    if "restore" not in want or reading.image is None:
+        return outs, None
+    outs["restore"], _, fallbacks = restore_checked(
+        it.lq,
+        reading.image,
+        reading.code,
+        getattr(scene, "guard", None),
+        cfg.scale,
+        lambda lq, tokens: scene.restore(lq, tokens, tile=cfg.tile, scale=cfg.scale),
+    )
+    return outs, [f.to_report() for f in fallbacks]
 
 
 def evaluate(
@@ -431,7 +450,7 @@ def evaluate(
         ref = models.identity.embed(it.clean, faces) if models.identity and faces else None
         wrong_from = _wrong_source(it, readings)
         wrong = readings[(it.name, wrong_from)] if wrong_from is not None else None
-        outs = _outputs(it, base, rd, wrong, models, cfg, best)
+        outs, restore_fallback = _outputs(it, base, rd, wrong, models, cfg, best)
         scores = {}
         for v, out in outs.items():
             scores[v] = image_metrics(out, it.clean, mask)
@@ -445,6 +464,7 @@ def evaluate(
                 "faces_degraded": rd.faces_lq,
                 "code_source": rd.source,
                 "wrong_from": wrong_from if "wrong" in outs else None,
+                "restore_fallback": restore_fallback,
                 "truth": it.truth.to_dict() if it.truth else None,
                 "estimate": rd.estimates.to_dict() if rd.estimates else None,
                 "estimate_error": estimate_error(rd.estimates, it.truth),
