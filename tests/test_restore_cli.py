@@ -85,6 +85,25 @@ def test_restore_reads_faces_and_improves_the_photo(noisy_case, tmp_path: Path) 
     assert psnr(original, np.asarray(Image.open(out / "coffee-noisy.png"))) > psnr(original, lq) + 3
 
 
+def test_a_kept_photo_gets_no_pasted_face(tmp_path: Path) -> None:
+    """--paste-faces leaves a photo read as clean as it is: its face is read (the reading
+    keeps it), and the Stage I face is not blended in (it would alter the photo)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    face = Image.fromarray(_photo("insightface/t1")).crop((820, 0, 1100, 280))
+    face.resize((112, 112), Image.Resampling.LANCZOS).save(photos / "t1.png")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["restore", str(photos), "--out", str(out), "--paste-faces", "-q"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "t1.png.json").read_text())
+    assert len(report["faces"]) == 1 and report["degradation"]["source"] == "face"
+    [kept] = report["scene"]["fallback"]
+    assert kept["reason"].startswith("nothing to restore")
+    original = np.asarray(Image.open(photos / "t1.png"))
+    assert np.array_equal(np.asarray(Image.open(out / "t1.png")), original)
+    assert any("no Stage I face pasted" in w for w in report["warnings"]), report["warnings"]
+
+
 def test_restore_blind_flag_and_determinism(noisy_case, tmp_path: Path) -> None:
     photos, _ = noisy_case
     a, b = tmp_path / "a", tmp_path / "b"

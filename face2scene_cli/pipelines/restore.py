@@ -335,7 +335,11 @@ class Face2ScenePipeline:
         }
         t2 = time.perf_counter()
         timings.update({"mapnet": t1 - t0, "scene": t2 - t1})
-        if cfg.paste_faces and reading.faces:
+        kept = out is colour  # restore_checked hands the input itself back only when kept
+        notes = [_fallback_warning(f) for f in fallbacks]
+        if cfg.paste_faces and reading.faces and kept:
+            notes.append("--paste-faces: no Stage I face pasted on a photo kept as it is")
+        elif cfg.paste_faces and reading.faces:
             out = paste_stage1_faces(out, reading.faces, cfg.scale)
             timings["paste"] = time.perf_counter() - t2
         if alpha is not None:
@@ -346,9 +350,7 @@ class Face2ScenePipeline:
             image.with_pixels(out),
             self._fields(found, reading, use_code) | {"scene": scene_run},
             timings,
-            self._blind_warnings(reading)
-            + self._range_warnings(reading, use_code)
-            + [_fallback_warning(f) for f in fallbacks],
+            self._blind_warnings(reading) + self._range_warnings(reading, use_code) + notes,
             extras,
         )
 
