@@ -1,7 +1,8 @@
 """What users get: an eval suite's degraded photos through ``f2s restore`` itself.
 
 Unlike ``f2s eval``'s ``code`` column (the network's output), this runs the command, with its
-consistency check and fallbacks, once as is and once with ``--blind``, and scores both against
+consistency check and fallbacks (``f2s eval``'s ``restore`` variant measures the same in
+process), once as is and once with ``--blind``, and scores both against
 the clean photos, with each item's reading (for ``benchmarks/clean_limits_val.py``). Per
 preset: mean PSNR, items worse than their input (the whole photo, and the face region of the
 photos with a face: the faces detected on the clean photo, as ``f2s eval``), photos that fell
