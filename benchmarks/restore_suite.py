@@ -38,7 +38,7 @@ from face2scene_cli.faces.detect import create_detector  # noqa: E402
 from face2scene_cli.research.eval.items import degraded_items  # noqa: E402
 from face2scene_cli.research.eval.scene import face_mask  # noqa: E402
 from face2scene_cli.research.metrics import psnr  # noqa: E402
-from face2scene_cli.zoo import find_model, model_location, write_metadata  # noqa: E402
+from face2scene_cli.zoo import find_model, model_location, repin  # noqa: E402
 
 MODES = {"code": [], "blind": ["--blind"]}
 READING = ("noise_sigma", "blur_sigma_px", "jpeg_quality", "jpeg_probability", "downscale")
@@ -54,9 +54,7 @@ def without_clean_limits(name: str, work: Path) -> Path:
     settings = json.loads((folder / "scene.json").read_text())
     settings.get("guard", {}).pop("clean", None)
     (folder / "scene.json").write_text(json.dumps(settings, indent=2) + "\n")
-    meta = json.loads((folder / "metadata.json").read_text())
-    meta.pop("files")
-    write_metadata(folder, meta)
+    repin(folder)
     return folder
 
 

@@ -330,6 +330,13 @@ def write_metadata(
     return path
 
 
+def repin(folder: Path) -> Path:
+    """Re-pin the files of ``folder`` in its ``metadata.json``, the rest of it kept: after a
+    script edited one of them (a calibrated ``scene.json``, say)."""
+    meta = json.loads((folder / METADATA_NAME).read_text(encoding="utf-8"))
+    return write_metadata(folder, meta)
+
+
 def check_state_dict(net: Any, state: Mapping[str, Any], where: str) -> None:
     """Refuse a state dict that does not fit ``net`` (an ``nn.Module``) exactly.
 

@@ -34,7 +34,7 @@ from face2scene_cli.research.eval.items import split_sources
 from face2scene_cli.research.eval.suites import SUITES, degrade
 from face2scene_cli.research.metrics import psnr
 from face2scene_cli.restorers.guard import GuardSettings, consistency_residual
-from face2scene_cli.zoo import find_model, model_location, read_model_info, write_metadata
+from face2scene_cli.zoo import find_model, model_location, read_model_info, repin
 
 
 def _fit(img: np.ndarray, long_side: int) -> np.ndarray:
@@ -141,9 +141,7 @@ def write_guard(model: str, guard: dict) -> Path:
     settings = json.loads(scene_json.read_text(encoding="utf-8"))
     settings["guard"] = guard
     scene_json.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
-    meta.pop("files", None)
-    write_metadata(folder, meta)
+    repin(folder)
     read_model_info(folder)  # the re-pinned folder still reads back
     return scene_json
 

@@ -317,14 +317,13 @@ class Face2ScenePipeline:
         t1 = time.perf_counter()
         tile, precision = self.scene.run_settings(cfg.tile, cfg.precision)
         retries = self.scene.fp32_retries
-        scale = cfg.scale
         out, check, fallbacks = restore_checked(
             colour,
             reading,
             tokens,
             self.scene.guard,
-            scale,
-            lambda x, t: self.scene.restore(x, t, tile=tile, precision=precision, scale=scale),
+            cfg.scale,
+            lambda x, t: self.scene.restore(x, t, tile=tile, precision=precision, scale=cfg.scale),
         )
         scene_run = {
             "tile": tile,
@@ -473,14 +472,15 @@ def restore_checked(
         fallbacks taken.
     """
     estimate = None if tokens is None else reading.estimates
-    if guard is not None and estimate is not None and guard.clean is not None and scale == 1:
+    checked = guard is not None and estimate is not None
+    if checked and guard.clean is not None and scale == 1:
         kept = nothing_to_restore(estimate, reading.noise_curve, guard.clean)
         if kept is not None:
             return colour, None, [kept]
     lq = to_tensor(colour)
     restored = run(lq, tokens)
     check, fallbacks = None, []
-    if guard is not None and estimate is not None:
+    if checked:
         boxes = {f.index: f.crop_box for f in reading.faces}
         check, fallbacks = check_restoration(lq, restored, estimate, list(boxes.items()), guard)
         if fallbacks and not reading.faces:  # a scene-crop code failed: the null code instead

@@ -235,9 +235,13 @@ class _Reading:
     faces_lq: int = 0
     code: torch.Tensor | None = None
     upper: torch.Tensor | None = None
-    estimates: Estimate | None = None
     source: str = "blind"  # where the code was read: face, scene (crops) or blind (none)
     image: ImageDegradation | None = None  # the whole reading, with the noise curve
+
+    @property
+    def estimates(self) -> Estimate | None:
+        """FaDeX's estimates of the image (None when nothing was read)."""
+        return None if self.image is None else self.image.estimates
 
 
 def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
@@ -249,12 +253,12 @@ def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
     reading.noise_curve = estimate_noise_curve(item.lq)
     read = reading.readings
     if not read or getattr(models.scene, "mapnet", None) is None:  # blind restorer
-        return _Reading(len(faces), estimates=reading.estimates, image=reading)
+        return _Reading(len(faces), image=reading)
     weights = [r.weight for r in read]
     code = models.scene.tokens_for_crops([r.z for r in read], weights)
     source = reading.source
     if item.lq.shape != item.clean.shape:  # no clean crop at the degraded image's scale
-        return _Reading(len(faces), code, None, reading.estimates, source, reading)
+        return _Reading(len(faces), code, None, source, reading)
     h, w = item.lq.shape[:2]
     z_upper = []
     with torch.inference_mode():
@@ -265,7 +269,7 @@ def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
             dev = models.reader.device
             z_upper.append(models.reader.fadex.encode_pair(lq.to(dev), clean.to(dev)).cpu())
     upper = models.scene.tokens_for_crops(z_upper, weights)
-    return _Reading(len(faces), code, upper, reading.estimates, source, reading)
+    return _Reading(len(faces), code, upper, source, reading)
 
 
 def _wrong_source(item: EvalItem, readings: dict[tuple[str, str], _Reading]) -> str | None:
