@@ -66,7 +66,7 @@ def measure(
                 continue
             tokens = pipe.scene.tokens_for_crops([f.z for f in read], [f.weight for f in read])
             lq = to_tensor(item.lq)
-            out = pipe.scene.restore(lq, tokens)
+            out = pipe.scene.restore(lq, tokens, noise=reading.noise_curve)
             out8 = from_tensor(out, np.uint8)
             res = consistency_residual(lq, out, reading.estimates, lowpass_sigma)
             faces = []

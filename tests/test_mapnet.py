@@ -99,3 +99,26 @@ def test_config_errors() -> None:
         MapNet(in_channels=8, dim=10, heads=4)
     with pytest.raises(ValueError, match="z must be"):
         _tiny()(torch.randn(1, 8, 4, 4))
+
+
+def test_the_noise_curve_input_starts_at_zero_then_shifts_every_token_of_a_photo(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    m = mapnet_tiny(noise_levels=(0.0, 128.0, 255.0)).eval()
+    z = torch.randn(2, 16, 6, 6)
+    noise = torch.tensor([[2.0, 5.0, 8.0], [20.0, 20.0, 20.0]])
+    with torch.inference_mode():
+        tokens = m(z).tokens
+        assert torch.equal(m.with_noise(tokens, noise), tokens)  # a warm start begins unchanged
+        torch.nn.init.normal_(m.noise_embed[-1].weight, std=0.1)
+        shift = m.with_noise(tokens, noise) - tokens
+        assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5)  # every token alike
+        assert float((shift[0] - shift[1]).abs().max()) > 1e-3  # and it depends on the curve
+        m.save_pretrained(str(tmp_path / "mapnet"), safe_serialization=True)
+        again = MapNet.from_pretrained(str(tmp_path / "mapnet"), use_safetensors=True).eval()
+        assert torch.equal(again.with_noise(tokens, noise), m.with_noise(tokens, noise))
+    with pytest.raises(ValueError, match="noise must be"):
+        m.with_noise(tokens, noise[:, :2])
+    with pytest.raises(ConfigError, match="takes no noise curve"):
+        _tiny().with_noise(tokens, noise)

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from face2scene_cli.cli.app import app
+from face2scene_cli.degradations.noise_level import NoiseCurve, estimate_noise_curve
 from face2scene_cli.degradations.record import PRESETS
 from face2scene_cli.degradations.sampling import apply, image_generator
 from face2scene_cli.faces.align import FaceAligner
@@ -36,6 +37,7 @@ from face2scene_cli.research.sample_data import package_photos
 from face2scene_cli.restorers.face.base import FaceRestorer, RestoredFaces
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 from face2scene_cli.restorers.loading import load_fadex
+from face2scene_cli.restorers.scene import SceneRestorer
 
 runner = CliRunner()
 
@@ -300,6 +302,31 @@ def test_an_image_without_a_face_is_read_off_scene_crops() -> None:
     none = DegradationReader(load_fadex("fadex-s"), BlindFaceRestorer(), scene_crops=0)
     unread = none.read(noisy, [])
     assert unread.source == "blind" and unread.code is None and unread.to_report() is None
+
+
+def test_the_scene_restorer_is_given_the_noise_curve_read_off_the_photo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scene model with noise levels is conditioned on the curve ``f2s restore`` reads off
+    the whole photo: the one its report gives."""
+    seen: list[NoiseCurve | None] = []
+    restore = SceneRestorer.restore
+
+    def recording(self, image, tokens=None, *args, noise=None, **kwargs):
+        seen.append(noise)
+        return restore(self, image, tokens, *args, noise=noise, **kwargs)
+
+    monkeypatch.setattr(SceneRestorer, "restore", recording)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    noisy = _noisy(_photo("skimage/chelsea"), "curve")
+    Image.fromarray(noisy).save(photos / "cat.png")
+    res = runner.invoke(app, ["restore", str(photos), "--out", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert seen == [estimate_noise_curve(noisy)]
+    report = json.loads((tmp_path / "out" / "cat.png.json").read_text())
+    assert report["degradation"]["noise_curve"] == seen[0].to_report()
+    assert 12 <= seen[0].at(128) <= 18  # the truth is 15/255 at every level
 
 
 def test_paste_faces_and_extra_outputs(tmp_path: Path) -> None:

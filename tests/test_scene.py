@@ -16,13 +16,14 @@ from face2scene_cli.archs.layers import ChannelAffine, LocalGroupNorm
 from face2scene_cli.archs.mapnet import mapnet_tiny
 from face2scene_cli.archs.scene_net import EmbeddedSceneNet, scene_tiny
 from face2scene_cli.archs.turbo import TurboSceneNet
+from face2scene_cli.degradations.noise_level import estimate_noise_curve
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.images import read_image
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.registry import create
 from face2scene_cli.research.metrics import psnr_torch
 from face2scene_cli.restorers.color import adain_color_fix, wavelet_color_fix
-from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer
+from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, noise_features
 from face2scene_cli.restorers.tiling import blend_window, fitted_tile, tile_starts
 
 
@@ -179,6 +180,35 @@ def test_gray_in_gray_out(tiny_restorer, astronaut) -> None:
     assert out.shape == gray.shape
     rgb = tiny_restorer.restore(gray.expand(1, 3, 96, 160), None)
     assert torch.allclose(out, rgb.mean(1, keepdim=True), atol=1e-6)
+
+
+def test_a_model_with_noise_levels_reads_the_curve_of_the_input_it_restores(
+    tiny_restorer, astronaut
+) -> None:
+    x = astronaut[..., 100:228, 150:278]
+    noisy = (x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 0.08).clamp(
+        0, 1
+    )
+    curve = estimate_noise_curve(noisy[0])
+    torch.manual_seed(0)
+    levels = (0.0, 128.0, 255.0)
+    net, mapnet = scene_tiny(token_dim=32), mapnet_tiny(cross_attention_dim=32, noise_levels=levels)
+    _randomise(net)
+    _randomise(mapnet, 1)  # the noise MLP's last layer starts at zero
+    r = SceneRestorer(net, RestoreSettings(), mapnet)
+    assert r.takes_noise and not tiny_restorer.takes_noise
+    read = r.restore(noisy, None, noise=curve)
+    assert float((read - r.restore(noisy, None)).abs().mean()) > 1e-4
+    shifted = mapnet.with_noise(mapnet.null_tokens(1), noise_features([curve], levels))
+    assert torch.equal(read, r.restore(noisy, shifted))  # the curve moves the (null) tokens
+    # x1 net at scale 2: the curve does not describe the bicubic-upscaled input it restores
+    assert torch.equal(
+        r.restore(noisy, None, scale=2, noise=curve), r.restore(noisy, None, scale=2)
+    )
+    # a model without noise levels ignores it
+    assert torch.equal(
+        tiny_restorer.restore(noisy, None, noise=curve), tiny_restorer.restore(noisy)
+    )
 
 
 def test_scale_upsamples_then_restores(tiny_restorer) -> None:

@@ -113,7 +113,10 @@ def _tiny_config(tmp_path: Path, **train: object) -> Path:
 def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None:
     _, fadex_sha = tiny_zoo
     cfg_path = _tiny_config(tmp_path, condition="code", cond_dropout=0.5)
-    untouched = {"data.degradation": {"p_clean": 0.5}}
+    untouched = {
+        "data.degradation": {"p_clean": 0.5},
+        "network.mapnet": {"dim": 16, "heads": 2, "noise_levels": [0.0, 128.0, 255.0]},
+    }
     result = train_scene(load_scene_config(cfg_path, untouched))
     assert result["steps"] == 2
     run = tmp_path / "run"
@@ -133,6 +136,8 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     restorer = SceneRestorer.from_pretrained(tmp_path / "export")
     out = restorer.restore(torch.rand(1, 3, 40, 40), None)
     assert out.shape == (1, 3, 40, 40) and torch.isfinite(out).all()
+    # MapNet learned from the samples' noise curves (its noise input starts at zero)
+    assert restorer.takes_noise and float(restorer.mapnet.noise_embed[-1].weight.abs().max()) > 0
     # the release says which photos it was trained on; every cached sample is one of them
     training = json.loads((tmp_path / "export" / "training.json").read_text())
     train = {p["name"] for p in training["data_manifest"]["train"]}
@@ -323,7 +328,9 @@ def test_a_cache_with_photos_outside_the_train_split_is_refused(tmp_path: Path, 
         train_scene(load_scene_config(tmp_path / "scene.yaml", reuse))
 
 
-def test_warm_start_adds_a_refinement_and_refuses_other_mismatches(tmp_path: Path) -> None:
+def test_warm_start_adds_a_refinement_or_a_noise_input_and_refuses_other_mismatches(
+    tmp_path: Path,
+) -> None:
     from face2scene_cli.archs.mapnet import mapnet_tiny
     from face2scene_cli.archs.scene_net import scene_tiny
     from face2scene_cli.errors import ConfigError
@@ -338,6 +345,14 @@ def test_warm_start_adds_a_refinement_and_refuses_other_mismatches(tmp_path: Pat
         assert torch.equal(new["net"](x), old["net"](x))
     with pytest.raises(ConfigError, match="does not fit"):
         load_warm(old, new.state_dict(), tmp_path)
+    # MapNet's noise-curve input is added the same way: it starts at zero
+    noisy = scene_modules(
+        scene_tiny(), mapnet_tiny(cross_attention_dim=16, noise_levels=(0.0, 255.0))
+    )
+    load_warm(noisy, old.state_dict(), tmp_path)
+    tokens = old["mapnet"].null_tokens(1)
+    with torch.no_grad():
+        assert torch.equal(noisy["mapnet"].with_noise(tokens, torch.tensor([[3.0, 9.0]])), tokens)
 
 
 @pytest.mark.parametrize("path", sorted(Path("configs").glob("scene*.yaml")), ids=str)

@@ -10,6 +10,12 @@ Blind mode: when no face gives a code, :meth:`MapNet.null_tokens` stands in. The
 learned parameter initialised to zero, so an untrained MapNet's null tokens are exactly zero
 and the scene restorer (trained with some null-token dropout) learns what "unknown
 degradation" means.
+
+Noise curve (optional, ``noise_levels``): a face code reads one noise sigma, but camera noise
+grows with brightness. The photo's noise sigma at a few fixed brightness levels (read off the
+whole photo, faces or not) goes through a small MLP whose output is added to every token,
+coded or null (:meth:`MapNet.with_noise`); its last layer starts at zero, so a MapNet
+warm-started without it begins where it was.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from torch import Tensor
 
 from face2scene_cli.errors import ConfigError
 
-__all__ = ["GRIDS", "DegAttn", "MapNet", "MapNetOutput", "mapnet_s", "mapnet_tiny"]
+__all__ = ["GRIDS", "NOISE_UNIT", "DegAttn", "MapNet", "MapNetOutput", "mapnet_s", "mapnet_tiny"]
 
 #: Pooled grid sides, in token order.
 GRIDS: tuple[int, ...] = (4, 2, 1)
+#: Noise sigmas (8-bit units) are divided by this before the noise MLP.
+NOISE_UNIT = 50.0
 
 
 @dataclass
@@ -128,6 +136,8 @@ class MapNet(ModelMixin, ConfigMixin):
         mlp_ratio: hidden width of the blocks' MLP, relative to ``dim``.
         cross_attention_dim: width of the output tokens (the UNet's cross-attention width;
             SD-Turbo / SD2.1: 1024).
+        noise_levels: brightness levels (8-bit, 0-255) at which the photo's noise sigma is
+            given to :meth:`with_noise`; empty = no noise-curve input.
     """
 
     @register_to_config
@@ -139,6 +149,7 @@ class MapNet(ModelMixin, ConfigMixin):
         depth: int = 1,
         mlp_ratio: float = 2.0,
         cross_attention_dim: int = 1024,
+        noise_levels: tuple[float, ...] = (),
     ) -> None:
         super().__init__()
         if min(in_channels, dim, heads, depth, cross_attention_dim) < 1:
@@ -153,6 +164,14 @@ class MapNet(ModelMixin, ConfigMixin):
         self.norm = nn.LayerNorm(dim)
         self._build_projectors(dim, cross_attention_dim)
         self.null = nn.Parameter(torch.zeros(self.num_tokens, cross_attention_dim))
+        self.noise_embed = None
+        if noise_levels:
+            k = len(noise_levels)
+            self.noise_embed = nn.Sequential(
+                nn.Linear(k, dim), nn.GELU(), nn.Linear(dim, cross_attention_dim)
+            )
+            nn.init.zeros_(self.noise_embed[-1].weight)
+            nn.init.zeros_(self.noise_embed[-1].bias)
 
     def _build_embed(self, in_channels: int, dim: int) -> None:
         self.patch_embed = nn.Conv2d(in_channels, dim, 3, stride=2, padding=1)
@@ -178,6 +197,22 @@ class MapNet(ModelMixin, ConfigMixin):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         return self.null[None].expand(batch, -1, -1)
+
+    def with_noise(self, tokens: Tensor, noise: Tensor) -> Tensor:
+        r"""``tokens`` :math:`(B, N, D)` (coded or null) shifted by the noise-curve embedding.
+
+        Args:
+            tokens: :math:`(B, N, D)`.
+            noise: :math:`(B, K)`, the photo's noise sigma in 8-bit units at each of the
+                config's K ``noise_levels``.
+        """
+        if self.noise_embed is None:
+            raise ConfigError("this MapNet takes no noise curve (noise_levels is empty)")
+        k = len(self.config.noise_levels)
+        if noise.ndim != 2 or noise.shape != (tokens.shape[0], k):
+            raise ValueError(f"noise must be ({tokens.shape[0]}, {k}), got {tuple(noise.shape)}")
+        shift = self.noise_embed(noise.to(tokens.device, tokens.dtype) / NOISE_UNIT)
+        return tokens + shift[:, None].to(tokens.dtype)
 
     def forward(self, z: Tensor) -> MapNetOutput:
         r"""Tokens for a batch of FaDeX maps.

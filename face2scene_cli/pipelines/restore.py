@@ -323,7 +323,9 @@ class Face2ScenePipeline:
             tokens,
             self.scene.guard,
             cfg.scale,
-            lambda x, t: self.scene.restore(x, t, tile=tile, precision=precision, scale=cfg.scale),
+            lambda x, t: self.scene.restore(
+                x, t, tile=tile, precision=precision, scale=cfg.scale, noise=reading.noise_curve
+            ),
         )
         scene_run = {
             "tile": tile,

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +32,7 @@ from torch import Tensor
 from face2scene_cli.archs.mapnet import MapNet
 from face2scene_cli.archs.scene_net import EmbeddedSceneNet
 from face2scene_cli.archs.turbo import TurboSceneNet
+from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.errors import ConfigError, ModelIntegrityError
 from face2scene_cli.restorers.color import COLOR_FIXES, apply_color_fix
 from face2scene_cli.restorers.guard import GuardSettings, trained_envelope
@@ -47,6 +48,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "fitting_tile",
     "load_scene_restorer",
+    "noise_features",
     "resolve_precision",
     "run_in_precision",
 ]
@@ -320,6 +322,11 @@ class SceneRestorer:
         self.fp32_retries += retried
         return out
 
+    @property
+    def takes_noise(self) -> bool:
+        """Whether the model reads the photo's noise curve (its MapNet has ``noise_levels``)."""
+        return self.mapnet is not None and self.mapnet.noise_embed is not None
+
     @torch.inference_mode()
     def restore(
         self,
@@ -328,6 +335,7 @@ class SceneRestorer:
         tile: int | None = None,
         precision: str | None = None,
         scale: int = 1,
+        noise: NoiseCurve | None = None,
     ) -> Tensor:
         r"""Restore one image of any size.
 
@@ -345,6 +353,9 @@ class SceneRestorer:
                 (:attr:`upscale` > 1) runs on the input and its output is area-resized to
                 ``scale`` when that differs; an x1 network restores the bicubic-upscaled
                 input (the fallback).
+            noise: the input's noise curve, read at its own size; a model that
+                :attr:`takes_noise` is conditioned on it, except where it runs on a
+                bicubic-upscaled input (which the curve does not describe).
 
         Returns:
             :math:`(1, C, H \cdot s, W \cdot s)` float32 in [0, 1] on the CPU.
@@ -369,6 +380,9 @@ class SceneRestorer:
             x = x.expand(1, 3, *x.shape[2:])
         if tokens is None and self.mapnet is not None:
             tokens = self.mapnet.null_tokens(1)  # blind mode: MapNet's learned null tokens
+        if noise is not None and self.takes_noise and not (scale > 1 and up == 1):
+            levels = self.mapnet.config.noise_levels
+            tokens = self.mapnet.with_noise(tokens, noise_features([noise], levels))
         tok = None if tokens is None else tokens.to(self.device, torch.float32)
         # 3. tiles
         out = run_tiled(
@@ -428,6 +442,12 @@ class SceneRestorer:
             toks = torch.cat([self.mapnet(z.to(self.device)).tokens.float() for z in z_maps])
         w = (w / w.sum()).to(toks).view(-1, 1, 1)
         return (toks * w).sum(0, keepdim=True)
+
+
+def noise_features(curves: Sequence[NoiseCurve], levels: Sequence[float]) -> Tensor:
+    """:math:`(B, K)` float32: each curve's fitted sigma (8-bit units) at the K ``levels``,
+    what :meth:`MapNet.with_noise` takes."""
+    return torch.tensor([[c.at(level) for level in levels] for c in curves], dtype=torch.float32)
 
 
 def load_scene_restorer(

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from face2scene_cli.archs.rrdbnet import NCNN_PREPADDING, RRDBNet
+from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.restorers.loading import load_realesrgan
 from face2scene_cli.restorers.scene import (
@@ -96,6 +97,9 @@ class UpscaleRestorer:
         self.fp32_retries += retried
         return out
 
+    #: A blind network: it reads neither a code nor the noise curve.
+    takes_noise = False
+
     @torch.inference_mode()
     def restore(
         self,
@@ -104,6 +108,7 @@ class UpscaleRestorer:
         tile: int | None = None,
         precision: str | None = None,
         scale: int = 1,
+        noise: NoiseCurve | None = None,
     ) -> Tensor:
         r"""Upscale one image x4 (tiled), then area-resize it to ``scale``.
 
@@ -114,6 +119,8 @@ class UpscaleRestorer:
             precision: as :meth:`run_settings`; fp16/bf16 tile batches with NaN/Inf are
                 re-run in fp32.
             scale: 1, 2 or 4: the output's size over the input's.
+            noise: the input's noise curve; not used (the interface of
+                :meth:`SceneRestorer.restore`).
 
         Returns:
             :math:`(1, C, H \cdot s, W \cdot s)` float32 in [0, 1] on the CPU.

@@ -358,9 +358,10 @@ def _outputs(
     if "usm" in want:
         outs["usm"] = unsharp_mask(base, *best["usm"][it.degradation])
     x = to_tensor(it.lq)
+    curve = None if reading.image is None else reading.image.noise_curve
 
     def run(restorer: SceneRestorer | UpscaleRestorer, tokens: torch.Tensor | None) -> np.ndarray:
-        y = restorer.restore(x, tokens, tile=cfg.tile, scale=cfg.scale)
+        y = restorer.restore(x, tokens, tile=cfg.tile, scale=cfg.scale, noise=curve)
         return (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
     if "realesrgan" in want and models.upscaler is not None:
@@ -386,7 +387,7 @@ def _outputs(
         reading.code,
         getattr(scene, "guard", None),
         cfg.scale,
-        lambda lq, tokens: scene.restore(lq, tokens, tile=cfg.tile, scale=cfg.scale),
+        lambda lq, tokens: scene.restore(lq, tokens, tile=cfg.tile, scale=cfg.scale, noise=curve),
     )
     return outs, [f.to_report() for f in fallbacks]
 

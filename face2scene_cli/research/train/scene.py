@@ -16,7 +16,10 @@ exist. Each step draws random sub-crops (+ flips / 90° turns) of cached regions
 
 Conditioning: ``train.condition`` is ``blind`` (every sample gets MapNet's null tokens; usable
 before FaDeX exists) or ``code`` (MapNet(Z) tokens, replaced by the null tokens with
-probability ``train.cond_dropout`` >= 0.2 so the blind mode stays a fair baseline).
+probability ``train.cond_dropout`` >= 0.2 so the blind mode stays a fair baseline). With
+``network.mapnet.noise_levels``, the tokens (coded or null) also carry each sample's noise
+curve, read off its degraded region as ``f2s restore`` reads a photo's, except in a
+``train.noise_dropout`` share of the samples (so a caller without a curve gets a fair result).
 ``train.init_from`` warm-starts from another run's checkpoint (e.g. the blind phase).
 
 Losses: Charbonnier + ``w_ssim`` (1 - SSIM) + ``w_grad`` L1 of image gradients + ``w_fft``
@@ -56,6 +59,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from face2scene_cli.archs.mapnet import MapNet
+from face2scene_cli.degradations.noise_level import estimate_noise_curve
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.hashing import file_sha256
 from face2scene_cli.registry import create
@@ -75,7 +79,7 @@ from face2scene_cli.research.train.scene_data import (
 )
 from face2scene_cli.research.train.scene_export import export_model
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
-from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer
+from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, noise_features
 
 __all__ = ["load_warm", "restoration_loss", "scene_modules", "train_scene"]
 
@@ -121,9 +125,11 @@ def scene_modules(net: torch.nn.Module, mapnet: MapNet) -> torch.nn.ModuleDict:
 
 def load_warm(model: torch.nn.Module, state: dict[str, Tensor], src: Path) -> None:
     """Warm start from ``state``; only the layers of a newly added full-resolution refinement
-    or its token modulation (``net.refine*``, zero-initialised) may be missing from it."""
+    or its token modulation (``net.refine*``) or of MapNet's noise-curve input
+    (``mapnet.noise_embed``), all zero-initialised, may be missing from it."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    new_layers = [k for k in missing if not k.startswith(("net.refine.", "net.refine_mod."))]
+    fresh = ("net.refine.", "net.refine_mod.", "mapnet.noise_embed.")
+    new_layers = [k for k in missing if not k.startswith(fresh)]
     if new_layers or unexpected:
         raise ConfigError(
             f"train.init_from {src} does not fit the network: missing {new_layers[:3]}, "
@@ -176,12 +182,16 @@ def _dihedral(x: Tensor, transpose: Tensor, flip_w: Tensor, flip_h: Tensor) -> T
 
 
 def _batch(
-    cache: dict[str, Any], codes: Tensor | None, tc: TrainSection, rng: np.random.Generator
-) -> tuple[Tensor, Tensor, Tensor | None]:
+    cache: dict[str, Any],
+    codes: Tensor | None,
+    noise: Tensor | None,
+    tc: TrainSection,
+    rng: np.random.Generator,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """A training batch drawn from the cache, on the cache's device: random samples, crops at
     random offsets (the clean crop ``scale`` x larger at the same place) and a random
     rotation / reflection each; ``lq`` :math:`(B, 3, c, c)` and ``clean``
-    :math:`(B, 3, c s, c s)` in [0, 1], the samples' codes or None."""
+    :math:`(B, 3, c s, c s)` in [0, 1], the samples' codes and noise features, or None."""
     n, r = cache["lq"].shape[0], cache["lq"].shape[-1]
     s, c = cache["clean"].shape[-1] // r, tc.crop  # an upscaler's clean crop is s x larger
     dev = cache["lq"].device
@@ -196,7 +206,7 @@ def _batch(
     lq = _dihedral(_crops(cache["lq"], idx, y0, x0, c), *masks).float() / 255
     clean = _dihedral(_crops(cache["clean"], idx, y0 * s, x0 * s, c * s), *masks).float() / 255
     z = None if codes is None else codes[idx].float()
-    return lq, clean, z
+    return lq, clean, z, None if noise is None else noise[idx]
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,6 +317,10 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
             **config.network.mapnet,
         }
     )
+    noise = None
+    if mapnet.noise_embed is not None:
+        curves = [estimate_noise_curve(x) for x in cache["lq"]]
+        noise = noise_features(curves, mapnet.config.noise_levels).to(device)
     model = scene_modules(net, mapnet)
     ema = scene_modules(
         create("scene_net", config.network.variant, **arch),
@@ -421,7 +435,7 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         lr = _lr(tc, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
-        lq, clean, z = _batch(samples, codes, tc, rng)
+        lq, clean, z, noise_b = _batch(samples, codes, noise, tc, rng)
         with autocast():
             if z is not None:
                 tokens = mapnet(z).tokens
@@ -429,6 +443,10 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
                 tokens = torch.where(keep.view(-1, 1, 1), tokens, mapnet.null_tokens(tc.batch))
             else:
                 tokens = mapnet.null_tokens(tc.batch)
+            if noise_b is not None:
+                keep = torch.from_numpy(rng.random(tc.batch) >= tc.noise_dropout).to(device)
+                shifted = mapnet.with_noise(tokens, noise_b)
+                tokens = torch.where(keep.view(-1, 1, 1), shifted, tokens)
             out = net(lq, tokens).float()
         loss, parts = restoration_loss(out, clean, tc.w_ssim, tc.w_grad, tc.w_fft)
         if critic is not None:

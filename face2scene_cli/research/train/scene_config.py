@@ -92,6 +92,7 @@ class TrainSection:
 
     condition: str = "blind"  # blind | code
     cond_dropout: float = 0.25
+    noise_dropout: float = 0.2  # share of samples without the noise curve (MapNet noise_levels)
     batch: int = 16
     crop: int = 96  # LQ crop side (the clean crop is crop x data.scale)
     lr: float = 3e-4
@@ -176,6 +177,8 @@ class SceneTrainConfig:
             raise ConfigError(f"train.condition must be blind or code, got {t.condition!r}")
         if t.condition == "code" and t.cond_dropout < 0.2:
             raise ConfigError(f"train.cond_dropout must be >= 0.2, got {t.cond_dropout}")
+        if not 0.0 <= t.noise_dropout < 1.0:
+            raise ConfigError(f"train.noise_dropout must be in [0, 1), got {t.noise_dropout}")
         if t.w_gan < 0:
             raise ConfigError(f"train.w_gan must be >= 0, got {t.w_gan}")
         if t.amp not in ("none", "bf16"):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from face2scene_cli.degradations.noise_level import estimate_noise_curve
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import DegradationDistribution, apply
 from face2scene_cli.errors import ConfigError
@@ -295,7 +296,8 @@ def evaluate_items(
                 if it.z is None or restorer.mapnet is None:
                     raise ConfigError("code mode needs FaDeX maps and a MapNet")
                 tokens = restorer.tokens_for_crops(list(it.z.float().split(1)), it.weights)
-            out = restorer.restore(it.lq, tokens, tile=tile, scale=scale)
+            noise = estimate_noise_curve(it.lq[0]) if restorer.takes_noise else None
+            out = restorer.restore(it.lq, tokens, tile=tile, scale=scale, noise=noise)
         q = (out.clamp(0, 1) * 255).round() / 255
         row = {
             "image": it.name,
