@@ -3,8 +3,9 @@
 On one real group photo (insightface's ``t1.jpg``, 6 faces; or ``--photo``) resized to each
 size of ``--sizes`` (megapixels) and degraded with the ``noise15`` preset (seed 0), it times
 the stages of ``f2s restore`` in one pass, as the pipeline runs them: face detection
-(``detect``), Stage I + FaDeX on every face (``degradation``), MapNet tokens (``tokens``), the
-tiled scene restorer (``scene``), and their sum (``end_to_end``); then OpenCV NLM (h 9, the
+(``detect``), Stage I + FaDeX on every face and the photo's noise curve (``degradation``),
+MapNet tokens (``tokens``), the tiled scene restorer (``scene``), and their sum
+(``end_to_end``); then OpenCV NLM (h 9, the
 baseline) on the same input. Each size runs in a fresh process (``--one``), so its peak RSS
 (and on CUDA its peak GPU memory) is its own.
 
@@ -119,7 +120,7 @@ def run_one(megapixels: float, device: str, repeats: int, photo: Path | None) ->
                 [r.z for r in reading.faces], [r.weight for r in reading.faces]
             )
         marks.append(_clock(device))
-        scene.restore(to_tensor(lq), tokens)
+        scene.restore(to_tensor(lq), tokens, noise=reading.noise_curve)
         marks.append(_clock(device))
         t = {}
         for j, k in enumerate(STAGES):

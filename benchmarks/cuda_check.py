@@ -95,6 +95,7 @@ def main() -> int:
         reading = pipe.reader.read(lq, faces)
         z, wts = [r.z for r in reading.faces], [r.weight for r in reading.faces]
         runs[dev] = {"scene": scene, "tokens": scene.tokens_for_crops(z, wts).cpu()}
+    curve = reading.noise_curve  # read on the CPU: the same for every device
     cpu, dev = runs["cpu"], runs[args.device]
     checks: list[dict[str, Any]] = []
 
@@ -108,12 +109,12 @@ def main() -> int:
     check("tokens: cosine(CPU, device)", float(cos), 0.999)
     scene_d = dev["scene"]
     for mode, tok in (("blind", None), ("code", dev["tokens"])):
-        ref = cpu["scene"].restore(x, tok, precision="fp32")
-        out32 = scene_d.restore(x, tok, precision="fp32")
+        ref = cpu["scene"].restore(x, tok, precision="fp32", noise=curve)
+        out32 = scene_d.restore(x, tok, precision="fp32", noise=curve)
         check(f"{mode}: PSNR(CPU fp32, device fp32) dB", _psnr(ref, out32), 50.0)
         for prec, floor in (("fp16", 40.0), ("bf16", 35.0)):
             before = scene_d.fp32_retries
-            low = scene_d.restore(x, tok, precision=prec)
+            low = scene_d.restore(x, tok, precision=prec, noise=curve)
             check(f"{mode}: PSNR(device {prec}, device fp32) dB", _psnr(low, out32), floor)
             check(
                 f"{mode}: {prec} tile batches re-run in fp32",
@@ -121,7 +122,7 @@ def main() -> int:
                 0,
                 False,
             )
-        again = scene_d.restore(x, tok, precision="fp32")
+        again = scene_d.restore(x, tok, precision="fp32", noise=curve)
         check(
             f"{mode}: device fp32 run twice, max abs diff",
             float((again - out32).abs().max()),

@@ -96,7 +96,7 @@ def main() -> int:
                 tokens = models.scene.tokens_for_crops(
                     [r.z for r in read], [r.weight for r in read]
                 )
-            y = models.scene.restore(to_tensor(it.lq), tokens)
+            y = models.scene.restore(to_tensor(it.lq), tokens, noise=rd.noise_curve)
             out = (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             rows.append(
                 {

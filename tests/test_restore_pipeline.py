@@ -245,16 +245,19 @@ def test_unknown_face_restorer_is_a_config_error(tmp_path: Path) -> None:
 
 def test_batch_reading_equals_one_image_at_a_time() -> None:
     """Stage I and FaDeX over the faces of several images at once give each image the same
-    reading as reading it alone (crops of one size share a call)."""
+    reading as reading it alone (crops of one size share a call), noise curve included."""
     images = [_noisy(_photo("skimage/astronaut"), "a"), _photo("insightface/t1")[:, :700]]
     det = create_detector("auto")
     faces = [det.detect([as_rgb_uint8(im)])[0] for im in images]
     assert len(faces[0]) == 1 and len(faces[1]) >= 3
     reader = DegradationReader(load_fadex("fadex-s"), BlindFaceRestorer(), batch_size=2)
     batched, times = reader.read_batch([(im, f, None) for im, f in zip(images, faces, strict=True)])
-    assert set(times) == {"stage1", "fadex"}
+    assert [set(t) for t in times] == [{"stage1", "fadex", "noise"}] * 2
+    # the batch's Stage I time is shared by the crops each image had read: 1 face and 3+
+    assert 0 < times[0]["stage1"] * 3 <= times[1]["stage1"]
     for im, f, together in zip(images, faces, batched, strict=True):
         alone = reader.read(im, f)
+        assert together.noise_curve == alone.noise_curve == estimate_noise_curve(im)
         assert [r.index for r in together.faces] == [r.index for r in alone.faces]
         np.testing.assert_allclose(together.code, alone.code, atol=1e-5)
         assert together.estimates.to_dict() == pytest.approx(

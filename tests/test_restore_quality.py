@@ -89,7 +89,7 @@ def _code_psnr(models: EvalModels, item: EvalItem) -> float:
     tokens = models.scene.tokens_for_crops(
         [f.z for f in reading.faces], [f.weight for f in reading.faces]
     )
-    out = models.scene.restore(to_tensor(item.lq), tokens)
+    out = models.scene.restore(to_tensor(item.lq), tokens, noise=reading.noise_curve)
     return psnr(from_tensor(out, np.uint8), item.clean)
 
 

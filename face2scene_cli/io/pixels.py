@@ -220,3 +220,10 @@ def flatten_alpha(px8: np.ndarray) -> np.ndarray:
     alpha = px8[:, :, 3:4].astype(np.uint16)
     out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
     return out.astype(np.uint8)
+
+
+def split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(colour, alpha) views of (H, W, C) pixels; alpha is None unless C is 4."""
+    if pixels.shape[-1] == 4:
+        return pixels[..., :3], pixels[..., 3:]
+    return pixels, None

@@ -24,7 +24,7 @@ import torch
 from face2scene_cli.archs.fadex import FaDeX
 from face2scene_cli.config import FaceSettings
 from face2scene_cli.degradations.estimate import Estimate
-from face2scene_cli.degradations.noise_level import NoiseCurve
+from face2scene_cli.degradations.noise_level import NoiseCurve, estimate_noise_curve
 from face2scene_cli.faces.align import (
     AlignedFace,
     FaceAligner,
@@ -36,6 +36,7 @@ from face2scene_cli.faces.base import DetectedFace, FaceDetector
 from face2scene_cli.faces.detect import as_rgb_uint8, create_detector
 from face2scene_cli.faces.gallery import Gallery, Match, Reference
 from face2scene_cli.faces.identity import create_identity_encoder
+from face2scene_cli.io.pixels import split_alpha
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.restorers.face.base import FaceRestorer
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
@@ -177,7 +178,7 @@ class FaceDegradation(CropDegradation):
 class ImageDegradation:
     """One image's degradation: per face, aggregated over faces (without faces, over its
     scene crops; None when neither was read), and the noise per brightness band of the whole
-    photo (set by the pipeline that reads it)."""
+    photo."""
 
     faces: list[FaceDegradation]
     restorer: str
@@ -296,8 +297,8 @@ class DegradationReader:
         self,
         images: Sequence[tuple[np.ndarray, list[DetectedFace], list[list[torch.Tensor]] | None]],
         reference_embeddings: Sequence[list[np.ndarray | None]] | None = None,
-    ) -> tuple[list[ImageDegradation], dict[str, float]]:
-        """The degradation of each image of a batch.
+    ) -> tuple[list[ImageDegradation], list[dict[str, float]]]:
+        """The degradation of each image of a batch, and its noise curve.
 
         Args:
             images: per image, its pixels (H, W, C) uint8/uint16 with C in {1, 3, 4} (alpha is
@@ -309,18 +310,19 @@ class DegradationReader:
                 need not embed the references again.
 
         Returns:
-            One :class:`ImageDegradation` per image, and the seconds spent in ``stage1`` and
-            ``fadex`` over the whole batch. Faces whose crop has a side under 16 px are left
+            One :class:`ImageDegradation` per image, and per image the seconds spent in
+            ``stage1`` and ``fadex`` (the batch's, shared by the crops each image had read)
+            and reading its ``noise`` curve. Faces whose crop has a side under 16 px are left
             out; an image left without a face is read off its scene crops.
         """
         if reference_embeddings is not None and self.restorer.identity_encoder is None:
             raise ValueError(f"{self.restorer.method} takes no reference embeddings")
         embeddings = reference_embeddings or [None] * len(images)
         crops = []
-        for i, ((pixels, faces, refs), emb) in enumerate(zip(images, embeddings, strict=True)):
-            colour = pixels[..., :3] if pixels.shape[-1] == 4 else pixels
-            face_crops = self._crops(i, colour, faces, refs, emb)
-            crops += face_crops or self._scene_crops(i, colour)
+        colours = [split_alpha(pixels)[0] for pixels, _, _ in images]
+        for i, ((_, faces, refs), emb) in enumerate(zip(images, embeddings, strict=True)):
+            face_crops = self._crops(i, colours[i], faces, refs, emb)
+            crops += face_crops or self._scene_crops(i, colours[i])
         groups: dict[tuple[bool, tuple[int, ...]], list[_Crop]] = {}
         for crop in crops:
             groups.setdefault((crop.face is None, tuple(crop.lq.shape)), []).append(crop)
@@ -338,7 +340,14 @@ class DegradationReader:
                 readings[crop.image].append(reading)
         t2 = time.perf_counter()
         results = [self._aggregate(sorted(r, key=lambda f: f.index)) for r in readings]
-        return results, {"stage1": t1 - t0, "fadex": t2 - t1}
+        times = []
+        for colour, result, read in zip(colours, results, readings, strict=True):
+            share = len(read) / len(crops) if crops else 1 / len(images)
+            t = time.perf_counter()
+            result.noise_curve = estimate_noise_curve(colour)
+            noise = time.perf_counter() - t
+            times.append({"stage1": (t1 - t0) * share, "fadex": (t2 - t1) * share, "noise": noise})
+        return results, times
 
     def _scene_crops(self, image: int, colour: np.ndarray) -> list[_Crop]:
         """The scene crops of an image without a usable face (none when it is too small);

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from face2scene_cli.config import RestoreConfig
-from face2scene_cli.degradations.noise_level import estimate_noise_curve
 from face2scene_cli.engine.job import ExtraOutput, LoadedImage, Processed
 from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.faces.align import FaceAligner, estimate_similarity, ffhq_template
@@ -31,6 +30,7 @@ from face2scene_cli.faces.gallery import Reference
 from face2scene_cli.faces.paste import paste_faces
 from face2scene_cli.hashing import json_sha256
 from face2scene_cli.io.images import Image
+from face2scene_cli.io.pixels import split_alpha
 from face2scene_cli.io.tensors import from_tensor, to_tensor
 from face2scene_cli.pipelines.reading import (
     MIN_IMAGE_SIDE,
@@ -85,10 +85,6 @@ def blind_reason(found: FoundFace, used: int | None, refs_given: bool) -> str | 
     if not found.references:
         return "no references"
     return "references disagreed" if used == 0 else "restorer ignores references"
-
-
-# Per-image timings of a batch-wide stage are its time split over the images by face count.
-_BATCH_STAGES = ("stage1", "fadex")
 
 
 class Face2ScenePipeline:
@@ -244,7 +240,7 @@ class Face2ScenePipeline:
                     "on each side"
                 )
         timings: list[dict[str, float]] = [{} for _ in images]
-        colours = [_split_alpha(pixels)[0] for pixels in images]
+        colours = [split_alpha(pixels)[0] for pixels in images]
         found = []
         for colour, t in zip(colours, timings, strict=True):
             t0 = time.perf_counter()
@@ -265,16 +261,9 @@ class Face2ScenePipeline:
             if same_encoder
             else None
         )
-        readings, stage_times = self.reader.read_batch(jobs, embeddings)
-        n_faces = [len(r.faces) for r in readings]
-        total = sum(n_faces)
-        for t, n in zip(timings, n_faces, strict=True):
-            for key in _BATCH_STAGES:
-                t[key] = stage_times[key] * (n / total if total else 1 / len(images))
-        for colour, reading, t in zip(colours, readings, timings, strict=True):
-            t0 = time.perf_counter()
-            reading.noise_curve = estimate_noise_curve(colour)
-            t["noise"] = time.perf_counter() - t0
+        readings, read_times = self.reader.read_batch(jobs, embeddings)
+        for t, read in zip(timings, read_times, strict=True):
+            t.update(read)
         return found, readings, timings
 
     def process(self, batch: list[LoadedImage], seed: int) -> list[Processed | F2SError]:
@@ -307,7 +296,7 @@ class Face2ScenePipeline:
     ) -> Processed:
         cfg = self.config
         image = loaded.image
-        colour, alpha = _split_alpha(image.pixels)
+        colour, alpha = split_alpha(image.pixels)
         read = reading.readings
         use_code = bool(read) and not cfg.blind and self.scene.code_fadex is not None
         t0 = time.perf_counter()
@@ -498,13 +487,6 @@ def _fallback_warning(fallback: Fallback) -> str:
     if fallback.to == "blind":
         return f"{where} was restored blind (its scene-crop code failed): {fallback.reason}"
     return f"{where} fell back to the input: {fallback.reason}"
-
-
-def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(colour, alpha) of (H, W, C) pixels; alpha is None unless C is 4."""
-    if pixels.shape[-1] == 4:
-        return pixels[..., :3], pixels[..., 3:]
-    return pixels, None
 
 
 def _resize_to(pixels: np.ndarray, size: tuple[int, ...], interpolation: int) -> np.ndarray:

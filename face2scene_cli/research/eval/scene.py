@@ -58,7 +58,6 @@ import torch
 
 from face2scene_cli.config import EVAL_VARIANTS, EvalConfig
 from face2scene_cli.degradations.estimate import Estimate
-from face2scene_cli.degradations.noise_level import estimate_noise_curve
 from face2scene_cli.degradations.ops import resize
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.faces.base import DetectedFace, FaceDetector, IdentityEncoder
@@ -250,7 +249,6 @@ def _read_codes(models: EvalModels, item: EvalItem) -> _Reading:
         return _Reading()
     faces = models.detector.detect([item.lq])[0]
     reading = models.reader.read(item.lq, faces)
-    reading.noise_curve = estimate_noise_curve(item.lq)
     read = reading.readings
     if not read or getattr(models.scene, "mapnet", None) is None:  # blind restorer
         return _Reading(len(faces), image=reading)
