@@ -252,7 +252,7 @@ def test_upscaler_batches_cut_aligned_lq_and_clean_crops() -> None:
     lq = torch.nn.functional.interpolate(clean, scale_factor=0.25, mode="area")  # exact
     cache = {"lq": lq.to(torch.uint8), "clean": clean.to(torch.uint8)}
     tc = TrainSection(batch=6, crop=12)
-    lq_b, clean_b, _ = _batch(cache, None, tc, np.random.default_rng(0))
+    lq_b, clean_b, _, _ = _batch(cache, None, None, tc, np.random.default_rng(0))
     assert lq_b.shape == (6, 3, 12, 12) and clean_b.shape == (6, 3, 48, 48)
     down = torch.nn.functional.interpolate(clean_b, scale_factor=0.25, mode="area")
     assert torch.allclose(lq_b, down, atol=1e-6)  # same place, same flip and turn
@@ -267,13 +267,15 @@ def test_batch_crops_are_the_cached_samples_turned_and_flipped_every_way() -> No
     g = torch.Generator().manual_seed(1)
     lq = (torch.rand(3, 3, 20, 20, generator=g) * 255).to(torch.uint8)
     cache = {"lq": lq, "clean": lq.clone()}
-    lq_b, clean_b, _ = _batch(cache, None, TrainSection(batch=64, crop=8), np.random.default_rng(3))
+    noise = torch.arange(3.0)[:, None].expand(3, 5)  # each sample's noise features: its index
+    tc = TrainSection(batch=64, crop=8)
+    lq_b, clean_b, _, noise_b = _batch(cache, None, noise, tc, np.random.default_rng(3))
     assert torch.equal(lq_b, clean_b)
     seen = set()
-    for crop in (lq_b * 255).round().to(torch.uint8):
+    for crop, features in zip((lq_b * 255).round().to(torch.uint8), noise_b, strict=True):
         # the one place and transform of some cached sample that gives this crop
         hits = [
-            (k, flip)
+            (i, k, flip)
             for i in range(3)
             for y in range(13)
             for x in range(13)
@@ -286,8 +288,8 @@ def test_batch_crops_are_the_cached_samples_turned_and_flipped_every_way() -> No
                 crop,
             )
         ]
-        assert len(hits) == 1
-        seen.add(hits[0])
+        assert len(hits) == 1 and torch.equal(features, noise[hits[0][0]])  # its own curve
+        seen.add(hits[0][1:])
     assert len(seen) == 8  # all four turns, each also mirrored
 
 
