@@ -262,6 +262,13 @@ def write_card(folder: Path, evaluation: str, extra: str = "") -> None:
     p_clean = degradation.get("p_clean", 0.0)
     untouched = f"; {p_clean:.0%} of the regions left untouched" if p_clean else ""
     fadex_sha = info.get("trained_with", {}).get("fadex")
+    levels = net.get("mapnet", {}).get("noise_levels")
+    noise = (
+        f"\n- MapNet also reads the photo's noise curve: its fitted σ at brightness {levels}, "
+        f"added to every token (left out for {tr.get('noise_dropout', 0):.0%} of the samples)."
+        if levels
+        else ""
+    )
     text = f"""# {cfg.get("name") or folder.name}
 
 One-step conditional UNet (diffusers `UNet2DConditionModel`, cross-attention only, 4x
@@ -271,7 +278,7 @@ Face2Scene: restores the whole photo, conditioned on the degradation read off a 
 
 - Variant: `{net.get("variant")}` {json.dumps(net.get("overrides", {}))};
   colour fix `{net.get("color_fix")}`.
-- Trained with FaDeX `{net.get("fadex")}` sha256 `{fadex_sha}` (frozen).
+- Trained with FaDeX `{net.get("fadex")}` sha256 `{fadex_sha}` (frozen).{noise}
 - Training: **{info["steps"]} steps, {info["wall_s"] / 60:.1f} min wall** on
   {info.get("hardware")}; batch {tr.get("batch")} x {tr.get("crop")} px crops.
 {phases}
