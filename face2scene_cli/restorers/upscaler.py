@@ -60,6 +60,8 @@ class UpscaleRestorer:
     guard: ClassVar[None] = None
     #: The degradations it was trained on are not recorded (a converted model).
     trained_envelope: ClassVar[None] = None
+    #: A blind network: it reads no noise curve either.
+    takes_noise: ClassVar[bool] = False
 
     def __init__(self, net: RRDBNet, name: str, device: str | torch.device = "cpu") -> None:
         if int(net.config.scale) != 4:
@@ -96,9 +98,6 @@ class UpscaleRestorer:
         out, retried = run_in_precision(lambda t: self.net(t).sample, x, dtype)
         self.fp32_retries += retried
         return out
-
-    #: A blind network: it reads neither a code nor the noise curve.
-    takes_noise = False
 
     @torch.inference_mode()
     def restore(
