@@ -357,9 +357,18 @@ def _outputs(
         outs["usm"] = unsharp_mask(base, *best["usm"][it.degradation])
     x = to_tensor(it.lq)
     curve = None if reading.image is None else reading.image.noise_curve
+    restored: dict[tuple[int, int], torch.Tensor] = {}  # by (restorer, tokens): run once each
+
+    def restore(
+        restorer: SceneRestorer | UpscaleRestorer, tokens: torch.Tensor | None
+    ) -> torch.Tensor:
+        key = (id(restorer), id(tokens))
+        if key not in restored:
+            restored[key] = restorer.restore(x, tokens, tile=cfg.tile, scale=cfg.scale, noise=curve)
+        return restored[key]
 
     def run(restorer: SceneRestorer | UpscaleRestorer, tokens: torch.Tensor | None) -> np.ndarray:
-        y = restorer.restore(x, tokens, tile=cfg.tile, scale=cfg.scale, noise=curve)
+        y = restore(restorer, tokens)
         return (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
     if "realesrgan" in want and models.upscaler is not None:
@@ -385,7 +394,7 @@ def _outputs(
         reading.code,
         getattr(scene, "guard", None),
         cfg.scale,
-        lambda lq, tokens: scene.restore(lq, tokens, tile=cfg.tile, scale=cfg.scale, noise=curve),
+        lambda _lq, tokens: restore(scene, tokens),  # _lq has x's pixels: code's run is reused
     )
     return outs, [f.to_report() for f in fallbacks]
 
