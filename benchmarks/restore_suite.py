@@ -58,7 +58,9 @@ def without_clean_limits(name: str, work: Path) -> Path:
     return folder
 
 
-def _scores(clean: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> tuple[float, ...]:
+def _scores(
+    clean: np.ndarray, out: np.ndarray, mask: np.ndarray | None
+) -> tuple[float, float | None]:
     """PSNR of ``out`` on the whole photo and on the face region (None without a face), dB,
     99 for identical pixels."""
     whole = min(psnr(clean, out), 99.0)
