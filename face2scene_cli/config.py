@@ -386,6 +386,9 @@ class DegradeConfig:
         motion_angle: the motion's direction in degrees, [0, 180): 0 horizontal, 90 vertical
             (needs ``motion_px``; default 0).
         noise_sigma: Gaussian noise sigma in /255 units (parametric mode).
+        shot_noise: Poisson (shot) noise scale, 0-16 (parametric mode; the record's
+            ``poisson_scale``): camera noise, added before the Gaussian (read) noise.
+        gray_noise: luminance-only noise (needs ``noise_sigma`` or ``shot_noise``).
         jpeg_quality: JPEG quality 1-100 (parametric mode).
         downscale: downscale factor >= 1, the output is that much smaller (parametric and
             second-order modes).
@@ -398,22 +401,26 @@ class DegradeConfig:
     motion_px: float | None = None
     motion_angle: float | None = None
     noise_sigma: float | None = None
+    shot_noise: float | None = None
+    gray_noise: bool | None = None
     jpeg_quality: int | None = None
     downscale: float | None = None
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        parametric = (self.blur_sigma, self.motion_px, self.noise_sigma, self.jpeg_quality)
         if self.preset is not None and any(
-            v is not None for v in (*parametric, self.motion_angle, self.downscale)
+            v is not None
+            for v in (*self._parametric, self.motion_angle, self.gray_noise, self.downscale)
         ):
             raise ConfigError(
                 "--preset cannot be combined with --blur-sigma/--motion-px/--motion-angle/"
-                "--noise-sigma/--jpeg-quality/--downscale"
+                "--noise-sigma/--shot-noise/--gray-noise/--jpeg-quality/--downscale"
             )
         if self.motion_angle is not None and not self.motion_px:
             raise ConfigError("--motion-angle needs --motion-px (the motion blur's length)")
+        if self.gray_noise and not (self.noise_sigma or self.shot_noise):
+            raise ConfigError("--gray-noise needs --noise-sigma or --shot-noise (the noise)")
         if self.downscale is not None and self.downscale < 1:
             raise ConfigError(f"downscale must be >= 1, got {self.downscale}")
         if (
@@ -430,10 +437,19 @@ class DegradeConfig:
         """preset | parametric | second-order."""
         if self.preset is not None:
             return "preset"
-        parametric = (self.blur_sigma, self.motion_px, self.noise_sigma, self.jpeg_quality)
-        if any(v is not None for v in parametric):
+        if any(v is not None for v in self._parametric):
             return "parametric"
         return "second-order"
+
+    @property
+    def _parametric(self) -> tuple[float | int | None, ...]:
+        return (
+            self.blur_sigma,
+            self.motion_px,
+            self.noise_sigma,
+            self.shot_noise,
+            self.jpeg_quality,
+        )
 
 
 #: The variants ``f2s eval`` can run (:mod:`face2scene_cli.research.eval.scene`).

@@ -144,6 +144,48 @@ def test_degrade_motion_blur_smears_along_its_direction(
     assert "--motion-px" in res.output and "--motion-angle" in res.output
 
 
+def test_degrade_camera_noise_rises_with_brightness_and_gray_noise_is_shared(
+    tmp_path: Path, small_photo_dir: Path
+) -> None:
+    """``--shot-noise 2 --noise-sigma 2``: the residual grows with the clean photo's
+    brightness (sigma^2 = 4 + 4 x level), ``--gray-noise`` puts one field in every channel;
+    the report carries the record, which replays the output."""
+    from face2scene_cli.degradations.record import Degradation
+    from face2scene_cli.degradations.sampling import apply
+    from face2scene_cli.io.images import read_image
+    from face2scene_cli.io.tensors import from_tensor, to_tensor
+
+    checked = 0
+    for gray in (False, True):
+        out = tmp_path / f"camera-{gray}"
+        args = ["--shot-noise", "2", "--noise-sigma", "2"] + (["--gray-noise"] if gray else [])
+        res = runner.invoke(app, ["degrade", str(small_photo_dir), "--out", str(out), "-q", *args])
+        assert res.exit_code == 0, res.output
+        for report in reports_in(out).values():
+            record = Degradation.from_dict(report["applied_degradation"])
+            assert (record.poisson_scale, record.noise_sigma, record.gray_noise) == (2, 2, gray)
+            clean = read_image(Path(report["input"]["path"])).pixels
+            lq = read_image(Path(report["output"]["path"])).pixels
+            replay = from_tensor(apply(to_tensor(clean[..., :3]), record), clean.dtype)
+            assert np.array_equal(replay, lq[..., :3]), report["input"]["path"]
+            if clean.ndim == 2 or clean.shape[-1] < 3 or clean.dtype != np.uint8:
+                continue
+            residual = lq[..., :3].astype(np.float64) - clean[..., :3]
+            level = clean[..., :3].astype(np.float64).mean(axis=2)
+            inside = (level > 20) & (level < 200)  # away from clipping
+            dark = inside & (level < np.quantile(level[inside], 0.3))
+            bright = inside & (level > np.quantile(level[inside], 0.7))
+            assert residual[bright].std() > 1.4 * residual[dark].std()
+            shared = np.abs(residual[..., 0] - residual[..., 1])[inside].mean()
+            assert (shared < 1.0) if gray else (shared > 5.0), report["input"]["path"]
+            checked += 1
+    assert checked >= 6  # colour 8-bit photos, both runs
+    res = runner.invoke(app, ["degrade", str(small_photo_dir), "--gray-noise"])
+    assert res.exit_code == 2 and "--gray-noise needs" in res.output
+    res = runner.invoke(app, ["degrade", str(small_photo_dir), "-p", "mixed", "--shot-noise", "1"])
+    assert res.exit_code == 2 and "--shot-noise" in res.output
+
+
 def test_config_errors_are_usage_errors(tmp_path: Path, small_photo_dir: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("sede: 3\n")

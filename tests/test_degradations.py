@@ -286,6 +286,55 @@ def test_motion_record_roundtrip_refusals_and_old_records() -> None:
         assert needle in str(info.value)
 
 
+def test_camera_noise_record_roundtrip_refusals_and_old_records() -> None:
+    d = _param(poisson_scale=1.5, noise_sigma=2.0, gray_noise=True, jpeg_quality=80, seed=4)
+    assert R.Degradation.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    # sigma^2 = read^2 + scale^2 * level (8-bit units), as NoiseCurve fits it
+    assert d.noise_sigma_at(100.0) == pytest.approx(math.sqrt(4.0 + 2.25 * 100.0))
+    assert _param(noise_sigma=7.0).noise_sigma_at(255.0) == pytest.approx(7.0)
+    # records written before shot noise (no such keys) load as Gaussian colour noise
+    old = {k: v for k, v in d.to_dict().items() if k not in ("poisson_scale", "gray_noise")}
+    assert R.Degradation.from_dict(old) == dataclasses.replace(
+        d, poisson_scale=0.0, gray_noise=False
+    )
+    so = SO.sample_second_order(SO.SecondOrderConfig(), _gen(2))
+    for name, value in (("poisson_scale", 1.0), ("gray_noise", True)):
+        with pytest.raises(ConfigError, match="second-order degradation takes no"):
+            R.Degradation("second-order", second_order=so, **{name: value})  # type: ignore[arg-type]
+    for values, needle in (
+        ({"poisson_scale": -0.5}, "poisson_scale"),
+        ({"poisson_scale": 17.0}, "poisson_scale"),
+        ({"gray_noise": 1}, "gray_noise"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            _param(**values)
+
+
+def test_parametric_shot_noise_grows_with_brightness_and_gray_noise_is_shared() -> None:
+    """Poisson noise of scale s has sigma ~ s * sqrt(level) (level in 8-bit units), before
+    the Gaussian read noise; luminance noise is one field in every channel."""
+    dark_half, bright_half = (torch.full((1, 3, 96, 96), v / 255) for v in (30, 150))
+    flat = torch.cat([dark_half, bright_half], 3)
+    # a photo's many levels: Real-ESRGAN's Poisson noise counts the image's distinct levels
+    flat[..., -1, :] = torch.arange(192) / 255
+    out = S.apply(flat, _param(poisson_scale=2.0, seed=1)) * 255
+    dark, bright = out[..., :-1, :96].std().item(), out[..., :-1, 96:].std().item()
+    assert dark == pytest.approx(2.0 * math.sqrt(30), rel=0.1)
+    assert bright == pytest.approx(2.0 * math.sqrt(150), rel=0.1)
+    # with read noise: sigma^2 adds up; replayed exactly from the seed
+    camera = _param(poisson_scale=2.0, noise_sigma=6.0, seed=1)
+    noisy = S.apply(flat, camera) * 255
+    assert noisy[..., :-1, :96].std().item() == pytest.approx(camera.noise_sigma_at(30), rel=0.1)
+    assert torch.equal(noisy, S.apply(flat, camera) * 255)
+    colour = S.apply(flat, camera) - flat
+    assert not torch.equal(colour[:, 0], colour[:, 1])
+    gray = S.apply(flat, dataclasses.replace(camera, gray_noise=True)) - flat
+    assert torch.allclose(gray[:, 0], gray[:, 1], atol=1e-6)
+    assert torch.allclose(gray[:, 0], gray[:, 2], atol=1e-6)
+    with pytest.raises(ValueError, match="needs a seed"):
+        S.apply(flat, _param(poisson_scale=1.0))
+
+
 def test_blur_small_image_and_per_image_kernels() -> None:
     x = torch.rand(2, 1, 5, 6, generator=_gen())
     y = O.gaussian_blur(x, 2.0)  # radius 6 > size: replicate padding
@@ -408,6 +457,8 @@ def test_presets_and_record_roundtrip() -> None:
         "downscale": 1.0,
         "resize_back": False,
         "seed": 9,
+        "poisson_scale": 0.0,
+        "gray_noise": False,
     }
     p = _param(blur_sigma_px=0.7, noise_sigma=3.5, jpeg_quality=60, downscale=2.5, seed=4)
     so = R.Degradation(
@@ -704,6 +755,37 @@ def test_distribution_draws_motion_last() -> None:
     assert _WIDE.envelope()["blur_sigma_px"] == 4.0
     env = dataclasses.replace(_WIDE, motion_range=(3.0, 14.0), p_motion=0.25).envelope()
     assert env["blur_sigma_px"] == pytest.approx(math.hypot(4.0, 14.0 / math.sqrt(12)))
+
+
+def test_distribution_draws_shot_and_gray_noise_last() -> None:
+    """With shot and gray noise, every other value is the one drawn without them; they come
+    after motion blur, gray noise only on a draw with noise; the envelope counts the shot
+    noise at the brightest level."""
+    assert S.DegradationDistribution().p_poisson == 0.0 == _WIDE.p_poisson
+    assert S.DegradationDistribution().p_gray_noise == 0.0 == _WIDE.p_gray_noise
+    camera = dataclasses.replace(_WIDE, p_poisson=0.5, poisson_range=(1.0, 2.0), p_gray_noise=0.5)
+    shot, gray, parametric = [], 0, 0
+    for seed in range(80):
+        drawn, without = camera.sample(_gen(seed)), _WIDE.sample(_gen(seed))
+        plain = dataclasses.replace(drawn, poisson_scale=0.0, gray_noise=False)
+        assert plain == without, seed
+        if drawn.mode != "parametric":
+            continue
+        parametric += 1
+        if drawn.poisson_scale > 0:
+            assert 1.0 <= drawn.poisson_scale <= 2.0
+            shot.append(drawn.poisson_scale)
+        gray += drawn.gray_noise
+        if drawn.gray_noise:
+            assert drawn.noise_sigma > 0 or drawn.poisson_scale > 0
+    assert 0.3 < len(shot) / parametric < 0.7
+    assert 0.15 < gray / parametric < 0.6
+    assert len({round(v, 6) for v in shot}) == len(shot)
+    noise = _WIDE.noise_range[1]
+    assert camera.envelope()["noise_sigma"] == pytest.approx(math.sqrt(noise**2 + 4 * 255))
+    assert _WIDE.envelope()["noise_sigma"] == noise
+    with pytest.raises(ConfigError, match="poisson_range"):
+        dataclasses.replace(_WIDE, poisson_range=(1.0, 20.0))
 
 
 def test_distribution_clean_share_leaves_the_image_untouched() -> None:

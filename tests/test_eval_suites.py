@@ -149,6 +149,21 @@ def test_camera_noise_grows_with_brightness(photo: np.ndarray) -> None:
     assert bright > 1.5 * dark > 0
 
 
+def test_camera_items_are_shot_then_read_noise_then_jpeg(photo: np.ndarray) -> None:
+    """The camera items are parametric records (Poisson, Gaussian read noise, JPEG, one
+    generator seeded by the item), the same pixels as the three steps by hand."""
+    from face2scene_cli.degradations.jpeg import jpeg_compress
+    from face2scene_cli.degradations.ops import add_gaussian_noise, add_poisson_noise
+    from face2scene_cli.degradations.sampling import image_seed
+    from face2scene_cli.io.tensors import to_tensor
+
+    for name, scale, read, q in (("camera-jpeg80", 1.0, 2.0, 80), ("camera-jpeg95", 0.25, 1.0, 95)):
+        g = torch.Generator().manual_seed(image_seed(0, f"a|{name}"))
+        x = add_gaussian_noise(add_poisson_noise(to_tensor(photo), scale, g), read, g)
+        by_hand = (jpeg_compress(x, q)[0].permute(1, 2, 0) * 255).round().to(torch.uint8)
+        np.testing.assert_array_equal(degrade(photo, name, "a", 0).lq, by_hand.numpy())
+
+
 def test_gray_item_scores_against_the_gray_photo(photo: np.ndarray) -> None:
     out = degrade(photo, "gray-noise10", "a", 0)
     for img in (out.clean, out.lq):

@@ -276,6 +276,9 @@ def test_operators_keep_size_and_downscale_loses_detail() -> None:
     assert lab[1] == pytest.approx(math.sqrt(1.5**2 + 81 / 12)) and lab[2] == 2.0
     target = effective_blur(torch.tensor(lab[1:2]), torch.tensor(lab[2:3]))
     assert float(target) == pytest.approx(math.sqrt(1.5**2 + 81 / 12 + 0.78**2), rel=1e-5)
+    # shot noise is labelled by its sigma at mid-grey, with the read noise
+    camera = _op(poisson_scale=1.0, noise_sigma=2.0, jpeg_quality=80)
+    assert degradation_labels(camera)[0] == pytest.approx(math.sqrt(4 + 128), rel=1e-6)
     sample = sample_second_order(SecondOrderConfig(), torch.Generator().manual_seed(0))
     assert degradation_labels(Degradation("second-order", second_order=sample))[5] == 0
 

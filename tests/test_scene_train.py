@@ -203,6 +203,23 @@ def test_validation_scores_parametric_items_and_resets_best_when_items_change(
     assert (tmp_path / "export2" / "training.json").is_file()
     with pytest.raises(ConfigError, match=r"val\.parametric\.bad"):
         load_scene_config(cfg_path, {"val.parametric": {"bad": {"sharpness": 2}}})
+    camera = {"camera": {"poisson_scale": 1.0, "noise_sigma": 2.0, "gray_noise": True}}
+    assert load_scene_config(cfg_path, {"val.parametric": camera}).val.parametric == camera
+
+
+def test_validation_score_counts_each_item_up_to_the_ceiling() -> None:
+    """A clean item restored at 77 dB counts as 50: it would otherwise outweigh tenths of a
+    dB on every degraded item (and the ceiling is part of what makes scores comparable)."""
+    from face2scene_cli.research.train.scene import validation_score
+    from face2scene_cli.research.train.scene_config import SCORE_CEILING_DB, ValSection
+
+    means = {"clean": {"psnr": 77.0}, "noise15": {"psnr": 32.0}, "mixed": {"psnr": 28.0}}
+    assert SCORE_CEILING_DB == 50.0
+    assert validation_score({"means": means}) == pytest.approx((50 + 32 + 28) / 3)
+    better_clean = {**means, "clean": {"psnr": 90.0}}
+    better_noise = {**means, "noise15": {"psnr": 32.3}}
+    assert validation_score({"means": better_noise}) > validation_score({"means": better_clean})
+    assert ValSection().items_key()["score_ceiling_db"] == 50.0
 
 
 def test_a_learned_x2_upscaler_trains_on_aligned_pairs_and_exports(

@@ -17,6 +17,7 @@ __all__ = [
     "MAX_KERNEL_SIZE",
     "MAX_MOTION_PX",
     "MAX_NOISE_SIGMA",
+    "MAX_POISSON_SCALE",
     "SEED_MASK",
     "integer",
     "integer_range",
@@ -30,6 +31,8 @@ __all__ = [
 MAX_BLUR_SIGMA = 10.0
 #: Largest noise sigma, /255 units.
 MAX_NOISE_SIGMA = 255.0
+#: Largest Poisson (shot) noise scale: sigma ~ 16 * sqrt(level), 255/255 at level 254.
+MAX_POISSON_SCALE = 16.0
 #: Largest downscale factor.
 MAX_DOWNSCALE = 64.0
 #: Largest blur kernel side.

@@ -3,7 +3,8 @@
 One record covers the three kinds of degradation of the project:
 
 * ``preset``: a named fixed degradation (:data:`PRESETS`, ``f2s degrade --preset``);
-* ``parametric``: explicit values, applied as blur -> motion blur -> downscale -> noise -> JPEG;
+* ``parametric``: explicit values, applied as blur -> motion blur -> downscale -> noise -> JPEG
+  (noise: Poisson shot noise, then Gaussian read noise, as a camera makes it);
 * ``second-order``: one sample of the Real-ESRGAN second-order pipeline
   (:class:`SecondOrderSample`, every random choice, replayable bit for bit).
 
@@ -34,6 +35,7 @@ from face2scene_cli.degradations.checks import (
     MAX_DOWNSCALE,
     MAX_MOTION_PX,
     MAX_NOISE_SIGMA,
+    MAX_POISSON_SCALE,
     SEED_MASK,
     integer,
     odd_kernel_size,
@@ -305,7 +307,12 @@ class Degradation:
             of side :func:`motion_kernel_size`.
         motion_angle_deg: the segment's direction in degrees, [0, 180): 0 = horizontal,
             90 = vertical (image rows grow downwards, so 45 runs from top left to bottom right).
-        noise_sigma: white Gaussian colour noise sigma in /255 units, [0, 255]; 0 = none.
+        noise_sigma: white Gaussian noise sigma in /255 units, [0, 255]; 0 = none.
+        poisson_scale: signal-dependent Poisson (shot) noise, Real-ESRGAN's scale
+            (:func:`~face2scene_cli.degradations.ops.add_poisson_noise`: sigma^2 ~ scale^2 *
+            level in 8-bit units), [0, 16]; 0 = none. Added before the Gaussian noise.
+        gray_noise: both noises are luminance noise (one field shared by the channels), as
+            after a camera's or an app's colour denoising; False = colour noise.
         jpeg_quality: JPEG quality 1..100; None = no JPEG.
         downscale: resolution loss factor in [1, 64]: bicubic antialiased resize to
             ``(round(H / downscale), round(W / downscale))`` (at least 1 px); 1 = none.
@@ -328,6 +335,8 @@ class Degradation:
     resize_back: bool = False
     seed: int | None = None
     second_order: SecondOrderSample | None = None
+    poisson_scale: float = 0.0
+    gray_noise: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -348,6 +357,8 @@ class Degradation:
                 "jpeg_quality",
                 "downscale",
                 "resize_back",
+                "poisson_scale",
+                "gray_noise",
             )
             if any(getattr(self, f) != getattr(plain, f) for f in (*fields, "seed")):
                 raise ConfigError(
@@ -369,6 +380,13 @@ class Degradation:
             raise ConfigError("motion_angle_deg must be in [0, 180), got 180")
         set_(self, "motion_angle_deg", angle)
         set_(self, "noise_sigma", real("noise_sigma", self.noise_sigma, 0.0, MAX_NOISE_SIGMA))
+        set_(
+            self,
+            "poisson_scale",
+            real("poisson_scale", self.poisson_scale, 0.0, MAX_POISSON_SCALE),
+        )
+        if not isinstance(self.gray_noise, bool):
+            raise ConfigError(f"gray_noise must be true or false, got {self.gray_noise!r}")
         if self.jpeg_quality is not None:
             set_(self, "jpeg_quality", integer("jpeg_quality", self.jpeg_quality, 1, 100))
         set_(self, "downscale", real("downscale", self.downscale, 1.0, MAX_DOWNSCALE))
@@ -404,11 +422,18 @@ class Degradation:
         for second-order records; the resolution loss is not included)."""
         return equivalent_blur(self.blur_sigma_px, self.motion_px)
 
+    def noise_sigma_at(self, level: float) -> float:
+        """The noise sigma (/255) at brightness ``level`` (8-bit units) of a preset or
+        parametric record: ``sqrt(noise_sigma^2 + poisson_scale^2 * level)``, the Gaussian read
+        noise and the shot noise together (0 for second-order records)."""
+        return math.sqrt(self.noise_sigma**2 + self.poisson_scale**2 * max(0.0, level))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types. Preset and parametric: ``{"mode", "preset", "blur_sigma_px",
         "motion_px", "motion_angle_deg", "noise_sigma", "jpeg_quality", "downscale",
-        "resize_back", "seed"}`` (records written before motion blur lack the two motion
-        keys; :meth:`from_dict` reads them as 0); second-order:
+        "resize_back", "seed", "poisson_scale", "gray_noise"}`` (records written before motion
+        blur lack the two motion keys, those before shot noise the last two; :meth:`from_dict`
+        reads them as 0 / false); second-order:
         ``{"mode", "preset": None, "sample": SecondOrderSample.to_dict()}``."""
         if self.mode == "second-order":
             return {"mode": self.mode, "preset": None, "sample": self.second_order.to_dict()}  # type: ignore[union-attr]

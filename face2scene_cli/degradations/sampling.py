@@ -31,6 +31,7 @@ from face2scene_cli.degradations.checks import (
     MAX_DOWNSCALE,
     MAX_MOTION_PX,
     MAX_NOISE_SIGMA,
+    MAX_POISSON_SCALE,
     SEED_MASK,
     integer_range,
     probabilities,
@@ -40,6 +41,7 @@ from face2scene_cli.degradations.checks import (
 from face2scene_cli.degradations.jpeg import jpeg_compress
 from face2scene_cli.degradations.ops import (
     add_gaussian_noise,
+    add_poisson_noise,
     blur,
     check_image,
     gaussian_blur,
@@ -74,7 +76,8 @@ def apply(x: Tensor, degradation: Degradation, generator: torch.Generator | None
     r"""Apply a degradation record to a batch of images.
 
     Preset and parametric records run blur -> motion blur -> downscale (-> resize back) ->
-    noise -> JPEG (:data:`~face2scene_cli.degradations.record.PARAMETRIC_ORDER`); the motion
+    noise (Poisson shot noise, then Gaussian, both clamped, one generator) -> JPEG
+    (:data:`~face2scene_cli.degradations.record.PARAMETRIC_ORDER`); the motion
     blur is :func:`~face2scene_cli.degradations.ops.motion_kernel2d` of side
     :func:`~face2scene_cli.degradations.record.motion_kernel_size`, convolved with reflect
     padding (:func:`~face2scene_cli.degradations.ops.blur`); second-order records run
@@ -83,7 +86,7 @@ def apply(x: Tensor, degradation: Degradation, generator: torch.Generator | None
     Args:
         x: images :math:`(B, C, H, W)`, float in [0, 1], C in {1, 3}, any device.
         degradation: the record.
-        generator: source of the Gaussian noise; None = a generator on ``x``'s device seeded
+        generator: source of the noise; None = a generator on ``x``'s device seeded
             with ``degradation.seed`` (required when the record has noise and no seed). A
             generator on another device than ``x`` seeds a generator on ``x``'s device.
             Second-order records carry their own noise seeds and ignore it.
@@ -112,13 +115,17 @@ def apply(x: Tensor, degradation: Degradation, generator: torch.Generator | None
         out = resize(out, (max(1, round(h / f)), max(1, round(w / f))), "bicubic")
         if degradation.resize_back:
             out = resize(out, (h, w), "bicubic").clamp(0.0, 1.0)
-    if degradation.noise_sigma > 0:
+    if degradation.noise_sigma > 0 or degradation.poisson_scale > 0:
         if generator is None:
             if degradation.seed is None:
                 raise ValueError("a degradation with noise needs a seed or a generator")
             generator = torch.Generator(device=x.device)
             generator.manual_seed(degradation.seed)
-        out = add_gaussian_noise(out, degradation.noise_sigma, generator, clip=True)
+        gray = degradation.gray_noise
+        if degradation.poisson_scale > 0:
+            out = add_poisson_noise(out, degradation.poisson_scale, generator, gray=gray)
+        if degradation.noise_sigma > 0:
+            out = add_gaussian_noise(out, degradation.noise_sigma, generator, gray=gray)
     if degradation.jpeg_quality is not None:
         out = jpeg_compress(out, degradation.jpeg_quality)
     return out.clamp(0.0, 1.0)
@@ -153,6 +160,10 @@ class DegradationDistribution:
             with no operator), so that a restorer also learns to leave a clean photo alone.
             Drawn before the kind and only when ``p_clean > 0``, so a distribution without
             it draws exactly what it drew before it existed.
+        p_poisson, poisson_range: parametric Poisson (shot) noise, camera noise with the
+            Gaussian noise as its read noise: presence, Real-ESRGAN scale range. p_gray_noise:
+            the share of parametric draws whose noise is luminance-only. Both drawn after
+            motion blur and only when their probability is > 0 (draws unchanged without them).
     """
 
     mix: tuple[float, float, float] = (0.0, 1.0, 0.0)
@@ -170,6 +181,9 @@ class DegradationDistribution:
     motion_range: tuple[float, float] = (3.0, 15.0)
     second_order: SecondOrderConfig = field(default_factory=SecondOrderConfig)
     p_clean: float = 0.0
+    p_poisson: float = 0.0
+    poisson_range: tuple[float, float] = (0.1, 3.0)
+    p_gray_noise: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -189,8 +203,14 @@ class DegradationDistribution:
         for name in presets:
             Degradation.from_preset(name)
         set_(self, "presets", tuple(presets))
-        for name in ("p_blur", "p_noise", "p_downscale", "p_jpeg", "p_motion", "p_clean"):
+        probs = ("p_blur", "p_noise", "p_downscale", "p_jpeg", "p_motion", "p_clean")
+        for name in (*probs, "p_poisson", "p_gray_noise"):
             set_(self, name, real(name, getattr(self, name), 0.0, 1.0))
+        set_(
+            self,
+            "poisson_range",
+            value_range("poisson_range", self.poisson_range, 0.0, MAX_POISSON_SCALE),
+        )
         set_(self, "blur_range", value_range("blur_range", self.blur_range, 0.0, MAX_BLUR_SIGMA))
         set_(
             self, "noise_range", value_range("noise_range", self.noise_range, 0.0, MAX_NOISE_SIGMA)
@@ -256,7 +276,8 @@ class DegradationDistribution:
         """The extremes it draws, over the kinds with a share: the largest ``noise_sigma``
         (/255), ``blur_sigma_px`` and ``downscale`` and the lowest ``jpeg_quality`` (parametric
         motion blur counts by its :func:`~face2scene_cli.degradations.record.equivalent_blur`
-        with the largest Gaussian blur; second order: its passes' noise, blur and JPEG ranges,
+        with the largest Gaussian blur, Poisson noise by its sigma at level 255 with the
+        largest Gaussian noise; second order: its passes' noise, blur and JPEG ranges,
         1 / its smallest first resize; blur kernels by their sigma, motion blur not
         included)."""
         env = {"noise_sigma": 0.0, "blur_sigma_px": 0.0, "downscale": 1.0, "jpeg_quality": 100.0}
@@ -274,7 +295,11 @@ class DegradationDistribution:
                 widen(d.noise_sigma, d.blur_sigma_px, d.downscale, d.jpeg_quality or 100)
         if parametric > 0:
             widen(
-                self.noise_range[1] if self.p_noise > 0 else 0.0,
+                Degradation(
+                    "parametric",
+                    noise_sigma=self.noise_range[1] if self.p_noise > 0 else 0.0,
+                    poisson_scale=self.poisson_range[1] if self.p_poisson > 0 else 0.0,
+                ).noise_sigma_at(255.0),
                 equivalent_blur(
                     self.blur_range[1] if self.p_blur > 0 else 0.0,
                     self.motion_range[1] if self.p_motion > 0 else 0.0,
@@ -321,6 +346,10 @@ class DegradationDistribution:
         motion, angle = 0.0, 0.0
         if self.p_motion > 0 and d.uniform() < self.p_motion:
             motion, angle = d.uniform(*self.motion_range), d.uniform(0.0, 180.0)
+        poisson = 0.0
+        if self.p_poisson > 0 and d.uniform() < self.p_poisson:
+            poisson = d.uniform(*self.poisson_range)
+        gray = self.p_gray_noise > 0 and d.uniform() < self.p_gray_noise and noise + poisson > 0
         return Degradation(
             "parametric",
             blur_sigma_px=blur_,
@@ -331,6 +360,8 @@ class DegradationDistribution:
             downscale=down,
             resize_back=self.resize_back,
             seed=seed,
+            poisson_scale=poisson,
+            gray_noise=gray,
         )
 
     def apply(

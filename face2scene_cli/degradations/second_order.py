@@ -25,6 +25,7 @@ from torch import Tensor
 from face2scene_cli.degradations.checks import (
     MAX_MOTION_PX,
     MAX_NOISE_SIGMA,
+    MAX_POISSON_SCALE,
     SEED_MASK,
     integer,
     probabilities,
@@ -173,7 +174,7 @@ class SecondOrderConfig:
                 "betap_range": (0.0, 16.0, True),
                 "resize_range": (0.0, 8.0, True),
                 "noise_range": (0.0, MAX_NOISE_SIGMA, False),
-                "poisson_scale_range": (0.0, 16.0, False),
+                "poisson_scale_range": (0.0, MAX_POISSON_SCALE, False),
             }
             for name, (a, b, open_) in pairs.items():
                 value = value_range(

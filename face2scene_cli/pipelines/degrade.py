@@ -102,6 +102,8 @@ def _fixed(cfg: DegradeConfig) -> Degradation | None:
             motion_px=cfg.motion_px or 0.0,
             motion_angle_deg=cfg.motion_angle or 0.0,
             noise_sigma=cfg.noise_sigma or 0.0,
+            poisson_scale=cfg.shot_noise or 0.0,
+            gray_noise=bool(cfg.gray_noise),
             jpeg_quality=cfg.jpeg_quality,
             downscale=cfg.downscale or 1.0,
         )

@@ -80,6 +80,29 @@ def degrade(
             show_default=False,
         ),
     ] = None,
+    shot_noise: Annotated[
+        float | None,
+        typer.Option(
+            "--shot-noise",
+            envvar="F2S_SHOT_NOISE",
+            rich_help_panel=DEG,
+            min=0,
+            max=16,
+            help="Camera (Poisson) shot noise, Real-ESRGAN's scale: sigma ~ scale x sqrt(level)"
+            "/255, before the Gaussian noise (the read noise).",
+            show_default=False,
+        ),
+    ] = None,
+    gray_noise: Annotated[
+        bool | None,
+        typer.Option(
+            "--gray-noise/--colour-noise",
+            envvar="F2S_GRAY_NOISE",
+            rich_help_panel=DEG,
+            help="Luminance-only noise (one field in every channel). [default: colour]",
+            show_default=False,
+        ),
+    ] = None,
     jpeg_quality: Annotated[
         int | None,
         typer.Option(
@@ -139,7 +162,9 @@ def degrade(
 
     [bold]Examples[/bold]: f2s degrade ./clean --out ./lq --preset mixed ·
     f2s degrade img.png --noise-sigma 15 --jpeg-quality 40 ·
-    f2s degrade img.png --motion-px 9 --motion-angle 30 · f2s degrade ./clean --seed 7
+    f2s degrade img.png --motion-px 9 --motion-angle 30 ·
+    f2s degrade img.png --shot-noise 1 --noise-sigma 2 --jpeg-quality 80 ·
+    f2s degrade ./clean --seed 7
     """
     configure_logging(debug)
     if scale is not None:

@@ -222,6 +222,9 @@ def degradation_labels(op: Degradation) -> np.ndarray:
     """FaDeX's regression targets of an operator: ``[noise_sigma, blur, downscale,
     jpeg_quality (0 if none), jpeg present, has_label]``; second-order operators have none.
 
+    ``noise_sigma`` is the record's noise at mid-grey, :meth:`Degradation.noise_sigma_at`
+    (128): FaDeX reads one sigma, and shot noise has one per brightness.
+
     ``blur`` is the optical blur, :meth:`Degradation.equivalent_blur_px`: the Gaussian sigma
     and the motion blur as one sigma, ``sqrt(blur_sigma_px^2 + (motion_px / sqrt(12))^2)``
     (the regression loss adds the resolution loss,
@@ -230,7 +233,7 @@ def degradation_labels(op: Degradation) -> np.ndarray:
         return np.array([0, 0, 1, 0, 0, 0], dtype=np.float32)
     q = op.jpeg_quality
     return np.array(
-        [op.noise_sigma, op.equivalent_blur_px(), op.downscale, q or 0, q is not None, 1],
+        [op.noise_sigma_at(128.0), op.equivalent_blur_px(), op.downscale, q or 0, q is not None, 1],
         dtype=np.float32,
     )
 

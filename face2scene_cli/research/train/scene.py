@@ -36,8 +36,9 @@ Run folder: ``config.yaml``, ``data_manifest.json``, ``cache/`` (degraded region
 ``log.jsonl``, ``val.jsonl``, ``checkpoint/`` (weights, EMA, optimizer, step, wall time, RNG
 states; safetensors + JSON, no pickle), ``result.json``. The best validation weights are
 exported to ``logging.export_to`` (a model folder with metadata and card,
-:mod:`~face2scene_cli.research.train.scene_export`) whenever the validation score improves
-over the previous export.
+:mod:`~face2scene_cli.research.train.scene_export`) whenever the validation score (the
+items' mean PSNR, each counted up to :data:`SCORE_CEILING_DB`) improves over the previous
+export.
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ from face2scene_cli.research.metrics import ssim_torch
 from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
 from face2scene_cli.research.train.discriminator import UNetDiscriminator, critic_losses
-from face2scene_cli.research.train.scene_config import SceneTrainConfig, TrainSection
+from face2scene_cli.research.train.scene_config import (
+    SCORE_CEILING_DB,
+    SceneTrainConfig,
+    TrainSection,
+)
 from face2scene_cli.research.train.scene_data import (
     build_cache,
     build_val_items,
@@ -225,6 +230,12 @@ def _fadex(name: str) -> tuple[torch.nn.Module | None, str | None, int]:
     info = require_model(name)
     fadex = load_fadex(name).requires_grad_(False)
     return fadex, info.sha256, int(fadex.z_channels)
+
+
+def validation_score(table: dict[str, Any]) -> float:
+    """The score a run exports on: the mean PSNR of :func:`evaluate_items`' items (its
+    ``means``), each counted up to :data:`SCORE_CEILING_DB`."""
+    return float(np.mean([min(v["psnr"], SCORE_CEILING_DB) for v in table["means"].values()]))
 
 
 def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -386,9 +397,6 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         torch.autocast, device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"
     )
 
-    def score_of(table: dict[str, Any]) -> float:
-        return float(np.mean([v["psnr"] for v in table["means"].values()]))
-
     def validate() -> dict[str, Any]:
         ema_r = SceneRestorer(
             ema["net"], RestoreSettings(color_fix=config.network.color_fix), ema["mapnet"], device
@@ -487,7 +495,9 @@ def train_scene(config: SceneTrainConfig, resume: bool = False) -> dict[str, Any
         # 4. validation + export when improved
         if time.monotonic() - last_val > config.val.every_s or ending:
             table = validate() if val_items else {}
-            score = score_of(table["code" if "code" in table else "blind"]) if table else -1.0
+            score = (
+                validation_score(table["code" if "code" in table else "blind"]) if table else -1.0
+            )
             row = {
                 "step": step,
                 "wall_s": wall,

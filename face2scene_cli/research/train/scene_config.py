@@ -22,6 +22,7 @@ from face2scene_cli.research.train.data import config_section, read_training_yam
 
 __all__ = [
     "SCENE_DEGRADATIONS",
+    "SCORE_CEILING_DB",
     "DataSection",
     "LoggingSection",
     "NetworkSection",
@@ -45,6 +46,11 @@ SCENE_DEGRADATIONS = DegradationDistribution(
     p_jpeg=0.5,
     jpeg_range=(25, 95),
 )
+
+#: The validation score (mean PSNR over the items) counts each item up to this: a photo
+#: restored past it is as good as kept (f2s restore's clean limits keep such photos), and a
+#: clean item at 77 dB would otherwise outweigh tenths of a dB on every degraded one.
+SCORE_CEILING_DB = 50.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ class ValSection:
             k: v for k, v in dataclasses.asdict(self).items() if k not in ("enabled", "every_s")
         }
         items["scene_crops"] = SCENE_CROPS  # a photo without a face: its code's crops
+        items["score_ceiling_db"] = SCORE_CEILING_DB
         return json.loads(json.dumps(items))
 
 
