@@ -8,6 +8,10 @@ be compared with the model it started from::
 
     python benchmarks/trainer_val.py configs/scene-gentle.yaml scene-embedded \\
         checkpoints/scene-gentle --out benchmarks/results/scene-gentle-val/compare.json
+
+The score is the trainer's (:func:`~face2scene_cli.research.train.scene.validation_score`).
+``--without-noise-curve`` also scores each model that reads the noise curve with the curve
+withheld (``NAME (no curve)``), the path of the trainer's ``train.noise_dropout`` samples.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from face2scene_cli.research.splits import load_splits
+from face2scene_cli.research.train.scene import validation_score
 from face2scene_cli.research.train.scene_config import load_scene_config
 from face2scene_cli.research.train.scene_data import build_val_items, evaluate_items
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
@@ -31,11 +35,29 @@ from face2scene_cli.restorers.scene import RestoreSettings, SceneRestorer, load_
 from face2scene_cli.zoo import model_location
 
 
+class _WithoutCurve:
+    """``restorer`` with every call's noise curve withheld."""
+
+    def __init__(self, restorer: SceneRestorer) -> None:
+        self._restorer = restorer
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._restorer, name)
+
+    def restore(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return self._restorer.restore(*args, **{**kwargs, "noise": None})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", type=Path, help="a scene training config (its data and val)")
     ap.add_argument("models", nargs="+", help="zoo names or model folders")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--without-noise-curve",
+        action="store_true",
+        help="also score models that read the noise curve without it",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     cfg = load_scene_config(args.config)
@@ -50,11 +72,15 @@ def main() -> int:
         model, root = model_location(name)
         loaded = load_scene_restorer(model, root=root)
         fp32 = SceneRestorer(loaded.net, RestoreSettings(color_fix="none"), loaded.mapnet, "cpu")
-        with torch.inference_mode():
-            table = evaluate_items(fp32, items, "code")
-        means = {k: round(v["psnr"], 3) for k, v in table["means"].items()}
-        out[name] = {"score": round(float(np.mean(list(means.values()))), 3), "means": means}
-        print(name, out[name]["score"], means, flush=True)
+        runs = [(name, fp32)]
+        if args.without_noise_curve and fp32.takes_noise:
+            runs.append((f"{name} (no curve)", _WithoutCurve(fp32)))
+        for label, restorer in runs:
+            with torch.inference_mode():
+                table = evaluate_items(restorer, items, "code")
+            means = {k: round(v["psnr"], 3) for k, v in table["means"].items()}
+            out[label] = {"score": round(validation_score(table), 3), "means": means}
+            print(label, out[label]["score"], means, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -114,7 +114,7 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     _, fadex_sha = tiny_zoo
     cfg_path = _tiny_config(tmp_path, condition="code", cond_dropout=0.5)
     untouched = {
-        "data.degradation": {"p_clean": 0.5},
+        "data.degradation": {"p_clean": 0.5, "p_poisson": 0.3, "p_gray_noise": 0.2},
         "network.mapnet": {"dim": 16, "heads": 2, "noise_levels": [0.0, 128.0, 255.0]},
     }
     result = train_scene(load_scene_config(cfg_path, untouched))
@@ -149,7 +149,10 @@ def test_tiny_training_run_resumes_and_exports(tmp_path: Path, tiny_zoo) -> None
     cache = load_file(str(run / "cache" / "samples.safetensors"))
     same = [torch.equal(a, b) for a, b in zip(cache["lq"], cache["clean"], strict=True)]
     assert 0 < sum(same) < 6
-    assert "50% of the regions left untouched" in (tmp_path / "export" / "README.md").read_text()
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "50% of the regions left untouched" in card
+    assert "30% of the parametric draws with camera shot noise" in card
+    assert "20% of the parametric draws gray noise" in card
 
 
 def test_validation_reads_a_photo_without_a_face_off_its_scene_crops() -> None:

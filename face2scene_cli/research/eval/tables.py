@@ -261,6 +261,9 @@ def write_card(folder: Path, evaluation: str, extra: str = "") -> None:
     mix = degradation.get("mix", data.get("mix"))  # 0.1 runs: data.mix
     p_clean = degradation.get("p_clean", 0.0)
     untouched = f"; {p_clean:.0%} of the regions left untouched" if p_clean else ""
+    for key, what in (("p_poisson", "with camera shot noise"), ("p_gray_noise", "gray noise")):
+        if degradation.get(key):
+            untouched += f"; {degradation[key]:.0%} of the parametric draws {what}"
     fadex_sha = info.get("trained_with", {}).get("fadex")
     levels = net.get("mapnet", {}).get("noise_levels")
     noise = (
