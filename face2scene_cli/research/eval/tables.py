@@ -260,10 +260,10 @@ def write_card(folder: Path, evaluation: str, extra: str = "") -> None:
     degradation = data.get("degradation", {})
     mix = degradation.get("mix", data.get("mix"))  # 0.1 runs: data.mix
     p_clean = degradation.get("p_clean", 0.0)
-    untouched = f"; {p_clean:.0%} of the regions left untouched" if p_clean else ""
+    shares = f"; {p_clean:.0%} of the regions left untouched" if p_clean else ""
     for key, what in (("p_poisson", "with camera shot noise"), ("p_gray_noise", "gray noise")):
         if degradation.get(key):
-            untouched += f"; {degradation[key]:.0%} of the parametric draws {what}"
+            shares += f"; {degradation[key]:.0%} of the parametric draws {what}"
     fadex_sha = info.get("trained_with", {}).get("fadex")
     levels = net.get("mapnet", {}).get("noise_levels")
     noise = (
@@ -287,7 +287,7 @@ Face2Scene: restores the whole photo, conditioned on the degradation read off a 
 {phases}
 - Data: TRAIN photos of `data/splits.yaml` (package-shipped photos only, see `data/ASSETS.md`),
   {data.get("samples")} cached degraded regions of {data.get("region")} px (presets /
-  parametric grid / Real-ESRGAN second order, mix {mix}{untouched}); the code comes from
+  parametric grid / Real-ESRGAN second order, mix {mix}{shares}); the code comes from
   FaDeX on a {data.get("face_crop")} px face-sized crop of the same degraded region and its
   BlindFaceRestorer output; condition dropout {tr.get("cond_dropout")} in the code phase.
 - Loss: Charbonnier + {tr.get("w_ssim")} (1 - SSIM) + {tr.get("w_grad")} gradient L1 +
