@@ -19,6 +19,7 @@ __all__ = [
     "MAX_NOISE_SIGMA",
     "MAX_POISSON_SCALE",
     "SEED_MASK",
+    "flag",
     "integer",
     "integer_range",
     "odd_kernel_size",
@@ -53,6 +54,13 @@ def real(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) 
         bracket = "(" if lo_open else "["
         raise ConfigError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {value!r}")
     return v
+
+
+def flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (true or false in YAML); ConfigError naming anything else."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def integer(name: str, value: Any, lo: int, hi: int) -> int:

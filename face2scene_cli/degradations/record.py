@@ -37,6 +37,7 @@ from face2scene_cli.degradations.checks import (
     MAX_NOISE_SIGMA,
     MAX_POISSON_SCALE,
     SEED_MASK,
+    flag,
     integer,
     odd_kernel_size,
     real,
@@ -385,13 +386,11 @@ class Degradation:
             "poisson_scale",
             real("poisson_scale", self.poisson_scale, 0.0, MAX_POISSON_SCALE),
         )
-        if not isinstance(self.gray_noise, bool):
-            raise ConfigError(f"gray_noise must be true or false, got {self.gray_noise!r}")
+        flag("gray_noise", self.gray_noise)
         if self.jpeg_quality is not None:
             set_(self, "jpeg_quality", integer("jpeg_quality", self.jpeg_quality, 1, 100))
         set_(self, "downscale", real("downscale", self.downscale, 1.0, MAX_DOWNSCALE))
-        if not isinstance(self.resize_back, bool):
-            raise ConfigError(f"resize_back must be true or false, got {self.resize_back!r}")
+        flag("resize_back", self.resize_back)
         if self.seed is not None:
             set_(self, "seed", integer("seed", self.seed, 0, SEED_MASK))
 

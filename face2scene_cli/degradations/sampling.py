@@ -33,6 +33,7 @@ from face2scene_cli.degradations.checks import (
     MAX_NOISE_SIGMA,
     MAX_POISSON_SCALE,
     SEED_MASK,
+    flag,
     integer_range,
     probabilities,
     real,
@@ -226,8 +227,7 @@ class DegradationDistribution:
             "motion_range",
             value_range("motion_range", self.motion_range, 1.0, MAX_MOTION_PX),
         )
-        if not isinstance(self.resize_back, bool):
-            raise ConfigError(f"resize_back must be true or false, got {self.resize_back!r}")
+        flag("resize_back", self.resize_back)
         so = self.second_order
         if isinstance(so, Mapping):
             try:

@@ -27,6 +27,7 @@ from face2scene_cli.degradations.checks import (
     MAX_NOISE_SIGMA,
     MAX_POISSON_SCALE,
     SEED_MASK,
+    flag,
     integer,
     probabilities,
     real,
@@ -196,8 +197,7 @@ class SecondOrderConfig:
         real("second_blur_prob", self.second_blur_prob, 0.0, 1.0)
         real("final_sinc_prob", self.final_sinc_prob, 0.0, 1.0)
         integer("final_scale", self.final_scale, 1, 16)
-        if not isinstance(self.antialias, bool):
-            raise ConfigError(f"antialias must be true or false, got {self.antialias!r}")
+        flag("antialias", self.antialias)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists)."""
