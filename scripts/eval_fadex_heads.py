@@ -1,9 +1,10 @@
 """FaDeX's VAL table and issue 15's range check for several heads, on the same VAL crops.
 
-    python scripts/eval_fadex_heads.py OUT.json NAME=MODEL_FOLDER [NAME=MODEL_FOLDER ...]
+    python scripts/eval_fadex_heads.py [--split test] OUT.json NAME=MODEL_FOLDER [...]
 
 e.g. ``stage4=models/fadex-s motion=runs/fadex-heads-motion/heads-1796410004``; the crops and
 range levels come from ``configs/fadex-motion.yaml`` (its VAL settings are fadex-wide's).
+``--split test`` scores a release once on the TEST photos instead of the VAL photos.
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ from face2scene_cli.research.train.fadex_eval import (  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or any("=" not in a for a in argv[1:]):
+    split = "val"
+    if argv[:1] == ["--split"] and len(argv) > 1:
+        split, argv = argv[1], argv[2:]
+    if split not in ("val", "test") or len(argv) < 2 or any("=" not in a for a in argv[1:]):
         print(__doc__)
         return 2
     torch.set_num_threads(2)
     cfg = load_train_config(ROOT / "configs/fadex-motion.yaml")
-    photos = load_splits(Path(cfg.data.splits))["val"]
+    photos = load_splits(Path(cfg.data.splits))[split]
     t0 = time.monotonic()
     val = build_val_set(cfg, photos)
-    out: dict = {"val_build_s": round(time.monotonic() - t0, 1)}
+    out: dict = {"split": split, "val_build_s": round(time.monotonic() - t0, 1)}
     for arg in argv[1:]:
         name, path = arg.split("=", 1)
         model = FaDeX.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False).eval()

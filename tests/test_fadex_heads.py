@@ -3,6 +3,7 @@ real training crops, and the release guard."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,15 +14,20 @@ import yaml
 from skimage import data as skdata
 
 from face2scene_cli.archs.fadex import NUM_EDGE, FaDeX, edge_widths, fadex_tiny
+from face2scene_cli.archs.resampling import NUM_RESAMPLING
 from face2scene_cli.degradations.ops import gaussian_blur
+from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.fadex_config import load_train_config
 from face2scene_cli.research.train.fadex_heads import (
     HeadsConfig,
+    build_downscale_features,
     build_features,
     build_groups,
     export_heads,
     train_heads,
+    trained_heads,
+    with_downscale_head,
     with_new_heads,
 )
 
@@ -92,6 +98,37 @@ def test_heads_learn_operator_groups_on_real_training_crops(tmp_path: Path) -> N
     pos, neg = float(sim[same & train & ~eye].mean()), float(sim[~same & train].abs().mean())
     assert pos > neg + 0.3, (pos, neg)
     assert model.encoder_sha256() == encoder
+
+
+def test_a_downscale_head_trains_alone_on_real_training_crops() -> None:
+    """With ``downscale_head`` only the new head moves (code and regression heads keep their
+    weights): it reads LQ crops of training photos and learns their operators' factors."""
+    cfg = load_train_config(REPO / "configs" / "fadex-wide.yaml")
+    dist = dataclasses.replace(cfg.data.degradation, p_downscale=0.7, p_blur=0.0)
+    cfg = cfg.replace("data", crops_per_group=4, crop=64, p_face=0.0, degradation=dist)
+    photos = load_splits(REPO / "data" / "splits.yaml", verify=False)["train"][:4]
+    hc = HeadsConfig(groups=12, views=1, sizes=(64,), steps=2000, ops_per_batch=6)
+    hc = dataclasses.replace(hc, dev_groups=2, downscale_head=True)
+    fs = build_downscale_features(cfg, photos, hc)
+    assert fs.features.shape == (12 * 4, NUM_RESAMPLING) and fs.group.max() == 11
+    torch.manual_seed(0)
+    model = with_downscale_head(fadex_tiny(stat_features=True)).eval()
+    assert trained_heads(model, hc) == [model.downscale_reg]
+    kept = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("down")}
+    seen, factor = fs.group < 10, fs.labels[:, 2]  # the 10 groups it trains on
+
+    def error() -> float:
+        with torch.no_grad():
+            return float((model.read_downscale(fs.features) - factor)[seen].abs().mean())
+
+    constant = float((factor[seen] - factor[seen].median()).abs().mean())
+    model.requires_grad_(False)
+    model.downscale_reg.requires_grad_(True)
+    train_heads(model, fs, hc)
+    assert error() < 0.5 * constant, (constant, error())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in kept.items())
+    with pytest.raises(ConfigError, match="downscale_head must be true or false"):
+        HeadsConfig(downscale_head="yes")  # type: ignore[arg-type]
 
 
 def test_export_refuses_a_different_encoder(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from face2scene_cli.cli.app import app
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.degradations.ops import gaussian_blur
+from face2scene_cli.degradations.record import DOWNSCALE_SIGMA_PER_FACTOR, Degradation
+from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.io.tensors import to_tensor
 from face2scene_cli.research.sample_data import package_photos
@@ -87,6 +89,20 @@ def test_the_read_noise_is_allowed_for_and_a_missed_blur_is_not() -> None:
     # read as noise-free, the same residual is more than the output may differ
     _, fallbacks = check_restoration(lq, clean, _estimate(noise=0.0), [FACE], SETTINGS)
     assert [f.region for f in fallbacks] == ["photo"]
+
+
+@pytest.mark.parametrize("factor", [2.0, 4.0])
+def test_a_resolution_loss_is_explained_by_its_factor(factor: float) -> None:
+    """Read as FaDeX reads it (the factor, and a blur that holds the resolution loss's share
+    0.39 s), a downscaled photo is explained by its clean version: re-degraded with the factor
+    and the optical blur left, not the read blur on top of the resampling, nor the blur alone."""
+    clean = _astronaut()
+    lq = apply(clean, Degradation("parametric", downscale=factor, resize_back=True))
+    read = _estimate(blur=DOWNSCALE_SIGMA_PER_FACTOR * factor, down=factor)
+    check, fallbacks = check_restoration(lq, clean, read, [FACE], SETTINGS)
+    blur_only, _ = check_restoration(lq, clean, _estimate(blur=read.blur_sigma_px), [], SETTINGS)
+    assert fallbacks == [] and check.residual < 1.3, check.residual
+    assert check.residual < 0.5 * blur_only.residual, (check.residual, blur_only.residual)
 
 
 def test_fallbacks_give_the_input_back_in_their_region_only() -> None:

@@ -41,6 +41,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
 from face2scene_cli.archs.jpeg_trace import JpegTrace, trace_jpeg
+from face2scene_cli.archs.resampling import NUM_RESAMPLING, luma, resampling_features
 from face2scene_cli.degradations.estimate import ESTIMATE_FIELDS, Estimate
 from face2scene_cli.errors import ConfigError
 
@@ -137,10 +138,6 @@ def prepare_pair(lq: Tensor, hq: Tensor) -> Tensor:
 NUM_STATS = 16
 
 
-def _luma(x: Tensor) -> Tensor:
-    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
 def _grid_strength(y: Tensor) -> Tensor:
     """(B, 1, H, W) -> (B, 4): the two strongest 8-periodic step ratios along x and y."""
     out = []
@@ -207,7 +204,7 @@ def degradation_stats(lq: Tensor, hq: Tensor) -> Tensor:
     """
     feats = []
     for x in (lq, hq):
-        y = _luma(x.float())
+        y = luma(x.float())
         feats += [_grid_strength(y), _sharpness(y), _mad_noise(y)]
     return torch.cat(feats, dim=1)
 
@@ -260,7 +257,7 @@ def edge_widths(lq: Tensor, hq: Tensor) -> Tensor:
     Returns:
         :math:`(B, 4)` float32, px.
     """
-    return torch.cat([_edge_width(_luma(x.float())) for x in (lq, hq)], dim=1)
+    return torch.cat([_edge_width(luma(x.float())) for x in (lq, hq)], dim=1)
 
 
 def _act() -> nn.Module:
@@ -303,6 +300,11 @@ class FaDeX(ModelMixin, ConfigMixin):
             blur measure that does not depend on texture) to the heads' input (v2: on).
         trace_features: append what the JPEG quantisation trace found (found, quality / 100)
             to the heads' input, so the code separates JPEG qualities (v2: on).
+        downscale_head: estimate the downscale factor with a head of its own
+            (:meth:`read_downscale`): the :data:`NUM_RESAMPLING` spectral statistics of the LQ
+            luminance (:func:`~face2scene_cli.archs.resampling.resampling_features`), which
+            tell a down-then-up resampling from an optical blur, standardised, into a 2-layer
+            MLP; the code and the other estimates stay the regression head's.
     """
 
     @register_to_config
@@ -316,6 +318,7 @@ class FaDeX(ModelMixin, ConfigMixin):
         stat_features: bool = False,
         edge_features: bool = False,
         trace_features: bool = False,
+        downscale_head: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -335,6 +338,13 @@ class FaDeX(ModelMixin, ConfigMixin):
             code_dim,
             head_dim,
         )
+        if downscale_head:
+            self.downscale_reg = nn.Sequential(
+                nn.BatchNorm1d(NUM_RESAMPLING, affine=False),  # its running statistics
+                nn.Linear(NUM_RESAMPLING, head_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(head_dim, 1),
+            )
         self._init_weights()
         # Mean projection over the training degradations (set after training, 0 = none).
         self.register_buffer("code_center", torch.zeros(code_dim))
@@ -446,7 +456,7 @@ class FaDeX(ModelMixin, ConfigMixin):
         Returns:
             ``z`` :math:`(B, C_z, H/8, W/8)` and ``pooled`` :math:`(B, F)`: spatial mean and
             standard deviation of Z (and, as configured, the :func:`degradation_stats`, the
-            :func:`edge_widths` and the JPEG trace).
+            :func:`edge_widths`, the JPEG trace and the resampling statistics).
         """
         x = prepare_pair(lq, hq)
         z = self.encode(x)
@@ -461,19 +471,28 @@ class FaDeX(ModelMixin, ConfigMixin):
             trace = trace_jpeg(lq) if trace is None else trace
             found = trace.found.to(pooled)
             extra.append(torch.stack([found, found * trace.quality.to(pooled) / 100], dim=1))
+        if self.config.downscale_head:  # last: the other heads read the columns before them
+            extra.append(resampling_features(x[:, :3]))
         return z, torch.cat([pooled, *extra], dim=1)
 
     def heads(
         self, pooled: Tensor, z: Tensor | None = None, trace: JpegTrace | None = None
     ) -> FaDeXOutput:
-        r"""Code and estimates from the pooled descriptor :math:`(B, F)` of :meth:`features`.
+        r"""Code and estimates from the pooled descriptor :math:`(B, F)` of :meth:`features`
+        (the resampling statistics at its end, with ``downscale_head``, feed that head only).
 
         ``z`` is passed through to the output; with ``trace`` (``trace_jpeg`` of the LQ
         crops), the JPEG estimates come from the quantisation trace where one was found.
         """
-        q = F.normalize(self.proj(pooled), dim=1)
+        shared = pooled[:, : self.reg[0].in_features].contiguous()
+        q = F.normalize(self.proj(shared), dim=1)
         code = F.normalize(q - self.code_center, dim=1)
-        r = self.reg(pooled)
+        r = self.reg(shared)
+        downscale = (
+            self.read_downscale(pooled[:, -NUM_RESAMPLING:])
+            if self.config.downscale_head
+            else 1.0 + F.softplus(r[:, 2])
+        )
         jpeg_quality = (r[:, 3] * JPEG_SCALE + 60.0).clamp(1.0, 100.0)
         jpeg_probability = torch.sigmoid(r[:, 4])
         if trace is not None:
@@ -486,12 +505,18 @@ class FaDeX(ModelMixin, ConfigMixin):
             z=z,
             noise_sigma=F.softplus(r[:, 0]) * NOISE_SCALE,
             blur_sigma_px=F.softplus(r[:, 1]) * BLUR_SCALE,
-            downscale=1.0 + F.softplus(r[:, 2]),
+            downscale=downscale,
             jpeg_quality=jpeg_quality,
             jpeg_probability=jpeg_probability,
             jpeg_logit=r[:, 4],
             q=q,
         )
+
+    def read_downscale(self, resampling: Tensor) -> Tensor:
+        r"""The downscale head's factor (>= 1) from :math:`(B, N_{resampling})`
+        :func:`~face2scene_cli.archs.resampling.resampling_features` of the LQ crops
+        (``downscale_head`` only)."""
+        return 1.0 + F.softplus(self.downscale_reg(resampling)[:, 0])
 
     def forward(self, lq: Tensor, hq: Tensor, read_jpeg_trace: bool = True) -> FaDeXOutput:
         r"""Code, Z and estimates for a batch of (LQ, HQ) native crops.

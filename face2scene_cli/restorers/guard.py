@@ -41,6 +41,7 @@ from torch import Tensor
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.degradations.ops import gaussian_blur, resize
+from face2scene_cli.degradations.record import optical_blur
 from face2scene_cli.degradations.sampling import DegradationDistribution
 from face2scene_cli.errors import ConfigError
 
@@ -164,7 +165,10 @@ def consistency_residual(
     Args:
         lq: the input :math:`(1, C, H, W)` in [0, 1].
         out: the output :math:`(1, C, sH, sW)` in [0, 1] (``s`` = the upscaling factor).
-        estimate: the faces' reading (its blur and downscale are applied to ``out``).
+        estimate: the faces' reading: its downscale (a down-then-up resampling) and the
+            optical blur left in its blur once the resolution loss takes its share
+            (:func:`~face2scene_cli.degradations.record.optical_blur`; FaDeX's blur is the
+            two together) are applied to ``out``.
         lowpass_sigma: the low-pass Gaussian, px.
 
     Returns:
@@ -172,10 +176,11 @@ def consistency_residual(
     """
     h, w = lq.shape[-2:]
     x = out if out.shape[-2:] == (h, w) else F.interpolate(out, size=(h, w), mode="area")
-    if estimate.blur_sigma_px > 0.3:
-        x = gaussian_blur(x, estimate.blur_sigma_px)
-    if estimate.downscale > 1.05:
-        f = estimate.downscale
+    f = estimate.downscale if estimate.downscale > 1.05 else 1.0
+    blur = optical_blur(estimate.blur_sigma_px, f)
+    if blur > 0.3:
+        x = gaussian_blur(x, blur)
+    if f > 1.0:
         x = resize(resize(x, (max(1, round(h / f)), max(1, round(w / f))), "bicubic"), (h, w))
     return gaussian_blur(lq - x, lowpass_sigma) * 255.0
 

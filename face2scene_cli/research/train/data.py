@@ -58,6 +58,7 @@ __all__ = [
     "dlib_faces",
     "group_worker",
     "make_group",
+    "quantize_u8",
     "read_training_yaml",
     "rgb_float",
 ]
@@ -262,7 +263,8 @@ class Group:
     op: dict[str, Any]
 
 
-def _u8(x: torch.Tensor) -> torch.Tensor:
+def quantize_u8(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in [0, 1] (clamped) as 8-bit pixel values, uint8."""
     return (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 
@@ -285,10 +287,10 @@ def make_group(
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         y = apply(x, op, gen)
         oy, ox = int(rng.integers(0, m)), int(rng.integers(0, m))
-        lq = _u8(y[..., oy : oy + s, ox : ox + s])
-        clean = _u8(x[..., oy : oy + s, ox : ox + s])
+        lq = quantize_u8(y[..., oy : oy + s, ox : ox + s])
+        clean = quantize_u8(x[..., oy : oy + s, ox : ox + s])
         use_clean = bool(rng.random() < pc)
-        hq = clean if use_clean else _u8(restorer.restore(lq.float() / 255.0).hq)
+        hq = clean if use_clean else quantize_u8(restorer.restore(lq.float() / 255.0).hq)
         if lq.shape[1] == 1:
             lq, hq, clean = (t.expand(1, 3, s, s) for t in (lq, hq, clean))
         lqs.append(lq)

@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from face2scene_cli.archs.fadex import BLUR_SCALE, JPEG_SCALE, NOISE_SCALE, FaDeX, create_fadex
+from face2scene_cli.degradations.record import DOWNSCALE_SIGMA_PER_FACTOR
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.checkpoint import load_checkpoint, save_checkpoint
@@ -46,7 +47,6 @@ from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig, TrainSe
 from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, val_score
 
 __all__ = [
-    "DOWNSCALE_SIGMA_PER_FACTOR",
     "TrainResult",
     "effective_blur",
     "regression_loss",
@@ -87,11 +87,6 @@ def supcon_loss(codes: Tensor, labels: Tensor, temperature: float = 0.1) -> Tens
     keep = count > 0
     mean_log_pos = (log_prob * pos).sum(1)[keep] / count[keep]
     return -mean_log_pos.mean()
-
-
-#: Gaussian sigma (px) that best matches a bicubic down-then-up resampling by factor s, per
-#: unit of s (least-squares fit on two real photos, s = 1.25-4: 0.49 at 1.25, 1.56 at 4).
-DOWNSCALE_SIGMA_PER_FACTOR = 0.39
 
 
 def effective_blur(blur: Tensor, downscale: Tensor) -> Tensor:

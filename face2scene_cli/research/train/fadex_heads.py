@@ -27,24 +27,42 @@ What changes against the first release of ``fadex-s``:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from face2scene_cli.archs.fadex import FaDeX
+from face2scene_cli.archs.resampling import resampling_features
+from face2scene_cli.degradations.checks import flag
+from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.research.splits import load_splits
-from face2scene_cli.research.train.data import PhotoBank, make_group
+from face2scene_cli.research.train.data import (
+    PhotoBank,
+    degradation_labels,
+    make_group,
+    quantize_u8,
+)
 from face2scene_cli.research.train.fadex import regression_loss, supcon_loss
 from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig, load_train_config
-from face2scene_cli.research.train.fadex_eval import build_val_set, evaluate_fadex, val_score
+from face2scene_cli.research.train.fadex_eval import (
+    RANGE_LEVELS,
+    build_val_set,
+    evaluate_fadex,
+    evaluate_ranges,
+    val_score,
+)
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
@@ -80,6 +98,10 @@ class HeadsConfig:
         align_weight: weight of ``(1 - cos)^2`` between crops of the same operator.
         reg_weight: weight of the regression loss.
         edge_features, trace_features: the heads' extra inputs (see :class:`FaDeX`).
+        downscale_head: instead of new code and regression heads, keep the source's and add
+            a downscale head (see :class:`FaDeX`), trained alone on the downscale factor from
+            LQ crops only (:func:`build_downscale_features`): the code and every other
+            estimate stay bit-identical.
         dev_groups: the last groups (at most a fifth), held out of training to report the
             dev loss.
         seed: drives the operators, the crops and the batches.
@@ -100,7 +122,12 @@ class HeadsConfig:
     dev_groups: int = 100
     edge_features: bool = True
     trace_features: bool = True
+    downscale_head: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("edge_features", "trace_features", "downscale_head"):
+            flag(name, getattr(self, name))
 
 
 @dataclass
@@ -127,6 +154,57 @@ def with_new_heads(source: FaDeX, **config: Any) -> FaDeX:
             f"encoder does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     return model
+
+
+def with_downscale_head(source: FaDeX) -> FaDeX:
+    """A FaDeX with all of ``source`` (encoder, code and regression heads) and a freshly
+    initialised downscale head (``downscale_head``), which alone differs in its output."""
+    base = {k: v for k, v in source.config.items() if not k.startswith("_")}
+    model = FaDeX.from_config({**base, "downscale_head": True})
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("downscale_reg.") for k in missing):
+        raise ValueError(f"source does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+def trained_heads(model: FaDeX, hc: HeadsConfig) -> list[torch.nn.Module]:
+    """The heads a run trains: the downscale head alone, or the code and regression heads."""
+    return [model.downscale_reg] if hc.downscale_head else [model.proj, model.reg]
+
+
+@torch.inference_mode()
+def build_downscale_features(
+    cfg: FaDeXTrainConfig, photos: list[Any], hc: HeadsConfig
+) -> FeatureSet:
+    """What the downscale head reads, the :func:`resampling_features` of LQ crops: ``hc.views``
+    random views (size, rotation, flip) of ``data.crops_per_group`` crops for each of
+    ``hc.groups`` parametric operators of the data's distribution, made as the trainer's
+    workers make LQ crops. No restored crop and no descriptor are needed, so many more
+    operators fit in the time :func:`build_groups` takes."""
+    dist = dataclasses.replace(cfg.data.degradation, mix=(0.0, 1.0, 0.0))
+    s, m = cfg.data.crop, cfg.data.margin
+    bank = PhotoBank(photos, cfg.data.base_long_side, s + m)
+    rng = np.random.default_rng([hc.seed, 1])
+    feats, labels = [], []
+    for _ in range(hc.groups):
+        op = dist.sample(rng)
+        labels.append(torch.from_numpy(degradation_labels(op)))
+        views = []
+        for _ in range(cfg.data.crops_per_group):
+            x = torch.from_numpy(bank.region(rng, s + m, cfg.data.p_face))
+            gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+            y = quantize_u8(apply(x.permute(2, 0, 1)[None].contiguous(), op, gen)).float() / 255
+            for _ in range(hc.views):
+                size = int(rng.choice(hc.sizes))
+                oy, ox = (int(v) for v in rng.integers(0, s + m - size + 1, size=2))
+                v = torch.rot90(
+                    y[..., oy : oy + size, ox : ox + size], int(rng.integers(4)), (2, 3)
+                )
+                views.append(resampling_features(v.flip(-1) if rng.integers(2) else v))
+        feats.append(torch.cat(views))
+    per = cfg.data.crops_per_group * hc.views
+    group = torch.arange(hc.groups).repeat_interleave(per)
+    return FeatureSet(torch.cat(feats), group, torch.stack(labels).repeat_interleave(per, dim=0))
 
 
 def build_groups(
@@ -201,7 +279,13 @@ def heads_loss(
     model: FaDeX, feats: Tensor, group: Tensor, labels: Tensor, hc: HeadsConfig
 ) -> tuple[Tensor, dict[str, float]]:
     """SupCon + ``orth_weight`` x mean squared cosine across operators + ``align_weight`` x
-    mean (1 - cos)^2 within an operator + regression."""
+    mean (1 - cos)^2 within an operator + regression; with ``hc.downscale_head`` (``feats``
+    from :func:`build_downscale_features`), smooth L1 of the log downscale factor (a relative
+    error: x1.5 read as 1.2 costs what x4 read as 3.2 does)."""
+    if hc.downscale_head:
+        est = model.read_downscale(feats)
+        loss = F.smooth_l1_loss(est.log(), labels[:, 2].log(), beta=0.02)
+        return loss, {"log_downscale": loss.item()}
     out = model.heads(feats)
     q = out.q
     sim = q @ q.T
@@ -235,14 +319,15 @@ def _batches(fs: FeatureSet, groups: Tensor, hc: HeadsConfig, rng: np.random.Gen
 
 
 def train_heads(model: FaDeX, fs: FeatureSet, hc: HeadsConfig) -> list[dict[str, float]]:
-    """Retrain ``model.proj`` and ``model.reg`` in place on cached descriptors (the encoder
-    is untouched); returns the log rows (train and dev loss)."""
+    """Retrain :func:`trained_heads` in place on cached descriptors (the encoder and the
+    other heads are untouched); returns the log rows (train and dev loss)."""
     torch.manual_seed(hc.seed)
-    for mod in (model.proj, model.reg):
+    heads = trained_heads(model, hc)
+    for mod in heads:
         for layer in mod:
             if isinstance(layer, torch.nn.Linear):
                 layer.reset_parameters()
-    params = [*model.proj.parameters(), *model.reg.parameters()]
+    params = [p for mod in heads for p in mod.parameters()]
     opt = torch.optim.AdamW(params, lr=hc.lr, weight_decay=hc.weight_decay)
     n_groups = int(fs.group.max()) + 1
     if n_groups < 5:
@@ -281,19 +366,45 @@ def train_heads(model: FaDeX, fs: FeatureSet, hc: HeadsConfig) -> list[dict[str,
     return log
 
 
+#: What a downscale head's run reads on crops of training photos (blur: read as no downscale).
+_DOWNSCALE_DEV_LEVELS = {"downscale": RANGE_LEVELS["downscale"], "blur": (1.0, 2.0, 3.0)}
+
+
 def load_or_build_features(
     model: FaDeX, shards: list[Path], hc: HeadsConfig, run_dir: Path
 ) -> FeatureSet:
     """:func:`build_features`, cached in ``run_dir`` under the encoder's hash, the views and
     the seed (the heads do not change the descriptors)."""
     c = model.config
-    inputs = f"st{int(c.stat_features)}e{int(c.edge_features)}t{int(c.trace_features)}"
+    inputs = (
+        f"st{int(c.stat_features)}e{int(c.edge_features)}t{int(c.trace_features)}"
+        f"d{int(c.downscale_head)}"
+    )
     key = f"{model.encoder_sha256()[:16]}-{inputs}-{len(shards)}x-v{hc.views}-s{hc.seed}"
-    path = run_dir / f"features-{key}.safetensors"
+    return _cached(
+        run_dir / f"features-{key}.safetensors", lambda: build_features(model, shards, hc)
+    )
+
+
+def load_or_build_downscale_features(
+    cfg: FaDeXTrainConfig, photos: list[Any], hc: HeadsConfig, run_dir: Path
+) -> FeatureSet:
+    """:func:`build_downscale_features`, cached in ``run_dir`` under the data settings, the
+    photos, the groups, the views and the seed."""
+    what = json.dumps([asdict(cfg.data), [p.name for p in photos]], sort_keys=True, default=str)
+    key = f"{hashlib.sha256(what.encode()).hexdigest()[:16]}-g{hc.groups}-v{hc.views}-s{hc.seed}"
+    return _cached(
+        run_dir / f"downscale-{key}.safetensors",
+        lambda: build_downscale_features(cfg, photos, hc),
+    )
+
+
+def _cached(path: Path, build: Callable[[], FeatureSet]) -> FeatureSet:
     if path.is_file():
         d = load_file(str(path))
         return FeatureSet(d["features"], d["group"], d["labels"])
-    fs = build_features(model, shards, hc)
+    fs = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"features": fs.features, "group": fs.group, "labels": fs.labels}, str(path))
     return fs
 
@@ -301,26 +412,39 @@ def load_or_build_features(
 def run_heads(
     config: Path, source: Path, run_dir: Path, hc: HeadsConfig, threads: int = 1
 ) -> dict[str, Any]:
-    """Groups -> cached descriptors -> heads, for the FaDeX in ``source``; the retrained model
-    goes to ``run_dir/heads-<time>`` with ``result.json`` (its table on crops of TRAINING
-    photos, so the held-out photos stay untouched until the release)."""
+    """Groups -> cached descriptors -> heads, for the FaDeX in ``source`` (with
+    ``hc.downscale_head``: LQ crops -> cached resampling statistics -> a downscale head); the
+    retrained model goes to ``run_dir/heads-<time>`` with ``result.json`` (its table, or its
+    downscale range check, on crops of TRAINING photos, so the held-out photos stay untouched
+    until the release)."""
     torch.set_num_threads(threads)
     cfg = load_train_config(config)
     splits = load_splits(Path(cfg.data.splits))
     t0 = time.monotonic()
-    shards = build_groups(cfg, splits["train"], hc.groups, hc.seed, run_dir / "groups")
     src = FaDeX.from_pretrained(str(source), use_safetensors=True, low_cpu_mem_usage=False)
-    model = with_new_heads(src, edge_features=hc.edge_features, trace_features=hc.trace_features)
+    if hc.downscale_head:
+        model = with_downscale_head(src)
+        fs = load_or_build_downscale_features(cfg, splits["train"], hc, run_dir)
+    else:
+        shards = build_groups(cfg, splits["train"], hc.groups, hc.seed, run_dir / "groups")
+        model = with_new_heads(
+            src, edge_features=hc.edge_features, trace_features=hc.trace_features
+        )
+        fs = load_or_build_features(model, shards, hc, run_dir)
     model.eval().requires_grad_(False)
-    fs = load_or_build_features(model, shards, hc, run_dir)
     t_data = time.monotonic() - t0
-    model.proj.requires_grad_(True)
-    model.reg.requires_grad_(True)
+    for mod in trained_heads(model, hc):
+        mod.requires_grad_(True)
     t1 = time.monotonic()
     log = train_heads(model, fs, hc)
     t_train = time.monotonic() - t1
     dev_cfg = cfg.replace("val", seed=cfg.val.seed + 7)
-    dev = evaluate_fadex(model, build_val_set(dev_cfg, splits["train"]))
+    if hc.downscale_head:
+        ranges = evaluate_ranges(model, dev_cfg, splits["train"], levels=_DOWNSCALE_DEV_LEVELS)
+        dev = {"summary": {f"downscale_{k}": v["mean"] for k, v in ranges["downscale"].items()}}
+        dev["summary"] |= {f"blur_{k}": v["mean"] for k, v in ranges["blur"].items()}
+    else:
+        dev = evaluate_fadex(model, build_val_set(dev_cfg, splits["train"]))
     result = {
         "source": str(source),
         "encoder_sha256": model.encoder_sha256(),
@@ -328,7 +452,7 @@ def run_heads(
         "wall_s": {"data": round(t_data, 1), "train": round(t_train, 1)},
         "descriptors": int(fs.features.shape[0]),
         "dev_summary": dev["summary"],
-        "dev_score": val_score(dev),
+        "dev_score": None if hc.downscale_head else val_score(dev),
         "log": log,
     }
     out = run_dir / f"heads-{int(time.time())}"
@@ -364,11 +488,15 @@ def export_heads(trained: Path, dest: Path, config: Path) -> dict[str, Any]:
     meta.pop("files", None)
     wall = float(sum(result["wall_s"].values()))
     hc = result["heads"]
+    what = (
+        "a downscale head on the resampling statistics, code and other heads kept"
+        if hc.get("downscale_head")
+        else f"orth_weight {hc['orth_weight']}, align_weight {hc['align_weight']}, "
+        f"edge_features {hc['edge_features']}, trace_features {hc['trace_features']}"
+    )
     stage = {
         "description": f"heads only on the frozen encoder (fadex_heads): {hc['groups']} groups, "
-        f"{result['descriptors']} cached descriptors, orth_weight {hc['orth_weight']}, "
-        f"align_weight {hc['align_weight']}, edge_features {hc['edge_features']}, "
-        f"trace_features {hc['trace_features']}",
+        f"{result['descriptors']} cached descriptors, {what}",
         "steps": hc["steps"],
         "wall_s": round(wall, 1),
     }
