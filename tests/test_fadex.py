@@ -381,12 +381,24 @@ def test_shipped_jpeg_probability(shipped: FaDeX, astro_region: torch.Tensor) ->
     assert jpeg > clean + 0.1, (clean, jpeg)
 
 
+@pytest.mark.parametrize("factor", [2.0, 3.0, 4.0])
+def test_shipped_reads_the_downscale_factor(
+    shipped: FaDeX, astro_region: torch.Tensor, factor: float
+) -> None:
+    """A held-out face shrunk by 2, 3 or 4 and enlarged back reads within 20% of its factor,
+    and the same face blurred by as much (the resolution loss's effective blur) as none."""
+    read = _estimate(shipped, astro_region, _op(downscale=factor)).downscale
+    assert abs(read - factor) <= 0.2 * factor, read
+    blurred = _estimate(shipped, astro_region, _op(blur_sigma_px=0.39 * factor)).downscale
+    assert blurred < 1.2, blurred
+
+
 def test_shipped_metadata_matches_variant() -> None:
     info = require_model("fadex-s")
     cfg = json.loads((info.folder / "config.json").read_text(encoding="utf-8"))
     variant = fadex_s().config
     assert cfg["channels"] == list(variant.channels)
-    for key in ("stat_features", "edge_features", "trace_features"):
+    for key in ("stat_features", "edge_features", "trace_features", "downscale_head"):
         assert cfg[key] == variant[key], key
     # the scene model was trained on this encoder's Z
     scene = require_model("scene-embedded")

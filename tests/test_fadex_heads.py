@@ -71,6 +71,15 @@ def test_new_heads_keep_the_encoder_and_z() -> None:
     assert other.encoder_sha256() != src.encoder_sha256()
 
 
+def test_new_heads_keep_a_downscale_head() -> None:
+    """New code and regression heads for a model with a downscale head keep that head."""
+    torch.manual_seed(0)
+    src = with_downscale_head(fadex_tiny(stat_features=True))
+    new = with_new_heads(src, edge_features=True)
+    heads = {k: v for k, v in src.state_dict().items() if k.startswith("downscale_reg.")}
+    assert heads and all(torch.equal(v, new.state_dict()[k]) for k, v in heads.items())
+
+
 def test_heads_learn_operator_groups_on_real_training_crops(tmp_path: Path) -> None:
     cfg = load_train_config(REPO / "configs" / "fadex.yaml")
     cfg = cfg.replace("data", crops_per_group=4, crop=64, p_face=0.0)

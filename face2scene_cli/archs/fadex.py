@@ -340,7 +340,7 @@ class FaDeX(ModelMixin, ConfigMixin):
         )
         if downscale_head:
             self.downscale_reg = nn.Sequential(
-                nn.BatchNorm1d(NUM_RESAMPLING, affine=False),  # its running statistics
+                nn.BatchNorm1d(NUM_RESAMPLING, affine=False),  # training-set mean and variance
                 nn.Linear(NUM_RESAMPLING, head_dim),
                 nn.ReLU(inplace=True),
                 nn.Linear(head_dim, 1),
@@ -543,7 +543,8 @@ class FaDeX(ModelMixin, ConfigMixin):
 
 def fadex_s(**overrides: object) -> FaDeX:
     """FaDeX-S: channels (32, 64, 96), 1 residual block per stage, 128-d code; the heads read
-    the fixed image statistics, the edge widths and the JPEG trace (~0.48 M parameters)."""
+    the fixed image statistics, the edge widths and the JPEG trace, and the downscale factor
+    has a head of its own on the resampling statistics (~0.50 M parameters)."""
     cfg: dict[str, object] = {
         "channels": (32, 64, 96),
         "blocks_per_stage": 1,
@@ -551,6 +552,7 @@ def fadex_s(**overrides: object) -> FaDeX:
         "stat_features": True,
         "edge_features": True,
         "trace_features": True,
+        "downscale_head": True,
     }
     cfg.update(overrides)
     return FaDeX(**cfg)  # type: ignore[arg-type]

@@ -27,11 +27,13 @@ from face2scene_cli.restorers.face.base import FaceRestorer
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
+    "DOWNSCALE_FREE_OPERATORS",
     "FIG3_OPERATORS",
     "RANGE_LEVELS",
     "TARGETS",
     "ValSet",
     "build_val_set",
+    "downscale_without_resampling",
     "evaluate_fadex",
     "evaluate_ranges",
     "plot_fig3",
@@ -326,6 +328,36 @@ def evaluate_ranges(
         table[kind] = rows
         table["met"][kind] = all(means_ok)
     return table
+
+
+#: Degradations without a resolution loss, each of which should read as downscale 1.
+DOWNSCALE_FREE_OPERATORS: dict[str, Degradation] = {
+    "clean": _op(),
+    "blur1": _op(blur_sigma_px=1.0),
+    "blur2": _op(blur_sigma_px=2.0),
+    "blur4": _op(blur_sigma_px=4.0),
+    "motion9": _op(motion_px=9.0, motion_angle_deg=30.0),
+    "noise10": _op(noise_sigma=10.0),
+    "noise50": _op(noise_sigma=50.0),
+    "jpeg20": _op(jpeg_quality=20),
+    "jpeg50": _op(jpeg_quality=50),
+    "mix": FIG3_OPERATORS["mix"],
+}
+
+
+def downscale_without_resampling(
+    model: FaDeX, cfg: FaDeXTrainConfig, photos: list[Any], restorer: FaceRestorer | None = None
+) -> dict[str, dict[str, float]]:
+    """The downscale factor read off degradations with no resolution loss
+    (:data:`DOWNSCALE_FREE_OPERATORS`, on the crops of :func:`evaluate_ranges`): per operator,
+    the mean reading and the fraction of crops read under 1.2 (within :data:`RANGE_LEVELS`'
+    20 % of 1)."""
+    run, _ = _pair_maker(cfg, photos, restorer or BlindFaceRestorer())
+    out = {}
+    for i, (name, op) in enumerate(DOWNSCALE_FREE_OPERATORS.items()):
+        est = _run_model(model, *run(op, 300 + i))["downscale"]
+        out[name] = {"mean": float(est.mean()), "within": float((est < 1.2).float().mean())}
+    return out
 
 
 def _read_within(kind: str, est: Tensor, v: float) -> Tensor:

@@ -59,6 +59,7 @@ from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig, load_tr
 from face2scene_cli.research.train.fadex_eval import (
     RANGE_LEVELS,
     build_val_set,
+    downscale_without_resampling,
     evaluate_fadex,
     evaluate_ranges,
     val_score,
@@ -142,13 +143,16 @@ class FeatureSet:
 
 
 def with_new_heads(source: FaDeX, **config: Any) -> FaDeX:
-    """A FaDeX with ``source``'s encoder (copied) and freshly initialised heads, its config
-    changed by ``config`` (head inputs and widths only; Z stays the same)."""
+    """A FaDeX with ``source``'s encoder (copied) and freshly initialised code and regression
+    heads, its config changed by ``config`` (head inputs and widths only; Z stays the same);
+    a downscale head of ``source``'s is copied too (it reads none of their inputs)."""
     # (diffusers' private keys, e.g. _use_default_values, would reset the new options)
     base = {k: v for k, v in source.config.items() if not k.startswith("_")}
     model = FaDeX.from_config({**base, **config})
-    enc = source.encoder_state_dict()
-    missing, unexpected = model.load_state_dict(enc, strict=False)
+    kept = source.encoder_state_dict()
+    if model.config.downscale_head and source.config.get("downscale_head", False):
+        kept |= {k: v for k, v in source.state_dict().items() if k.startswith("downscale_reg.")}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
     if unexpected or set(missing) & set(model.encoder_state_dict()):
         raise ValueError(
             f"encoder does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
@@ -366,10 +370,6 @@ def train_heads(model: FaDeX, fs: FeatureSet, hc: HeadsConfig) -> list[dict[str,
     return log
 
 
-#: What a downscale head's run reads on crops of training photos (blur: read as no downscale).
-_DOWNSCALE_DEV_LEVELS = {"downscale": RANGE_LEVELS["downscale"], "blur": (1.0, 2.0, 3.0)}
-
-
 def load_or_build_features(
     model: FaDeX, shards: list[Path], hc: HeadsConfig, run_dir: Path
 ) -> FeatureSet:
@@ -440,9 +440,11 @@ def run_heads(
     t_train = time.monotonic() - t1
     dev_cfg = cfg.replace("val", seed=cfg.val.seed + 7)
     if hc.downscale_head:
-        ranges = evaluate_ranges(model, dev_cfg, splits["train"], levels=_DOWNSCALE_DEV_LEVELS)
+        levels = {"downscale": RANGE_LEVELS["downscale"]}
+        ranges = evaluate_ranges(model, dev_cfg, splits["train"], levels=levels)
         dev = {"summary": {f"downscale_{k}": v["mean"] for k, v in ranges["downscale"].items()}}
-        dev["summary"] |= {f"blur_{k}": v["mean"] for k, v in ranges["blur"].items()}
+        free = downscale_without_resampling(model, dev_cfg, splits["train"])
+        dev["summary"] |= {f"downscale_at_{k}": v["mean"] for k, v in free.items()}
     else:
         dev = evaluate_fadex(model, build_val_set(dev_cfg, splits["train"]))
     result = {
