@@ -11,9 +11,8 @@ the same effective width look alike to a blur measure, but not in the spectrum:
   second derivative along a row or column has a spectral peak at :math:`1/s`, aliased into
   :math:`(0, 1/2]` (:func:`curvature_periodicity`).
 
-FaDeX's heads read both (:class:`~face2scene_cli.archs.fadex.FaDeX` with
-``resampling_features``) to estimate the downscale factor, which its other inputs leave to
-the blur estimate.
+FaDeX's downscale head reads both (:class:`~face2scene_cli.archs.fadex.FaDeX` with
+``downscale_head``); its other heads leave a resolution loss to the blur estimate.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ def radial_spectrum(y: Tensor) -> Tensor:
 
     Returns:
         :math:`(B, N_{radial})`: bands of width :math:`1/(2 (N_{radial}+1))` cycles per pixel
-        from the second to the last below 1/2 (Hann-windowed; an empty band reads 0).
+        from the second to the last below 1/2 (Hann-windowed; power floored at 1e-6).
     """
     b, h, w = y.shape
     bands = NUM_RADIAL + 1
