@@ -176,3 +176,32 @@ def test_train_fadex_heads_command_end_to_end(tmp_path: Path) -> None:
     assert trained.encoder_sha256() == src.encoder_sha256()
     saved = json.loads((Path(out["out"]) / "result.json").read_text(encoding="utf-8"))
     assert saved["heads"]["steps"] == 30 and saved["descriptors"] == 20 * 4 * 2
+
+
+def test_train_fadex_heads_command_trains_a_downscale_head(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from face2scene_cli.cli.commands import train as train_cmd
+
+    doc = yaml.safe_load((REPO / "configs" / "fadex-downscale.yaml").read_text(encoding="utf-8"))
+    doc["data"].update(crops_per_group=2, p_face=0.0, splits=str(REPO / "data" / "splits.yaml"))
+    doc["train"].update(crops_per_op=2)
+    doc["val"].update(crops=2, crop=64)
+    cfg = tmp_path / "fadex.yaml"
+    cfg.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    torch.manual_seed(0)
+    src = fadex_tiny(stat_features=True)
+    src.save_pretrained(str(tmp_path / "src"), safe_serialization=True)
+    args = ["fadex-heads", "--config", str(cfg), "--from", str(tmp_path / "src")]
+    args += ["--run-dir", str(tmp_path / "run"), "--groups", "20", "--steps", "30"]
+    args += ["--set", "downscale_head=true", "--set", "sizes=[64]"]
+    result = CliRunner().invoke(train_cmd.app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert {"downscale_4", "downscale_at_clean", "downscale_at_blur2"} <= set(out["dev"])
+    trained = FaDeX.from_pretrained(out["out"])
+    assert trained.config.downscale_head and trained.encoder_sha256() == src.encoder_sha256()
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in src.state_dict().items())
+    saved = json.loads((Path(out["out"]) / "result.json").read_text(encoding="utf-8"))
+    assert saved["descriptors"] == 20 * 2 * 2 and saved["dev_score"] is None
+    assert len(list((tmp_path / "run").glob("downscale-*.safetensors"))) == 1
