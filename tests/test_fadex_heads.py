@@ -152,13 +152,18 @@ def test_export_refuses_a_different_encoder(tmp_path: Path) -> None:
     assert weights.read_bytes() == before
 
 
-def test_train_fadex_heads_command_end_to_end(tmp_path: Path) -> None:
+def _train_heads_command(
+    tmp_path: Path, config: str, crops: int, *extra: str
+) -> tuple[FaDeX, dict, FaDeX, dict]:
+    """``f2s train fadex-heads`` on a tiny FaDeX, 20 operators of ``crops`` crops, 30 steps:
+    (source, printed result, trained model, its result.json)."""
     from typer.testing import CliRunner
 
     from face2scene_cli.cli.commands import train as train_cmd
 
-    doc = yaml.safe_load((REPO / "configs" / "fadex.yaml").read_text(encoding="utf-8"))
-    doc["data"].update(crops_per_group=4, p_face=0.0, splits=str(REPO / "data" / "splits.yaml"))
+    doc = yaml.safe_load((REPO / "configs" / config).read_text(encoding="utf-8"))
+    doc["data"].update(crops_per_group=crops, p_face=0.0, splits=str(REPO / "data" / "splits.yaml"))
+    doc["train"].update(crops_per_op=min(crops, doc["train"]["crops_per_op"]))
     doc["val"].update(crops=2, crop=64)
     cfg = tmp_path / "fadex.yaml"
     cfg.write_text(yaml.safe_dump(doc), encoding="utf-8")
@@ -166,42 +171,27 @@ def test_train_fadex_heads_command_end_to_end(tmp_path: Path) -> None:
     src = fadex_tiny(stat_features=True)
     src.save_pretrained(str(tmp_path / "src"), safe_serialization=True)
     args = ["fadex-heads", "--config", str(cfg), "--from", str(tmp_path / "src")]
-    args += ["--run-dir", str(tmp_path / "run"), "--groups", "20", "--steps", "30"]
+    args += ["--run-dir", str(tmp_path / "run"), "--groups", "20", "--steps", "30", *extra]
     result = CliRunner().invoke(train_cmd.app, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
+    saved = json.loads((Path(out["out"]) / "result.json").read_text(encoding="utf-8"))
+    return src, out, FaDeX.from_pretrained(out["out"]), saved
+
+
+def test_train_fadex_heads_command_end_to_end(tmp_path: Path) -> None:
+    src, out, trained, saved = _train_heads_command(tmp_path, "fadex.yaml", 4)
     assert set(out["dev"]) >= {"same_degradation_cos", "same_content_abs_cos", "blur_mae"}
-    trained = FaDeX.from_pretrained(out["out"])
     assert trained.config.edge_features and trained.config.trace_features
     assert trained.encoder_sha256() == src.encoder_sha256()
-    saved = json.loads((Path(out["out"]) / "result.json").read_text(encoding="utf-8"))
     assert saved["heads"]["steps"] == 30 and saved["descriptors"] == 20 * 4 * 2
 
 
 def test_train_fadex_heads_command_trains_a_downscale_head(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from face2scene_cli.cli.commands import train as train_cmd
-
-    doc = yaml.safe_load((REPO / "configs" / "fadex-downscale.yaml").read_text(encoding="utf-8"))
-    doc["data"].update(crops_per_group=2, p_face=0.0, splits=str(REPO / "data" / "splits.yaml"))
-    doc["train"].update(crops_per_op=2)
-    doc["val"].update(crops=2, crop=64)
-    cfg = tmp_path / "fadex.yaml"
-    cfg.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    torch.manual_seed(0)
-    src = fadex_tiny(stat_features=True)
-    src.save_pretrained(str(tmp_path / "src"), safe_serialization=True)
-    args = ["fadex-heads", "--config", str(cfg), "--from", str(tmp_path / "src")]
-    args += ["--run-dir", str(tmp_path / "run"), "--groups", "20", "--steps", "30"]
-    args += ["--set", "downscale_head=true", "--set", "sizes=[64]"]
-    result = CliRunner().invoke(train_cmd.app, args)
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    extra = ("--set", "downscale_head=true", "--set", "sizes=[64]")
+    src, out, trained, saved = _train_heads_command(tmp_path, "fadex-downscale.yaml", 2, *extra)
     assert {"downscale_4", "downscale_at_clean", "downscale_at_blur2"} <= set(out["dev"])
-    trained = FaDeX.from_pretrained(out["out"])
     assert trained.config.downscale_head and trained.encoder_sha256() == src.encoder_sha256()
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in src.state_dict().items())
-    saved = json.loads((Path(out["out"]) / "result.json").read_text(encoding="utf-8"))
     assert saved["descriptors"] == 20 * 2 * 2 and saved["dev_score"] is None
     assert len(list((tmp_path / "run").glob("downscale-*.safetensors"))) == 1
