@@ -14,21 +14,23 @@ import yaml
 from skimage import data as skdata
 
 from face2scene_cli.archs.fadex import NUM_EDGE, FaDeX, edge_widths, fadex_tiny
+from face2scene_cli.archs.motion import NUM_MOTION
 from face2scene_cli.archs.resampling import NUM_RESAMPLING
 from face2scene_cli.degradations.ops import gaussian_blur
 from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.fadex_config import load_train_config
 from face2scene_cli.research.train.fadex_heads import (
+    STATISTICS_HEADS,
     HeadsConfig,
-    build_downscale_features,
     build_features,
     build_groups,
+    build_statistics_features,
     export_heads,
     train_heads,
     trained_heads,
-    with_downscale_head,
     with_new_heads,
+    with_statistics_head,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,13 +73,17 @@ def test_new_heads_keep_the_encoder_and_z() -> None:
     assert other.encoder_sha256() != src.encoder_sha256()
 
 
-def test_new_heads_keep_a_downscale_head() -> None:
-    """New code and regression heads for a model with a downscale head keep that head."""
+def test_new_heads_keep_the_statistics_heads() -> None:
+    """New code and regression heads for a model with downscale and motion heads keep both;
+    a motion head added to a model keeps its downscale head."""
     torch.manual_seed(0)
-    src = with_downscale_head(fadex_tiny(stat_features=True))
-    new = with_new_heads(src, edge_features=True)
-    heads = {k: v for k, v in src.state_dict().items() if k.startswith("downscale_reg.")}
-    assert heads and all(torch.equal(v, new.state_dict()[k]) for k, v in heads.items())
+    src = with_statistics_head(fadex_tiny(stat_features=True), "downscale_head")
+    both = with_statistics_head(src, "motion_head")
+    assert all(torch.equal(v, both.state_dict()[k]) for k, v in src.state_dict().items())
+    new = with_new_heads(both, edge_features=True)
+    heads = {k: v for k, v in both.state_dict().items() if k.startswith(("down", "motion"))}
+    assert any(k.startswith("motion_reg.") for k in heads)
+    assert all(torch.equal(v, new.state_dict()[k]) for k, v in heads.items())
 
 
 def test_heads_learn_operator_groups_on_real_training_crops(tmp_path: Path) -> None:
@@ -109,35 +115,49 @@ def test_heads_learn_operator_groups_on_real_training_crops(tmp_path: Path) -> N
     assert model.encoder_sha256() == encoder
 
 
-def test_a_downscale_head_trains_alone_on_real_training_crops() -> None:
-    """With ``downscale_head`` only the new head moves (code and regression heads keep their
-    weights): it reads LQ crops of training photos and learns their operators' factors."""
+@pytest.mark.parametrize(
+    ("name", "width", "degradation"),
+    [
+        ("downscale_head", NUM_RESAMPLING, {"p_downscale": 0.7, "p_blur": 0.0}),
+        ("motion_head", NUM_MOTION, {"p_motion": 0.7, "motion_range": (3.0, 15.0)}),
+    ],
+)
+def test_a_statistics_head_trains_alone_on_real_training_crops(
+    name: str, width: int, degradation: dict
+) -> None:
+    """With ``downscale_head`` / ``motion_head`` only the new head moves (code, regression and
+    other heads keep their weights): it reads LQ crops of training photos and learns their
+    operators' factor / motion blur."""
     cfg = load_train_config(REPO / "configs" / "fadex-wide.yaml")
-    dist = dataclasses.replace(cfg.data.degradation, p_downscale=0.7, p_blur=0.0)
+    dist = dataclasses.replace(cfg.data.degradation, **degradation)
     cfg = cfg.replace("data", crops_per_group=4, crop=64, p_face=0.0, degradation=dist)
     photos = load_splits(REPO / "data" / "splits.yaml", verify=False)["train"][:4]
     hc = HeadsConfig(groups=12, views=1, sizes=(64,), steps=2000, ops_per_batch=6)
-    hc = dataclasses.replace(hc, dev_groups=2, downscale_head=True)
-    fs = build_downscale_features(cfg, photos, hc)
-    assert fs.features.shape == (12 * 4, NUM_RESAMPLING) and fs.group.max() == 11
+    hc = dataclasses.replace(hc, dev_groups=2, **{name: True})
+    fs = build_statistics_features(cfg, photos, hc)
+    assert fs.features.shape == (12 * 4, width) and fs.group.max() == 11
+    head = STATISTICS_HEADS[name]
     torch.manual_seed(0)
-    model = with_downscale_head(fadex_tiny(stat_features=True)).eval()
-    assert trained_heads(model, hc) == [model.downscale_reg]
-    kept = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("down")}
-    seen, factor = fs.group < 10, fs.labels[:, 2]  # the 10 groups it trains on
+    model = with_statistics_head(fadex_tiny(stat_features=True), name).eval()
+    assert trained_heads(model, hc) == [getattr(model, head.module)]
+    kept = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(head.module)}
+    seen, target = fs.group < 10, fs.labels[:, 0]  # the 10 groups it trains on
+    assert target[seen].std() > 0.2
 
     def error() -> float:
         with torch.no_grad():
-            return float((model.read_downscale(fs.features) - factor)[seen].abs().mean())
+            return float((head.read(model, fs.features) - target)[seen].abs().mean())
 
-    constant = float((factor[seen] - factor[seen].median()).abs().mean())
+    constant = float((target[seen] - target[seen].median()).abs().mean())
     model.requires_grad_(False)
-    model.downscale_reg.requires_grad_(True)
+    getattr(model, head.module).requires_grad_(True)
     train_heads(model, fs, hc)
     assert error() < 0.5 * constant, (constant, error())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in kept.items())
-    with pytest.raises(ConfigError, match="downscale_head must be true or false"):
-        HeadsConfig(downscale_head="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=f"{name} must be true or false"):
+        HeadsConfig(**{name: "yes"})
+    with pytest.raises(ConfigError, match="not both"):
+        HeadsConfig(downscale_head=True, motion_head=True)
 
 
 def test_export_refuses_a_different_encoder(tmp_path: Path) -> None:
@@ -187,11 +207,21 @@ def test_train_fadex_heads_command_end_to_end(tmp_path: Path) -> None:
     assert saved["heads"]["steps"] == 30 and saved["descriptors"] == 20 * 4 * 2
 
 
-def test_train_fadex_heads_command_trains_a_downscale_head(tmp_path: Path) -> None:
-    extra = ("--set", "downscale_head=true", "--set", "sizes=[64]")
-    src, out, trained, saved = _train_heads_command(tmp_path, "fadex-downscale.yaml", 2, *extra)
-    assert {"downscale_4", "downscale_at_clean", "downscale_at_blur2"} <= set(out["dev"])
-    assert trained.config.downscale_head and trained.encoder_sha256() == src.encoder_sha256()
+@pytest.mark.parametrize(
+    ("name", "config", "dev"),
+    [
+        ("downscale_head", "fadex-downscale.yaml", {"downscale_4", "downscale_at_blur2"}),
+        ("motion_head", "fadex-motion-head.yaml", {"motion_13", "blur_4"}),
+    ],
+)
+def test_train_fadex_heads_command_trains_a_statistics_head(
+    tmp_path: Path, name: str, config: str, dev: set[str]
+) -> None:
+    extra = ("--set", f"{name}=true", "--set", "sizes=[64]")
+    src, out, trained, saved = _train_heads_command(tmp_path, config, 2, *extra)
+    assert dev <= set(out["dev"])
+    assert trained.config[name] and trained.encoder_sha256() == src.encoder_sha256()
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in src.state_dict().items())
     assert saved["descriptors"] == 20 * 2 * 2 and saved["dev_score"] is None
-    assert len(list((tmp_path / "run").glob("downscale-*.safetensors"))) == 1
+    module = STATISTICS_HEADS[name].module
+    assert len(list((tmp_path / "run").glob(f"{module}-*.safetensors"))) == 1

@@ -19,7 +19,7 @@ from face2scene_cli.archs.resampling import (
 )
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
-from face2scene_cli.research.train.fadex_heads import with_downscale_head
+from face2scene_cli.research.train.fadex_heads import with_statistics_head
 
 OPERATORS = {
     "clean": {},
@@ -89,7 +89,7 @@ def test_a_downscale_head_changes_the_downscale_estimate_only() -> None:
     own: added to a model, Z, the code and every other estimate stay bit-identical."""
     torch.manual_seed(0)
     plain = fadex_tiny(stat_features=True, edge_features=True, trace_features=True).eval()
-    added = with_downscale_head(plain).eval()
+    added = with_statistics_head(plain, "downscale_head").eval()
     g = torch.Generator().manual_seed(1)
     lq, hq = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
     with torch.inference_mode():

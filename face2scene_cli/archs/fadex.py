@@ -15,7 +15,10 @@ Units of the estimates (all in SOURCE-image pixels of that native crop):
 * ``noise_sigma``: standard deviation of additive white Gaussian noise, /255 units.
 * ``blur_sigma_px``: sigma of the isotropic Gaussian blur equivalent to all the low-pass the
   crop went through (optical blur and resolution loss, which a crop cannot tell apart:
-  :func:`~face2scene_cli.research.train.fadex.effective_blur`), pixels.
+  :func:`~face2scene_cli.research.train.fadex.effective_blur`), pixels; a linear motion blur
+  counts as the Gaussian of the same spread
+  (:func:`~face2scene_cli.degradations.record.equivalent_blur`), which a model with a motion
+  head (:mod:`face2scene_cli.archs.motion`) adds in quadrature.
 * ``downscale``: factor s >= 1 of a resolution loss simulated as bicubic (antialiased)
   downsampling by s followed by bicubic upsampling back to the same size (the face is seen at
   native resolution, so a low-resolution source shows as missing detail, not as fewer pixels);
@@ -41,6 +44,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
 from face2scene_cli.archs.jpeg_trace import JpegTrace, trace_jpeg
+from face2scene_cli.archs.motion import NUM_MOTION, motion_features
 from face2scene_cli.archs.resampling import NUM_RESAMPLING, luma, resampling_features
 from face2scene_cli.degradations.estimate import ESTIMATE_FIELDS, Estimate
 from face2scene_cli.errors import ConfigError
@@ -264,6 +268,18 @@ def _act() -> nn.Module:
     return nn.LeakyReLU(0.1, inplace=True)
 
 
+def _statistics_head(features: int, hidden: int, hidden_layers: int) -> nn.Sequential:
+    """A head on fixed image statistics: batch-norm running statistics (the training set's
+    mean and variance, no affine part), then an MLP with ``hidden_layers`` ReLU layers to one
+    output."""
+    layers: list[nn.Module] = [nn.BatchNorm1d(features, affine=False)]
+    width = features
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, 1))
+
+
 class _ResBlock(nn.Module):
     def __init__(self, ch: int) -> None:
         super().__init__()
@@ -305,6 +321,12 @@ class FaDeX(ModelMixin, ConfigMixin):
             luminance (:func:`~face2scene_cli.archs.resampling.resampling_features`), which
             tell a down-then-up resampling from an optical blur, standardised, into a 2-layer
             MLP; the code and the other estimates stay the regression head's.
+        motion_head: estimate a linear motion blur with a head of its own
+            (:meth:`read_motion`): the :data:`NUM_MOTION` directional spectral statistics of
+            the LQ luminance (:func:`~face2scene_cli.archs.motion.motion_features`),
+            standardised, into a 3-layer MLP; its equivalent Gaussian sigma is added in
+            quadrature to the regression head's blur, the code and the other estimates stay
+            as they were.
     """
 
     @register_to_config
@@ -319,6 +341,7 @@ class FaDeX(ModelMixin, ConfigMixin):
         edge_features: bool = False,
         trace_features: bool = False,
         downscale_head: bool = False,
+        motion_head: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -339,12 +362,9 @@ class FaDeX(ModelMixin, ConfigMixin):
             head_dim,
         )
         if downscale_head:
-            self.downscale_reg = nn.Sequential(
-                nn.BatchNorm1d(NUM_RESAMPLING, affine=False),  # training-set mean and variance
-                nn.Linear(NUM_RESAMPLING, head_dim),
-                nn.ReLU(inplace=True),
-                nn.Linear(head_dim, 1),
-            )
+            self.downscale_reg = _statistics_head(NUM_RESAMPLING, head_dim, hidden_layers=1)
+        if motion_head:
+            self.motion_reg = _statistics_head(NUM_MOTION, head_dim, hidden_layers=2)
         self._init_weights()
         # Mean projection over the training degradations (set after training, 0 = none).
         self.register_buffer("code_center", torch.zeros(code_dim))
@@ -456,7 +476,8 @@ class FaDeX(ModelMixin, ConfigMixin):
         Returns:
             ``z`` :math:`(B, C_z, H/8, W/8)` and ``pooled`` :math:`(B, F)`: spatial mean and
             standard deviation of Z (and, as configured, the :func:`degradation_stats`, the
-            :func:`edge_widths`, the JPEG trace and the resampling statistics).
+            :func:`edge_widths`, the JPEG trace, the resampling statistics and the directional
+            spectrum, in that order).
         """
         x = prepare_pair(lq, hq)
         z = self.encode(x)
@@ -471,15 +492,19 @@ class FaDeX(ModelMixin, ConfigMixin):
             trace = trace_jpeg(lq) if trace is None else trace
             found = trace.found.to(pooled)
             extra.append(torch.stack([found, found * trace.quality.to(pooled) / 100], dim=1))
-        if self.config.downscale_head:  # last: the other heads read the columns before them
+        # last: the code and regression heads read the columns before them
+        if self.config.downscale_head:
             extra.append(resampling_features(x[:, :3]))
+        if self.config.motion_head:
+            extra.append(motion_features(x[:, :3]))
         return z, torch.cat([pooled, *extra], dim=1)
 
     def heads(
         self, pooled: Tensor, z: Tensor | None = None, trace: JpegTrace | None = None
     ) -> FaDeXOutput:
         r"""Code and estimates from the pooled descriptor :math:`(B, F)` of :meth:`features`
-        (the resampling statistics at its end, with ``downscale_head``, feed that head only).
+        (the resampling statistics and directional spectrum at its end, with
+        ``downscale_head`` / ``motion_head``, feed those heads only).
 
         ``z`` is passed through to the output; with ``trace`` (``trace_jpeg`` of the LQ
         crops), the JPEG estimates come from the quantisation trace where one was found.
@@ -488,8 +513,13 @@ class FaDeX(ModelMixin, ConfigMixin):
         q = F.normalize(self.proj(shared), dim=1)
         code = F.normalize(q - self.code_center, dim=1)
         r = self.reg(shared)
+        end = pooled.shape[1]
+        blur_sigma_px = F.softplus(r[:, 1]) * BLUR_SCALE
+        if self.config.motion_head:
+            end -= NUM_MOTION
+            blur_sigma_px = torch.hypot(blur_sigma_px, self.read_motion(pooled[:, end:]))
         downscale = (
-            self.read_downscale(pooled[:, -NUM_RESAMPLING:])
+            self.read_downscale(pooled[:, end - NUM_RESAMPLING : end])
             if self.config.downscale_head
             else 1.0 + F.softplus(r[:, 2])
         )
@@ -504,7 +534,7 @@ class FaDeX(ModelMixin, ConfigMixin):
             code=code,
             z=z,
             noise_sigma=F.softplus(r[:, 0]) * NOISE_SCALE,
-            blur_sigma_px=F.softplus(r[:, 1]) * BLUR_SCALE,
+            blur_sigma_px=blur_sigma_px,
             downscale=downscale,
             jpeg_quality=jpeg_quality,
             jpeg_probability=jpeg_probability,
@@ -517,6 +547,13 @@ class FaDeX(ModelMixin, ConfigMixin):
         :func:`~face2scene_cli.archs.resampling.resampling_features` of the LQ crops
         (``downscale_head`` only)."""
         return 1.0 + F.softplus(self.downscale_reg(resampling)[:, 0])
+
+    def read_motion(self, directional: Tensor) -> Tensor:
+        r"""The motion head's equivalent Gaussian sigma (px, >= 0; a segment of L px reads
+        :math:`L/\sqrt{12}`) from :math:`(B, N_{motion})`
+        :func:`~face2scene_cli.archs.motion.motion_features` of the LQ crops (``motion_head``
+        only)."""
+        return F.softplus(self.motion_reg(directional)[:, 0])
 
     def forward(self, lq: Tensor, hq: Tensor, read_jpeg_trace: bool = True) -> FaDeXOutput:
         r"""Code, Z and estimates for a batch of (LQ, HQ) native crops.
@@ -543,8 +580,9 @@ class FaDeX(ModelMixin, ConfigMixin):
 
 def fadex_s(**overrides: object) -> FaDeX:
     """FaDeX-S: channels (32, 64, 96), 1 residual block per stage, 128-d code; the heads read
-    the fixed image statistics, the edge widths and the JPEG trace, and the downscale factor
-    has a head of its own on the resampling statistics (~0.50 M parameters)."""
+    the fixed image statistics, the edge widths and the JPEG trace; the downscale factor has a
+    head of its own on the resampling statistics, a motion blur one on the directional
+    spectrum (~0.60 M parameters)."""
     cfg: dict[str, object] = {
         "channels": (32, 64, 96),
         "blocks_per_stage": 1,
@@ -553,6 +591,7 @@ def fadex_s(**overrides: object) -> FaDeX:
         "edge_features": True,
         "trace_features": True,
         "downscale_head": True,
+        "motion_head": True,
     }
     cfg.update(overrides)
     return FaDeX(**cfg)  # type: ignore[arg-type]

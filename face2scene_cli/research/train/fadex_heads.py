@@ -44,13 +44,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from face2scene_cli.archs.fadex import FaDeX
+from face2scene_cli.archs.motion import motion_features
 from face2scene_cli.archs.resampling import resampling_features
 from face2scene_cli.degradations.checks import flag
+from face2scene_cli.degradations.record import Degradation, equivalent_blur
 from face2scene_cli.degradations.sampling import apply
+from face2scene_cli.errors import ConfigError
 from face2scene_cli.research.splits import load_splits
 from face2scene_cli.research.train.data import (
     PhotoBank,
-    degradation_labels,
     make_group,
     quantize_u8,
 )
@@ -67,16 +69,21 @@ from face2scene_cli.research.train.fadex_eval import (
 from face2scene_cli.restorers.face.blind import BlindFaceRestorer
 
 __all__ = [
+    "STATISTICS_HEADS",
     "FeatureSet",
     "HeadsConfig",
+    "StatisticsHead",
     "build_features",
     "build_groups",
+    "build_statistics_features",
     "export_heads",
     "heads_loss",
     "load_or_build_features",
     "run_heads",
     "train_heads",
+    "trained_heads",
     "with_new_heads",
+    "with_statistics_head",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,8 +108,11 @@ class HeadsConfig:
         edge_features, trace_features: the heads' extra inputs (see :class:`FaDeX`).
         downscale_head: instead of new code and regression heads, keep the source's and add
             a downscale head (see :class:`FaDeX`), trained alone on the downscale factor from
-            LQ crops only (:func:`build_downscale_features`): the code and every other
+            LQ crops only (:func:`build_statistics_features`): the code and every other
             estimate stay bit-identical.
+        motion_head: likewise a motion head, trained alone on the motion blur's equivalent
+            Gaussian sigma; the code and every estimate but the blur stay bit-identical. A
+            run trains one of the two.
         dev_groups: the last groups (at most a fifth), held out of training to report the
             dev loss.
         seed: drives the operators, the crops and the batches.
@@ -124,18 +134,82 @@ class HeadsConfig:
     edge_features: bool = True
     trace_features: bool = True
     downscale_head: bool = False
+    motion_head: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("edge_features", "trace_features", "downscale_head"):
+        for name in ("edge_features", "trace_features", *STATISTICS_HEADS):
             flag(name, getattr(self, name))
+        if self.downscale_head and self.motion_head:
+            raise ConfigError("a run trains downscale_head or motion_head, not both")
+
+    @property
+    def statistics_head(self) -> str | None:
+        """The :data:`STATISTICS_HEADS` key of the head this run trains alone, if any."""
+        return next((name for name in STATISTICS_HEADS if getattr(self, name)), None)
+
+
+@dataclass(frozen=True)
+class StatisticsHead:
+    """A FaDeX head on fixed statistics of the LQ crop alone, trained after the others.
+
+    Attributes:
+        module: the head's attribute of :class:`FaDeX`.
+        features: LQ crops :math:`(B, C, H, W)` in [0, 1] -> the statistics it reads.
+        target: what it learns to read of an operator.
+        read: the model's reading of the statistics (its ``read_*`` method).
+        loss: (reading, target) -> the training loss.
+        range_kind: the :data:`RANGE_LEVELS` kind its dev summary checks.
+        description: for the release's training stages.
+    """
+
+    module: str
+    features: Callable[[Tensor], Tensor]
+    target: Callable[[Degradation], float]
+    read: Callable[[FaDeX, Tensor], Tensor]
+    loss: Callable[[Tensor, Tensor], Tensor]
+    range_kind: str
+    description: str
+
+
+def _motion_loss(est: Tensor, target: Tensor) -> Tensor:
+    """Smooth L1 of the motion blur's equivalent sigma; crops without motion weigh twice (a
+    false reading adds blur to every estimate of a sharp photo)."""
+    per_crop = F.smooth_l1_loss(est, target, beta=0.1, reduction="none")
+    return (per_crop * torch.where(target > 0, 1.0, 2.0)).mean()
+
+
+#: The statistics heads by their FaDeX config flag. The downscale head learns the log factor
+#: (a relative error: x1.5 read as 1.2 costs what x4 read as 3.2 does), the motion head the
+#: motion blur's equivalent sigma (0 for none; :func:`_motion_loss`).
+STATISTICS_HEADS: dict[str, StatisticsHead] = {
+    "downscale_head": StatisticsHead(
+        module="downscale_reg",
+        features=resampling_features,
+        target=lambda op: op.downscale,
+        read=lambda model, feats: model.read_downscale(feats),
+        loss=lambda est, y: F.smooth_l1_loss(est.log(), y.log(), beta=0.02),
+        range_kind="downscale",
+        description="a downscale head on the resampling statistics",
+    ),
+    "motion_head": StatisticsHead(
+        module="motion_reg",
+        features=motion_features,
+        target=lambda op: equivalent_blur(0.0, op.motion_px),
+        read=lambda model, feats: model.read_motion(feats),
+        loss=_motion_loss,
+        range_kind="motion",
+        description="a motion head on the directional spectrum",
+    ),
+}
 
 
 @dataclass
 class FeatureSet:
     """Cached head inputs: ``features`` :math:`(N, F)`, ``group`` :math:`(N,)` operator group
     index, ``labels`` :math:`(N, 6)` as
-    :func:`~face2scene_cli.research.train.data.degradation_labels`."""
+    :func:`~face2scene_cli.research.train.data.degradation_labels` (for a statistics head
+    :math:`(N, 1)`, its :attr:`StatisticsHead.target`)."""
 
     features: Tensor
     group: Tensor
@@ -145,13 +219,15 @@ class FeatureSet:
 def with_new_heads(source: FaDeX, **config: Any) -> FaDeX:
     """A FaDeX with ``source``'s encoder (copied) and freshly initialised code and regression
     heads, its config changed by ``config`` (head inputs and widths only; Z stays the same);
-    a downscale head of ``source``'s is copied too (it reads none of their inputs)."""
+    ``source``'s statistics heads are copied too (they read none of their inputs)."""
     # (diffusers' private keys, e.g. _use_default_values, would reset the new options)
     base = {k: v for k, v in source.config.items() if not k.startswith("_")}
     model = FaDeX.from_config({**base, **config})
     kept = source.encoder_state_dict()
-    if model.config.downscale_head and source.config.get("downscale_head", False):
-        kept |= {k: v for k, v in source.state_dict().items() if k.startswith("downscale_reg.")}
+    for name, head in STATISTICS_HEADS.items():
+        if model.config[name] and source.config.get(name, False):
+            prefix = f"{head.module}."
+            kept |= {k: v for k, v in source.state_dict().items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     if unexpected or set(missing) & set(model.encoder_state_dict()):
         raise ValueError(
@@ -160,31 +236,35 @@ def with_new_heads(source: FaDeX, **config: Any) -> FaDeX:
     return model
 
 
-def with_downscale_head(source: FaDeX) -> FaDeX:
-    """A FaDeX with all of ``source`` (encoder, code and regression heads) and a freshly
-    initialised downscale head (``downscale_head``), which alone differs in its output."""
+def with_statistics_head(source: FaDeX, name: str) -> FaDeX:
+    """A FaDeX with all of ``source`` (encoder, code, regression and other statistics heads)
+    and a freshly initialised statistics head ``name`` (a :data:`STATISTICS_HEADS` key),
+    which alone differs in its output."""
     base = {k: v for k, v in source.config.items() if not k.startswith("_")}
-    model = FaDeX.from_config({**base, "downscale_head": True})
+    model = FaDeX.from_config({**base, name: True})
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("downscale_reg.") for k in missing):
+    prefix = f"{STATISTICS_HEADS[name].module}."
+    if unexpected or any(not k.startswith(prefix) for k in missing):
         raise ValueError(f"source does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
 
 
 def trained_heads(model: FaDeX, hc: HeadsConfig) -> list[torch.nn.Module]:
-    """The heads a run trains: the downscale head alone, or the code and regression heads."""
-    return [model.downscale_reg] if hc.downscale_head else [model.proj, model.reg]
+    """The heads a run trains: a statistics head alone, or the code and regression heads."""
+    name = hc.statistics_head
+    return [getattr(model, STATISTICS_HEADS[name].module)] if name else [model.proj, model.reg]
 
 
 @torch.inference_mode()
-def build_downscale_features(
+def build_statistics_features(
     cfg: FaDeXTrainConfig, photos: list[Any], hc: HeadsConfig
 ) -> FeatureSet:
-    """What the downscale head reads, the :func:`resampling_features` of LQ crops: ``hc.views``
-    random views (size, rotation, flip) of ``data.crops_per_group`` crops for each of
-    ``hc.groups`` parametric operators of the data's distribution, made as the trainer's
-    workers make LQ crops. No restored crop and no descriptor are needed, so many more
-    operators fit in the time :func:`build_groups` takes."""
+    """What ``hc``'s statistics head reads, its features of LQ crops, and its target:
+    ``hc.views`` random views (size, rotation, flip) of ``data.crops_per_group`` crops for
+    each of ``hc.groups`` parametric operators of the data's distribution, made as the
+    trainer's workers make LQ crops. No restored crop and no descriptor are needed, so many
+    more operators fit in the time :func:`build_groups` takes."""
+    head = _statistics_head(hc)
     dist = dataclasses.replace(cfg.data.degradation, mix=(0.0, 1.0, 0.0))
     s, m = cfg.data.crop, cfg.data.margin
     bank = PhotoBank(photos, cfg.data.base_long_side, s + m)
@@ -192,7 +272,7 @@ def build_downscale_features(
     feats, labels = [], []
     for _ in range(hc.groups):
         op = dist.sample(rng)
-        labels.append(torch.from_numpy(degradation_labels(op)))
+        labels.append(torch.tensor([head.target(op)], dtype=torch.float32))
         views = []
         for _ in range(cfg.data.crops_per_group):
             x = torch.from_numpy(bank.region(rng, s + m, cfg.data.p_face))
@@ -204,7 +284,7 @@ def build_downscale_features(
                 v = torch.rot90(
                     y[..., oy : oy + size, ox : ox + size], int(rng.integers(4)), (2, 3)
                 )
-                views.append(resampling_features(v.flip(-1) if rng.integers(2) else v))
+                views.append(head.features(v.flip(-1) if rng.integers(2) else v))
         feats.append(torch.cat(views))
     per = cfg.data.crops_per_group * hc.views
     group = torch.arange(hc.groups).repeat_interleave(per)
@@ -283,13 +363,12 @@ def heads_loss(
     model: FaDeX, feats: Tensor, group: Tensor, labels: Tensor, hc: HeadsConfig
 ) -> tuple[Tensor, dict[str, float]]:
     """SupCon + ``orth_weight`` x mean squared cosine across operators + ``align_weight`` x
-    mean (1 - cos)^2 within an operator + regression; with ``hc.downscale_head`` (``feats``
-    from :func:`build_downscale_features`), smooth L1 of the log downscale factor (a relative
-    error: x1.5 read as 1.2 costs what x4 read as 3.2 does)."""
-    if hc.downscale_head:
-        est = model.read_downscale(feats)
-        loss = F.smooth_l1_loss(est.log(), labels[:, 2].log(), beta=0.02)
-        return loss, {"log_downscale": loss.item()}
+    mean (1 - cos)^2 within an operator + regression; with a statistics head (``feats`` from
+    :func:`build_statistics_features`), its :attr:`StatisticsHead.loss`."""
+    if hc.statistics_head is not None:
+        head = STATISTICS_HEADS[hc.statistics_head]
+        loss = head.loss(head.read(model, feats), labels[:, 0])
+        return loss, {f"{head.range_kind}_loss": loss.item()}
     out = model.heads(feats)
     q = out.q
     sim = q @ q.T
@@ -386,17 +465,24 @@ def load_or_build_features(
     )
 
 
-def load_or_build_downscale_features(
+def load_or_build_statistics_features(
     cfg: FaDeXTrainConfig, photos: list[Any], hc: HeadsConfig, run_dir: Path
 ) -> FeatureSet:
-    """:func:`build_downscale_features`, cached in ``run_dir`` under the data settings, the
-    photos, the groups, the views and the seed."""
+    """:func:`build_statistics_features`, cached in ``run_dir`` under the head, the data
+    settings, the photos, the groups, the views and the seed."""
+    head = _statistics_head(hc)
     what = json.dumps([asdict(cfg.data), [p.name for p in photos]], sort_keys=True, default=str)
     key = f"{hashlib.sha256(what.encode()).hexdigest()[:16]}-g{hc.groups}-v{hc.views}-s{hc.seed}"
     return _cached(
-        run_dir / f"downscale-{key}.safetensors",
-        lambda: build_downscale_features(cfg, photos, hc),
+        run_dir / f"{head.module}-{key}.safetensors",
+        lambda: build_statistics_features(cfg, photos, hc),
     )
+
+
+def _statistics_head(hc: HeadsConfig) -> StatisticsHead:
+    if hc.statistics_head is None:
+        raise ValueError("the heads settings name no statistics head")
+    return STATISTICS_HEADS[hc.statistics_head]
 
 
 def _cached(path: Path, build: Callable[[], FeatureSet]) -> FeatureSet:
@@ -412,19 +498,19 @@ def _cached(path: Path, build: Callable[[], FeatureSet]) -> FeatureSet:
 def run_heads(
     config: Path, source: Path, run_dir: Path, hc: HeadsConfig, threads: int = 1
 ) -> dict[str, Any]:
-    """Groups -> cached descriptors -> heads, for the FaDeX in ``source`` (with
-    ``hc.downscale_head``: LQ crops -> cached resampling statistics -> a downscale head); the
-    retrained model goes to ``run_dir/heads-<time>`` with ``result.json`` (its table, or its
-    downscale range check, on crops of TRAINING photos, so the held-out photos stay untouched
-    until the release)."""
+    """Groups -> cached descriptors -> heads, for the FaDeX in ``source`` (with a statistics
+    head: LQ crops -> cached statistics -> that head); the retrained model goes to
+    ``run_dir/heads-<time>`` with ``result.json`` (its table, or its head's range check, on
+    crops of TRAINING photos, so the held-out photos stay untouched until the release)."""
     torch.set_num_threads(threads)
     cfg = load_train_config(config)
     splits = load_splits(Path(cfg.data.splits))
     t0 = time.monotonic()
     src = FaDeX.from_pretrained(str(source), use_safetensors=True, low_cpu_mem_usage=False)
-    if hc.downscale_head:
-        model = with_downscale_head(src)
-        fs = load_or_build_downscale_features(cfg, splits["train"], hc, run_dir)
+    head = STATISTICS_HEADS[hc.statistics_head] if hc.statistics_head else None
+    if head is not None:
+        model = with_statistics_head(src, hc.statistics_head)
+        fs = load_or_build_statistics_features(cfg, splits["train"], hc, run_dir)
     else:
         shards = build_groups(cfg, splits["train"], hc.groups, hc.seed, run_dir / "groups")
         model = with_new_heads(
@@ -439,12 +525,17 @@ def run_heads(
     log = train_heads(model, fs, hc)
     t_train = time.monotonic() - t1
     dev_cfg = cfg.replace("val", seed=cfg.val.seed + 7)
-    if hc.downscale_head:
-        levels = {"downscale": RANGE_LEVELS["downscale"]}
+    if head is not None:
+        # the motion head adds to the blur estimate: check the Gaussian blur's reading too
+        kinds = ("motion", "blur") if head.range_kind == "motion" else (head.range_kind,)
+        levels = {kind: RANGE_LEVELS[kind] for kind in kinds}
         ranges = evaluate_ranges(model, dev_cfg, splits["train"], levels=levels)
-        dev = {"summary": {f"downscale_{k}": v["mean"] for k, v in ranges["downscale"].items()}}
-        free = downscale_without_resampling(model, dev_cfg, splits["train"])
-        dev["summary"] |= {f"downscale_at_{k}": v["mean"] for k, v in free.items()}
+        dev = {
+            "summary": {f"{kind}_{k}": v["mean"] for kind in kinds for k, v in ranges[kind].items()}
+        }
+        if head.range_kind == "downscale":
+            free = downscale_without_resampling(model, dev_cfg, splits["train"])
+            dev["summary"] |= {f"downscale_at_{k}": v["mean"] for k, v in free.items()}
     else:
         dev = evaluate_fadex(model, build_val_set(dev_cfg, splits["train"]))
     result = {
@@ -454,7 +545,7 @@ def run_heads(
         "wall_s": {"data": round(t_data, 1), "train": round(t_train, 1)},
         "descriptors": int(fs.features.shape[0]),
         "dev_summary": dev["summary"],
-        "dev_score": None if hc.downscale_head else val_score(dev),
+        "dev_score": None if head else val_score(dev),
         "log": log,
     }
     out = run_dir / f"heads-{int(time.time())}"
@@ -490,9 +581,10 @@ def export_heads(trained: Path, dest: Path, config: Path) -> dict[str, Any]:
     meta.pop("files", None)
     wall = float(sum(result["wall_s"].values()))
     hc = result["heads"]
+    head = next((h for n, h in STATISTICS_HEADS.items() if hc.get(n)), None)
     what = (
-        "a downscale head on the resampling statistics, code and other heads kept"
-        if hc.get("downscale_head")
+        f"{head.description}, code and other heads kept"
+        if head
         else f"orth_weight {hc['orth_weight']}, align_weight {hc['align_weight']}, "
         f"edge_features {hc['edge_features']}, trace_features {hc['trace_features']}"
     )
