@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from face2scene_cli.degradations.record import PRESETS
+from face2scene_cli.degradations.record import PRESETS, RESIZE_MODES
 from face2scene_cli.errors import ConfigError
 
 T = TypeVar("T")
@@ -392,6 +392,9 @@ class DegradeConfig:
         jpeg_quality: JPEG quality 1-100 (parametric mode).
         downscale: downscale factor >= 1, the output is that much smaller (parametric and
             second-order modes).
+        downscale_kernel: the downscale's filter, ``area`` (pixel averaging, as photo apps
+            shrink), ``bilinear`` or ``bicubic`` (default); it makes the mode parametric (a
+            plain resize, nothing else unless asked) and needs ``downscale``.
     Without a preset or parametric option, the Real-ESRGAN second-order pipeline is sampled
     per image from its seed.
     """
@@ -405,6 +408,7 @@ class DegradeConfig:
     gray_noise: bool | None = None
     jpeg_quality: int | None = None
     downscale: float | None = None
+    downscale_kernel: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -415,8 +419,17 @@ class DegradeConfig:
         ):
             raise ConfigError(
                 "--preset cannot be combined with --blur-sigma/--motion-px/--motion-angle/"
-                "--noise-sigma/--shot-noise/--gray-noise/--jpeg-quality/--downscale"
+                "--noise-sigma/--shot-noise/--gray-noise/--jpeg-quality/--downscale/"
+                "--downscale-kernel"
             )
+        if self.downscale_kernel is not None:
+            if self.downscale_kernel not in RESIZE_MODES:
+                raise ConfigError(
+                    f"downscale_kernel must be one of {', '.join(RESIZE_MODES)}, "
+                    f"got {self.downscale_kernel!r}"
+                )
+            if not self.downscale or self.downscale == 1:
+                raise ConfigError("--downscale-kernel needs --downscale (a factor > 1)")
         if self.motion_angle is not None and not self.motion_px:
             raise ConfigError("--motion-angle needs --motion-px (the motion blur's length)")
         if self.gray_noise and not (self.noise_sigma or self.shot_noise):
@@ -449,6 +462,7 @@ class DegradeConfig:
             self.noise_sigma,
             self.shot_noise,
             self.jpeg_quality,
+            self.downscale_kernel,
         )
 
 

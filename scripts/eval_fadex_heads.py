@@ -24,6 +24,7 @@ from face2scene_cli.research.splits import load_splits  # noqa: E402
 from face2scene_cli.research.train.fadex_config import load_train_config  # noqa: E402
 from face2scene_cli.research.train.fadex_eval import (  # noqa: E402
     build_val_set,
+    downscale_by_kernel,
     downscale_without_resampling,
     evaluate_fadex,
     evaluate_ranges,
@@ -51,16 +52,20 @@ def main(argv: list[str]) -> int:
         table.pop("crop_sources")
         ranges = evaluate_ranges(model, cfg, photos)
         false_reads = downscale_without_resampling(model, cfg, photos)
+        by_kernel = downscale_by_kernel(model, cfg, photos)
         out[name] = {
             "encoder_sha256": model.encoder_sha256(),
             "table": table,
             "ranges": ranges,
             "downscale_without_resampling": false_reads,
+            "downscale_by_kernel": by_kernel,
             "eval_s": round(time.monotonic() - t, 1),
         }
         print(name, json.dumps(table["summary"]), json.dumps(ranges["met"]), flush=True)
         print(" downscale", {k: round(v["mean"], 2) for k, v in ranges["downscale"].items()})
         print(" without resampling", {k: round(v["mean"], 2) for k, v in false_reads.items()})
+        for kernel, rows in by_kernel.items():
+            print(f" downscale, {kernel}", {k: round(v["mean"], 2) for k, v in rows.items()})
     Path(argv[0]).write_text(json.dumps(out, indent=1), encoding="utf-8")
     return 0
 

@@ -788,6 +788,39 @@ def test_distribution_draws_shot_and_gray_noise_last() -> None:
         dataclasses.replace(_WIDE, poisson_range=(1.0, 20.0))
 
 
+def test_downscale_kernel_record_apply_and_draws(astro: torch.Tensor) -> None:
+    """The downscale's filter is part of the record (old records read as bicubic, a bad name
+    is refused), changes the result as that filter does, and a distribution with several
+    draws one per downscaled draw, last, leaving every other value as drawn without them."""
+    d = _param(downscale=3.0, resize_back=True, downscale_kernel="area")
+    assert R.Degradation.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    old = {k: v for k, v in d.to_dict().items() if k != "downscale_kernel"}
+    assert R.Degradation.from_dict(old).downscale_kernel == "bicubic"
+    with pytest.raises(ConfigError, match="downscale_kernel must be one of area"):
+        _param(downscale=2.0, downscale_kernel="lanczos")
+    x = astro[..., :96, :96]
+    small = {k: S.apply(x, _param(downscale=4.0, downscale_kernel=k)) for k in R.RESIZE_MODES}
+    assert small["area"].shape[-2:] == (24, 24)
+    area = torch.nn.functional.avg_pool2d(x, 4)  # 4x4 pixel averages
+    torch.testing.assert_close(small["area"], area, atol=1e-5, rtol=0)
+    assert (small["bicubic"] - area).abs().mean() > 1e-3
+    kernels = dataclasses.replace(_WIDE, p_downscale=0.6, downscale_kernels=["area", "bilinear"])
+    drawn_kernels = []
+    for seed in range(60):
+        drawn, without = (
+            kernels.sample(_gen(seed)),
+            dataclasses.replace(_WIDE, p_downscale=0.6).sample(_gen(seed)),
+        )
+        assert dataclasses.replace(drawn, downscale_kernel="bicubic") == without, seed
+        if drawn.mode == "parametric" and drawn.downscale > 1:
+            drawn_kernels.append(drawn.downscale_kernel)
+        else:
+            assert drawn.downscale_kernel == "bicubic"
+    assert set(drawn_kernels) == {"area", "bilinear"} and len(drawn_kernels) > 10
+    with pytest.raises(ConfigError, match="downscale_kernels must be a list"):
+        dataclasses.replace(_WIDE, downscale_kernels=["nearest"])
+
+
 def test_distribution_clean_share_leaves_the_image_untouched() -> None:
     """``p_clean`` draws untouched images at its rate, each with its own seed, and the image
     comes back as it went in; the other draws keep the distribution's ranges."""

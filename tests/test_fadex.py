@@ -28,7 +28,7 @@ from face2scene_cli.archs.fadex import (
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.jpeg import jpeg_compress
 from face2scene_cli.degradations.ops import gaussian_blur, resize
-from face2scene_cli.degradations.record import Degradation, equivalent_blur
+from face2scene_cli.degradations.record import RESIZE_MODES, Degradation, equivalent_blur
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.degradations.second_order import SecondOrderConfig, sample_second_order
 from face2scene_cli.errors import ConfigError
@@ -42,6 +42,7 @@ from face2scene_cli.research.train.fadex_eval import (
     RANGE_LEVELS,
     _read_within,
     build_val_set,
+    downscale_by_kernel,
     evaluate_fadex,
     evaluate_ranges,
     plot_fig3,
@@ -328,6 +329,18 @@ def test_range_check_reads_jpeg_and_fails_a_constant_reader(photos: list, shippe
 
     fake = evaluate_ranges(Constant(), cfg, val_photos, levels=levels)
     assert not any(fake["met"].values())
+
+
+def test_downscale_by_kernel_reads_every_filter(shipped: FaDeX) -> None:
+    """The downscale range under each filter: the shipped head reads every filter's x4 above
+    x2 and x2 above 1.3 on held-out VAL crops."""
+    cfg = load_train_config(REPO / "configs" / "fadex.yaml").replace("val", crops=3, crop=96)
+    val_photos = load_splits(REPO / "data" / "splits.yaml", verify=False)["val"]
+    table = downscale_by_kernel(shipped, cfg, val_photos)
+    assert set(table) == set(RESIZE_MODES)
+    for kernel, rows in table.items():
+        assert set(rows) == {f"{v:g}" for v in RANGE_LEVELS["downscale"]}
+        assert rows["4"]["mean"] > rows["2"]["mean"] > 1.3, (kernel, rows)
 
 
 def test_range_check_reads_motion_as_its_equivalent_blur() -> None:

@@ -329,10 +329,14 @@ class Degradation:
         gray_noise: both noises are luminance noise (one field shared by the channels), as
             after a camera's or an app's colour denoising; False = colour noise.
         jpeg_quality: JPEG quality 1..100; None = no JPEG.
-        downscale: resolution loss factor in [1, 64]: bicubic antialiased resize to
-            ``(round(H / downscale), round(W / downscale))`` (at least 1 px); 1 = none.
+        downscale: resolution loss factor in [1, 64]: an antialiased resize with
+            ``downscale_kernel`` to ``(round(H / downscale), round(W / downscale))`` (at least
+            1 px); 1 = none.
         resize_back: resize the downscaled image back to the input size (bicubic, clamped), so
             the loss of resolution shows as missing detail, not as fewer pixels.
+        downscale_kernel: the downscale's filter, one of :data:`RESIZE_MODES` (``area``:
+            pixel averaging, what most photo apps and OpenCV's ``INTER_AREA`` do; ``bilinear``,
+            ``bicubic``: antialiased); the resize back is bicubic whatever it is.
         seed: 63-bit seed of the noise generator (None: the caller passes a generator).
         second_order: the Real-ESRGAN sample (``second-order`` mode only; the fields above are
             then unused: 0 / None / 1 / False).
@@ -352,6 +356,7 @@ class Degradation:
     second_order: SecondOrderSample | None = None
     poisson_scale: float = 0.0
     gray_noise: bool = False
+    downscale_kernel: str = "bicubic"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -374,6 +379,7 @@ class Degradation:
                 "resize_back",
                 "poisson_scale",
                 "gray_noise",
+                "downscale_kernel",
             )
             if any(getattr(self, f) != getattr(plain, f) for f in (*fields, "seed")):
                 raise ConfigError(
@@ -405,6 +411,11 @@ class Degradation:
             set_(self, "jpeg_quality", integer("jpeg_quality", self.jpeg_quality, 1, 100))
         set_(self, "downscale", real("downscale", self.downscale, 1.0, MAX_DOWNSCALE))
         flag("resize_back", self.resize_back)
+        if self.downscale_kernel not in RESIZE_MODES:
+            raise ConfigError(
+                f"downscale_kernel must be one of {', '.join(RESIZE_MODES)}, "
+                f"got {self.downscale_kernel!r}"
+            )
         if self.seed is not None:
             set_(self, "seed", integer("seed", self.seed, 0, SEED_MASK))
 
@@ -444,9 +455,10 @@ class Degradation:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types. Preset and parametric: ``{"mode", "preset", "blur_sigma_px",
         "motion_px", "motion_angle_deg", "noise_sigma", "jpeg_quality", "downscale",
-        "resize_back", "seed", "poisson_scale", "gray_noise"}`` (records written before motion
-        blur lack the two motion keys, those before shot noise the last two; :meth:`from_dict`
-        reads them as 0 / false); second-order:
+        "resize_back", "seed", "poisson_scale", "gray_noise", "downscale_kernel"}`` (records
+        written before motion blur lack the two motion keys, those before shot noise
+        ``poisson_scale`` and ``gray_noise``, those before the kernel ``downscale_kernel``;
+        :meth:`from_dict` reads them as 0 / false / bicubic); second-order:
         ``{"mode", "preset": None, "sample": SecondOrderSample.to_dict()}``."""
         if self.mode == "second-order":
             return {"mode": self.mode, "preset": None, "sample": self.second_order.to_dict()}  # type: ignore[union-attr]

@@ -52,6 +52,7 @@ from face2scene_cli.degradations.ops import (
 from face2scene_cli.degradations.record import (
     MODES,
     PRESETS,
+    RESIZE_MODES,
     Degradation,
     equivalent_blur,
     motion_kernel_size,
@@ -113,7 +114,8 @@ def apply(x: Tensor, degradation: Degradation, generator: torch.Generator | None
     if degradation.downscale > 1:
         h, w = x.shape[-2:]
         f = degradation.downscale
-        out = resize(out, (max(1, round(h / f)), max(1, round(w / f))), "bicubic")
+        size = (max(1, round(h / f)), max(1, round(w / f)))
+        out = resize(out, size, degradation.downscale_kernel)
         if degradation.resize_back:
             out = resize(out, (h, w), "bicubic").clamp(0.0, 1.0)
     if degradation.noise_sigma > 0 or degradation.poisson_scale > 0:
@@ -149,6 +151,9 @@ class DegradationDistribution:
         p_blur, blur_range: parametric blur: presence probability, sigma range in px.
         p_noise, noise_range: Gaussian noise: presence, sigma range in /255 units.
         p_downscale, downscale_range: resolution loss: presence, factor range (>= 1).
+        downscale_kernels: the downscale's filters (:data:`RESIZE_MODES`), one drawn uniformly
+            per downscaled draw, after everything else and only when there are several (a
+            distribution with one draws exactly what it drew before kernels were drawn).
         resize_back: resize a downscaled image back to its size (training data keeps sizes).
         p_jpeg, jpeg_range: JPEG: presence, quality range (inclusive integers).
         p_motion, motion_range: parametric motion blur: presence, segment length range in px
@@ -185,6 +190,7 @@ class DegradationDistribution:
     p_poisson: float = 0.0
     poisson_range: tuple[float, float] = (0.1, 3.0)
     p_gray_noise: float = 0.0
+    downscale_kernels: tuple[str, ...] = ("bicubic",)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -204,6 +210,17 @@ class DegradationDistribution:
         for name in presets:
             Degradation.from_preset(name)
         set_(self, "presets", tuple(presets))
+        kernels = self.downscale_kernels
+        if (
+            isinstance(kernels, str)
+            or not isinstance(kernels, (tuple, list))
+            or not kernels
+            or any(k not in RESIZE_MODES for k in kernels)
+        ):
+            raise ConfigError(
+                f"downscale_kernels must be a list of {', '.join(RESIZE_MODES)}, got {kernels!r}"
+            )
+        set_(self, "downscale_kernels", tuple(kernels))
         probs = ("p_blur", "p_noise", "p_downscale", "p_jpeg", "p_motion", "p_clean")
         for name in (*probs, "p_poisson", "p_gray_noise"):
             set_(self, name, real(name, getattr(self, name), 0.0, 1.0))
@@ -350,6 +367,10 @@ class DegradationDistribution:
         if self.p_poisson > 0 and d.uniform() < self.p_poisson:
             poisson = d.uniform(*self.poisson_range)
         gray = self.p_gray_noise > 0 and d.uniform() < self.p_gray_noise and noise + poisson > 0
+        kernel = "bicubic"  # the record's default: no downscale, no filter
+        if down > 1:
+            kernels = self.downscale_kernels
+            kernel = d.choice(kernels) if len(kernels) > 1 else kernels[0]
         return Degradation(
             "parametric",
             blur_sigma_px=blur_,
@@ -362,6 +383,7 @@ class DegradationDistribution:
             seed=seed,
             poisson_scale=poisson,
             gray_noise=gray,
+            downscale_kernel=kernel,
         )
 
     def apply(

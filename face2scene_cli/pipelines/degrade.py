@@ -106,5 +106,6 @@ def _fixed(cfg: DegradeConfig) -> Degradation | None:
             gray_noise=bool(cfg.gray_noise),
             jpeg_quality=cfg.jpeg_quality,
             downscale=cfg.downscale or 1.0,
+            downscale_kernel=cfg.downscale_kernel or "bicubic",
         )
     return None

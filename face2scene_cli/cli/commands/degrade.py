@@ -126,6 +126,17 @@ def degrade(
             show_default=False,
         ),
     ] = None,
+    downscale_kernel: Annotated[
+        str | None,
+        typer.Option(
+            "--downscale-kernel",
+            envvar="F2S_DOWNSCALE_KERNEL",
+            rich_help_panel=DEG,
+            help="The downscale's filter: area (pixel averaging, as photo apps shrink), "
+            "bilinear or bicubic (default). Needs --downscale; alone with it, a plain resize.",
+            show_default=False,
+        ),
+    ] = None,
     scale: Annotated[
         float | None,
         typer.Option("--scale", min=1, hidden=True, help="Deprecated: --downscale."),
@@ -163,6 +174,7 @@ def degrade(
     [bold]Examples[/bold]: f2s degrade ./clean --out ./lq --preset mixed ·
     f2s degrade img.png --noise-sigma 15 --jpeg-quality 40 ·
     f2s degrade img.png --motion-px 9 --motion-angle 30 ·
+    f2s degrade img.png --downscale 4 --downscale-kernel area ·
     f2s degrade img.png --shot-noise 1 --noise-sigma 2 --jpeg-quality 80 ·
     f2s degrade ./clean --seed 7
     """

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from face2scene_cli.archs.fadex import FaDeX
-from face2scene_cli.degradations.record import Degradation, equivalent_blur
+from face2scene_cli.degradations.record import RESIZE_MODES, Degradation, equivalent_blur
 from face2scene_cli.degradations.sampling import apply
 from face2scene_cli.research.train.data import PhotoBank
 from face2scene_cli.research.train.fadex_config import FaDeXTrainConfig
@@ -33,6 +33,7 @@ __all__ = [
     "TARGETS",
     "ValSet",
     "build_val_set",
+    "downscale_by_kernel",
     "downscale_without_resampling",
     "evaluate_fadex",
     "evaluate_ranges",
@@ -357,6 +358,27 @@ def downscale_without_resampling(
     for i, (name, op) in enumerate(DOWNSCALE_FREE_OPERATORS.items()):
         est = _run_model(model, *run(op, 300 + i))["downscale"]
         out[name] = {"mean": float(est.mean()), "within": float((est < 1.2).float().mean())}
+    return out
+
+
+def downscale_by_kernel(
+    model: FaDeX, cfg: FaDeXTrainConfig, photos: list[Any], restorer: FaceRestorer | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The downscale factor read off each :data:`RANGE_LEVELS` factor for each downscale
+    filter (:data:`~face2scene_cli.degradations.record.RESIZE_MODES`; resized back bicubic),
+    on the crops of :func:`evaluate_ranges`: ``{kernel: {factor: {"mean", "within"}}}``, the
+    mean reading and the fraction of crops within 20 %."""
+    run, _ = _pair_maker(cfg, photos, restorer or BlindFaceRestorer())
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for ki, kernel in enumerate(RESIZE_MODES):
+        for li, v in enumerate(RANGE_LEVELS["downscale"]):
+            op = _op(downscale=v, downscale_kernel=kernel)
+            est = _run_model(model, *run(op, 400 + 10 * ki + li))["downscale"]
+            within = _read_within("downscale", est, v).float().mean()
+            out.setdefault(kernel, {})[f"{v:g}"] = {
+                "mean": float(est.mean()),
+                "within": float(within),
+            }
     return out
 
 
