@@ -459,6 +459,7 @@ def test_presets_and_record_roundtrip() -> None:
         "seed": 9,
         "poisson_scale": 0.0,
         "gray_noise": False,
+        "downscale_kernel": "bicubic",
     }
     p = _param(blur_sigma_px=0.7, noise_sigma=3.5, jpeg_quality=60, downscale=2.5, seed=4)
     so = R.Degradation(
