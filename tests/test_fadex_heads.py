@@ -27,6 +27,7 @@ from face2scene_cli.research.train.fadex_heads import (
     build_groups,
     build_statistics_features,
     export_heads,
+    load_or_build_statistics_features,
     train_heads,
     trained_heads,
     with_new_heads,
@@ -158,6 +159,22 @@ def test_a_statistics_head_trains_alone_on_real_training_crops(
         HeadsConfig(**{name: "yes"})
     with pytest.raises(ConfigError, match="not both"):
         HeadsConfig(downscale_head=True, motion_head=True)
+
+
+def test_statistics_cache_is_keyed_by_the_view_sizes(tmp_path: Path) -> None:
+    """Cached statistics are reused only for the same settings: other view sizes make (and
+    keep) a cache of their own."""
+    cfg = load_train_config(REPO / "configs" / "fadex-motion-head.yaml")
+    cfg = cfg.replace("data", crops_per_group=2, crop=64, p_face=0.0)
+    photos = load_splits(REPO / "data" / "splits.yaml", verify=False)["train"][:2]
+    hc = HeadsConfig(groups=5, views=1, sizes=(48,), motion_head=True)
+    small = load_or_build_statistics_features(cfg, photos, hc, tmp_path)
+    larger = dataclasses.replace(hc, sizes=(64,))
+    other = load_or_build_statistics_features(cfg, photos, larger, tmp_path)
+    assert len(list(tmp_path.glob("motion_reg-*.safetensors"))) == 2
+    again = load_or_build_statistics_features(cfg, photos, hc, tmp_path)
+    assert torch.equal(again.features, small.features)
+    assert not torch.equal(small.features, other.features)
 
 
 def test_export_refuses_a_different_encoder(tmp_path: Path) -> None:

@@ -79,6 +79,7 @@ __all__ = [
     "export_heads",
     "heads_loss",
     "load_or_build_features",
+    "load_or_build_statistics_features",
     "run_heads",
     "train_heads",
     "trained_heads",
@@ -452,14 +453,15 @@ def train_heads(model: FaDeX, fs: FeatureSet, hc: HeadsConfig) -> list[dict[str,
 def load_or_build_features(
     model: FaDeX, shards: list[Path], hc: HeadsConfig, run_dir: Path
 ) -> FeatureSet:
-    """:func:`build_features`, cached in ``run_dir`` under the encoder's hash, the views and
-    the seed (the heads do not change the descriptors)."""
+    """:func:`build_features`, cached in ``run_dir`` under the encoder's hash, the head
+    inputs, the views, their sizes and the seed (the heads do not change the descriptors)."""
     c = model.config
     inputs = (
         f"st{int(c.stat_features)}e{int(c.edge_features)}t{int(c.trace_features)}"
-        f"d{int(c.downscale_head)}"
+        f"d{int(c.downscale_head)}m{int(c.motion_head)}"
     )
-    key = f"{model.encoder_sha256()[:16]}-{inputs}-{len(shards)}x-v{hc.views}-s{hc.seed}"
+    views = f"v{hc.views}x{'-'.join(map(str, hc.sizes))}"
+    key = f"{model.encoder_sha256()[:16]}-{inputs}-{len(shards)}x-{views}-s{hc.seed}"
     return _cached(
         run_dir / f"features-{key}.safetensors", lambda: build_features(model, shards, hc)
     )
@@ -469,9 +471,11 @@ def load_or_build_statistics_features(
     cfg: FaDeXTrainConfig, photos: list[Any], hc: HeadsConfig, run_dir: Path
 ) -> FeatureSet:
     """:func:`build_statistics_features`, cached in ``run_dir`` under the head, the data
-    settings, the photos, the groups, the views and the seed."""
+    settings, the photos, the groups, the views, their sizes and the seed."""
     head = _statistics_head(hc)
-    what = json.dumps([asdict(cfg.data), [p.name for p in photos]], sort_keys=True, default=str)
+    what = json.dumps(
+        [asdict(cfg.data), [p.name for p in photos], list(hc.sizes)], sort_keys=True, default=str
+    )
     key = f"{hashlib.sha256(what.encode()).hexdigest()[:16]}-g{hc.groups}-v{hc.views}-s{hc.seed}"
     return _cached(
         run_dir / f"{head.module}-{key}.safetensors",
