@@ -87,6 +87,40 @@ def test_new_heads_keep_the_statistics_heads() -> None:
     assert all(torch.equal(v, new.state_dict()[k]) for k, v in heads.items())
 
 
+@pytest.mark.parametrize(
+    ("name", "width", "changed"),
+    [("downscale_head", NUM_RESAMPLING, "downscale"), ("motion_head", NUM_MOTION, "blur_sigma_px")],
+)
+def test_a_statistics_head_changes_its_estimate_only(name: str, width: int, changed: str) -> None:
+    """A statistics head appends its statistics to the descriptor and reads them alone:
+    added to a model (the motion head to one with a downscale head), Z, the code and every
+    other estimate stay bit-identical; the motion head's sigma joins the blur in quadrature."""
+    torch.manual_seed(0)
+    plain = fadex_tiny(stat_features=True, edge_features=True, trace_features=True)
+    if name == "motion_head":
+        plain = with_statistics_head(plain, "downscale_head")
+    plain.eval()
+    added = with_statistics_head(plain, name).eval()
+    g = torch.Generator().manual_seed(1)
+    lq, hq = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
+    with torch.inference_mode():
+        a, b = plain(lq, hq), added(lq, hq)
+        pooled = (plain.features(lq, hq)[1], added.features(lq, hq)[1])
+        own = STATISTICS_HEADS[name].features(lq)
+    assert pooled[1].shape[1] == pooled[0].shape[1] + width
+    assert torch.equal(pooled[1][:, : pooled[0].shape[1]], pooled[0])
+    assert torch.equal(pooled[1][:, -width:], own)
+    assert plain.encoder_sha256() == added.encoder_sha256()
+    fields = ("z", "code", "noise_sigma", "blur_sigma_px", "downscale", "jpeg_quality")
+    for field in (*fields, "jpeg_probability"):
+        if field != changed:
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert not torch.equal(getattr(a, changed), getattr(b, changed))
+    if name == "motion_head":
+        motion = added.read_motion(own)
+        torch.testing.assert_close(b.blur_sigma_px, torch.hypot(a.blur_sigma_px, motion))
+
+
 def test_heads_learn_operator_groups_on_real_training_crops(tmp_path: Path) -> None:
     cfg = load_train_config(REPO / "configs" / "fadex.yaml")
     cfg = cfg.replace("data", crops_per_group=4, crop=64, p_face=0.0)

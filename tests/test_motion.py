@@ -1,5 +1,5 @@
-"""The directional spectrum that tells a motion blur from a Gaussian blur, on a real photo, and
-FaDeX's motion head: it adds to the blur estimate and changes nothing else."""
+"""The directional spectrum that tells a motion blur from a Gaussian blur, on a real photo
+(the motion head's wiring: ``test_fadex_heads.test_a_statistics_head_changes_its_estimate_only``)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,15 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from face2scene_cli.archs.fadex import fadex_tiny
 from face2scene_cli.archs.motion import (
     NUM_ANGLES,
     NUM_BANDS,
-    NUM_MOTION,
     directional_spectrum,
     motion_features,
 )
 from face2scene_cli.archs.resampling import luma
 from face2scene_cli.degradations.record import Degradation, equivalent_blur
 from face2scene_cli.degradations.sampling import apply
-from face2scene_cli.research.train.fadex_heads import with_statistics_head
 
 ANGLES = (0.0, 45.0, 90.0, 135.0)
 
@@ -61,24 +58,3 @@ def test_the_direction_that_lost_power_is_the_motion(crops: dict[str, torch.Tens
         expected = angle / (180.0 / NUM_ANGLES)
         off = abs(first + 0.5 - expected) % NUM_ANGLES
         assert min(off, NUM_ANGLES - off) <= 1.5, (angle, first)
-
-
-def test_a_motion_head_adds_to_the_blur_estimate_only() -> None:
-    """``motion_head`` appends the directional statistics to the descriptor for a head of its
-    own: added to a model with a downscale head, Z, the code and every estimate but the blur
-    stay bit-identical, and the blur is the old one and the motion's sigma in quadrature."""
-    torch.manual_seed(0)
-    plain = with_statistics_head(fadex_tiny(stat_features=True), "downscale_head").eval()
-    added = with_statistics_head(plain, "motion_head").eval()
-    g = torch.Generator().manual_seed(1)
-    lq, hq = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
-    with torch.inference_mode():
-        a, b = plain(lq, hq), added(lq, hq)
-        pooled = (plain.features(lq, hq)[1], added.features(lq, hq)[1])
-        motion = added.read_motion(motion_features(lq))
-    assert pooled[1].shape[1] == pooled[0].shape[1] + NUM_MOTION
-    assert torch.equal(pooled[1][:, : pooled[0].shape[1]], pooled[0])
-    for field in ("z", "code", "noise_sigma", "downscale", "jpeg_quality", "jpeg_probability"):
-        assert torch.equal(getattr(a, field), getattr(b, field)), field
-    assert bool((motion > 0).all())
-    torch.testing.assert_close(b.blur_sigma_px, torch.hypot(a.blur_sigma_px, motion))

@@ -8,7 +8,6 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from face2scene_cli.archs.fadex import fadex_tiny
 from face2scene_cli.archs.resampling import (
     NUM_PERIODICITY,
     NUM_RADIAL,
@@ -19,7 +18,6 @@ from face2scene_cli.archs.resampling import (
 )
 from face2scene_cli.degradations.record import Degradation
 from face2scene_cli.degradations.sampling import apply
-from face2scene_cli.research.train.fadex_heads import with_statistics_head
 
 OPERATORS = {
     "clean": {},
@@ -82,22 +80,3 @@ def test_features_shape_and_edge_cases() -> None:
     assert resampling_features(torch.rand(3, 3, 64, 40, generator=g)).shape == (3, NUM_RESAMPLING)
     flat = resampling_features(torch.full((2, 1, 16, 16), 0.5))
     assert torch.isfinite(flat).all() and flat.shape == (2, NUM_RESAMPLING)
-
-
-def test_a_downscale_head_changes_the_downscale_estimate_only() -> None:
-    """``downscale_head`` appends the resampling statistics to the descriptor for a head of its
-    own: added to a model, Z, the code and every other estimate stay bit-identical."""
-    torch.manual_seed(0)
-    plain = fadex_tiny(stat_features=True, edge_features=True, trace_features=True).eval()
-    added = with_statistics_head(plain, "downscale_head").eval()
-    g = torch.Generator().manual_seed(1)
-    lq, hq = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
-    with torch.inference_mode():
-        a, b = plain(lq, hq), added(lq, hq)
-        pooled = (plain.features(lq, hq)[1], added.features(lq, hq)[1])
-    assert pooled[1].shape[1] == pooled[0].shape[1] + NUM_RESAMPLING
-    assert torch.equal(pooled[1][:, : pooled[0].shape[1]], pooled[0])
-    assert plain.encoder_sha256() == added.encoder_sha256()
-    for field in ("z", "code", "noise_sigma", "blur_sigma_px", "jpeg_quality", "jpeg_probability"):
-        assert torch.equal(getattr(a, field), getattr(b, field)), field
-    assert not torch.equal(a.downscale, b.downscale)
