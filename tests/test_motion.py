@@ -1,5 +1,5 @@
 """The directional spectrum that tells a motion blur from a Gaussian blur, on a real photo
-(the motion head's wiring: ``test_fadex_heads.test_a_statistics_head_changes_its_estimate_only``)."""
+(the motion head's wiring is checked in ``test_fadex_heads``)."""
 
 from __future__ import annotations
 
