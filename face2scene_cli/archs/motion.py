@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from face2scene_cli.archs.resampling import luma
+from face2scene_cli.archs.resampling import luma, mean_per_cell, power_spectrum
 
 __all__ = ["NUM_ANGLES", "NUM_BANDS", "NUM_MOTION", "directional_spectrum", "motion_features"]
 
@@ -47,12 +47,7 @@ def directional_spectrum(y: Tensor) -> Tensor:
         innermost first; sectors of :math:`\pi / N_{angles}` from the
         horizontal frequency axis.
     """
-    b, h, w = y.shape
-    win = torch.hann_window(h, periodic=False, dtype=y.dtype, device=y.device)[:, None]
-    win = win * torch.hann_window(w, periodic=False, dtype=y.dtype, device=y.device)[None]
-    power = torch.fft.rfft2((y - y.mean((1, 2), keepdim=True)) * win).abs().square().flatten(1)
-    fy = torch.fft.fftfreq(h, device=y.device, dtype=y.dtype)[:, None].expand(h, w // 2 + 1)
-    fx = torch.fft.rfftfreq(w, device=y.device, dtype=y.dtype)[None].expand(h, w // 2 + 1)
+    power, fy, fx = power_spectrum(y)
     radius = (fy.square() + fx.square()).sqrt()
     edges = torch.logspace(
         math.log10(_LOWEST), math.log10(0.5), NUM_BANDS + 1, dtype=y.dtype, device=y.device
@@ -62,11 +57,8 @@ def directional_spectrum(y: Tensor) -> Tensor:
     sector = angle.long().clamp(max=NUM_ANGLES - 1)
     inside = ((band >= 0) & (band < NUM_BANDS)).flatten()
     index = (band * NUM_ANGLES + sector).flatten()[inside]
-    cells = NUM_BANDS * NUM_ANGLES
-    count = torch.bincount(index, minlength=cells).clamp(min=1).to(y.dtype)
-    sums = torch.zeros(b, cells, dtype=y.dtype, device=y.device)
-    sums.index_add_(1, index, power[:, inside])
-    return (sums / count).clamp(min=_EPS).log10().view(b, NUM_BANDS, NUM_ANGLES)
+    means = mean_per_cell(power[:, inside], index, NUM_BANDS * NUM_ANGLES)
+    return means.clamp(min=_EPS).log10().view(-1, NUM_BANDS, NUM_ANGLES)
 
 
 def motion_features(x: Tensor) -> Tensor:

@@ -26,6 +26,8 @@ __all__ = [
     "NUM_RESAMPLING",
     "curvature_periodicity",
     "luma",
+    "mean_per_cell",
+    "power_spectrum",
     "radial_spectrum",
     "resampling_features",
 ]
@@ -48,6 +50,34 @@ def luma(x: Tensor) -> Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
+def power_spectrum(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The Hann-windowed power spectrum of a luma with its mean removed, and its frequencies.
+
+    Args:
+        y: :math:`(B, H, W)` luma.
+
+    Returns:
+        ``power`` :math:`(B, H (W/2+1))`: the :func:`torch.fft.rfft2` bins, flattened; ``fy``
+        and ``fx`` :math:`(H, W/2+1)`: each bin's vertical and horizontal frequency in cycles
+        per pixel.
+    """
+    h, w = y.shape[-2:]
+    win = torch.hann_window(h, periodic=False, dtype=y.dtype, device=y.device)[:, None]
+    win = win * torch.hann_window(w, periodic=False, dtype=y.dtype, device=y.device)[None]
+    power = torch.fft.rfft2((y - y.mean((1, 2), keepdim=True)) * win).abs().square().flatten(1)
+    fy = torch.fft.fftfreq(h, device=y.device, dtype=y.dtype)[:, None].expand(h, w // 2 + 1)
+    fx = torch.fft.rfftfreq(w, device=y.device, dtype=y.dtype)[None].expand(h, w // 2 + 1)
+    return power, fy, fx
+
+
+def mean_per_cell(power: Tensor, cell: Tensor, cells: int) -> Tensor:
+    r"""The mean of ``power`` :math:`(B, N)` over the bins of each cell: ``cell`` :math:`(N,)`
+    holds each bin's cell index in [0, ``cells``); :math:`(B, cells)`, 0 where a cell is empty."""
+    count = torch.bincount(cell, minlength=cells).clamp(min=1).to(power.dtype)
+    sums = torch.zeros(power.shape[0], cells, dtype=power.dtype, device=power.device)
+    return sums.index_add_(1, cell, power) / count
+
+
 def radial_spectrum(y: Tensor) -> Tensor:
     r"""Log10 power per radial frequency band, relative to the two lowest bands.
 
@@ -58,17 +88,10 @@ def radial_spectrum(y: Tensor) -> Tensor:
         :math:`(B, N_{radial})`: bands of width :math:`1/(2 (N_{radial}+1))` cycles per pixel
         from the second to the last below 1/2 (Hann-windowed; power floored at 1e-6).
     """
-    b, h, w = y.shape
     bands = NUM_RADIAL + 1
-    win = torch.hann_window(h, periodic=False, dtype=y.dtype, device=y.device)[:, None]
-    win = win * torch.hann_window(w, periodic=False, dtype=y.dtype, device=y.device)[None]
-    power = torch.fft.rfft2((y - y.mean((1, 2), keepdim=True)) * win).abs().square().flatten(1)
-    fy = torch.fft.fftfreq(h, device=y.device, dtype=y.dtype)[:, None]
-    fx = torch.fft.rfftfreq(w, device=y.device, dtype=y.dtype)[None]
+    power, fy, fx = power_spectrum(y)
     band = ((fy.square() + fx.square()).sqrt() * 2 * bands).long().clamp(max=bands).flatten()
-    count = torch.bincount(band, minlength=bands + 1).clamp(min=1).to(y.dtype)
-    sums = torch.zeros(b, bands + 1, dtype=y.dtype, device=y.device).index_add_(1, band, power)
-    log_power = (sums / count)[:, 1:bands].clamp(min=_EPS).log10()
+    log_power = mean_per_cell(power, band, bands + 1)[:, 1:bands].clamp(min=_EPS).log10()
     return log_power - log_power[:, :2].mean(1, keepdim=True)
 
 
