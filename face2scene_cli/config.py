@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from face2scene_cli.degradations.checks import choice
 from face2scene_cli.degradations.record import PRESETS, RESIZE_MODES
 from face2scene_cli.errors import ConfigError
 
@@ -423,11 +424,7 @@ class DegradeConfig:
                 "--downscale-kernel"
             )
         if self.downscale_kernel is not None:
-            if self.downscale_kernel not in RESIZE_MODES:
-                raise ConfigError(
-                    f"downscale_kernel must be one of {', '.join(RESIZE_MODES)}, "
-                    f"got {self.downscale_kernel!r}"
-                )
+            choice("downscale_kernel", self.downscale_kernel, RESIZE_MODES)
             if not self.downscale or self.downscale == 1:
                 raise ConfigError("--downscale-kernel needs --downscale (a factor > 1)")
         if self.motion_angle is not None and not self.motion_px:

@@ -19,6 +19,7 @@ __all__ = [
     "MAX_NOISE_SIGMA",
     "MAX_POISSON_SCALE",
     "SEED_MASK",
+    "choice",
     "flag",
     "integer",
     "integer_range",
@@ -54,6 +55,13 @@ def real(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) 
         bracket = "(" if lo_open else "["
         raise ConfigError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {value!r}")
     return v
+
+
+def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``options``; ConfigError naming them otherwise."""
+    if not isinstance(value, str) or value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+    return value
 
 
 def flag(name: str, value: Any) -> bool:

@@ -37,6 +37,7 @@ from face2scene_cli.degradations.checks import (
     MAX_NOISE_SIGMA,
     MAX_POISSON_SCALE,
     SEED_MASK,
+    choice,
     flag,
     integer,
     odd_kernel_size,
@@ -411,11 +412,7 @@ class Degradation:
             set_(self, "jpeg_quality", integer("jpeg_quality", self.jpeg_quality, 1, 100))
         set_(self, "downscale", real("downscale", self.downscale, 1.0, MAX_DOWNSCALE))
         flag("resize_back", self.resize_back)
-        if self.downscale_kernel not in RESIZE_MODES:
-            raise ConfigError(
-                f"downscale_kernel must be one of {', '.join(RESIZE_MODES)}, "
-                f"got {self.downscale_kernel!r}"
-            )
+        choice("downscale_kernel", self.downscale_kernel, RESIZE_MODES)
         if self.seed is not None:
             set_(self, "seed", integer("seed", self.seed, 0, SEED_MASK))
 
