@@ -943,9 +943,11 @@ def test_estimate_report_fields_and_old_names() -> None:
         "jpeg_quality": None,  # the estimate says no JPEG
         "jpeg_probability": 0.3,
         "downscale": 1.0,
+        "motion_px": None,  # no motion head, or under E.MOTION_READ_PX
+        "motion_angle_deg": None,
         "summary": e.describe(),
     }
-    assert list(e.to_dict()) == list(E.ESTIMATE_FIELDS)
+    assert list(e.to_dict()) == [*E.ESTIMATE_FIELDS, *E.MOTION_FIELDS]
     assert "jpeg_prob" not in set(rep) | set(e.to_dict())
     # a 0.1 report / degrade-code face (``jpeg_prob``) reads back; so does the new report
     old = {k: v for k, v in e.to_dict().items() if k != "jpeg_probability"} | {"jpeg_prob": 0.3}
@@ -955,6 +957,28 @@ def test_estimate_report_fields_and_old_names() -> None:
         E.Estimate.from_dict({"blur_sigma_px": 1.0})
     m = E.Estimate.mean([_estimate(noise_sigma=10.0), _estimate(noise_sigma=20.0)], [0.25, 0.75])
     assert m.noise_sigma == pytest.approx(17.5) and m.blur_sigma_px == pytest.approx(0.8)
+
+
+def test_estimate_motion_report_and_axial_mean() -> None:
+    """A motion blur is reported from MOTION_READ_PX on; faces' directions average as axes
+    (170 and 10 degrees are 0, not 90), weighted by the length each face read."""
+    e = _estimate(blur_sigma_px=2.6, motion_px=8.96, motion_angle_deg=30.04)
+    rep = e.to_report()
+    assert e.motion and rep["motion_px"] == 8.96 and rep["motion_angle_deg"] == 30.0
+    assert "motion blur (~9 px at 30 deg)" in rep["summary"]
+    assert E.Estimate.from_dict(rep) == _estimate(
+        blur_sigma_px=2.6, motion_px=8.96, motion_angle_deg=30.0
+    )
+    weak = _estimate(motion_px=E.MOTION_READ_PX - 0.1, motion_angle_deg=30.0)
+    assert not weak.motion and weak.to_report()["motion_px"] is None
+    assert "motion" not in weak.describe()
+    assert E.Estimate.from_dict(weak.to_report()).motion_px == 0.0
+    faces = [_estimate(motion_px=9.0, motion_angle_deg=a) for a in (170.0, 10.0)]
+    m = E.Estimate.mean(faces, [0.5, 0.5])
+    assert m.motion_px == pytest.approx(9.0)
+    assert min(m.motion_angle_deg, 180.0 - m.motion_angle_deg) == pytest.approx(0.0, abs=1e-9)
+    faces = [_estimate(motion_px=9.0, motion_angle_deg=40.0), _estimate(motion_angle_deg=120.0)]
+    assert E.Estimate.mean(faces, [0.5, 0.5]).motion_angle_deg == pytest.approx(40.0)
 
 
 def test_record_and_estimate_modules_do_not_import_torch() -> None:

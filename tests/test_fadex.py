@@ -81,7 +81,10 @@ def test_output_shapes_and_ranges() -> None:
         "downscale",
         "jpeg_quality",
         "jpeg_probability",
+        "motion_px",  # 0: this model has no motion head
+        "motion_angle_deg",
     }
+    assert out.motion_px is None and first.motion_px == 0.0
     assert first.noise_sigma == pytest.approx(float(out.noise_sigma[0].detach()))
 
 

@@ -14,7 +14,7 @@ import yaml
 from skimage import data as skdata
 
 from face2scene_cli.archs.fadex import NUM_EDGE, FaDeX, edge_widths, fadex_tiny
-from face2scene_cli.archs.motion import NUM_MOTION
+from face2scene_cli.archs.motion import NUM_MOTION, motion_direction
 from face2scene_cli.archs.resampling import NUM_RESAMPLING
 from face2scene_cli.degradations.ops import gaussian_blur
 from face2scene_cli.errors import ConfigError
@@ -119,6 +119,14 @@ def test_a_statistics_head_changes_its_estimate_only(name: str, width: int, chan
     if name == "motion_head":
         motion = added.read_motion(own)
         torch.testing.assert_close(b.blur_sigma_px, torch.hypot(a.blur_sigma_px, motion))
+        # the segment it stands for, and its direction, reach the estimates
+        torch.testing.assert_close(b.motion_px, motion * 12**0.5)
+        torch.testing.assert_close(b.motion_angle_deg, motion_direction(lq))
+        assert a.motion_px is None and a.estimates()[0].motion_px == 0.0
+        e = b.estimates()[0]
+        assert (e.motion_px, e.motion_angle_deg) == pytest.approx(
+            (float(b.motion_px[0]), float(b.motion_angle_deg[0]))
+        )
 
 
 def test_heads_learn_operator_groups_on_real_training_crops(tmp_path: Path) -> None:

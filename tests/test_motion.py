@@ -12,6 +12,7 @@ from face2scene_cli.archs.motion import (
     NUM_ANGLES,
     NUM_BANDS,
     directional_spectrum,
+    motion_direction,
     motion_features,
 )
 from face2scene_cli.archs.resampling import luma
@@ -58,3 +59,16 @@ def test_the_direction_that_lost_power_is_the_motion(crops: dict[str, torch.Tens
         expected = angle / (180.0 / NUM_ANGLES)
         off = abs(first + 0.5 - expected) % NUM_ANGLES
         assert min(off, NUM_ANGLES - off) <= 1.5, (angle, first)
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, 60.0, 90.0, 120.0, 150.0])
+def test_motion_direction_reads_the_segment_direction(angle: float) -> None:
+    """The first harmonic over the sectors reads the direction finer than the 22.5-degree
+    grid, in the record's convention (rows growing downwards: 30 and 150 differ)."""
+    img = skdata.astronaut()[0:288, 100:388]
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+    y = apply(x, Degradation("parametric", motion_px=9.0, motion_angle_deg=angle))
+    crop = (y.clamp(0, 1) * 255).round()[..., 16:272, 16:272] / 255
+    read = float(motion_direction(crop))
+    assert 0.0 <= read < 180.0
+    assert abs((read - angle + 90.0) % 180.0 - 90.0) < 8.0, (angle, read)

@@ -44,9 +44,10 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
 from face2scene_cli.archs.jpeg_trace import JpegTrace, trace_jpeg
-from face2scene_cli.archs.motion import NUM_MOTION, motion_features
+from face2scene_cli.archs.motion import NUM_MOTION, motion_direction, motion_features
 from face2scene_cli.archs.resampling import NUM_RESAMPLING, luma, resampling_features
-from face2scene_cli.degradations.estimate import ESTIMATE_FIELDS, Estimate
+from face2scene_cli.degradations.estimate import ESTIMATE_FIELDS, MOTION_FIELDS, Estimate
+from face2scene_cli.degradations.record import MOTION_SIGMA_PER_PX
 from face2scene_cli.errors import ConfigError
 
 __all__ = [
@@ -88,6 +89,12 @@ class FaDeXOutput:
         jpeg_probability: :math:`(B,)` probability in [0, 1] that the crop was JPEG-compressed.
         jpeg_logit: :math:`(B,)` the logit of ``jpeg_probability`` (for training).
         q: :math:`(B, D)` the unit-norm SupCon projection (the training loss uses it).
+        motion_px: :math:`(B,)` the motion head's linear motion blur, the segment's length in
+            px (its equivalent sigma times √12; small, not 0, on crops without
+            one); None without a motion head.
+        motion_angle_deg: :math:`(B,)` the segment's direction in degrees, [0, 180)
+            (:func:`~face2scene_cli.archs.motion.motion_direction`; :meth:`FaDeX.forward` only,
+            with a motion head).
     """
 
     code: Tensor
@@ -99,10 +106,14 @@ class FaDeXOutput:
     jpeg_probability: Tensor
     jpeg_logit: Tensor
     q: Tensor | None = None
+    motion_px: Tensor | None = None
+    motion_angle_deg: Tensor | None = None
 
     def estimates(self) -> list[Estimate]:
-        """Per crop, the estimates as an :class:`Estimate` of plain floats."""
-        columns = {k: getattr(self, k).detach().float().cpu().tolist() for k in ESTIMATE_FIELDS}
+        """Per crop, the estimates as an :class:`Estimate` of plain floats (no motion where
+        the model has no motion head)."""
+        names = [*ESTIMATE_FIELDS, *(k for k in MOTION_FIELDS if getattr(self, k) is not None)]
+        columns = {k: getattr(self, k).detach().float().cpu().tolist() for k in names}
         return [
             Estimate(**{k: float(v[i]) for k, v in columns.items()})
             for i in range(self.code.shape[0])
@@ -515,9 +526,12 @@ class FaDeX(ModelMixin, ConfigMixin):
         r = self.reg(shared)
         end = pooled.shape[1]
         blur_sigma_px = F.softplus(r[:, 1]) * BLUR_SCALE
+        motion_px = None
         if self.config.motion_head:
             end -= NUM_MOTION
-            blur_sigma_px = torch.hypot(blur_sigma_px, self.read_motion(pooled[:, end:]))
+            motion = self.read_motion(pooled[:, end:])
+            blur_sigma_px = torch.hypot(blur_sigma_px, motion)
+            motion_px = motion / MOTION_SIGMA_PER_PX
         downscale = (
             self.read_downscale(pooled[:, end - NUM_RESAMPLING : end])
             if self.config.downscale_head
@@ -540,6 +554,7 @@ class FaDeX(ModelMixin, ConfigMixin):
             jpeg_probability=jpeg_probability,
             jpeg_logit=r[:, 4],
             q=q,
+            motion_px=motion_px,
         )
 
     def read_downscale(self, resampling: Tensor) -> Tensor:
@@ -571,7 +586,10 @@ class FaDeX(ModelMixin, ConfigMixin):
         """
         trace = trace_jpeg(lq) if read_jpeg_trace or self.config.trace_features else None
         z, pooled = self.features(lq, hq, trace)
-        return self.heads(pooled, z, trace if read_jpeg_trace else None)
+        out = self.heads(pooled, z, trace if read_jpeg_trace else None)
+        if self.config.motion_head:
+            out.motion_angle_deg = motion_direction(lq[:, :3].float())
+        return out
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ rolled so that the direction that lost most power comes first (a crop and its ro
 the same statistics up to the sector grid).
 
 FaDeX's motion head reads them (:class:`~face2scene_cli.archs.fadex.FaDeX` with
-``motion_head``) and adds the motion blur it finds to the blur estimate.
+``motion_head``) and adds the motion blur it finds to the blur estimate;
+:func:`motion_direction` reads the direction the power was lost along, finer than the sector
+grid.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from torch import Tensor
 
 from face2scene_cli.archs.resampling import luma, mean_per_cell, power_spectrum
 
-__all__ = ["NUM_ANGLES", "NUM_BANDS", "NUM_MOTION", "directional_spectrum", "motion_features"]
+__all__ = [
+    "NUM_ANGLES",
+    "NUM_BANDS",
+    "NUM_MOTION",
+    "directional_spectrum",
+    "motion_direction",
+    "motion_features",
+]
 
 #: Angle sectors over [0, pi) (a real image's spectrum is point-symmetric).
 NUM_ANGLES = 8
@@ -61,6 +70,45 @@ def directional_spectrum(y: Tensor) -> Tensor:
     return means.clamp(min=_EPS).log10().view(-1, NUM_BANDS, NUM_ANGLES)
 
 
+def _isotropic_and_deviations(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:math:`(B, N_{bands})` band means over the sectors and :math:`(B, N_{bands},
+    N_{angles})` each sector's deviation from its band's mean, of :math:`(B, C, H, W)` in
+    [0, 1]."""
+    spectrum = directional_spectrum(luma(x)[:, 0])
+    iso = spectrum.mean(2)
+    return iso, spectrum - iso[:, :, None]
+
+
+def motion_direction(x: Tensor) -> Tensor:
+    r"""The direction along which a crop lost most power: a linear motion blur's direction.
+
+    The sector deviations summed over the bands above the lowest, as a function of the
+    sector's angle :math:`\theta_k`, are fitted by their first harmonic in :math:`2\theta`
+    (power at :math:`\theta` and :math:`\theta + \pi` is the same); its minimum is the
+    direction. A motion blur takes power off the frequencies along its segment, so that is the
+    segment's direction. On 128 px VAL crops with 5/255 noise the median error is 5-11 degrees
+    for 5-13 px segments; a crop's own strongly oriented content (streaks, building edges) can
+    pull it much further, so average over crops.
+
+    Args:
+        x: :math:`(B, C, H, W)` in [0, 1], C in {1, 3}, H and W >= 16.
+
+    Returns:
+        :math:`(B,)` degrees in [0, 180), as
+        :attr:`~face2scene_cli.degradations.record.Degradation.motion_angle_deg`: 0 =
+        horizontal, 90 = vertical, image rows growing downwards. Meaningless without a motion
+        blur.
+    """
+    _, dev = _isotropic_and_deviations(x)
+    loss = dev[:, 1:].sum(1)
+    theta = (torch.arange(NUM_ANGLES, dtype=loss.dtype, device=loss.device) + 0.5) * (
+        2.0 * math.pi / NUM_ANGLES
+    )
+    cos = (loss * theta.cos()).sum(1)
+    sin = (loss * theta.sin()).sum(1)
+    return torch.rad2deg(0.5 * torch.atan2(-sin, -cos)) % 180.0
+
+
 def motion_features(x: Tensor) -> Tensor:
     r"""The :data:`NUM_MOTION` statistics FaDeX's motion head reads.
 
@@ -73,9 +121,7 @@ def motion_features(x: Tensor) -> Tensor:
         so the sector that lost most power over the bands above the lowest comes first, and
         per band the deviations' standard deviation and range.
     """
-    spectrum = directional_spectrum(luma(x)[:, 0])
-    iso = spectrum.mean(2)
-    dev = spectrum - iso[:, :, None]
+    iso, dev = _isotropic_and_deviations(x)
     first = dev[:, 1:].sum(1).argmin(1)
     order = (torch.arange(NUM_ANGLES, device=x.device)[None] + first[:, None]) % NUM_ANGLES
     rolled = torch.gather(dev, 2, order[:, None].expand(-1, NUM_BANDS, -1))

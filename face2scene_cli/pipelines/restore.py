@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from face2scene_cli.config import RestoreConfig
+from face2scene_cli.degradations.estimate import MOTION_FIELDS
 from face2scene_cli.engine.job import ExtraOutput, LoadedImage, Processed
 from face2scene_cli.errors import ConfigError, F2SError, InputError
 from face2scene_cli.faces.align import FaceAligner, estimate_similarity, ffhq_template
@@ -399,9 +400,8 @@ class Face2ScenePipeline:
             entry["blind_reason"] = blind_reason(item, r.references_used, refs_given) if r else None
             entry["weight"] = round(r.weight, 4) if r else None
             faces.append(entry)
-        degradation = reading.to_report() or dict.fromkeys(
-            ("noise_sigma", "blur_sigma_px", "jpeg_quality", "downscale"), None
-        ) | {"code": []}
+        unread = ("noise_sigma", "blur_sigma_px", "jpeg_quality", "downscale", *MOTION_FIELDS)
+        degradation = reading.to_report() or dict.fromkeys(unread, None) | {"code": []}
         if not use_code:
             degradation["source"] = "blind"  # null tokens, or a restorer that reads no code
         degradation["noise_curve"] = reading.noise_curve_report()

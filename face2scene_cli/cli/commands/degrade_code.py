@@ -10,6 +10,7 @@ import typer
 from face2scene_cli.cli import options as o
 from face2scene_cli.cli.runner import configure_logging, diag, printable
 from face2scene_cli.config import DEFAULT_MAX_PIXELS, Shard
+from face2scene_cli.degradations.estimate import MOTION_READ_PX
 from face2scene_cli.engine.report import display_path
 from face2scene_cli.errors import ExitCode, F2SError
 
@@ -153,8 +154,11 @@ def _print(entry: dict[str, Any]) -> None:
     )
     for i, f in enumerate(entry["faces"]):
         jpeg = f"JPEG q {f['jpeg_quality']:.0f} (p={f['jpeg_probability']:.2f})"
+        motion = ""
+        if f["motion_px"] >= MOTION_READ_PX:
+            motion = f" (motion {f['motion_px']:.1f} px at {f['motion_angle_deg']:.0f} deg)"
         typer.echo(
             f"  face {i} at {', '.join(f'{v:.0f}' for v in f['box'])}: "
-            f"noise {f['noise_sigma']:.1f}/255, blur {f['blur_sigma_px']:.2f} px, {jpeg}, "
-            f"downscale x{f['downscale']:.2f}, weight {f['weight']:.2f}"
+            f"noise {f['noise_sigma']:.1f}/255, blur {f['blur_sigma_px']:.2f} px{motion}, "
+            f"{jpeg}, downscale x{f['downscale']:.2f}, weight {f['weight']:.2f}"
         )
