@@ -40,10 +40,12 @@ from torch import Tensor
 
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.noise_level import NoiseCurve
+from face2scene_cli.degradations.ops import blur as blur_with
 from face2scene_cli.degradations.ops import gaussian_blur, resize
-from face2scene_cli.degradations.record import optical_blur
+from face2scene_cli.degradations.record import MAX_MOTION_PX, MOTION_SIGMA_PER_PX, optical_blur
 from face2scene_cli.degradations.sampling import DegradationDistribution
 from face2scene_cli.errors import ConfigError
+from face2scene_cli.restorers.deblur import motion_kernel_for
 
 __all__ = [
     "NOISE_MARGIN",
@@ -168,7 +170,9 @@ def consistency_residual(
         estimate: the faces' reading: its downscale (a down-then-up resampling) and the
             optical blur left in its blur once the resolution loss takes its share
             (:func:`~face2scene_cli.degradations.record.optical_blur`; FaDeX's blur is the
-            two together) are applied to ``out``.
+            two together) are applied to ``out``; a motion blur it states is applied as its
+            kernel (length and direction), the Gaussian then being what the blur holds beyond
+            the motion's spread.
         lowpass_sigma: the low-pass Gaussian, px.
 
     Returns:
@@ -178,6 +182,11 @@ def consistency_residual(
     x = out if out.shape[-2:] == (h, w) else F.interpolate(out, size=(h, w), mode="area")
     f = estimate.downscale if estimate.downscale > 1.05 else 1.0
     blur = optical_blur(estimate.blur_sigma_px, f)
+    if estimate.motion:
+        kernel = motion_kernel_for(estimate)
+        spread = MOTION_SIGMA_PER_PX * min(estimate.motion_px, MAX_MOTION_PX)
+        blur = math.sqrt(max(blur**2 - spread**2, 0.0))
+        x = blur_with(x, kernel)
     if blur > 0.3:
         x = gaussian_blur(x, blur)
     if f > 1.0:

@@ -35,6 +35,7 @@ from face2scene_cli.archs.turbo import TurboSceneNet
 from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.errors import ConfigError, ModelIntegrityError
 from face2scene_cli.restorers.color import COLOR_FIXES, apply_color_fix
+from face2scene_cli.restorers.deblur import MotionDeblur
 from face2scene_cli.restorers.guard import GuardSettings, trained_envelope
 from face2scene_cli.restorers.tiling import run_tiled
 from face2scene_cli.zoo import ModelFiles, load_config_model, require_model
@@ -76,6 +77,8 @@ class RestoreSettings:
         fadex: zoo name of the FaDeX the tokens were trained with.
         guard: the consistency check's limits calibrated for this model
             (:class:`~face2scene_cli.restorers.guard.GuardSettings` fields); None = unchecked.
+        motion_deblur: the deconvolution of a read motion blur calibrated for this model
+            (:class:`~face2scene_cli.restorers.deblur.MotionDeblur` fields); None = none.
     """
 
     kind: str = "embedded"
@@ -86,8 +89,16 @@ class RestoreSettings:
     cpu_bf16: bool = False
     fadex: str = "fadex-s"
     guard: dict[str, Any] | None = None
+    motion_deblur: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.motion_deblur is not None:
+            if not isinstance(self.motion_deblur, dict):
+                raise ConfigError(f"motion_deblur must be a mapping, got {self.motion_deblur!r}")
+            try:
+                MotionDeblur(**self.motion_deblur)
+            except TypeError as err:
+                raise ConfigError(f"motion_deblur: {err}") from err
         if self.guard is not None:
             if not isinstance(self.guard, dict):
                 raise ConfigError(f"guard must be a mapping of limits, got {self.guard!r}")
@@ -291,6 +302,12 @@ class SceneRestorer:
     def guard(self) -> GuardSettings | None:
         """The consistency check calibrated for this model (None: its outputs go unchecked)."""
         return None if self.settings.guard is None else GuardSettings(**self.settings.guard)
+
+    @property
+    def motion_deblur(self) -> MotionDeblur | None:
+        """The motion deconvolution calibrated for this model (None: a read motion stays)."""
+        md = self.settings.motion_deblur
+        return None if md is None else MotionDeblur(**md)
 
     @property
     def tile_batch(self) -> int:
