@@ -92,20 +92,16 @@ class RestoreSettings:
     motion_deblur: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.motion_deblur is not None:
-            if not isinstance(self.motion_deblur, dict):
-                raise ConfigError(f"motion_deblur must be a mapping, got {self.motion_deblur!r}")
+        for name, settings in (("guard", GuardSettings), ("motion_deblur", MotionDeblur)):
+            block = getattr(self, name)
+            if block is None:
+                continue
+            if not isinstance(block, dict):
+                raise ConfigError(f"{name} must be a mapping of its settings, got {block!r}")
             try:
-                MotionDeblur(**self.motion_deblur)
+                settings(**block)
             except TypeError as err:
-                raise ConfigError(f"motion_deblur: {err}") from err
-        if self.guard is not None:
-            if not isinstance(self.guard, dict):
-                raise ConfigError(f"guard must be a mapping of limits, got {self.guard!r}")
-            try:
-                GuardSettings(**self.guard)
-            except TypeError as err:
-                raise ConfigError(f"guard: {err}") from err
+                raise ConfigError(f"{name}: {err}") from err
         if self.kind not in ("embedded", "sd-turbo"):
             raise ConfigError(f"kind must be embedded or sd-turbo, got {self.kind!r}")
         if self.color_fix not in COLOR_FIXES:
