@@ -167,8 +167,8 @@ def test_restore_takes_a_read_camera_shake_off(tmp_path: Path) -> None:
     res = runner.invoke(app, ["restore", str(photos), "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "shaken.png.json").read_text())
-    done = report["scene"]["motion_deblur"]
-    assert done is not None and report["scene"]["fallback"] == []
+    done = report["scene"]["deblur"]
+    assert done is not None and done["kernel"] == "motion" and report["scene"]["fallback"] == []
     assert abs((done["motion_angle_deg"] - 30.0 + 90.0) % 180.0 - 90.0) < 10.0
     restored = np.asarray(Image.open(out / "shaken.png").convert("RGB"))
     assert psnr(clean, restored) > psnr(clean, lq) + 1.5

@@ -7,9 +7,11 @@ naming the parameter and the bad value, so a bad YAML key or CLI flag reads as s
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from face2scene_cli.errors import ConfigError
+
+T = TypeVar("T")
 
 __all__ = [
     "MAX_BLUR_SIGMA",
@@ -24,8 +26,10 @@ __all__ = [
     "integer",
     "integer_range",
     "odd_kernel_size",
+    "positive",
     "probabilities",
     "real",
+    "settings_block",
     "value_range",
 ]
 
@@ -123,3 +127,23 @@ def probabilities(name: str, value: Any, n: int) -> tuple[float, ...]:
     if abs(sum(ps) - 1.0) > 1e-6:
         raise ConfigError(f"{name} must sum to 1, got {value!r} (sum {sum(ps):g})")
     return ps
+
+
+def positive(name: str, value: Any) -> float:
+    """``value`` as a float > 0 (a bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def settings_block(name: str, value: Any, cls: type[T]) -> T | None:
+    """A nested block of settings as ``cls``: None stays None, an instance is kept, a mapping
+    (from JSON or YAML) becomes one, its keys the fields."""
+    if value is None or isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of its settings, got {value!r}")
+    try:
+        return cls(**value)
+    except TypeError as err:
+        raise ConfigError(f"{name}: {err}") from err

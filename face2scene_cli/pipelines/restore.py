@@ -43,7 +43,7 @@ from face2scene_cli.pipelines.reading import (
     ImageDegradation,
 )
 from face2scene_cli.registry import create, is_registered
-from face2scene_cli.restorers.deblur import MotionDeblur
+from face2scene_cli.restorers.deblur import Deblur
 from face2scene_cli.restorers.face.base import FaceRestorer
 from face2scene_cli.restorers.guard import (
     ConsistencyCheck,
@@ -317,7 +317,7 @@ class Face2ScenePipeline:
             lambda x, t: self.scene.restore(
                 x, t, tile=tile, precision=precision, scale=cfg.scale, noise=reading.noise_curve
             ),
-            self.scene.motion_deblur,
+            self.scene.deblur,
         )
         scene_run = {
             "tile": tile,
@@ -325,15 +325,8 @@ class Face2ScenePipeline:
             "fp32_retries": self.scene.fp32_retries - retries,
             "check": None if check is None else check.to_report(),
             "fallback": [f.to_report() for f in fallbacks],
-            "motion_deblur": None,
+            "deblur": deblurred,
         }
-        if deblurred:
-            e = reading.estimates
-            scene_run["motion_deblur"] = {
-                "motion_px": round(e.motion_px, 2),
-                "motion_angle_deg": round(e.motion_angle_deg, 1),
-                "regularization": self.scene.motion_deblur.regularization,
-            }
         t2 = time.perf_counter()
         timings.update({"mapnet": t1 - t0, "scene": t2 - t1})
         kept = out is colour  # restore_checked hands the input itself back only when kept
@@ -454,8 +447,8 @@ def restore_checked(
     guard: GuardSettings | None,
     scale: int,
     run: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-    deblur: MotionDeblur | None = None,
-) -> tuple[np.ndarray, ConsistencyCheck | None, list[Fallback], bool]:
+    deblur: Deblur | None = None,
+) -> tuple[np.ndarray, ConsistencyCheck | None, list[Fallback], dict[str, Any] | None]:
     """What ``f2s restore`` makes of a photo: the scene restored on ``tokens`` (None: blind)
     and checked against the reading, with its fallbacks applied; ``colour`` itself, not
     converted, where the reading says there is nothing to restore (at scale 1).
@@ -468,36 +461,37 @@ def restore_checked(
         scale: output size over input size.
         run: the scene restorer, ``(lq (1, C, H, W) in [0, 1], tokens or None) -> (1, C, sH,
             sW) in [0, 1]``.
-        deblur: takes the read motion blur off a restoration on the code at scale 1 (before
-            the check, which then re-degrades by that motion); None: it stays.
+        deblur: takes a read blur off a restoration on the code at scale 1, before the check
+            (which re-degrades by the read blur, a stated motion by its kernel); None: it
+            stays.
 
     Returns:
         The output (sH, sW, C) with ``colour``'s dtype, the check (None when not run), the
-        fallbacks taken, and whether the output holds a motion deconvolution (not when the
-        photo fell back).
+        fallbacks taken, and the deconvolution the output holds (:meth:`Deblur.plan`'s
+        report; None when none, or when the photo fell back).
     """
     estimate = None if tokens is None else reading.estimates
     checked = guard is not None and estimate is not None
     if checked and guard.clean is not None and scale == 1:
         kept = nothing_to_restore(estimate, reading.noise_curve, guard.clean)
         if kept is not None:
-            return colour, None, [kept], False
+            return colour, None, [kept], None
     lq = to_tensor(colour)
     restored = run(lq, tokens)
-    deblurred = False
+    deblurred = None
     if deblur is not None and estimate is not None and scale == 1:
-        sharp = deblur(restored, estimate)
-        restored, deblurred = sharp, sharp is not restored
+        restored, deblurred = deblur(restored, estimate)
     check, fallbacks = None, []
     if checked:
         boxes = {f.index: f.crop_box for f in reading.faces}
         check, fallbacks = check_restoration(lq, restored, estimate, list(boxes.items()), guard)
         if fallbacks and not reading.faces:  # a scene-crop code failed: the null code instead
             fallbacks = [dataclasses.replace(f, to="blind") for f in fallbacks]
-            restored, deblurred = run(lq, None), False
+            restored, deblurred = run(lq, None), None
         else:
             restored = apply_fallbacks(restored, lq, fallbacks, boxes)
-            deblurred &= not any(f.region == "photo" for f in fallbacks)
+            if any(f.region == "photo" for f in fallbacks):
+                deblurred = None
     return from_tensor(restored, colour.dtype), check, fallbacks, deblurred
 
 

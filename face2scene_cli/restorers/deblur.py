@@ -1,29 +1,33 @@
-"""Undo a read motion blur: a regularised Wiener deconvolution of the scene restorer's output.
+"""Undo a read blur the scene restorer left: a regularised Wiener deconvolution of its output.
 
-The scene restorer never saw motion blur in training: it denoises a camera-shaken photo and
-leaves the shake. FaDeX reads the shake's length and direction
-(:attr:`~face2scene_cli.degradations.estimate.Estimate.motion_px`, ``motion_angle_deg``), so the
-known linear kernel is taken off the restored (denoised) photo by a Wiener filter whose
-regulariser is the discrete Laplacian (:func:`deconvolve`): it keeps the mean, damps what the
-kernel left near zero. The strength is calibrated per scene model on VAL (``scene.json``
-``motion_deblur``). Nothing here prints.
+The scene restorer never saw motion blur in training (it denoises a camera-shaken photo and
+leaves the shake) and corrects a Gaussian blur beyond its training range (2.5 px) only in
+part. FaDeX reads both: a motion's length and direction
+(:attr:`~face2scene_cli.degradations.estimate.Estimate.motion_px`, ``motion_angle_deg``), the
+optical blur left once a resolution loss takes its share
+(:func:`~face2scene_cli.degradations.record.optical_blur`). So :class:`Deblur` takes the known
+kernel off the restored photo by a Wiener filter whose regulariser is the discrete Laplacian
+(:func:`deconvolve`: it keeps the mean and damps what the kernel left near zero): the motion's
+segment, or a Gaussian of a fraction of the optical blur (what the network leaves of it). Its
+settings are calibrated per scene model on VAL (``scene.json`` ``deblur``). Nothing here prints.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from face2scene_cli.degradations.checks import positive, settings_block
 from face2scene_cli.degradations.estimate import Estimate
-from face2scene_cli.degradations.ops import motion_kernel2d
-from face2scene_cli.degradations.record import MAX_MOTION_PX, motion_kernel_size
-from face2scene_cli.errors import ConfigError
+from face2scene_cli.degradations.ops import gaussian_kernel2d, motion_kernel2d
+from face2scene_cli.degradations.record import MAX_MOTION_PX, motion_kernel_size, optical_blur
 
-__all__ = ["MotionDeblur", "deconvolve", "motion_kernel_for"]
+__all__ = ["Deblur", "GaussianDeblur", "deconvolve", "motion_kernel_for"]
 
 
 def deconvolve(x: Tensor, kernel: Tensor, regularization: float) -> Tensor:
@@ -69,29 +73,79 @@ def motion_kernel_for(estimate: Estimate) -> Tensor:
 
 
 @dataclass(frozen=True)
-class MotionDeblur:
-    """The motion deconvolution calibrated for a scene model (``scene.json``
-    ``motion_deblur``; chosen on VAL by ``benchmarks/motion_deblur_val.py``).
+class GaussianDeblur:
+    """The Gaussian part of :class:`Deblur`.
 
     Attributes:
+        fraction: of the read optical blur taken off (the network undoes the rest itself).
         regularization: the Laplacian weight of :func:`deconvolve`.
+        min_px: the optical blur (px) from which it runs.
+        max_downscale: it runs only under this read resolution loss (a resampling is not a
+            Gaussian: on VAL, deconvolving x4 downscaled photos lost ~0.8 dB).
     """
 
+    fraction: float
     regularization: float
+    min_px: float
+    max_downscale: float
 
     def __post_init__(self) -> None:
-        r = self.regularization
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0:
-            raise ConfigError(f"motion_deblur.regularization must be a number > 0, got {r!r}")
+        for name in ("fraction", "regularization", "min_px", "max_downscale"):
+            positive(f"deblur.gaussian.{name}", getattr(self, name))
 
-    def __call__(self, restored: Tensor, estimate: Estimate) -> Tensor:
-        """``restored`` :math:`(1, C, H, W)` in [0, 1] with the read motion taken off, or
-        ``restored`` itself when the reading states none
-        (:attr:`~face2scene_cli.degradations.estimate.Estimate.motion`) or the photo is too
-        small for the kernel."""
-        if not estimate.motion:
-            return restored
-        kernel = motion_kernel_for(estimate)
-        if min(restored.shape[-2:]) <= 4 * kernel.shape[-1]:
-            return restored
-        return deconvolve(restored, kernel, self.regularization)
+    def sigma(self, estimate: Estimate) -> float | None:
+        """The Gaussian sigma (px) to take off for this reading; None when it does not run."""
+        if estimate.downscale >= self.max_downscale:
+            return None
+        blur = optical_blur(estimate.blur_sigma_px, estimate.downscale)
+        return self.fraction * blur if blur >= self.min_px else None
+
+
+@dataclass(frozen=True)
+class Deblur:
+    """The deconvolutions calibrated for a scene model (``scene.json`` ``deblur``; chosen on
+    VAL by ``benchmarks/deblur_val.py``).
+
+    Attributes:
+        motion: the Laplacian weight for a stated motion blur (None: a motion stays).
+        gaussian: the :class:`GaussianDeblur` for a photo without a stated motion (None: its
+            blur stays); a mapping (from ``scene.json``) becomes one.
+    """
+
+    motion: float | None = None
+    gaussian: GaussianDeblur | None = None
+
+    def __post_init__(self) -> None:
+        if self.motion is not None:
+            positive("deblur.motion", self.motion)
+        gaussian = settings_block("deblur.gaussian", self.gaussian, GaussianDeblur)
+        object.__setattr__(self, "gaussian", gaussian)
+
+    def plan(self, estimate: Estimate) -> tuple[Tensor, dict[str, Any]] | None:
+        """The kernel to take off for this reading and what to report of it (``kernel``:
+        ``motion`` with ``motion_px`` and ``motion_angle_deg``, or ``gaussian`` with
+        ``sigma_px``; ``regularization``); None when nothing is."""
+        if estimate.motion:
+            if self.motion is None:
+                return None
+            done = {"kernel": "motion", "motion_px": round(estimate.motion_px, 2)}
+            done["motion_angle_deg"] = round(estimate.motion_angle_deg, 1)
+            return motion_kernel_for(estimate), done | {"regularization": self.motion}
+        sigma = None if self.gaussian is None else self.gaussian.sigma(estimate)
+        if sigma is None:
+            return None
+        kernel = gaussian_kernel2d(2 * math.ceil(3 * sigma) + 1, sigma)
+        done = {"kernel": "gaussian", "sigma_px": round(sigma, 3)}
+        return kernel, done | {"regularization": self.gaussian.regularization}
+
+    def __call__(
+        self, restored: Tensor, estimate: Estimate
+    ) -> tuple[Tensor, dict[str, Any] | None]:
+        """``restored`` :math:`(1, C, H, W)` in [0, 1] with the read blur taken off, and what
+        was (None, and ``restored`` itself, when nothing was: no such reading, or a photo too
+        small for the kernel)."""
+        planned = self.plan(estimate)
+        if planned is None or min(restored.shape[-2:]) <= 4 * planned[0].shape[-1]:
+            return restored, None
+        kernel, done = planned
+        return deconvolve(restored, kernel, float(done["regularization"])), done

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from face2scene_cli.degradations.checks import positive, settings_block
 from face2scene_cli.degradations.estimate import Estimate
 from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.degradations.ops import blur as blur_with
@@ -63,11 +64,6 @@ __all__ = [
 ]
 
 
-def _positive(where: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{where} must be a number > 0, got {value!r}")
-
-
 @dataclass(frozen=True)
 class CleanLimits:
     """Readings under which a photo is kept as it is (``scene.json`` ``guard.clean``; chosen on
@@ -85,7 +81,7 @@ class CleanLimits:
 
     def __post_init__(self) -> None:
         for name in ("noise", "blur", "jpeg_quality"):
-            _positive(f"guard.clean.{name}", getattr(self, name))
+            positive(f"guard.clean.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -108,14 +104,8 @@ class GuardSettings:
 
     def __post_init__(self) -> None:
         for name in ("base", "face_base", "lowpass_sigma"):
-            _positive(f"guard.{name}", getattr(self, name))
-        if isinstance(self.clean, dict):
-            try:
-                object.__setattr__(self, "clean", CleanLimits(**self.clean))
-            except TypeError as err:
-                raise ConfigError(f"guard.clean: {err}") from err
-        elif self.clean is not None and not isinstance(self.clean, CleanLimits):
-            raise ConfigError(f"guard.clean must be a mapping of limits, got {self.clean!r}")
+            positive(f"guard.{name}", getattr(self, name))
+        object.__setattr__(self, "clean", settings_block("guard.clean", self.clean, CleanLimits))
 
     @property
     def noise_share(self) -> float:

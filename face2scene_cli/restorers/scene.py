@@ -32,10 +32,11 @@ from torch import Tensor
 from face2scene_cli.archs.mapnet import MapNet
 from face2scene_cli.archs.scene_net import EmbeddedSceneNet
 from face2scene_cli.archs.turbo import TurboSceneNet
+from face2scene_cli.degradations.checks import settings_block
 from face2scene_cli.degradations.noise_level import NoiseCurve
 from face2scene_cli.errors import ConfigError, ModelIntegrityError
 from face2scene_cli.restorers.color import COLOR_FIXES, apply_color_fix
-from face2scene_cli.restorers.deblur import MotionDeblur
+from face2scene_cli.restorers.deblur import Deblur
 from face2scene_cli.restorers.guard import GuardSettings, trained_envelope
 from face2scene_cli.restorers.tiling import run_tiled
 from face2scene_cli.zoo import ModelFiles, load_config_model, require_model
@@ -77,8 +78,8 @@ class RestoreSettings:
         fadex: zoo name of the FaDeX the tokens were trained with.
         guard: the consistency check's limits calibrated for this model
             (:class:`~face2scene_cli.restorers.guard.GuardSettings` fields); None = unchecked.
-        motion_deblur: the deconvolution of a read motion blur calibrated for this model
-            (:class:`~face2scene_cli.restorers.deblur.MotionDeblur` fields); None = none.
+        deblur: the deconvolution of a read blur the network leaves, calibrated for this
+            model (:class:`~face2scene_cli.restorers.deblur.Deblur` fields); None = none.
     """
 
     kind: str = "embedded"
@@ -89,19 +90,14 @@ class RestoreSettings:
     cpu_bf16: bool = False
     fadex: str = "fadex-s"
     guard: dict[str, Any] | None = None
-    motion_deblur: dict[str, Any] | None = None
+    deblur: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        for name, settings in (("guard", GuardSettings), ("motion_deblur", MotionDeblur)):
+        for name, cls in (("guard", GuardSettings), ("deblur", Deblur)):
             block = getattr(self, name)
-            if block is None:
-                continue
-            if not isinstance(block, dict):
+            if block is not None and not isinstance(block, dict):
                 raise ConfigError(f"{name} must be a mapping of its settings, got {block!r}")
-            try:
-                settings(**block)
-            except TypeError as err:
-                raise ConfigError(f"{name}: {err}") from err
+            settings_block(name, block, cls)
         if self.kind not in ("embedded", "sd-turbo"):
             raise ConfigError(f"kind must be embedded or sd-turbo, got {self.kind!r}")
         if self.color_fix not in COLOR_FIXES:
@@ -300,10 +296,10 @@ class SceneRestorer:
         return None if self.settings.guard is None else GuardSettings(**self.settings.guard)
 
     @property
-    def motion_deblur(self) -> MotionDeblur | None:
-        """The motion deconvolution calibrated for this model (None: a read motion stays)."""
-        md = self.settings.motion_deblur
-        return None if md is None else MotionDeblur(**md)
+    def deblur(self) -> Deblur | None:
+        """The deconvolution calibrated for this model (None: a read blur stays as the network
+        leaves it)."""
+        return None if self.settings.deblur is None else Deblur(**self.settings.deblur)
 
     @property
     def tile_batch(self) -> int:

@@ -58,8 +58,8 @@ class UpscaleRestorer:
     code_fadex: ClassVar[str | None] = None
     #: No consistency check is calibrated for it (its outputs go unchecked).
     guard: ClassVar[None] = None
-    #: Nor a motion deconvolution (it reads no code, so no motion either).
-    motion_deblur: ClassVar[None] = None
+    #: Nor a deconvolution (it reads no code, so no blur either).
+    deblur: ClassVar[None] = None
     #: The degradations it was trained on are not recorded (a converted model).
     trained_envelope: ClassVar[None] = None
     #: A blind network: it reads no noise curve either.

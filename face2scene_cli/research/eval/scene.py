@@ -18,8 +18,8 @@ Items (:mod:`~face2scene_cli.research.eval.items`) are clean photos degraded on 
   by confidence; an image without a detected face gets its code from scene crops
   (``code_source: scene``), one too small for them is restored blind (``blind``); the
   network's output, without the check;
-* ``restore`` — what ``f2s restore`` writes: ``code`` with a read motion blur deconvolved
-  (the model's ``motion_deblur``), behind its consistency check and its fallbacks, and the
+* ``restore`` — what ``f2s restore`` writes: ``code`` with a read blur deconvolved (the
+  model's ``deblur``), behind its consistency check and its fallbacks, and the
   input itself where the reading is under the model's "nothing to restore" limits (the item's
   ``restore_fallback`` says which);
 * ``upper`` — FaDeX on the same crops paired with the CLEAN crops (upper bound of the code;
@@ -396,7 +396,7 @@ def _outputs(
         getattr(scene, "guard", None),
         cfg.scale,
         lambda _lq, tokens: restore(scene, tokens),  # _lq has x's pixels: code's run is reused
-        getattr(scene, "motion_deblur", None),
+        getattr(scene, "deblur", None),
     )
     return outs, [f.to_report() for f in fallbacks]
 
