@@ -77,7 +77,13 @@ def test_the_check_re_degrades_by_the_read_motion(
     assert rms(gaussian) > 4.0 and rms(_reading(9.0, 120.0)) > 4.0
 
 
-_GAUSSIAN = {"fraction": 0.5, "regularization": 0.03, "min_px": 1.2, "max_downscale": 1.5}
+_GAUSSIAN = {
+    "fraction": 0.5,
+    "regularization": 0.03,
+    "min_px": 1.2,
+    "max_downscale": 1.5,
+    "max_motion_px": 2.0,
+}
 
 
 def test_a_gaussian_blur_comes_off_in_part_and_only_where_it_should() -> None:
@@ -96,6 +102,7 @@ def test_a_gaussian_blur_comes_off_in_part_and_only_where_it_should() -> None:
         Estimate(0.0, 1.1, 1.0, 60.0, 0.0),  # under min_px
         Estimate(0.0, 3.0, 1.6, 60.0, 0.0),  # a resolution loss: not a Gaussian
         _reading(9.0, 30.0),  # a motion, and no motion weight
+        Estimate(0.0, 1.5, 1.0, 60.0, 0.0, motion_px=3.0),  # a short motion, read as blur
     ):
         assert deblur(soft, other) == (soft, None), other
     assert GaussianDeblur(**_GAUSSIAN).sigma(Estimate(0.0, 2.0, 1.4, 60.0, 0.0)) == pytest.approx(

@@ -82,20 +82,24 @@ class GaussianDeblur:
         min_px: the optical blur (px) from which it runs.
         max_downscale: it runs only under this read resolution loss (a resampling is not a
             Gaussian: on VAL, deconvolving x4 downscaled photos lost ~0.8 dB).
+        max_motion_px: it runs only while the motion head reads a shorter segment than this
+            (px, under the length a motion is stated from): a motion read short is read as a
+            Gaussian blur, and deconvolving it as one loses.
     """
 
     fraction: float
     regularization: float
     min_px: float
     max_downscale: float
+    max_motion_px: float
 
     def __post_init__(self) -> None:
-        for name in ("fraction", "regularization", "min_px", "max_downscale"):
+        for name in ("fraction", "regularization", "min_px", "max_downscale", "max_motion_px"):
             positive(f"deblur.gaussian.{name}", getattr(self, name))
 
     def sigma(self, estimate: Estimate) -> float | None:
         """The Gaussian sigma (px) to take off for this reading; None when it does not run."""
-        if estimate.downscale >= self.max_downscale:
+        if estimate.downscale >= self.max_downscale or estimate.motion_px >= self.max_motion_px:
             return None
         blur = optical_blur(estimate.blur_sigma_px, estimate.downscale)
         return self.fraction * blur if blur >= self.min_px else None
