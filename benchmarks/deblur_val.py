@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,19 +36,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from motion_reading import motion_items  # noqa: E402
+from motion_reading import degradation_reader, motion_items  # noqa: E402
+from restore_suite import edited_copy, scores  # noqa: E402
 
 from face2scene_cli.config import EvalConfig  # noqa: E402
 from face2scene_cli.degradations.estimate import Estimate  # noqa: E402
 from face2scene_cli.faces.detect import create_detector  # noqa: E402
 from face2scene_cli.io.tensors import from_tensor, to_tensor  # noqa: E402
-from face2scene_cli.pipelines.reading import SCENE_CROPS  # noqa: E402
-from face2scene_cli.pipelines.restore import Face2ScenePipeline  # noqa: E402
 from face2scene_cli.research.eval.items import degraded_items  # noqa: E402
 from face2scene_cli.research.eval.scene import face_mask  # noqa: E402
-from face2scene_cli.research.metrics import psnr  # noqa: E402
 from face2scene_cli.restorers.deblur import Deblur, GaussianDeblur  # noqa: E402
-from face2scene_cli.zoo import find_model, model_location, repin  # noqa: E402
 
 MOTION = (0.1, 0.2, 0.3, 0.5, 0.8, 1.2)
 FRACTIONS = (0.4, 0.5, 0.6, 0.7)
@@ -58,19 +55,11 @@ MOTION_GATES = (1.0, 2.0, 99.0)
 MIN_PX = 1.2
 
 
-def unchecked_copy(name: str, work: Path) -> Path:
-    """A copy of scene model ``name`` under ``work`` without its check, clean limits and
-    deconvolution (re-pinned): the network's output as it is."""
-    info = find_model(*model_location(name))
-    folder = work / "models" / info.folder.name
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(info.folder, folder)
-    settings = json.loads((folder / "scene.json").read_text())
+def unchecked(settings: dict[str, Any]) -> None:
+    """A scene model's settings without its check, clean limits and deconvolution: the
+    network's output as it is."""
     settings.pop("guard", None)
     settings.pop("deblur", None)
-    (folder / "scene.json").write_text(json.dumps(settings, indent=2) + "\n")
-    repin(folder)
-    return folder
 
 
 def candidates(estimate: Estimate) -> dict[str, Deblur]:
@@ -113,13 +102,11 @@ def main() -> int:
         name = f"{Path(it.name).stem}__{it.degradation}__{i}.png"
         Image.fromarray(it.lq).save(inputs / name)
         named[name] = it
-    model = unchecked_copy(args.scene_model, args.work)
+    model = edited_copy(args.scene_model, args.work, unchecked)
     out_dir = args.work / "out"
     cmd = [sys.executable, "-m", "face2scene_cli", "restore", str(inputs), "-q"]
     subprocess.run([*cmd, "--threads", "2", "--out", str(out_dir), "--scene-model", str(model)])
-    reader = Face2ScenePipeline.from_pretrained(
-        None, fadex="fadex-s", face_restorer="blind", scene_crops=SCENE_CROPS, batch_size=8
-    )
+    reader = degradation_reader("fadex-s")
     detector = create_detector()
     masks: dict[str, np.ndarray | None] = {}
     rows = []
@@ -136,8 +123,7 @@ def main() -> int:
             (label, from_tensor(d(to_tensor(out), estimate)[0], np.uint8))
             for label, d in candidates(estimate).items()
         ]:
-            face = None if mask is None else psnr(it.clean, pixels, mask=mask)
-            row["scores"][label] = [psnr(it.clean, pixels), face]
+            row["scores"][label] = list(scores(it.clean, pixels, mask))
         rows.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

@@ -30,6 +30,7 @@ from face2scene_cli.config import EvalConfig  # noqa: E402
 from face2scene_cli.degradations.estimate import MOTION_READ_PX  # noqa: E402
 from face2scene_cli.degradations.record import Degradation  # noqa: E402
 from face2scene_cli.degradations.sampling import apply  # noqa: E402
+from face2scene_cli.io.tensors import from_tensor  # noqa: E402
 from face2scene_cli.pipelines.reading import SCENE_CROPS  # noqa: E402
 from face2scene_cli.pipelines.restore import Face2ScenePipeline  # noqa: E402
 from face2scene_cli.research.eval.items import EvalItem, degraded_items  # noqa: E402
@@ -53,9 +54,17 @@ def motion_items(photos: list[Path], seed: int = 0) -> list[EvalItem]:
                     "parametric", motion_px=length, motion_angle_deg=angle, noise_sigma=5.0
                 )
                 y = apply(x, deg, torch.Generator().manual_seed(len(items)))
-                lq = (y[0].permute(1, 2, 0).clamp(0, 1) * 255.0).round().byte().numpy()
+                lq = from_tensor(y, np.uint8)
                 items.append(EvalItem(it.name, f"motion{length:.0f}", it.clean, lq, deg))
     return items
+
+
+def degradation_reader(fadex: str) -> Face2ScenePipeline:
+    """The reading ``f2s degrade-code --scene`` makes (faces with the blind restorer, else
+    scene crops), whose estimates keep the raw motion length."""
+    return Face2ScenePipeline.from_pretrained(
+        None, fadex=fadex, face_restorer="blind", scene_crops=SCENE_CROPS, batch_size=8
+    )
 
 
 def angle_error(read: float, true: float) -> float:
@@ -75,9 +84,7 @@ def main() -> int:
     for suite in ("mild", "standard", "ood"):
         cfg = EvalConfig(suite=suite, second_order=0 if suite == "mild" else 1)
         items += degraded_items([(p.name, p) for p in photos], cfg)
-    pipe = Face2ScenePipeline.from_pretrained(
-        None, fadex=args.model, face_restorer="blind", scene_crops=SCENE_CROPS, batch_size=8
-    )
+    pipe = degradation_reader(args.model)
     rows = []
     for it in items:
         reading = pipe.read_degradations([it.lq])[1][0]

@@ -25,7 +25,9 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -44,21 +46,26 @@ MODES = {"code": [], "blind": ["--blind"]}
 READING = ("noise_sigma", "blur_sigma_px", "jpeg_quality", "jpeg_probability", "downscale")
 
 
-def without_clean_limits(name: str, work: Path) -> Path:
-    """A copy of scene model ``name`` (zoo name or model folder) under ``work`` without
-    ``guard.clean`` (re-pinned)."""
+def edited_copy(name: str, work: Path, edit: Callable[[dict[str, Any]], object]) -> Path:
+    """A copy of scene model ``name`` (zoo name or model folder) under ``work`` whose
+    ``scene.json`` settings ``edit`` changed in place (re-pinned)."""
     info = find_model(*model_location(name))
     folder = work / "models" / info.folder.name
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(info.folder, folder)
     settings = json.loads((folder / "scene.json").read_text())
-    settings.get("guard", {}).pop("clean", None)
+    edit(settings)
     (folder / "scene.json").write_text(json.dumps(settings, indent=2) + "\n")
     repin(folder)
     return folder
 
 
-def _scores(
+def without_clean_limits(name: str, work: Path) -> Path:
+    """A copy of scene model ``name`` under ``work`` without ``guard.clean``."""
+    return edited_copy(name, work, lambda s: s.get("guard", {}).pop("clean", None))
+
+
+def scores(
     clean: np.ndarray, out: np.ndarray, mask: np.ndarray | None
 ) -> tuple[float, float | None]:
     """PSNR of ``out`` on the whole photo and on the face region (None without a face), dB,
@@ -106,11 +113,11 @@ def main() -> int:
             masks[it.name] = face_mask(it.clean.shape, detector.detect([it.clean])[0])
         mask = masks[it.name]
         row = {"image": it.name, "degradation": it.degradation}
-        row["input"], row["face_input"] = _scores(it.clean, it.lq, mask)
+        row["input"], row["face_input"] = scores(it.clean, it.lq, mask)
         for mode in modes:
             out = np.asarray(Image.open(args.work / mode / name).convert("RGB"))
             report = json.loads((args.work / mode / f"{name}.json").read_text())
-            row[mode], row[f"face_{mode}"] = _scores(it.clean, out, mask)
+            row[mode], row[f"face_{mode}"] = scores(it.clean, out, mask)
             fallbacks = report["scene"]["fallback"]
             row[f"{mode}_fallback"] = [f["region"] for f in fallbacks]
             row[f"{mode}_kept"] = any(
